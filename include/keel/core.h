@@ -1,0 +1,211 @@
+/* keel core: runtime, tasks, scopes, cancellation, deadlines, time. */
+#ifndef KEEL_CORE_H
+#define KEEL_CORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct keel_runtime keel_runtime_t;
+typedef struct keel_task keel_task_t;
+typedef struct keel_scope keel_scope_t;
+
+/* A task body: returns 0 on success or a negative errno. */
+typedef int (*keel_task_fn)(void *arg);
+
+/* ---- Backends -------------------------------------------------------- */
+
+typedef enum keel_backend {
+  KEEL_BACKEND_AUTO = 0, /* io_uring, falling back to epoll */
+  KEEL_BACKEND_URING,    /* io_uring or fail */
+  KEEL_BACKEND_EPOLL,    /* epoll */
+} keel_backend_t;
+
+/* ---- Runtime ---------------------------------------------------------- */
+
+typedef struct keel_config {
+  int workers;              /* 0: number of CPUs */
+  keel_backend_t backend;   /* AUTO: also honours KEEL_BACKEND=uring|epoll|auto */
+  size_t stack_size;        /* default task stack, 0: 64 KiB */
+  int64_t drain_timeout_ms; /* shutdown drain deadline, 0: 5000 */
+  bool handle_signals;      /* SIGINT/SIGTERM cancel the root scope (reason shutdown) */
+  unsigned uring_entries;   /* io_uring SQ size per worker, 0: 1024 */
+  const char *main_name;    /* name of the main task, NULL: "main" */
+} keel_config_t;
+
+/* Fills cfg with defaults. */
+void keel_config_init(keel_config_t *cfg);
+
+/* Starts the runtime, runs main_fn(arg) as a task in the root scope on
+ * worker 0 (the calling thread) and returns when the root scope is
+ * quiescent: every task on every worker has finished.
+ * Returns main_fn's return value, or a negative errno if the runtime could
+ * not start (-EINVAL bad config, -ENOSYS backend unavailable, -ENOMEM). */
+int keel_run(const keel_config_t *cfg, keel_task_fn main_fn, void *arg);
+
+/* Name of the backend the current worker uses ("io_uring" or "epoll"). */
+const char *keel_backend_name(void);
+/* Number of workers; index of the current worker (0-based, -1 outside). */
+int keel_worker_count(void);
+int keel_worker_id(void);
+
+/* Cancels the root scope with reason shutdown (what SIGINT/SIGTERM do).
+ * Callable from any task on any worker. */
+void keel_shutdown(void);
+
+/* ---- Time -------------------------------------------------------------- */
+
+#define KEEL_NS_PER_MS INT64_C(1000000)
+#define KEEL_NS_PER_SEC INT64_C(1000000000)
+#define KEEL_DEADLINE_NONE INT64_MAX
+
+/* Monotonic clock in nanoseconds. */
+int64_t keel_now_ns(void);
+
+/* Sleep. Returns 0 after the duration, -ECANCELED if the task is
+ * cancelled, -ETIMEDOUT if a deadline comes first. A duration <= 0
+ * returns at once (still 0, still reporting cancellation). */
+int keel_sleep_ms(int64_t ms);
+int keel_sleep_ns(int64_t ns);
+int keel_sleep_until(int64_t when_ns);
+
+/* Lets other ready tasks run. Returns 0, or -ECANCELED/-ETIMEDOUT. */
+int keel_yield(void);
+
+/* Checkpoint for CPU-bound loops: 0, or -ECANCELED/-ETIMEDOUT if the
+ * task's scope was cancelled or its deadline has passed. Never blocks. */
+int keel_checkpoint(void);
+
+/* ---- Cancellation reasons and outcomes --------------------------------- */
+
+typedef enum keel_cancel_reason {
+  KEEL_CANCEL_NONE = 0,
+  KEEL_CANCEL_USER,      /* keel_scope_cancel */
+  KEEL_CANCEL_TIMEOUT,   /* a deadline passed */
+  KEEL_CANCEL_FAIL_FAST, /* a sibling failed */
+  KEEL_CANCEL_PARENT,    /* an enclosing scope was cancelled */
+  KEEL_CANCEL_SHUTDOWN,  /* runtime shutdown */
+} keel_cancel_reason_t;
+
+const char *keel_cancel_reason_name(keel_cancel_reason_t r);
+
+typedef enum keel_outcome_kind {
+  KEEL_OUTCOME_RUNNING = 0, /* not finished yet */
+  KEEL_OUTCOME_OK,
+  KEEL_OUTCOME_ERROR,
+  KEEL_OUTCOME_CANCELLED,
+} keel_outcome_kind_t;
+
+typedef struct keel_outcome {
+  keel_outcome_kind_t kind;
+  int error;                   /* task's return value (negative errno) */
+  keel_cancel_reason_t reason; /* for KEEL_OUTCOME_CANCELLED */
+} keel_outcome_t;
+
+/* ---- Scopes ------------------------------------------------------------- */
+
+enum {
+  KEEL_SCOPE_FAIL_FAST = 1u << 0, /* a child error cancels its siblings */
+  KEEL_SCOPE_SHIELD = 1u << 1,    /* enclosing cancellation does not reach in */
+};
+
+typedef struct keel_scope_opts {
+  unsigned flags;      /* KEEL_SCOPE_* */
+  int64_t deadline_ns; /* absolute monotonic deadline; 0 or KEEL_DEADLINE_NONE: none */
+  const char *name;
+} keel_scope_opts_t;
+
+/* Opens a scope nested in the current task's scope (or the root scope
+ * outside a task). opts may be NULL. Returns NULL on -ENOMEM.
+ * A task that finishes with scopes still open joins them first. */
+keel_scope_t *keel_scope_open(const keel_scope_opts_t *opts);
+
+/* Waits until every task spawned into the scope, and every scope nested in
+ * it, has finished. If the joining task is cancelled while waiting, the
+ * scope is cancelled (reason parent) and join keeps waiting for it to drain:
+ * join never leaves orphans. Returns 0 when every child succeeded, otherwise
+ * the error of the first child that failed (a negative errno; children that
+ * were only cancelled count as success unless nothing else failed and the
+ * scope itself was cancelled, then -ECANCELED or -ETIMEDOUT). */
+int keel_scope_join(keel_scope_t *scope);
+
+/* Joins (if needed) and frees the scope and the handles of its tasks. */
+void keel_scope_close(keel_scope_t *scope);
+
+/* Cancels every task in the scope and nested scopes, on every worker.
+ * Level-triggered: blocking points fail with -ECANCELED from now on. */
+void keel_scope_cancel(keel_scope_t *scope, keel_cancel_reason_t reason);
+
+/* Sets the scope's absolute deadline (effective for blocking points from
+ * now on; the nearest of a task's scopes' deadlines applies). */
+void keel_scope_set_deadline(keel_scope_t *scope, int64_t deadline_ns);
+
+/* Reason the scope was cancelled, or KEEL_CANCEL_NONE. */
+keel_cancel_reason_t keel_scope_cancel_reason(const keel_scope_t *scope);
+/* Number of tasks and nested scopes not finished yet. */
+size_t keel_scope_live(const keel_scope_t *scope);
+/* The scope the current task runs in. */
+keel_scope_t *keel_scope_current(void);
+
+/* ---- Tasks -------------------------------------------------------------- */
+
+#define KEEL_WORKER_CURRENT (-1)
+
+typedef struct keel_spawn_opts {
+  const char *name;    /* copied; NULL: "task" */
+  int worker;          /* KEEL_WORKER_CURRENT or a worker index */
+  size_t stack_size;   /* 0: runtime default */
+  keel_task_t **handle; /* if set, receives a handle valid until the scope closes */
+} keel_spawn_opts_t;
+
+/* Spawns fn(arg) as a task in scope. opts may be NULL.
+ * Returns 0, -ENOMEM, -EINVAL (bad worker), or -ECANCELED if the scope is
+ * already cancelled (the task is not started). */
+int keel_spawn(keel_scope_t *scope, keel_task_fn fn, void *arg, const keel_spawn_opts_t *opts);
+
+/* Outcome of a task (KEEL_OUTCOME_RUNNING until it finishes). */
+keel_outcome_t keel_task_outcome(const keel_task_t *task);
+const char *keel_task_name(const keel_task_t *task);
+keel_task_t *keel_task_current(void);
+
+/* Per-task deadline (absolute ns), combined with the scopes' by min.
+ * Returns the previous value so callers can restore it. Cheap: use it for
+ * idle timeouts around a single read. */
+int64_t keel_task_set_deadline(int64_t deadline_ns);
+
+/* The effective deadline of the current task (KEEL_DEADLINE_NONE if none). */
+int64_t keel_deadline(void);
+
+/* Reason the current task is cancelled (KEEL_CANCEL_NONE if it is not). */
+keel_cancel_reason_t keel_cancelled(void);
+
+/* Shields: between begin and end the task ignores cancellation of its
+ * scopes and their deadlines; only the shield's own deadline (absolute,
+ * required: cleanup must be bounded) applies. Shields nest. */
+void keel_shield_begin(int64_t deadline_ns);
+void keel_shield_end(void);
+
+/* ---- Errors and logging -------------------------------------------------- */
+
+/* Name of a (negative or positive) errno value. */
+const char *keel_strerror(int err);
+
+typedef enum keel_log_level {
+  KEEL_LOG_DEBUG,
+  KEEL_LOG_INFO,
+  KEEL_LOG_WARN,
+  KEEL_LOG_ERROR
+} keel_log_level_t;
+
+void keel_log(keel_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Minimum level printed (default INFO; KEEL_LOG=debug|info|warn|error). */
+void keel_log_set_level(keel_log_level_t level);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

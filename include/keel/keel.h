@@ -1,0 +1,13 @@
+/* keel: a structured-concurrency runtime for Linux network daemons. */
+#ifndef KEEL_H
+#define KEEL_H
+
+#include "core.h"
+#include "stream.h"
+#include "tcp.h"
+
+#define KEEL_VERSION_MAJOR 0
+#define KEEL_VERSION_MINOR 1
+#define KEEL_VERSION_PATCH 0
+
+#endif

@@ -1,0 +1,68 @@
+/* keel TCP: listeners, connections and addresses. */
+#ifndef KEEL_TCP_H
+#define KEEL_TCP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include "stream.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct keel_tcp keel_tcp_t;
+typedef struct keel_listener keel_listener_t;
+
+typedef struct keel_addr {
+  struct sockaddr_storage ss;
+  socklen_t len;
+} keel_addr_t;
+
+/* Parses a numeric "host:port", "[v6]:port" or ":port" (any address).
+ * Returns 0 or -EINVAL. */
+int keel_addr_parse(const char *hostport, keel_addr_t *out);
+/* Formats as "1.2.3.4:80" / "[::1]:80" into buf. Returns buf. */
+char *keel_addr_format(const keel_addr_t *addr, char *buf, size_t len);
+#define KEEL_ADDRSTRLEN 64
+
+typedef struct keel_listen_opts {
+  int backlog;       /* 0: 1024 */
+  bool reuseport;    /* SO_REUSEPORT (one listener per worker); default true */
+  bool v6only;       /* IPV6_V6ONLY for IPv6 addresses */
+} keel_listen_opts_t;
+
+void keel_listen_opts_init(keel_listen_opts_t *o);
+
+/* Listens on "host:port". The listener belongs to the calling worker.
+ * Returns 0 or a negative errno (-EINVAL bad address, -EADDRINUSE, ...). */
+int keel_tcp_listen(const char *hostport, const keel_listen_opts_t *opts, keel_listener_t **out);
+
+/* Waits for a connection. Returns 0 and *out, or -ECANCELED/-ETIMEDOUT, or
+ * another negative errno. Running out of descriptors (EMFILE/ENFILE) is
+ * logged and retried after a short back-off, never returned. */
+int keel_tcp_accept(keel_listener_t *l, keel_tcp_t **out);
+
+/* Local address of the listener (e.g. to learn an ephemeral port). */
+int keel_listener_addr(const keel_listener_t *l, keel_addr_t *out);
+int keel_listener_close(keel_listener_t *l);
+
+/* Connects to a numeric "host:port" under the task's deadline.
+ * Returns 0 and *out, or a negative errno (-ECONNREFUSED, -ETIMEDOUT...). */
+int keel_tcp_connect(const char *hostport, keel_tcp_t **out);
+int keel_tcp_connect_addr(const keel_addr_t *addr, keel_tcp_t **out);
+
+/* The stream interface of a connection (keel_read, keel_write, ...). */
+keel_stream_t *keel_tcp_stream(keel_tcp_t *c);
+int keel_tcp_fd(const keel_tcp_t *c);
+int keel_tcp_local_addr(const keel_tcp_t *c, keel_addr_t *out);
+int keel_tcp_peer_addr(const keel_tcp_t *c, keel_addr_t *out);
+int keel_tcp_set_nodelay(keel_tcp_t *c, bool on);
+/* Same as keel_close(keel_tcp_stream(c)). */
+int keel_tcp_close(keel_tcp_t *c);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

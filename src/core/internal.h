@@ -1,0 +1,357 @@
+/* Internal header: kernel structures shared by src/core and src/net. */
+#ifndef KEEL_INTERNAL_H
+#define KEEL_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "keel-config.h"
+#include "keel/core.h"
+#include "timer-internal.h"
+
+#if !KEEL_CTX_ASM
+#include <ucontext.h>
+#endif
+
+#define keel__container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+#define KEEL__LIKELY(x) __builtin_expect(!!(x), 1)
+#define KEEL__UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+typedef struct keel__worker keel__worker_t;
+
+/* ---- Intrusive circular queue (libuv style) ---------------------------- */
+
+typedef struct keel__queue {
+  struct keel__queue *next, *prev;
+} keel__queue_t;
+
+static inline void keel__queue_init(keel__queue_t *q) { q->next = q->prev = q; }
+static inline bool keel__queue_empty(const keel__queue_t *q) { return q->next == q; }
+static inline void keel__queue_insert_tail(keel__queue_t *h, keel__queue_t *q) {
+  q->next = h;
+  q->prev = h->prev;
+  q->prev->next = q;
+  h->prev = q;
+}
+static inline void keel__queue_remove(keel__queue_t *q) {
+  q->prev->next = q->next;
+  q->next->prev = q->prev;
+  q->next = q->prev = q;
+}
+
+/* ---- Spinlock for scope bookkeeping (short critical sections only) ------ */
+
+typedef struct keel__spinlock {
+  atomic_flag flag;
+} keel__spinlock_t;
+
+static inline void keel__cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+static inline void keel__spin_lock(keel__spinlock_t *l) {
+  while (atomic_flag_test_and_set_explicit(&l->flag, memory_order_acquire))
+    keel__cpu_relax();
+}
+static inline void keel__spin_unlock(keel__spinlock_t *l) {
+  atomic_flag_clear_explicit(&l->flag, memory_order_release);
+}
+
+/* ---- Fiber contexts and stacks ----------------------------------------- */
+
+typedef struct keel__ctx {
+#if KEEL_CTX_ASM
+  void *sp;
+#else
+  ucontext_t uc;
+#endif
+} keel__ctx_t;
+
+/* Prepares c to run entry(arg) on [stack_lo, stack_lo + size). */
+void keel__ctx_make(keel__ctx_t *c, void *stack_lo, size_t size, void (*entry)(void *), void *arg);
+/* Saves the current context in from and resumes to. */
+void keel__ctx_switch(keel__ctx_t *from, keel__ctx_t *to);
+
+/* A task stack: one mmap with a PROT_NONE guard page at the low end. The
+ * descriptor lives at the top of the mapping itself, so pooling and
+ * allocating a stack costs no malloc. */
+typedef struct keel__stack {
+  struct keel__stack *next; /* pool link */
+  char *map;                /* start of the mapping (guard page) */
+  size_t map_size;
+  char *lo;   /* lowest usable byte (just above the guard page) */
+  size_t size; /* usable bytes below the descriptor */
+  unsigned valgrind_id;
+} keel__stack_t;
+
+int keel__stack_alloc(keel__worker_t *w, size_t size, keel__stack_t **out);
+void keel__stack_release(keel__worker_t *w, keel__stack_t *s);
+void keel__stack_pool_destroy(keel__worker_t *w);
+/* Per-thread SIGSEGV alternate stack, and the process-wide handler that
+ * names the task whose guard page was hit. */
+int keel__stack_guard_thread_init(keel__worker_t *w);
+void keel__stack_guard_thread_exit(keel__worker_t *w);
+void keel__stack_guard_install(void);
+
+/* ---- Cross-worker messages (lock-free MPSC) ----------------------------- */
+
+typedef struct keel__msg keel__msg_t;
+typedef void (*keel__msg_fn)(keel__worker_t *w, keel__msg_t *m);
+struct keel__msg {
+  keel__msg_t *next;
+  keel__msg_fn fn;
+};
+
+/* Posts m to worker w's inbox and wakes w if it sleeps. Any thread. */
+void keel__worker_post(keel__worker_t *w, keel__msg_t *m);
+
+/* ---- Waits: the one way a task blocks ----------------------------------- */
+
+typedef struct keel__wait keel__wait_t;
+/* Called once, on the owning worker, when cancellation or a deadline hits a
+ * blocked task (err is -ECANCELED or -ETIMEDOUT). It must arrange for
+ * keel__wait_complete to be called: at once (nothing in flight) or later
+ * (an io_uring op is being cancelled and its CQE is awaited). */
+typedef void (*keel__wait_abort_fn)(keel__wait_t *w, int err);
+
+struct keel__wait {
+  keel_task_t *task;
+  keel__timer_t timer;
+  keel__wait_abort_fn abort; /* NULL: complete with err at once */
+  int64_t until_ns;          /* the operation's own end (sleep), or NONE */
+  int until_result;          /* result when until_ns is reached first */
+  int64_t deadline_ns;       /* effective deadline when the wait began */
+  int interrupted;           /* err passed to abort, 0 if none */
+  void *data;                /* for the abort hook */
+  ssize_t result;
+  bool done;
+  bool shielded; /* set by keel__wait_nocancel: only completion ends it */
+};
+
+/* 0 if the current task may block, else -ECANCELED / -ETIMEDOUT. Call it
+ * before starting an operation, so a cancelled task starts nothing. */
+int keel__check_cancel(void);
+
+/* Initialises w for the current task. */
+void keel__wait_init(keel__wait_t *w, keel__wait_abort_fn abort);
+/* Parks the current task until w completes; arms a timer for the nearest of
+ * the task's effective deadline and until_ns. Returns w->result. The caller
+ * has checked keel__check_cancel first. */
+ssize_t keel__wait_block(keel__wait_t *w, int64_t until_ns, int until_result);
+/* Completes w with result (owning worker only); readies its task. */
+void keel__wait_complete(keel__wait_t *w, ssize_t result);
+/* Interrupts w with err (-ECANCELED/-ETIMEDOUT) through its abort hook. */
+void keel__wait_interrupt(keel__wait_t *w, int err);
+
+/* ---- Tasks --------------------------------------------------------------- */
+
+enum keel__task_state {
+  KEEL__TASK_NEW,
+  KEEL__TASK_READY,
+  KEEL__TASK_RUNNING,
+  KEEL__TASK_BLOCKED,
+  KEEL__TASK_DONE,
+};
+
+#define KEEL__SHIELD_MAX 8
+#define KEEL__NAME_MAX 32
+
+struct keel_task {
+  keel__ctx_t ctx;
+  keel__worker_t *worker;
+  keel_scope_t *scope;
+  keel__queue_t scope_node; /* scope->tasks, under the scope lock */
+  keel__queue_t ready_node; /* worker ready queues */
+  keel__stack_t *stack;
+  size_t stack_size;
+  keel_task_fn fn;
+  void *arg;
+  atomic_int refs; /* running + handle + pending interrupt message */
+  int state;
+  keel__wait_t *wait; /* when BLOCKED */
+  int64_t deadline_ns;
+  int shield_depth;
+  int64_t shield_deadline[KEEL__SHIELD_MAX];
+  keel_outcome_t outcome;
+  keel__queue_t open_scopes; /* scopes this task opened and has not closed */
+  keel__msg_t start_msg;     /* spawn onto another worker */
+  keel__msg_t interrupt_msg; /* cross-worker cancellation */
+  atomic_bool interrupt_pending;
+  void *asan_fake_stack;
+  void *tsan_fiber;
+  bool has_handle;
+  char name[KEEL__NAME_MAX];
+};
+
+/* Makes t runnable on its worker (owning worker only). */
+void keel__task_ready(keel_task_t *t);
+/* Cancellation reached t's scope: wake it if blocked (any thread). */
+void keel__task_interrupt(keel_task_t *t);
+void keel__task_unref(keel_task_t *t);
+/* The error a blocking point in t returns now (0, -ECANCELED, -ETIMEDOUT)
+ * and the reason behind it. */
+int keel__task_cancel_err(keel_task_t *t, keel_cancel_reason_t *reason);
+int64_t keel__task_deadline(keel_task_t *t);
+
+/* ---- Scopes ---------------------------------------------------------------- */
+
+struct keel_scope {
+  keel_scope_t *parent;
+  keel__queue_t child_node; /* parent->children, under the parent's lock */
+  keel__queue_t children;
+  keel__queue_t tasks;     /* live tasks */
+  keel__queue_t finished;  /* finished tasks that have handles */
+  keel__queue_t opener_node; /* opener task's open_scopes */
+  keel_task_t *opener;
+  keel__spinlock_t lock;
+  size_t live;             /* live tasks + nested scopes, under lock */
+  _Atomic int cancel_reason;
+  _Atomic int64_t deadline_ns;
+  unsigned flags;
+  bool is_root;
+  bool joined;
+  int first_error;
+  keel__wait_t *join_wait; /* under lock */
+  keel__msg_t join_msg;    /* wakes a joiner on another worker */
+  keel_runtime_t *rt;
+  char name[KEEL__NAME_MAX];
+};
+
+int keel__scope_add_task(keel_scope_t *s, keel_task_t *t);
+void keel__scope_task_done(keel_scope_t *s, keel_task_t *t);
+keel_scope_t *keel__scope_new_root(keel_runtime_t *rt);
+void keel__scope_free(keel_scope_t *s);
+
+/* ---- Backends -------------------------------------------------------------- */
+
+/* io_uring multishot accept: the kernel keeps accepting and keel queues
+ * the descriptors until a task asks for them. Listeners only. */
+#define KEEL__ACCEPTQ_SIZE 64
+typedef struct keel__acceptq {
+  bool armed;   /* a multishot accept is in flight */
+  bool closing; /* listener closing: accepted fds are closed */
+  int err;      /* an error to hand to the next accept (e.g. -EMFILE) */
+  keel__wait_t *wait;       /* a task waiting in accept */
+  keel__wait_t *close_wait; /* the closer waiting for the final CQE */
+  unsigned head, tail;
+  int fds[KEEL__ACCEPTQ_SIZE];
+} keel__acceptq_t;
+
+/* Per-descriptor state shared by TCP and the backends. */
+typedef struct keel__io {
+  int fd;
+  keel__worker_t *worker;
+  bool registered; /* epoll: added to the interest list */
+  keel__wait_t *rd_wait; /* epoll: task waiting for readability */
+  keel__wait_t *wr_wait; /* epoll: task waiting for writability */
+  keel__acceptq_t *acceptq;
+} keel__io_t;
+
+typedef struct keel__backend_ops {
+  const char *name;
+  int (*init)(keel__worker_t *w);
+  void (*destroy)(keel__worker_t *w);
+  /* Waits up to timeout_ns (< 0: no limit, 0: do not block) and handles a
+   * bounded batch of completions. */
+  void (*poll)(keel__worker_t *w, int64_t timeout_ns);
+  /* Wakes w's poll from another thread. */
+  void (*wake)(keel__worker_t *w);
+  /* Task-side I/O. Each blocks the calling task and returns a count, a fd or
+   * a negative errno, honouring cancellation and deadlines. */
+  ssize_t (*recv)(keel__io_t *io, void *buf, size_t len);
+  ssize_t (*readv)(keel__io_t *io, const struct iovec *iov, int iovcnt);
+  ssize_t (*send)(keel__io_t *io, const void *buf, size_t len);
+  ssize_t (*writev)(keel__io_t *io, const struct iovec *iov, int iovcnt);
+  int (*accept)(keel__io_t *io);
+  int (*connect)(keel__io_t *io, const struct sockaddr *sa, socklen_t len);
+  /* Releases backend state of io before its fd is closed. */
+  void (*io_close)(keel__io_t *io);
+} keel__backend_ops_t;
+
+extern const keel__backend_ops_t keel__uring_ops;
+extern const keel__backend_ops_t keel__epoll_ops;
+
+void keel__io_init(keel__io_t *io, int fd);
+
+/* ---- Workers and the runtime --------------------------------------------- */
+
+#define KEEL__IO_BUDGET 256
+
+struct keel__worker {
+  keel_runtime_t *rt;
+  int id;
+  pthread_t thread;
+  keel__ctx_t sched_ctx;
+  keel_task_t *current;
+  keel_task_t *dead; /* finished task whose stack is released after switching */
+  keel__queue_t ready;
+  keel__queue_t ready_cancel; /* cancelled tasks run first */
+  keel__wheel_t wheel;
+  const keel__backend_ops_t *ops;
+  void *backend;
+  _Atomic(keel__msg_t *) inbox;
+  atomic_bool sleeping;
+  int wake_fd;
+  bool stop;
+  keel__msg_t stop_msg;
+  keel__stack_t *stack_pool;
+  size_t stack_pool_len;
+  size_t tasks; /* live tasks on this worker */
+  void *altstack;
+  void *asan_fake_stack;
+  void *tsan_sched_fiber;
+  int init_result;
+  const void *sched_stack_lo;
+  size_t sched_stack_size;
+};
+
+struct keel_runtime {
+  keel_config_t cfg;
+  int nworkers;
+  keel__worker_t *workers;
+  keel_scope_t *root;
+  const keel__backend_ops_t *ops;
+  keel_task_fn main_fn;
+  void *main_arg;
+  int main_result;
+  atomic_int shutting_down;
+  pthread_barrier_t start_barrier;
+  pthread_t signal_thread;
+  bool have_signal_thread;
+  int signal_stop_fd;
+};
+
+/* The worker running on this thread (NULL outside workers). */
+extern _Thread_local keel__worker_t *keel__tls_worker;
+
+static inline keel__worker_t *keel__worker_current(void) { return keel__tls_worker; }
+static inline keel_task_t *keel__task_self(void) {
+  keel__worker_t *w = keel__tls_worker;
+  return w ? w->current : NULL;
+}
+
+int keel__worker_init(keel__worker_t *w, keel_runtime_t *rt, int id);
+void keel__worker_destroy(keel__worker_t *w);
+void keel__worker_loop(keel__worker_t *w);
+/* Switches from the current task back to the scheduler. */
+void keel__task_park(void);
+/* Called when the root scope becomes quiescent: stops every worker. */
+void keel__runtime_quiescent(keel_runtime_t *rt);
+
+int64_t keel__now_ns(void);
+static inline int64_t keel__ns_to_ms_ceil(int64_t ns) {
+  return ns / KEEL_NS_PER_MS + (ns % KEEL_NS_PER_MS != 0);
+}
+
+void keel__set_name(char *dst, const char *src, const char *dflt);
+
+#endif

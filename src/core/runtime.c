@@ -1,0 +1,317 @@
+/* The runtime: configuration, backend choice, worker threads, the root
+ * scope, signal-driven shutdown. */
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <liburing.h>
+
+#include "internal.h"
+
+#define DEFAULT_STACK_SIZE (64 * 1024)
+#define DEFAULT_DRAIN_MS 5000
+
+void keel_config_init(keel_config_t *cfg) {
+  memset(cfg, 0, sizeof *cfg);
+  cfg->backend = KEEL_BACKEND_AUTO;
+  cfg->stack_size = DEFAULT_STACK_SIZE;
+  cfg->drain_timeout_ms = DEFAULT_DRAIN_MS;
+}
+
+/* ---- Backend choice ----------------------------------------------------------- */
+
+static keel_backend_t backend_from_env(keel_backend_t b) {
+  const char *env = getenv("KEEL_BACKEND");
+  if (b != KEEL_BACKEND_AUTO || !env)
+    return b;
+  if (!strcasecmp(env, "uring") || !strcasecmp(env, "io_uring"))
+    return KEEL_BACKEND_URING;
+  if (!strcasecmp(env, "epoll"))
+    return KEEL_BACKEND_EPOLL;
+  return KEEL_BACKEND_AUTO;
+}
+
+/* io_uring may be missing (old kernel), forbidden (seccomp, sysctl
+ * kernel.io_uring_disabled) or out of locked memory: try one ring. */
+static int probe_uring(void) {
+  struct io_uring ring;
+  int rc = io_uring_queue_init(8, &ring, 0);
+  if (rc < 0)
+    return rc;
+  io_uring_queue_exit(&ring);
+  return 0;
+}
+
+static int choose_backend(keel_runtime_t *rt) {
+  keel_backend_t b = backend_from_env(rt->cfg.backend);
+  if (b == KEEL_BACKEND_EPOLL) {
+    rt->ops = &keel__epoll_ops;
+    return 0;
+  }
+  int rc = probe_uring();
+  if (rc == 0) {
+    rt->ops = &keel__uring_ops;
+    return 0;
+  }
+  if (b == KEEL_BACKEND_URING)
+    return rc;
+  keel_log(KEEL_LOG_WARN, "io_uring unavailable (%s); falling back to epoll", keel_strerror(rc));
+  rt->ops = &keel__epoll_ops;
+  return 0;
+}
+
+/* ---- Workers ------------------------------------------------------------------ */
+
+static void worker_stop_msg(keel__worker_t *w, keel__msg_t *m) {
+  (void)m;
+  w->stop = true;
+}
+
+void keel__runtime_quiescent(keel_runtime_t *rt) {
+  for (int i = 0; i < rt->nworkers; i++)
+    keel__worker_post(&rt->workers[i], &rt->workers[i].stop_msg);
+}
+
+static void *worker_thread(void *arg) {
+  keel__worker_t *w = arg;
+  keel__tls_worker = w;
+  w->init_result = keel__worker_init(w, w->rt, w->id);
+  pthread_barrier_wait(&w->rt->start_barrier);
+  if (w->init_result == 0)
+    keel__worker_loop(w);
+  keel__tls_worker = NULL;
+  return NULL;
+}
+
+static int main_task(void *arg) {
+  keel_runtime_t *rt = arg;
+  rt->main_result = rt->main_fn(rt->main_arg);
+  return rt->main_result;
+}
+
+/* ---- Signals ---------------------------------------------------------------------- */
+
+/* A thread of the runtime's own waits for SIGINT/SIGTERM (blocked in every
+ * other thread) so no handler runs on a worker's stack: the first signal
+ * cancels the root scope with reason shutdown, a second one (or the drain
+ * deadline passing) ends the process. */
+static void *signal_thread(void *arg) {
+  keel_runtime_t *rt = arg;
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  int sfd = signalfd(-1, &set, SFD_CLOEXEC);
+  if (sfd < 0)
+    return NULL;
+  int64_t deadline = KEEL_DEADLINE_NONE;
+  for (;;) {
+    struct pollfd fds[2] = {{sfd, POLLIN, 0}, {rt->signal_stop_fd, POLLIN, 0}};
+    int timeout = -1;
+    if (deadline != KEEL_DEADLINE_NONE) {
+      int64_t left = deadline - keel__now_ns();
+      timeout = left <= 0 ? 0 : (int)keel__ns_to_ms_ceil(left);
+    }
+    int n = poll(fds, 2, timeout);
+    if (fds[1].revents)
+      break;
+    if (n == 0 && deadline != KEEL_DEADLINE_NONE && keel__now_ns() >= deadline) {
+      keel_log(KEEL_LOG_ERROR, "drain deadline of %lld ms passed with tasks still running; exiting",
+               (long long)rt->cfg.drain_timeout_ms);
+      _exit(EXIT_FAILURE);
+    }
+    struct signalfd_siginfo si;
+    if (n <= 0 || read(sfd, &si, sizeof si) != (ssize_t)sizeof si)
+      continue;
+    if (deadline != KEEL_DEADLINE_NONE) {
+      keel_log(KEEL_LOG_WARN, "second %s: exiting now", strsignal((int)si.ssi_signo));
+      _exit(128 + (int)si.ssi_signo);
+    }
+    keel_log(KEEL_LOG_INFO, "%s: shutting down (drain deadline %lld ms)",
+             strsignal((int)si.ssi_signo), (long long)rt->cfg.drain_timeout_ms);
+    deadline = keel__now_ns() + rt->cfg.drain_timeout_ms * KEEL_NS_PER_MS;
+    atomic_store(&rt->shutting_down, 1);
+    keel_scope_cancel(rt->root, KEEL_CANCEL_SHUTDOWN);
+  }
+  close(sfd);
+  return NULL;
+}
+
+static int signals_start(keel_runtime_t *rt, sigset_t *old_mask) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  /* A shell starts background jobs with SIGINT ignored, and an ignored
+   * signal never reaches a signalfd: take the default disposition (safe,
+   * the signals stay blocked in every thread). */
+  signal(SIGINT, SIG_DFL);
+  signal(SIGTERM, SIG_DFL);
+  pthread_sigmask(SIG_BLOCK, &set, old_mask);
+  rt->signal_stop_fd = eventfd(0, EFD_CLOEXEC);
+  if (rt->signal_stop_fd < 0)
+    return -errno;
+  int rc = pthread_create(&rt->signal_thread, NULL, signal_thread, rt);
+  if (rc != 0) {
+    close(rt->signal_stop_fd);
+    return -rc;
+  }
+  rt->have_signal_thread = true;
+  return 0;
+}
+
+static void signals_stop(keel_runtime_t *rt, const sigset_t *old_mask) {
+  if (rt->have_signal_thread) {
+    uint64_t one = 1;
+    ssize_t rc = write(rt->signal_stop_fd, &one, sizeof one);
+    (void)rc;
+    pthread_join(rt->signal_thread, NULL);
+    close(rt->signal_stop_fd);
+  }
+  pthread_sigmask(SIG_SETMASK, old_mask, NULL);
+}
+
+/* ---- keel_run --------------------------------------------------------------------- */
+
+static int runtime_config(keel_runtime_t *rt, const keel_config_t *cfg) {
+  if (cfg)
+    rt->cfg = *cfg;
+  else
+    keel_config_init(&rt->cfg);
+  if (rt->cfg.workers < 0 || rt->cfg.workers > 1024)
+    return -EINVAL;
+  if (rt->cfg.stack_size == 0)
+    rt->cfg.stack_size = DEFAULT_STACK_SIZE;
+  if (rt->cfg.stack_size < 16 * 1024)
+    rt->cfg.stack_size = 16 * 1024;
+  if (rt->cfg.drain_timeout_ms <= 0)
+    rt->cfg.drain_timeout_ms = DEFAULT_DRAIN_MS;
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  rt->nworkers = rt->cfg.workers ? rt->cfg.workers : (cpus > 0 ? (int)cpus : 1);
+  return choose_backend(rt);
+}
+
+/* Starts workers 1..n-1 on their own threads; worker 0 is this thread. */
+static int workers_start(keel_runtime_t *rt, int *started) {
+  for (int i = 0; i < rt->nworkers; i++) {
+    rt->workers[i].stop_msg.fn = worker_stop_msg;
+    rt->workers[i].rt = rt;
+    rt->workers[i].id = i;
+    rt->workers[i].ops = rt->ops;
+    rt->workers[i].wake_fd = -1;
+  }
+  int rc = keel__worker_init(&rt->workers[0], rt, 0);
+  if (rc < 0)
+    return rc;
+  *started = 1;
+  pthread_barrier_init(&rt->start_barrier, NULL, (unsigned)rt->nworkers);
+  for (int i = 1; i < rt->nworkers; i++) {
+    rc = pthread_create(&rt->workers[i].thread, NULL, worker_thread, &rt->workers[i]);
+    if (rc != 0) {
+      /* Threads already started wait at the barrier: stop them there. */
+      keel_log(KEEL_LOG_ERROR, "cannot start worker %d: %s", i, keel_strerror(rc));
+      abort();
+    }
+    *started = i + 1;
+  }
+  pthread_barrier_wait(&rt->start_barrier);
+  pthread_barrier_destroy(&rt->start_barrier);
+  for (int i = 1; i < rt->nworkers; i++)
+    if (rt->workers[i].init_result < 0)
+      return rt->workers[i].init_result;
+  return 0;
+}
+
+static int workers_join(keel_runtime_t *rt, int started) {
+  int rc = 0;
+  for (int i = 1; i < started; i++) {
+    pthread_join(rt->workers[i].thread, NULL);
+    if (rt->workers[i].init_result < 0)
+      rc = rt->workers[i].init_result;
+    else
+      keel__worker_destroy(&rt->workers[i]);
+  }
+  if (started > 0)
+    keel__worker_destroy(&rt->workers[0]);
+  return rc;
+}
+
+int keel_run(const keel_config_t *cfg, keel_task_fn main_fn, void *arg) {
+  if (!main_fn || keel__tls_worker)
+    return -EINVAL;
+  keel_runtime_t *rt = calloc(1, sizeof *rt);
+  if (!rt)
+    return -ENOMEM;
+  int rc = runtime_config(rt, cfg);
+  if (rc < 0) {
+    free(rt);
+    return rc;
+  }
+  rt->main_fn = main_fn;
+  rt->main_arg = arg;
+  rt->workers = calloc((size_t)rt->nworkers, sizeof *rt->workers);
+  rt->root = keel__scope_new_root(rt);
+  if (!rt->workers || !rt->root) {
+    rc = -ENOMEM;
+    goto fail_alloc;
+  }
+  signal(SIGPIPE, SIG_IGN); /* a peer's reset is an error code, not death */
+  keel__stack_guard_install();
+  sigset_t old_mask;
+  pthread_sigmask(SIG_BLOCK, NULL, &old_mask);
+  if (rt->cfg.handle_signals && (rc = signals_start(rt, &old_mask)) < 0)
+    goto fail_alloc;
+  keel__tls_worker = &rt->workers[0];
+  int started = 0;
+  rc = workers_start(rt, &started);
+  if (rc == 0) {
+    keel_spawn_opts_t opts = {.name = rt->cfg.main_name ? rt->cfg.main_name : "main"};
+    rc = keel_spawn(rt->root, main_task, rt, &opts);
+  }
+  if (rc == 0)
+    keel__worker_loop(&rt->workers[0]);
+  else
+    keel__runtime_quiescent(rt);
+  int jrc = workers_join(rt, started);
+  keel__tls_worker = NULL;
+  signals_stop(rt, &old_mask);
+  if (rc == 0)
+    rc = jrc ? jrc : rt->main_result;
+fail_alloc:
+  if (rt->root)
+    keel__scope_free(rt->root);
+  free(rt->workers);
+  free(rt);
+  return rc;
+}
+
+/* ---- Introspection ------------------------------------------------------------- */
+
+const char *keel_backend_name(void) {
+  keel__worker_t *w = keel__tls_worker;
+  return w ? w->ops->name : "none";
+}
+
+int keel_worker_count(void) {
+  keel__worker_t *w = keel__tls_worker;
+  return w ? w->rt->nworkers : 0;
+}
+
+int keel_worker_id(void) {
+  keel__worker_t *w = keel__tls_worker;
+  return w ? w->id : -1;
+}
+
+void keel_shutdown(void) {
+  keel__worker_t *w = keel__tls_worker;
+  if (w) {
+    atomic_store(&w->rt->shutting_down, 1);
+    keel_scope_cancel(w->rt->root, KEEL_CANCEL_SHUTDOWN);
+  }
+}

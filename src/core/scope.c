@@ -1,0 +1,262 @@
+/* Scopes: structured concurrency. Every task lives in a scope; a scope is
+ * joined only when every task and nested scope in it has finished. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static void scope_init(keel_scope_t *s, keel_runtime_t *rt, const keel_scope_opts_t *opts) {
+  keel__queue_init(&s->child_node);
+  keel__queue_init(&s->children);
+  keel__queue_init(&s->tasks);
+  keel__queue_init(&s->finished);
+  keel__queue_init(&s->opener_node);
+  atomic_flag_clear(&s->lock.flag);
+  atomic_init(&s->cancel_reason, KEEL_CANCEL_NONE);
+  int64_t d = opts && opts->deadline_ns > 0 ? opts->deadline_ns : KEEL_DEADLINE_NONE;
+  atomic_init(&s->deadline_ns, d);
+  s->flags = opts ? opts->flags : 0;
+  s->rt = rt;
+  keel__set_name(s->name, opts ? opts->name : NULL, "scope");
+}
+
+keel_scope_t *keel__scope_new_root(keel_runtime_t *rt) {
+  keel_scope_t *s = calloc(1, sizeof *s);
+  if (!s)
+    return NULL;
+  keel_scope_opts_t opts = {.name = "root"};
+  scope_init(s, rt, &opts);
+  s->is_root = true;
+  return s;
+}
+
+keel_scope_t *keel_scope_open(const keel_scope_opts_t *opts) {
+  keel_task_t *t = keel__task_self();
+  if (!t)
+    return NULL;
+  keel_scope_t *s = calloc(1, sizeof *s);
+  if (!s)
+    return NULL;
+  keel_scope_t *parent = t->scope;
+  scope_init(s, parent->rt, opts);
+  s->parent = parent;
+  s->opener = t;
+  /* The opener's own deadline flows into the scope it opens. */
+  if (!(s->flags & KEEL_SCOPE_SHIELD) && t->deadline_ns < atomic_load(&s->deadline_ns))
+    atomic_store(&s->deadline_ns, t->deadline_ns);
+  keel__spin_lock(&parent->lock);
+  parent->live++;
+  keel__queue_insert_tail(&parent->children, &s->child_node);
+  int reason = atomic_load(&parent->cancel_reason);
+  if (reason && !(s->flags & KEEL_SCOPE_SHIELD))
+    atomic_store(&s->cancel_reason, KEEL_CANCEL_PARENT);
+  keel__spin_unlock(&parent->lock);
+  keel__queue_insert_tail(&t->open_scopes, &s->opener_node);
+  return s;
+}
+
+int keel__scope_add_task(keel_scope_t *s, keel_task_t *t) {
+  keel__spin_lock(&s->lock);
+  if (atomic_load(&s->cancel_reason) || s->joined) {
+    keel__spin_unlock(&s->lock);
+    return -ECANCELED;
+  }
+  s->live++;
+  keel__queue_insert_tail(&s->tasks, &t->scope_node);
+  t->scope = s;
+  keel__spin_unlock(&s->lock);
+  return 0;
+}
+
+static void join_wake_msg(keel__worker_t *w, keel__msg_t *m) {
+  (void)w;
+  keel_scope_t *s = keel__container_of(m, keel_scope_t, join_msg);
+  keel__wait_complete(s->join_wait, 0);
+}
+
+/* The last task or nested scope of s finished. jw is the joiner to wake
+ * (taken out of s under its lock). After this, s may be freed by its
+ * joiner at any moment, unless jw keeps it waiting. */
+static void scope_quiescent(keel_scope_t *s, keel__wait_t *jw) {
+  if (s->is_root) {
+    keel__runtime_quiescent(s->rt);
+    return;
+  }
+  if (!jw)
+    return;
+  if (jw->task->worker == keel__tls_worker) {
+    keel__wait_complete(jw, 0);
+    return;
+  }
+  s->join_wait = jw; /* read by join_wake_msg on the joiner's worker */
+  s->join_msg.fn = join_wake_msg;
+  keel__worker_post(jw->task->worker, &s->join_msg);
+}
+
+/* One unit (task or nested scope) of s finished. */
+static void scope_unit_done(keel_scope_t *s) {
+  keel__spin_lock(&s->lock);
+  keel__wait_t *jw = NULL;
+  bool last = --s->live == 0;
+  if (last) {
+    jw = s->join_wait;
+    s->join_wait = NULL;
+  }
+  keel__spin_unlock(&s->lock);
+  if (last)
+    scope_quiescent(s, jw);
+}
+
+void keel__scope_task_done(keel_scope_t *s, keel_task_t *t) {
+  bool failed = t->outcome.kind == KEEL_OUTCOME_ERROR;
+  if (failed && (s->flags & KEEL_SCOPE_FAIL_FAST))
+    keel_scope_cancel(s, KEEL_CANCEL_FAIL_FAST);
+  keel__spin_lock(&s->lock);
+  keel__queue_remove(&t->scope_node);
+  if (t->has_handle)
+    keel__queue_insert_tail(&s->finished, &t->scope_node);
+  if (failed && s->first_error == 0)
+    s->first_error = t->outcome.error;
+  keel__spin_unlock(&s->lock);
+  scope_unit_done(s);
+}
+
+/* ---- Cancellation and deadlines ------------------------------------------- */
+
+/* Reaches every task of s and (unless shielded) of its nested scopes. */
+static void scope_cancel_locked(keel_scope_t *s, keel_cancel_reason_t reason, bool top) {
+  int expected = KEEL_CANCEL_NONE;
+  if (!atomic_compare_exchange_strong(&s->cancel_reason, &expected, (int)reason) && !top)
+    return; /* already cancelled: its tasks were reached then */
+  for (keel__queue_t *q = s->tasks.next; q != &s->tasks; q = q->next)
+    keel__task_interrupt(keel__container_of(q, keel_task_t, scope_node));
+  for (keel__queue_t *q = s->children.next; q != &s->children; q = q->next) {
+    keel_scope_t *c = keel__container_of(q, keel_scope_t, child_node);
+    if (c->flags & KEEL_SCOPE_SHIELD)
+      continue;
+    keel__spin_lock(&c->lock);
+    scope_cancel_locked(c, KEEL_CANCEL_PARENT, false);
+    keel__spin_unlock(&c->lock);
+  }
+}
+
+void keel_scope_cancel(keel_scope_t *s, keel_cancel_reason_t reason) {
+  if (reason == KEEL_CANCEL_NONE)
+    reason = KEEL_CANCEL_USER;
+  keel__spin_lock(&s->lock);
+  if (atomic_load(&s->cancel_reason) == KEEL_CANCEL_NONE)
+    scope_cancel_locked(s, reason, true);
+  keel__spin_unlock(&s->lock);
+}
+
+/* Tells blocked tasks of s and its nested scopes to re-read their deadline. */
+static void scope_poke_locked(keel_scope_t *s) {
+  for (keel__queue_t *q = s->tasks.next; q != &s->tasks; q = q->next)
+    keel__task_interrupt(keel__container_of(q, keel_task_t, scope_node));
+  for (keel__queue_t *q = s->children.next; q != &s->children; q = q->next) {
+    keel_scope_t *c = keel__container_of(q, keel_scope_t, child_node);
+    if (c->flags & KEEL_SCOPE_SHIELD)
+      continue;
+    keel__spin_lock(&c->lock);
+    scope_poke_locked(c);
+    keel__spin_unlock(&c->lock);
+  }
+}
+
+void keel_scope_set_deadline(keel_scope_t *s, int64_t deadline_ns) {
+  atomic_store(&s->deadline_ns, deadline_ns > 0 ? deadline_ns : KEEL_DEADLINE_NONE);
+  keel__spin_lock(&s->lock);
+  scope_poke_locked(s);
+  keel__spin_unlock(&s->lock);
+}
+
+keel_cancel_reason_t keel_scope_cancel_reason(const keel_scope_t *s) {
+  return (keel_cancel_reason_t)atomic_load(&s->cancel_reason);
+}
+
+size_t keel_scope_live(const keel_scope_t *s) {
+  keel_scope_t *m = (keel_scope_t *)s;
+  keel__spin_lock(&m->lock);
+  size_t n = m->live;
+  keel__spin_unlock(&m->lock);
+  return n;
+}
+
+keel_scope_t *keel_scope_current(void) {
+  keel_task_t *t = keel__task_self();
+  return t ? t->scope : NULL;
+}
+
+/* ---- Join and close --------------------------------------------------------- */
+
+/* The joiner was cancelled or hit its deadline: cancel what it waits for
+ * and keep waiting for it to drain (no orphans). */
+static void join_abort(keel__wait_t *w, int err) {
+  keel_scope_cancel(w->data, err == -ETIMEDOUT ? KEEL_CANCEL_TIMEOUT : KEEL_CANCEL_PARENT);
+}
+
+static int join_result(keel_scope_t *s) {
+  if (s->first_error)
+    return s->first_error;
+  int r = atomic_load(&s->cancel_reason);
+  if (r)
+    return r == KEEL_CANCEL_TIMEOUT ? -ETIMEDOUT : -ECANCELED;
+  int64_t d = atomic_load(&s->deadline_ns);
+  if (d != KEEL_DEADLINE_NONE && keel__now_ns() >= d)
+    return -ETIMEDOUT;
+  return 0;
+}
+
+static void join_wait_children(keel_scope_t *s) {
+  keel__wait_t w;
+  keel__wait_init(&w, join_abort);
+  w.data = s;
+  int err = keel__check_cancel();
+  if (err) {
+    keel_scope_cancel(s, err == -ETIMEDOUT ? KEEL_CANCEL_TIMEOUT : KEEL_CANCEL_PARENT);
+    w.shielded = true;
+  }
+  keel__spin_lock(&s->lock);
+  if (s->live == 0) {
+    keel__spin_unlock(&s->lock);
+    return;
+  }
+  s->join_wait = &w;
+  keel__spin_unlock(&s->lock);
+  keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
+}
+
+int keel_scope_join(keel_scope_t *s) {
+  if (s->joined)
+    return join_result(s);
+  if (!keel__task_self())
+    return -EINVAL;
+  join_wait_children(s);
+  keel__spin_lock(&s->lock);
+  s->joined = true;
+  keel__spin_unlock(&s->lock);
+  keel_scope_t *p = s->parent;
+  keel__spin_lock(&p->lock);
+  keel__queue_remove(&s->child_node);
+  keel__spin_unlock(&p->lock);
+  scope_unit_done(p);
+  return join_result(s);
+}
+
+void keel_scope_close(keel_scope_t *s) {
+  if (!s)
+    return;
+  keel_scope_join(s);
+  keel__queue_remove(&s->opener_node);
+  keel__scope_free(s);
+}
+
+void keel__scope_free(keel_scope_t *s) {
+  while (!keel__queue_empty(&s->finished)) {
+    keel__queue_t *q = s->finished.next;
+    keel__queue_remove(q);
+    keel__task_unref(keel__container_of(q, keel_task_t, scope_node));
+  }
+  free(s);
+}

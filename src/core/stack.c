@@ -1,0 +1,186 @@
+/* Task stacks: mmap'd with a guard page, pooled per worker, and the
+ * SIGSEGV handler that turns a guard-page hit into a message naming the
+ * task instead of silent corruption. */
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#if KEEL_VALGRIND
+#include <valgrind/valgrind.h>
+#endif
+
+#define STACK_POOL_MAX 1024
+#define ALTSTACK_SIZE (64 * 1024)
+/* A frame larger than this below the guard page is still reported as an
+ * overflow (a big local array can jump past the guard). */
+#define OVERFLOW_SLACK (256 * 1024)
+
+static size_t page_size(void) {
+  static size_t page;
+  if (!page)
+    page = (size_t)sysconf(_SC_PAGESIZE);
+  return page;
+}
+
+int keel__stack_alloc(keel__worker_t *w, size_t size, keel__stack_t **out) {
+  size_t page = page_size();
+  size_t usable = (size + page - 1) & ~(page - 1);
+  if (w->stack_pool && w->stack_pool->map_size == usable + page) {
+    keel__stack_t *s = w->stack_pool;
+    w->stack_pool = s->next;
+    w->stack_pool_len--;
+    *out = s;
+    return 0;
+  }
+  size_t map_size = usable + page;
+  char *map = mmap(NULL, map_size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+  if (map == MAP_FAILED)
+    return -ENOMEM;
+  if (mprotect(map, page, PROT_NONE) != 0) {
+    munmap(map, map_size);
+    return -ENOMEM;
+  }
+  /* The descriptor sits at the top of the mapping; the stack grows down
+   * from just below it. */
+  keel__stack_t *s = (keel__stack_t *)(map + map_size - sizeof(keel__stack_t));
+  s = (keel__stack_t *)((uintptr_t)s & ~(uintptr_t)63);
+  s->next = NULL;
+  s->map = map;
+  s->map_size = map_size;
+  s->lo = map + page;
+  s->size = (size_t)((char *)s - s->lo);
+#if KEEL_VALGRIND
+  s->valgrind_id = VALGRIND_STACK_REGISTER(s->lo, s->lo + s->size);
+#else
+  s->valgrind_id = 0;
+#endif
+  *out = s;
+  return 0;
+}
+
+static void stack_unmap(keel__stack_t *s) {
+#if KEEL_VALGRIND
+  VALGRIND_STACK_DEREGISTER(s->valgrind_id);
+#endif
+  munmap(s->map, s->map_size);
+}
+
+void keel__stack_release(keel__worker_t *w, keel__stack_t *s) {
+  size_t default_map = ((w->rt->cfg.stack_size + page_size() - 1) & ~(page_size() - 1)) + page_size();
+  if (s->map_size != default_map || w->stack_pool_len >= STACK_POOL_MAX) {
+    stack_unmap(s);
+    return;
+  }
+  s->next = w->stack_pool;
+  w->stack_pool = s;
+  w->stack_pool_len++;
+}
+
+void keel__stack_pool_destroy(keel__worker_t *w) {
+  while (w->stack_pool) {
+    keel__stack_t *s = w->stack_pool;
+    w->stack_pool = s->next;
+    stack_unmap(s);
+  }
+  w->stack_pool_len = 0;
+}
+
+/* ---- Guard-page reporting ------------------------------------------------ */
+
+/* Process-wide signal disposition (not loop state): the handler we replaced,
+ * so faults that are not stack overflows go where they went before. */
+static struct sigaction prev_segv;
+static atomic_int guard_installed;
+
+static size_t fmt_append(char *buf, size_t at, size_t cap, const char *s) {
+  while (*s && at < cap)
+    buf[at++] = *s++;
+  return at;
+}
+
+static size_t fmt_size(char *buf, size_t at, size_t cap, size_t v) {
+  char tmp[24];
+  int n = 0;
+  do {
+    tmp[n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v && n < (int)sizeof tmp);
+  while (n > 0 && at < cap)
+    buf[at++] = tmp[--n];
+  return at;
+}
+
+static bool is_overflow(const keel_task_t *t, const char *addr) {
+  if (!t || !t->stack)
+    return false;
+  const char *guard_hi = t->stack->lo;
+  return addr < guard_hi && addr + OVERFLOW_SLACK >= t->stack->map;
+}
+
+static void segv_handler(int sig, siginfo_t *si, void *uctx) {
+  keel__worker_t *w = keel__tls_worker;
+  keel_task_t *t = w ? w->current : NULL;
+  if (is_overflow(t, (const char *)si->si_addr)) {
+    char msg[256];
+    size_t n = fmt_append(msg, 0, sizeof msg - 1, "keel: stack overflow in task '");
+    n = fmt_append(msg, n, sizeof msg - 1, t->name);
+    n = fmt_append(msg, n, sizeof msg - 1, "' (stack size ");
+    n = fmt_size(msg, n, sizeof msg - 1, t->stack->size);
+    n = fmt_append(msg, n, sizeof msg - 1, " bytes); give it a larger stack_size\n");
+    ssize_t rc = write(STDERR_FILENO, msg, n);
+    (void)rc;
+    signal(SIGSEGV, SIG_DFL); /* returning re-faults and the process dies */
+    return;
+  }
+  if ((prev_segv.sa_flags & SA_SIGINFO) && prev_segv.sa_sigaction) {
+    prev_segv.sa_sigaction(sig, si, uctx);
+    return;
+  }
+  if (prev_segv.sa_handler != SIG_IGN && prev_segv.sa_handler != SIG_DFL && prev_segv.sa_handler) {
+    prev_segv.sa_handler(sig);
+    return;
+  }
+  signal(SIGSEGV, SIG_DFL);
+}
+
+void keel__stack_guard_install(void) {
+  if (atomic_exchange(&guard_installed, 1))
+    return;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = segv_handler;
+  sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGSEGV, &sa, &prev_segv);
+}
+
+int keel__stack_guard_thread_init(keel__worker_t *w) {
+  w->altstack = mmap(NULL, ALTSTACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                     -1, 0);
+  if (w->altstack == MAP_FAILED) {
+    w->altstack = NULL;
+    return -ENOMEM;
+  }
+  stack_t ss = {.ss_sp = w->altstack, .ss_size = ALTSTACK_SIZE, .ss_flags = 0};
+  if (sigaltstack(&ss, NULL) != 0) {
+    munmap(w->altstack, ALTSTACK_SIZE);
+    w->altstack = NULL;
+    return -errno;
+  }
+  return 0;
+}
+
+void keel__stack_guard_thread_exit(keel__worker_t *w) {
+  if (!w->altstack)
+    return;
+  stack_t ss = {.ss_sp = NULL, .ss_size = 0, .ss_flags = SS_DISABLE};
+  sigaltstack(&ss, NULL);
+  munmap(w->altstack, ALTSTACK_SIZE);
+  w->altstack = NULL;
+}

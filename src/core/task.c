@@ -1,0 +1,442 @@
+/* Tasks: stackful fibers, spawning, parking, waits and cancellation checks. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+_Thread_local keel__worker_t *keel__tls_worker;
+
+#if KEEL_ASAN
+void __sanitizer_start_switch_fiber(void **fake_stack_save, const void *bottom, size_t size);
+void __sanitizer_finish_switch_fiber(void *fake_stack_save, const void **bottom_old,
+                                     size_t *size_old);
+#endif
+#if KEEL_TSAN
+void *__tsan_get_current_fiber(void);
+void *__tsan_create_fiber(unsigned flags);
+void __tsan_destroy_fiber(void *fiber);
+void __tsan_switch_to_fiber(void *fiber, unsigned flags);
+#endif
+
+/* ---- Switching ------------------------------------------------------------ */
+
+/* Scheduler -> task. Returns when the task parks or finishes. */
+static void switch_to_task(keel__worker_t *w, keel_task_t *t) {
+  w->current = t;
+  t->state = KEEL__TASK_RUNNING;
+#if KEEL_ASAN
+  __sanitizer_start_switch_fiber(&w->asan_fake_stack, t->stack->lo, t->stack->size);
+#endif
+#if KEEL_TSAN
+  __tsan_switch_to_fiber(t->tsan_fiber, 0);
+#endif
+  keel__ctx_switch(&w->sched_ctx, &t->ctx);
+#if KEEL_ASAN
+  __sanitizer_finish_switch_fiber(w->asan_fake_stack, NULL, NULL);
+#endif
+  w->current = NULL;
+  if (w->dead) {
+    keel_task_t *dead = w->dead;
+    w->dead = NULL;
+#if KEEL_TSAN
+    __tsan_destroy_fiber(dead->tsan_fiber);
+#endif
+    keel__stack_release(w, dead->stack);
+    dead->stack = NULL;
+    w->tasks--;
+    keel__task_unref(dead); /* the running reference */
+  }
+}
+
+/* Task -> scheduler. */
+void keel__task_park(void) {
+  keel__worker_t *w = keel__tls_worker;
+  keel_task_t *t = w->current;
+#if KEEL_ASAN
+  __sanitizer_start_switch_fiber(t->state == KEEL__TASK_DONE ? NULL : &t->asan_fake_stack,
+                                 w->sched_stack_lo, w->sched_stack_size);
+#endif
+#if KEEL_TSAN
+  __tsan_switch_to_fiber(w->tsan_sched_fiber, 0);
+#endif
+  keel__ctx_switch(&t->ctx, &w->sched_ctx);
+#if KEEL_ASAN
+  __sanitizer_finish_switch_fiber(t->asan_fake_stack, NULL, NULL);
+#endif
+}
+
+/* Runs ready tasks, cancelled ones first, at most budget of them. */
+void keel__worker_run_ready(keel__worker_t *w, int budget) {
+  while (budget-- > 0) {
+    keel__queue_t *q = &w->ready_cancel;
+    if (keel__queue_empty(q)) {
+      q = &w->ready;
+      if (keel__queue_empty(q))
+        return;
+    }
+    keel__queue_t *n = q->next;
+    keel__queue_remove(n);
+    switch_to_task(w, keel__container_of(n, keel_task_t, ready_node));
+  }
+}
+
+/* ---- Task lifecycle -------------------------------------------------------- */
+
+static void task_finish(keel_task_t *t, int rc);
+
+static void task_entry(void *arg) {
+  keel_task_t *t = arg;
+#if KEEL_ASAN
+  keel__worker_t *w = t->worker;
+  __sanitizer_finish_switch_fiber(NULL, &w->sched_stack_lo, &w->sched_stack_size);
+#endif
+  int rc = t->fn(t->arg);
+  task_finish(t, rc);
+  t->state = KEEL__TASK_DONE;
+  t->worker->dead = t;
+  keel__task_park();
+  __builtin_unreachable();
+}
+
+static keel_outcome_t outcome_of(keel_task_t *t, int rc) {
+  keel_outcome_t o = {KEEL_OUTCOME_OK, rc, KEEL_CANCEL_NONE};
+  if (rc == 0)
+    return o;
+  t->shield_depth = 0;
+  keel_cancel_reason_t reason = KEEL_CANCEL_NONE;
+  int err = keel__task_cancel_err(t, &reason);
+  if ((rc == -ECANCELED || rc == -ETIMEDOUT) && err) {
+    o.kind = KEEL_OUTCOME_CANCELLED;
+    o.reason = reason;
+  } else {
+    o.kind = KEEL_OUTCOME_ERROR;
+  }
+  return o;
+}
+
+static void task_finish(keel_task_t *t, int rc) {
+  /* A task never leaves a scope it opened running behind it. */
+  while (!keel__queue_empty(&t->open_scopes)) {
+    keel_scope_t *s = keel__container_of(t->open_scopes.next, keel_scope_t, opener_node);
+    keel_scope_close(s);
+  }
+  t->outcome = outcome_of(t, rc);
+  keel__scope_task_done(t->scope, t);
+}
+
+/* Gives t a stack and makes it runnable on its own worker. */
+static void task_start(keel__worker_t *w, keel_task_t *t) {
+  if (keel__stack_alloc(w, t->stack_size, &t->stack) != 0) {
+    /* Out of memory for a stack: the task finishes with -ENOMEM without
+     * running, so its scope still accounts for it. */
+    t->outcome = (keel_outcome_t){KEEL_OUTCOME_ERROR, -ENOMEM, KEEL_CANCEL_NONE};
+    keel_log(KEEL_LOG_ERROR, "no memory for the stack of task '%s'", t->name);
+    keel__scope_task_done(t->scope, t);
+    keel__task_unref(t);
+    return;
+  }
+  keel__ctx_make(&t->ctx, t->stack->lo, t->stack->size, task_entry, t);
+#if KEEL_TSAN
+  t->tsan_fiber = __tsan_create_fiber(0);
+#endif
+  w->tasks++;
+  t->state = KEEL__TASK_NEW;
+  keel__task_ready(t);
+}
+
+static void task_start_msg(keel__worker_t *w, keel__msg_t *m) {
+  task_start(w, keel__container_of(m, keel_task_t, start_msg));
+}
+
+int keel_spawn(keel_scope_t *scope, keel_task_fn fn, void *arg, const keel_spawn_opts_t *opts) {
+  keel__worker_t *w = keel__tls_worker;
+  keel_spawn_opts_t none = {0};
+  if (!opts)
+    opts = &none;
+  if (!w || !scope || !fn)
+    return -EINVAL;
+  keel__worker_t *target = w;
+  if (opts->worker != KEEL_WORKER_CURRENT) {
+    if (opts->worker < 0 || opts->worker >= w->rt->nworkers)
+      return -EINVAL;
+    target = &w->rt->workers[opts->worker];
+  }
+  keel_task_t *t = calloc(1, sizeof *t);
+  if (!t)
+    return -ENOMEM;
+  t->worker = target;
+  t->fn = fn;
+  t->arg = arg;
+  t->stack_size = opts->stack_size ? opts->stack_size : w->rt->cfg.stack_size;
+  t->deadline_ns = KEEL_DEADLINE_NONE;
+  t->has_handle = opts->handle != NULL;
+  atomic_init(&t->refs, t->has_handle ? 2 : 1);
+  keel__queue_init(&t->open_scopes);
+  keel__queue_init(&t->ready_node);
+  keel__set_name(t->name, opts->name, "task");
+  int rc = keel__scope_add_task(scope, t);
+  if (rc != 0) {
+    free(t);
+    return rc;
+  }
+  if (opts->handle)
+    *opts->handle = t;
+  if (target == w)
+    task_start(w, t);
+  else {
+    t->start_msg.fn = task_start_msg;
+    keel__worker_post(target, &t->start_msg);
+  }
+  return 0;
+}
+
+void keel__task_unref(keel_task_t *t) {
+  if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1)
+    free(t);
+}
+
+void keel__task_ready(keel_task_t *t) {
+  if (t->state == KEEL__TASK_READY || t->state == KEEL__TASK_RUNNING)
+    return;
+  keel__worker_t *w = t->worker;
+  t->state = KEEL__TASK_READY;
+  bool cancelled = t->shield_depth == 0 && atomic_load_explicit(&t->scope->cancel_reason,
+                                                                memory_order_relaxed) != 0;
+  keel__queue_insert_tail(cancelled ? &w->ready_cancel : &w->ready, &t->ready_node);
+}
+
+/* ---- Cancellation state ------------------------------------------------------ */
+
+int64_t keel__task_deadline(keel_task_t *t) {
+  if (t->shield_depth > 0)
+    return t->shield_deadline[t->shield_depth - 1];
+  int64_t d = t->deadline_ns;
+  for (keel_scope_t *s = t->scope; s; s = s->parent) {
+    int64_t sd = atomic_load_explicit(&s->deadline_ns, memory_order_relaxed);
+    if (sd < d)
+      d = sd;
+    if (s->flags & KEEL_SCOPE_SHIELD)
+      break;
+  }
+  return d;
+}
+
+int keel__task_cancel_err(keel_task_t *t, keel_cancel_reason_t *reason) {
+  if (t->shield_depth == 0) {
+    int r = atomic_load_explicit(&t->scope->cancel_reason, memory_order_relaxed);
+    if (r) {
+      *reason = (keel_cancel_reason_t)r;
+      return r == KEEL_CANCEL_TIMEOUT ? -ETIMEDOUT : -ECANCELED;
+    }
+  }
+  int64_t d = keel__task_deadline(t);
+  if (d != KEEL_DEADLINE_NONE && keel__now_ns() >= d) {
+    *reason = KEEL_CANCEL_TIMEOUT;
+    return -ETIMEDOUT;
+  }
+  *reason = KEEL_CANCEL_NONE;
+  return 0;
+}
+
+int keel__check_cancel(void) {
+  keel_task_t *t = keel__task_self();
+  keel_cancel_reason_t reason;
+  return t ? keel__task_cancel_err(t, &reason) : 0;
+}
+
+/* Cancellation or a new deadline reached t (on its own worker). */
+static void task_interrupt_local(keel_task_t *t) {
+  if (t->state == KEEL__TASK_READY && t->shield_depth == 0) {
+    keel__queue_remove(&t->ready_node); /* cancelled tasks run first */
+    keel__queue_insert_tail(&t->worker->ready_cancel, &t->ready_node);
+    return;
+  }
+  keel__wait_t *w = t->wait;
+  if (t->state != KEEL__TASK_BLOCKED || !w || w->done || w->shielded || w->interrupted)
+    return;
+  keel_cancel_reason_t reason;
+  int err = keel__task_cancel_err(t, &reason);
+  if (err) {
+    keel__wait_interrupt(w, err);
+    return;
+  }
+  int64_t d = keel__task_deadline(t);
+  if (d < w->deadline_ns) { /* a nearer deadline was set: re-arm */
+    w->deadline_ns = d;
+    int64_t fire = d < w->until_ns ? d : w->until_ns;
+    keel__timer_start(&t->worker->wheel, &w->timer, keel__ns_to_ms_ceil(fire));
+  }
+}
+
+static void task_interrupt_msg(keel__worker_t *w, keel__msg_t *m) {
+  (void)w;
+  keel_task_t *t = keel__container_of(m, keel_task_t, interrupt_msg);
+  atomic_store(&t->interrupt_pending, false);
+  if (t->state != KEEL__TASK_DONE)
+    task_interrupt_local(t);
+  keel__task_unref(t);
+}
+
+void keel__task_interrupt(keel_task_t *t) {
+  if (t->worker == keel__tls_worker) {
+    if (t->stack && t->state != KEEL__TASK_DONE)
+      task_interrupt_local(t);
+    return;
+  }
+  if (atomic_exchange(&t->interrupt_pending, true))
+    return; /* one in flight already re-reads the state */
+  atomic_fetch_add(&t->refs, 1);
+  t->interrupt_msg.fn = task_interrupt_msg;
+  keel__worker_post(t->worker, &t->interrupt_msg);
+}
+
+/* ---- Waits ------------------------------------------------------------------- */
+
+static void wait_timer_cb(keel__timer_t *tm) {
+  keel__wait_t *w = keel__container_of(tm, keel__wait_t, timer);
+  if (w->done)
+    return;
+  if (w->until_ns != KEEL_DEADLINE_NONE && w->until_ns <= w->deadline_ns)
+    keel__wait_complete(w, w->until_result);
+  else
+    keel__wait_interrupt(w, -ETIMEDOUT);
+}
+
+void keel__wait_init(keel__wait_t *w, keel__wait_abort_fn abort) {
+  w->task = keel__task_self();
+  keel__timer_init(&w->timer, wait_timer_cb);
+  w->abort = abort;
+  w->until_ns = KEEL_DEADLINE_NONE;
+  w->until_result = 0;
+  w->deadline_ns = KEEL_DEADLINE_NONE;
+  w->interrupted = 0;
+  w->data = NULL;
+  w->result = 0;
+  w->done = false;
+  w->shielded = false;
+}
+
+ssize_t keel__wait_block(keel__wait_t *w, int64_t until_ns, int until_result) {
+  keel_task_t *t = w->task;
+  keel__worker_t *wk = t->worker;
+  w->until_ns = until_ns;
+  w->until_result = until_result;
+  if (!w->shielded) {
+    w->deadline_ns = keel__task_deadline(t);
+    int64_t fire = w->deadline_ns < until_ns ? w->deadline_ns : until_ns;
+    if (fire != KEEL_DEADLINE_NONE)
+      keel__timer_start(&wk->wheel, &w->timer, keel__ns_to_ms_ceil(fire));
+  }
+  t->wait = w;
+  t->state = KEEL__TASK_BLOCKED;
+  while (!w->done)
+    keel__task_park();
+  keel__timer_stop(&wk->wheel, &w->timer);
+  t->wait = NULL;
+  return w->result;
+}
+
+void keel__wait_complete(keel__wait_t *w, ssize_t result) {
+  if (w->done)
+    return;
+  w->done = true;
+  w->result = result;
+  keel__task_ready(w->task);
+}
+
+void keel__wait_interrupt(keel__wait_t *w, int err) {
+  if (w->done || w->interrupted || w->shielded)
+    return;
+  w->interrupted = err;
+  if (w->abort)
+    w->abort(w, err);
+  else
+    keel__wait_complete(w, err);
+}
+
+/* ---- Public task API ------------------------------------------------------- */
+
+int keel_sleep_until(int64_t when_ns) {
+  int rc = keel__check_cancel();
+  if (rc != 0 || keel__task_self() == NULL)
+    return rc ? rc : -EINVAL;
+  if (when_ns <= keel__now_ns())
+    return 0;
+  keel__wait_t w;
+  keel__wait_init(&w, NULL);
+  return (int)keel__wait_block(&w, when_ns, 0);
+}
+
+int keel_sleep_ns(int64_t ns) {
+  if (ns <= 0)
+    return keel__check_cancel();
+  int64_t now = keel__now_ns();
+  return keel_sleep_until(ns > INT64_MAX - now ? KEEL_DEADLINE_NONE - 1 : now + ns);
+}
+
+int keel_sleep_ms(int64_t ms) {
+  if (ms > INT64_MAX / KEEL_NS_PER_MS)
+    ms = INT64_MAX / KEEL_NS_PER_MS;
+  return keel_sleep_ns(ms * KEEL_NS_PER_MS);
+}
+
+int keel_yield(void) {
+  keel_task_t *t = keel__task_self();
+  if (!t)
+    return -EINVAL;
+  int rc = keel__check_cancel();
+  if (rc)
+    return rc;
+  t->state = KEEL__TASK_BLOCKED; /* so keel__task_ready queues it */
+  keel__task_ready(t);
+  keel__task_park();
+  return 0;
+}
+
+int keel_checkpoint(void) { return keel__check_cancel(); }
+
+keel_outcome_t keel_task_outcome(const keel_task_t *task) { return task->outcome; }
+const char *keel_task_name(const keel_task_t *task) { return task->name; }
+keel_task_t *keel_task_current(void) { return keel__task_self(); }
+
+int64_t keel_task_set_deadline(int64_t deadline_ns) {
+  keel_task_t *t = keel__task_self();
+  if (!t)
+    return KEEL_DEADLINE_NONE;
+  int64_t old = t->deadline_ns;
+  t->deadline_ns = deadline_ns > 0 ? deadline_ns : KEEL_DEADLINE_NONE;
+  return old;
+}
+
+int64_t keel_deadline(void) {
+  keel_task_t *t = keel__task_self();
+  return t ? keel__task_deadline(t) : KEEL_DEADLINE_NONE;
+}
+
+keel_cancel_reason_t keel_cancelled(void) {
+  keel_task_t *t = keel__task_self();
+  keel_cancel_reason_t reason = KEEL_CANCEL_NONE;
+  if (t)
+    keel__task_cancel_err(t, &reason);
+  return reason;
+}
+
+void keel_shield_begin(int64_t deadline_ns) {
+  keel_task_t *t = keel__task_self();
+  if (!t)
+    return;
+  if (t->shield_depth >= KEEL__SHIELD_MAX)
+    abort(); /* programmer error: unbalanced shields */
+  if (deadline_ns <= 0)
+    deadline_ns = KEEL_DEADLINE_NONE;
+  if (t->shield_depth > 0 && t->shield_deadline[t->shield_depth - 1] < deadline_ns)
+    deadline_ns = t->shield_deadline[t->shield_depth - 1];
+  t->shield_deadline[t->shield_depth++] = deadline_ns;
+}
+
+void keel_shield_end(void) {
+  keel_task_t *t = keel__task_self();
+  if (t && t->shield_depth > 0)
+    t->shield_depth--;
+}

@@ -1,0 +1,326 @@
+/* The io_uring backend: a completion engine. Operations are queued as SQEs
+ * while the task parks; the worker submits the whole batch and waits for
+ * completions in one io_uring_enter. A cancelled operation's buffer stays
+ * untouched only once its CQE has arrived, so cancellation submits an
+ * ASYNC_CANCEL and the task stays parked until then. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <liburing.h>
+
+#include "internal.h"
+
+/* user_data: a keel__wait_t pointer (8-aligned, tag 0), or a tagged
+ * pointer for the worker's own operations. 0 marks CQEs nobody awaits. */
+#define TAG_MASK 7u
+#define TAG_WAKE 1u
+#define TAG_ACCEPT 2u
+
+typedef struct uring_backend {
+  struct io_uring ring;
+  uint64_t wake_buf;
+  bool ext_arg; /* kernel waits with a timeout without a timeout SQE */
+} uring_backend_t;
+
+static struct io_uring_sqe *get_sqe(uring_backend_t *b) {
+  struct io_uring_sqe *sqe = io_uring_get_sqe(&b->ring);
+  while (!sqe) { /* SQ full: hand the batch to the kernel and go on */
+    io_uring_submit(&b->ring);
+    sqe = io_uring_get_sqe(&b->ring);
+  }
+  return sqe;
+}
+
+static void arm_wake(keel__worker_t *w, uring_backend_t *b) {
+  struct io_uring_sqe *sqe = get_sqe(b);
+  io_uring_prep_read(sqe, w->wake_fd, &b->wake_buf, sizeof b->wake_buf, 0);
+  io_uring_sqe_set_data64(sqe, (uintptr_t)w | TAG_WAKE);
+}
+
+static int ring_init(uring_backend_t *b, unsigned entries) {
+  struct io_uring_params p;
+  /* Newest first: a single issuer and deferred task work let the kernel run
+   * completions only when this worker asks for them. */
+  static const unsigned flag_sets[] = {
+#if KEEL_HAVE_URING_DEFER_TASKRUN
+      IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+#endif
+      IORING_SETUP_COOP_TASKRUN, 0};
+  int rc = -EINVAL;
+  for (size_t i = 0; i < sizeof flag_sets / sizeof flag_sets[0]; i++) {
+    memset(&p, 0, sizeof p);
+    p.flags = flag_sets[i];
+    rc = io_uring_queue_init_params(entries, &b->ring, &p);
+    if (rc != -EINVAL)
+      break;
+  }
+  if (rc < 0)
+    return rc;
+  b->ext_arg = p.features & IORING_FEAT_EXT_ARG;
+  io_uring_register_ring_fd(&b->ring); /* saves an fd lookup per enter */
+  return 0;
+}
+
+static int ur_init(keel__worker_t *w) {
+  uring_backend_t *b = calloc(1, sizeof *b);
+  if (!b)
+    return -ENOMEM;
+  unsigned entries = w->rt->cfg.uring_entries ? w->rt->cfg.uring_entries : 1024;
+  int rc = ring_init(b, entries);
+  if (rc < 0) {
+    free(b);
+    return rc;
+  }
+  w->backend = b;
+  arm_wake(w, b);
+  return 0;
+}
+
+static void ur_destroy(keel__worker_t *w) {
+  uring_backend_t *b = w->backend;
+  if (!b)
+    return;
+  io_uring_queue_exit(&b->ring);
+  free(b);
+  w->backend = NULL;
+}
+
+static void ur_wake(keel__worker_t *w) {
+  uint64_t one = 1;
+  ssize_t rc = write(w->wake_fd, &one, sizeof one);
+  (void)rc;
+}
+
+/* ---- Completions ----------------------------------------------------------- */
+
+static void accept_cqe(keel__acceptq_t *q, struct io_uring_cqe *cqe);
+
+static void handle_cqe(keel__worker_t *w, struct io_uring_cqe *cqe) {
+  uint64_t data = cqe->user_data;
+  if (data == 0)
+    return;
+  switch (data & TAG_MASK) {
+  case TAG_WAKE:
+    arm_wake(w, w->backend);
+    return;
+  case TAG_ACCEPT:
+    accept_cqe((keel__acceptq_t *)(uintptr_t)(data & ~(uint64_t)TAG_MASK), cqe);
+    return;
+  default: {
+    keel__wait_t *wt = (keel__wait_t *)(uintptr_t)data;
+    int res = cqe->res;
+    /* The op was cancelled on the task's behalf: report why. A result
+     * that arrived anyway (bytes moved) is reported as it is. */
+    if (res == -ECANCELED && wt->interrupted)
+      res = wt->interrupted;
+    keel__wait_complete(wt, res);
+  }
+  }
+}
+
+static void ur_poll(keel__worker_t *w, int64_t timeout_ns) {
+  uring_backend_t *b = w->backend;
+  struct io_uring_cqe *cqe;
+  if (timeout_ns == 0) {
+    io_uring_submit_and_get_events(&b->ring);
+  } else if (timeout_ns < 0) {
+    io_uring_submit_and_wait(&b->ring, 1);
+  } else {
+    struct __kernel_timespec ts = {.tv_sec = timeout_ns / KEEL_NS_PER_SEC,
+                                   .tv_nsec = timeout_ns % KEEL_NS_PER_SEC};
+    io_uring_submit_and_wait_timeout(&b->ring, &cqe, 1, &ts, NULL);
+  }
+  unsigned head, seen = 0;
+  io_uring_for_each_cqe(&b->ring, head, cqe) {
+    handle_cqe(w, cqe);
+    if (++seen == KEEL__IO_BUDGET)
+      break;
+  }
+  io_uring_cq_advance(&b->ring, seen);
+}
+
+/* ---- Operations ------------------------------------------------------------------ */
+
+static void op_abort(keel__wait_t *w, int err) {
+  (void)err;
+  uring_backend_t *b = w->task->worker->backend;
+  struct io_uring_sqe *sqe = get_sqe(b);
+  io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)w, 0);
+  io_uring_sqe_set_data64(sqe, 0);
+}
+
+/* Queues the prepared sqe for w and parks until its CQE. */
+static ssize_t op_wait(keel__wait_t *w, struct io_uring_sqe *sqe) {
+  io_uring_sqe_set_data(sqe, w);
+  return keel__wait_block(w, KEEL_DEADLINE_NONE, 0);
+}
+
+#define UR_BEGIN(io)                                                                             \
+  int rc_ = keel__check_cancel();                                                               \
+  if (rc_)                                                                                       \
+    return rc_;                                                                                  \
+  keel__wait_t w;                                                                                \
+  keel__wait_init(&w, op_abort);                                                                 \
+  struct io_uring_sqe *sqe = get_sqe((io)->worker->backend)
+
+static ssize_t ur_recv(keel__io_t *io, void *buf, size_t len) {
+  UR_BEGIN(io);
+  io_uring_prep_recv(sqe, io->fd, buf, len, 0);
+  return op_wait(&w, sqe);
+}
+
+static ssize_t ur_readv(keel__io_t *io, const struct iovec *iov, int iovcnt) {
+  UR_BEGIN(io);
+  struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
+  io_uring_prep_recvmsg(sqe, io->fd, &msg, 0);
+  return op_wait(&w, sqe);
+}
+
+static ssize_t ur_send(keel__io_t *io, const void *buf, size_t len) {
+  UR_BEGIN(io);
+  io_uring_prep_send(sqe, io->fd, buf, len, MSG_NOSIGNAL);
+  return op_wait(&w, sqe);
+}
+
+static ssize_t ur_writev(keel__io_t *io, const struct iovec *iov, int iovcnt) {
+  UR_BEGIN(io);
+  struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
+  io_uring_prep_sendmsg(sqe, io->fd, &msg, MSG_NOSIGNAL);
+  return op_wait(&w, sqe);
+}
+
+static int ur_connect(keel__io_t *io, const struct sockaddr *sa, socklen_t len) {
+  UR_BEGIN(io);
+  io_uring_prep_connect(sqe, io->fd, sa, len);
+  ssize_t rc = op_wait(&w, sqe);
+  /* Connected after all, but the caller was cancelled: it gets the reason
+   * and closes the socket. */
+  if (rc == 0 && w.interrupted)
+    rc = w.interrupted;
+  return (int)rc;
+}
+
+/* ---- Multishot accept --------------------------------------------------------- */
+
+static void accept_cancel_q(keel__acceptq_t *q) {
+  struct io_uring_sqe *sqe = get_sqe(keel__tls_worker->backend);
+  io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)q | TAG_ACCEPT, 0);
+  io_uring_sqe_set_data64(sqe, 0);
+}
+
+static bool acceptq_full(const keel__acceptq_t *q) {
+  return q->tail - q->head == KEEL__ACCEPTQ_SIZE;
+}
+
+static void accept_cqe(keel__acceptq_t *q, struct io_uring_cqe *cqe) {
+  int res = cqe->res;
+  if (!(cqe->flags & IORING_CQE_F_MORE))
+    q->armed = false;
+  if (res >= 0) {
+    if (q->closing || acceptq_full(q)) {
+      close(res); /* full only if the kernel raced our cancel: reset it */
+    } else if (q->wait) {
+      keel__wait_t *w = q->wait;
+      q->wait = NULL;
+      keel__wait_complete(w, res);
+    } else {
+      q->fds[q->tail++ % KEEL__ACCEPTQ_SIZE] = res;
+      /* Nobody takes them: pause, and let the kernel's backlog hold the
+       * rest; the next accept that finds the queue empty re-arms. */
+      if (q->armed && q->tail - q->head == KEEL__ACCEPTQ_SIZE - 8)
+        accept_cancel_q(q);
+    }
+  } else if (res != -ECANCELED) {
+    q->err = res;
+    if (q->wait) {
+      keel__wait_t *w = q->wait;
+      q->wait = NULL;
+      q->err = 0;
+      keel__wait_complete(w, res);
+    }
+  }
+  if (!q->armed && q->close_wait)
+    keel__wait_complete(q->close_wait, 0);
+}
+
+static void accept_cancel(keel__io_t *io) { accept_cancel_q(io->acceptq); }
+
+static void accept_wait_abort(keel__wait_t *w, int err) {
+  keel__acceptq_t *q = w->data;
+  if (q->wait == w)
+    q->wait = NULL; /* the multishot stays armed; fds queue for later */
+  keel__wait_complete(w, err);
+}
+
+static void accept_arm(keel__io_t *io) {
+  keel__acceptq_t *q = io->acceptq;
+  struct io_uring_sqe *sqe = get_sqe(io->worker->backend);
+  io_uring_prep_multishot_accept(sqe, io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)q | TAG_ACCEPT);
+  q->armed = true;
+}
+
+static int ur_accept(keel__io_t *io) {
+  keel__acceptq_t *q = io->acceptq;
+  int rc = keel__check_cancel();
+  if (rc)
+    return rc;
+  if (q->head != q->tail)
+    return q->fds[q->head++ % KEEL__ACCEPTQ_SIZE];
+  if (q->err) {
+    int err = q->err;
+    q->err = 0;
+    return err;
+  }
+  if (!q->armed)
+    accept_arm(io);
+  keel__wait_t w;
+  keel__wait_init(&w, accept_wait_abort);
+  w.data = q;
+  q->wait = &w;
+  return (int)keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
+}
+
+/* The listener is closing: stop the multishot and wait for its last CQE,
+ * which references the queue, then close what was accepted but not taken. */
+static void accept_close(keel__io_t *io) {
+  keel__acceptq_t *q = io->acceptq;
+  q->closing = true;
+  if (q->wait) {
+    keel__wait_complete(q->wait, -EBADF);
+    q->wait = NULL;
+  }
+  if (q->armed) {
+    accept_cancel(io);
+    keel__wait_t w;
+    keel__wait_init(&w, NULL);
+    w.shielded = true;
+    q->close_wait = &w;
+    keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
+    q->close_wait = NULL;
+  }
+  while (q->head != q->tail)
+    close(q->fds[q->head++ % KEEL__ACCEPTQ_SIZE]);
+}
+
+static void ur_io_close(keel__io_t *io) {
+  if (io->acceptq)
+    accept_close(io);
+}
+
+const keel__backend_ops_t keel__uring_ops = {
+    .name = "io_uring",
+    .init = ur_init,
+    .destroy = ur_destroy,
+    .poll = ur_poll,
+    .wake = ur_wake,
+    .recv = ur_recv,
+    .readv = ur_readv,
+    .send = ur_send,
+    .writev = ur_writev,
+    .accept = ur_accept,
+    .connect = ur_connect,
+    .io_close = ur_io_close,
+};

@@ -1,0 +1,111 @@
+/* Worker loops: ready queues, the inbox of cross-worker messages, timers
+ * and the backend poll. */
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#if KEEL_TSAN
+void *__tsan_get_current_fiber(void);
+#endif
+
+/* Tasks run between two polls at most; keeps I/O from starving behind a
+ * crowd of yielding tasks while letting a yield cost a context switch, not
+ * a system call. */
+#define RUN_BUDGET 1024
+
+void keel__worker_run_ready(keel__worker_t *w, int budget);
+
+int keel__worker_init(keel__worker_t *w, keel_runtime_t *rt, int id) {
+  w->rt = rt;
+  w->id = id;
+  keel__queue_init(&w->ready);
+  keel__queue_init(&w->ready_cancel);
+  keel__wheel_init(&w->wheel, keel__now_ns() / KEEL_NS_PER_MS);
+  atomic_init(&w->inbox, NULL);
+  atomic_init(&w->sleeping, false);
+  w->ops = rt->ops;
+  w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (w->wake_fd < 0)
+    return -errno;
+#if KEEL_TSAN
+  w->tsan_sched_fiber = __tsan_get_current_fiber();
+#endif
+  int rc = w->ops->init(w);
+  if (rc < 0) {
+    close(w->wake_fd);
+    w->wake_fd = -1;
+    return rc;
+  }
+  keel__stack_guard_thread_init(w);
+  return 0;
+}
+
+void keel__worker_destroy(keel__worker_t *w) {
+  keel__stack_guard_thread_exit(w);
+  w->ops->destroy(w);
+  keel__stack_pool_destroy(w);
+  if (w->wake_fd >= 0)
+    close(w->wake_fd);
+  w->wake_fd = -1;
+}
+
+/* Treiber-stack push: producers never block each other; the consumer takes
+ * the whole stack at once, so there is no ABA. The seq_cst exchange on
+ * `sleeping` pairs with the worker's store before it polls: either the
+ * worker sees the message before sleeping or we see it asleep and wake it. */
+void keel__worker_post(keel__worker_t *w, keel__msg_t *m) {
+  keel__msg_t *head = atomic_load_explicit(&w->inbox, memory_order_relaxed);
+  do {
+    m->next = head;
+  } while (!atomic_compare_exchange_weak_explicit(&w->inbox, &head, m, memory_order_seq_cst,
+                                                  memory_order_relaxed));
+  if (atomic_load(&w->sleeping) && atomic_exchange(&w->sleeping, false))
+    w->ops->wake(w);
+}
+
+static void drain_inbox(keel__worker_t *w) {
+  keel__msg_t *m = atomic_exchange(&w->inbox, NULL);
+  keel__msg_t *fifo = NULL;
+  while (m) { /* reverse into posting order */
+    keel__msg_t *next = m->next;
+    m->next = fifo;
+    fifo = m;
+    m = next;
+  }
+  while (fifo) {
+    keel__msg_t *next = fifo->next;
+    fifo->fn(w, fifo);
+    fifo = next;
+  }
+}
+
+static int64_t poll_timeout_ns(keel__worker_t *w) {
+  if (!keel__queue_empty(&w->ready) || !keel__queue_empty(&w->ready_cancel))
+    return 0;
+  int64_t next_ms = keel__wheel_next_expiry(&w->wheel);
+  if (next_ms == INT64_MAX)
+    return -1;
+  int64_t delta = next_ms * KEEL_NS_PER_MS - keel__now_ns();
+  return delta > 0 ? delta : 0;
+}
+
+void keel__worker_loop(keel__worker_t *w) {
+  while (!w->stop) {
+    keel__worker_run_ready(w, RUN_BUDGET);
+    drain_inbox(w);
+    if (w->stop)
+      break;
+    int64_t timeout = poll_timeout_ns(w);
+    if (timeout != 0) {
+      atomic_store(&w->sleeping, true);
+      if (atomic_load(&w->inbox) != NULL)
+        timeout = 0;
+    }
+    w->ops->poll(w, timeout);
+    atomic_store_explicit(&w->sleeping, false, memory_order_relaxed);
+    keel__wheel_advance(&w->wheel, keel__now_ns() / KEEL_NS_PER_MS);
+  }
+}

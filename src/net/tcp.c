@@ -1,0 +1,249 @@
+/* TCP listeners and connections over the worker's backend. */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "keel/tcp.h"
+
+#define ACCEPT_BACKOFF_MIN_MS 10
+#define ACCEPT_BACKOFF_MAX_MS 500
+
+struct keel_tcp {
+  keel_stream_t base;
+  keel__io_t io;
+};
+
+struct keel_listener {
+  keel__io_t io;
+  keel__acceptq_t acceptq;
+  int64_t last_emfile_log_ns;
+};
+
+void keel__io_init(keel__io_t *io, int fd) {
+  memset(io, 0, sizeof *io);
+  io->fd = fd;
+  io->worker = keel__worker_current();
+}
+
+/* ---- Stream ops --------------------------------------------------------------- */
+
+static ssize_t tcp_readv(keel_stream_t *s, const struct iovec *iov, int iovcnt) {
+  keel_tcp_t *c = (keel_tcp_t *)s;
+  const keel__backend_ops_t *ops = c->io.worker->ops;
+  if (iovcnt == 1)
+    return ops->recv(&c->io, iov[0].iov_base, iov[0].iov_len);
+  return ops->readv(&c->io, iov, iovcnt);
+}
+
+static ssize_t tcp_writev(keel_stream_t *s, const struct iovec *iov, int iovcnt) {
+  keel_tcp_t *c = (keel_tcp_t *)s;
+  const keel__backend_ops_t *ops = c->io.worker->ops;
+  if (iovcnt == 1)
+    return ops->send(&c->io, iov[0].iov_base, iov[0].iov_len);
+  return ops->writev(&c->io, iov, iovcnt);
+}
+
+static int tcp_shutdown(keel_stream_t *s, int how) {
+  keel_tcp_t *c = (keel_tcp_t *)s;
+  return shutdown(c->io.fd, how) == 0 ? 0 : -errno;
+}
+
+static int tcp_close(keel_stream_t *s) {
+  keel_tcp_t *c = (keel_tcp_t *)s;
+  c->io.worker->ops->io_close(&c->io);
+  int rc = close(c->io.fd) == 0 ? 0 : -errno;
+  free(c);
+  return rc;
+}
+
+static const keel_stream_ops_t tcp_stream_ops = {
+    .readv = tcp_readv,
+    .writev = tcp_writev,
+    .shutdown = tcp_shutdown,
+    .close = tcp_close,
+};
+
+static keel_tcp_t *tcp_new(int fd) {
+  keel_tcp_t *c = malloc(sizeof *c);
+  if (!c)
+    return NULL;
+  c->base.ops = &tcp_stream_ops;
+  keel__io_init(&c->io, fd);
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return c;
+}
+
+keel_stream_t *keel_tcp_stream(keel_tcp_t *c) { return &c->base; }
+int keel_tcp_fd(const keel_tcp_t *c) { return c->io.fd; }
+int keel_tcp_close(keel_tcp_t *c) { return c ? tcp_close(&c->base) : 0; }
+
+int keel_tcp_set_nodelay(keel_tcp_t *c, bool on) {
+  int v = on;
+  return setsockopt(c->io.fd, IPPROTO_TCP, TCP_NODELAY, &v, sizeof v) == 0 ? 0 : -errno;
+}
+
+static int sock_name(int fd, keel_addr_t *out, bool peer) {
+  out->len = sizeof out->ss;
+  int rc = peer ? getpeername(fd, (struct sockaddr *)&out->ss, &out->len)
+                : getsockname(fd, (struct sockaddr *)&out->ss, &out->len);
+  return rc == 0 ? 0 : -errno;
+}
+
+int keel_tcp_local_addr(const keel_tcp_t *c, keel_addr_t *out) {
+  return sock_name(c->io.fd, out, false);
+}
+int keel_tcp_peer_addr(const keel_tcp_t *c, keel_addr_t *out) {
+  return sock_name(c->io.fd, out, true);
+}
+
+/* ---- Listen and accept ----------------------------------------------------------- */
+
+void keel_listen_opts_init(keel_listen_opts_t *o) {
+  memset(o, 0, sizeof *o);
+  o->backlog = 1024;
+  o->reuseport = true;
+}
+
+static int listen_socket(const keel_addr_t *addr, const keel_listen_opts_t *o) {
+  int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return -errno;
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (o->reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+    goto fail;
+  if (addr->ss.ss_family == AF_INET6) {
+    int v6only = o->v6only;
+    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
+  }
+  if (bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0)
+    goto fail;
+  if (listen(fd, o->backlog > 0 ? o->backlog : 1024) < 0)
+    goto fail;
+  return fd;
+fail:;
+  int err = -errno;
+  close(fd);
+  return err;
+}
+
+int keel_tcp_listen(const char *hostport, const keel_listen_opts_t *opts, keel_listener_t **out) {
+  keel_listen_opts_t defaults;
+  keel_listen_opts_init(&defaults);
+  if (!opts)
+    opts = &defaults;
+  if (!keel__worker_current())
+    return -EINVAL;
+  keel_addr_t addr;
+  int rc = keel_addr_parse(hostport, &addr);
+  if (rc < 0)
+    return rc;
+  int fd = listen_socket(&addr, opts);
+  if (fd < 0)
+    return fd;
+  keel_listener_t *l = calloc(1, sizeof *l);
+  if (!l) {
+    close(fd);
+    return -ENOMEM;
+  }
+  keel__io_init(&l->io, fd);
+  l->io.acceptq = &l->acceptq;
+  *out = l;
+  return 0;
+}
+
+static bool accept_transient(int err) {
+  /* The connection died before we took it, or a signal: try the next. */
+  return err == -ECONNABORTED || err == -EINTR || err == -EPROTO || err == -EPERM ||
+         err == -ENETDOWN || err == -ENOPROTOOPT || err == -EHOSTDOWN || err == -ENONET ||
+         err == -EHOSTUNREACH || err == -EOPNOTSUPP || err == -ENETUNREACH;
+}
+
+/* Out of descriptors: the pending connection stays in the kernel's backlog.
+ * Log (at most once a second) and back off instead of spinning on it. */
+static int accept_backoff(keel_listener_t *l, int err, int64_t *backoff_ms) {
+  int64_t now = keel__now_ns();
+  if (now - l->last_emfile_log_ns >= KEEL_NS_PER_SEC) {
+    l->last_emfile_log_ns = now;
+    keel_log(KEEL_LOG_WARN, "accept: %s (%s); backing off %lld ms",
+             err == -EMFILE ? "EMFILE" : "ENFILE", keel_strerror(err), (long long)*backoff_ms);
+  }
+  int rc = keel_sleep_ms(*backoff_ms);
+  *backoff_ms *= 2;
+  if (*backoff_ms > ACCEPT_BACKOFF_MAX_MS)
+    *backoff_ms = ACCEPT_BACKOFF_MAX_MS;
+  return rc;
+}
+
+int keel_tcp_accept(keel_listener_t *l, keel_tcp_t **out) {
+  int64_t backoff_ms = ACCEPT_BACKOFF_MIN_MS;
+  for (;;) {
+    int fd = l->io.worker->ops->accept(&l->io);
+    if (fd >= 0) {
+      keel_tcp_t *c = tcp_new(fd);
+      if (!c) {
+        close(fd);
+        return -ENOMEM;
+      }
+      *out = c;
+      return 0;
+    }
+    if (fd == -EMFILE || fd == -ENFILE || fd == -ENOBUFS || fd == -ENOMEM) {
+      int rc = accept_backoff(l, fd, &backoff_ms);
+      if (rc < 0)
+        return rc;
+      continue;
+    }
+    if (!accept_transient(fd))
+      return fd;
+  }
+}
+
+int keel_listener_addr(const keel_listener_t *l, keel_addr_t *out) {
+  return sock_name(l->io.fd, out, false);
+}
+
+int keel_listener_close(keel_listener_t *l) {
+  if (!l)
+    return 0;
+  l->io.worker->ops->io_close(&l->io);
+  int rc = close(l->io.fd) == 0 ? 0 : -errno;
+  free(l);
+  return rc;
+}
+
+/* ---- Connect ----------------------------------------------------------------------- */
+
+int keel_tcp_connect_addr(const keel_addr_t *addr, keel_tcp_t **out) {
+  if (!keel__worker_current())
+    return -EINVAL;
+  int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return -errno;
+  keel_tcp_t *c = tcp_new(fd);
+  if (!c) {
+    close(fd);
+    return -ENOMEM;
+  }
+  int rc = c->io.worker->ops->connect(&c->io, (const struct sockaddr *)&addr->ss, addr->len);
+  if (rc < 0) {
+    tcp_close(&c->base);
+    return rc;
+  }
+  *out = c;
+  return 0;
+}
+
+int keel_tcp_connect(const char *hostport, keel_tcp_t **out) {
+  keel_addr_t addr;
+  int rc = keel_addr_parse(hostport, &addr);
+  if (rc < 0)
+    return rc;
+  return keel_tcp_connect_addr(&addr, out);
+}

@@ -1,0 +1,55 @@
+/* Shared helpers for keel's cmocka tests (not installed). */
+#ifndef KEEL_TEST_H
+#define KEEL_TEST_H
+
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <liburing.h>
+
+#include "keel/keel.h"
+
+/* True when io_uring can be set up here (kernel, seccomp). */
+static inline int kt_uring_available(void) {
+  struct io_uring ring;
+  if (io_uring_queue_init(4, &ring, 0) < 0)
+    return 0;
+  io_uring_queue_exit(&ring);
+  return 1;
+}
+
+static const keel_backend_t kt_backends[] = {KEEL_BACKEND_URING, KEEL_BACKEND_EPOLL};
+#define KT_NBACKENDS 2
+
+/* Runs fn(arg) as the main task of a runtime with the given backend and
+ * workers; returns fn's result. Skips (returns 0 and prints why) when the
+ * backend is io_uring and io_uring is not available. */
+static inline int kt_run(keel_backend_t backend, int workers, keel_task_fn fn, void *arg) {
+  keel_config_t cfg;
+  keel_config_init(&cfg);
+  cfg.backend = backend;
+  cfg.workers = workers;
+  return keel_run(&cfg, fn, arg);
+}
+
+/* Iterates b over both backends, skipping io_uring when unavailable. */
+#define KT_FOR_EACH_BACKEND(b)                                                                     \
+  for (size_t kt_i_ = 0; kt_i_ < KT_NBACKENDS; kt_i_++)                                            \
+    for (keel_backend_t b = kt_backends[kt_i_]; b != (keel_backend_t)-1; b = (keel_backend_t)-1)  \
+      if (b == KEEL_BACKEND_URING && !kt_uring_available()) {                                       \
+        fprintf(stderr, "# io_uring unavailable here: skipping the io_uring case\n");             \
+      } else
+
+static inline const char *kt_backend_name(keel_backend_t b) {
+  return b == KEEL_BACKEND_URING ? "io_uring" : b == KEEL_BACKEND_EPOLL ? "epoll" : "auto";
+}
+
+#endif
