@@ -306,6 +306,7 @@ struct keel__worker {
   keel__stack_t *stack_pool;
   size_t stack_pool_len;
   size_t tasks; /* live tasks on this worker */
+  int run_budget; /* task runs left before the next poll */
   void *altstack;
   void *asan_fake_stack;
   void *tsan_sched_fiber;

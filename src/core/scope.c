@@ -56,9 +56,25 @@ keel_scope_t *keel_scope_open(const keel_scope_opts_t *opts) {
   return s;
 }
 
+/* Spawning into a scope that was joined opens it again: it counts in its
+ * parent until the next join. Only its opener does this, so the scope is
+ * not otherwise shared yet. */
+static void scope_reattach(keel_scope_t *s) {
+  keel_scope_t *p = s->parent;
+  keel__spin_lock(&p->lock);
+  p->live++;
+  keel__queue_insert_tail(&p->children, &s->child_node);
+  if (atomic_load(&p->cancel_reason) && !(s->flags & KEEL_SCOPE_SHIELD))
+    atomic_store(&s->cancel_reason, KEEL_CANCEL_PARENT);
+  keel__spin_unlock(&p->lock);
+  s->joined = false;
+}
+
 int keel__scope_add_task(keel_scope_t *s, keel_task_t *t) {
+  if (s->joined && s->parent)
+    scope_reattach(s);
   keel__spin_lock(&s->lock);
-  if (atomic_load(&s->cancel_reason) || s->joined) {
+  if (atomic_load(&s->cancel_reason)) {
     keel__spin_unlock(&s->lock);
     return -ECANCELED;
   }
