@@ -24,7 +24,10 @@ struct keel_stream {
   const keel_stream_ops_t *ops;
 };
 
-/* Reads up to len bytes. Returns the count (> 0), 0 at end of stream, or a
+/* A TCP stream belongs to the worker whose task opened or accepted it;
+ * calls from a task on another worker fail with -EXDEV.
+ *
+ * Reads up to len bytes. Returns the count (> 0), 0 at end of stream, or a
  * negative errno: -ECANCELED, -ETIMEDOUT, -ECONNRESET, ... If the task is
  * cancelled while bytes arrive, the bytes are returned, never dropped. */
 ssize_t keel_read(keel_stream_t *s, void *buf, size_t len);

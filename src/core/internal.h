@@ -235,15 +235,17 @@ void keel__scope_free(keel_scope_t *s);
 
 /* io_uring multishot accept: the kernel keeps accepting and keel queues
  * the descriptors until a task asks for them. Listeners only. */
-#define KEEL__ACCEPTQ_SIZE 64
+#define KEEL__ACCEPTQ_MIN 64
 typedef struct keel__acceptq {
+  int fd;       /* the listening socket */
   bool armed;   /* a multishot accept is in flight */
   bool closing; /* listener closing: accepted fds are closed */
   int err;      /* an error to hand to the next accept (e.g. -EMFILE) */
   keel__wait_t *wait;       /* a task waiting in accept */
   keel__wait_t *close_wait; /* the closer waiting for the final CQE */
-  unsigned head, tail;
-  int fds[KEEL__ACCEPTQ_SIZE];
+  unsigned head, tail; /* free-running; cap is a power of two */
+  unsigned cap;
+  int *fds;
 } keel__acceptq_t;
 
 /* Per-descriptor state shared by TCP and the backends. */
@@ -325,7 +327,9 @@ struct keel_runtime {
   void *main_arg;
   int main_result;
   atomic_int shutting_down;
-  pthread_barrier_t start_barrier;
+  pthread_mutex_t start_lock; /* workers report their set-up */
+  pthread_cond_t start_cond;
+  int started_workers;
   pthread_t signal_thread;
   bool have_signal_thread;
   int signal_stop_fd;

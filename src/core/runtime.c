@@ -81,8 +81,12 @@ void keel__runtime_quiescent(keel_runtime_t *rt) {
 static void *worker_thread(void *arg) {
   keel__worker_t *w = arg;
   keel__tls_worker = w;
-  w->init_result = keel__worker_init(w, w->rt, w->id);
-  pthread_barrier_wait(&w->rt->start_barrier);
+  keel_runtime_t *rt = w->rt;
+  w->init_result = keel__worker_init(w, rt, w->id);
+  pthread_mutex_lock(&rt->start_lock);
+  rt->started_workers++;
+  pthread_cond_signal(&rt->start_cond);
+  pthread_mutex_unlock(&rt->start_lock);
   if (w->init_result == 0)
     keel__worker_loop(w);
   keel__tls_worker = NULL;
@@ -210,18 +214,19 @@ static int workers_start(keel_runtime_t *rt, int *started) {
   if (rc < 0)
     return rc;
   *started = 1;
-  pthread_barrier_init(&rt->start_barrier, NULL, (unsigned)rt->nworkers);
   for (int i = 1; i < rt->nworkers; i++) {
     rc = pthread_create(&rt->workers[i].thread, NULL, worker_thread, &rt->workers[i]);
     if (rc != 0) {
-      /* Threads already started wait at the barrier: stop them there. */
       keel_log(KEEL_LOG_ERROR, "cannot start worker %d: %s", i, keel_strerror(rc));
       abort();
     }
     *started = i + 1;
   }
-  pthread_barrier_wait(&rt->start_barrier);
-  pthread_barrier_destroy(&rt->start_barrier);
+  /* Every worker has set up its loop (or failed to) before main runs. */
+  pthread_mutex_lock(&rt->start_lock);
+  while (rt->started_workers < rt->nworkers - 1)
+    pthread_cond_wait(&rt->start_cond, &rt->start_lock);
+  pthread_mutex_unlock(&rt->start_lock);
   for (int i = 1; i < rt->nworkers; i++)
     if (rt->workers[i].init_result < 0)
       return rt->workers[i].init_result;
@@ -256,6 +261,8 @@ int keel_run(const keel_config_t *cfg, keel_task_fn main_fn, void *arg) {
   rt->main_fn = main_fn;
   rt->main_arg = arg;
   rt->workers = calloc((size_t)rt->nworkers, sizeof *rt->workers);
+  pthread_mutex_init(&rt->start_lock, NULL);
+  pthread_cond_init(&rt->start_cond, NULL);
   rt->root = keel__scope_new_root(rt);
   if (!rt->workers || !rt->root) {
     rc = -ENOMEM;
@@ -283,6 +290,8 @@ int keel_run(const keel_config_t *cfg, keel_task_fn main_fn, void *arg) {
   signals_stop(rt, &old_mask);
   if (rc == 0)
     rc = jrc ? jrc : rt->main_result;
+  pthread_mutex_destroy(&rt->start_lock);
+  pthread_cond_destroy(&rt->start_cond);
 fail_alloc:
   if (rt->root)
     keel__scope_free(rt->root);

@@ -13,6 +13,12 @@
 #if KEEL_VALGRIND
 #include <valgrind/valgrind.h>
 #endif
+#if KEEL_ASAN
+void __asan_unpoison_memory_region(void const volatile *addr, size_t size);
+#define UNPOISON(addr, size) __asan_unpoison_memory_region((addr), (size))
+#else
+#define UNPOISON(addr, size) ((void)(addr), (void)(size))
+#endif
 
 #define STACK_POOL_MAX 1024
 #define ALTSTACK_SIZE (64 * 1024)
@@ -34,6 +40,7 @@ int keel__stack_alloc(keel__worker_t *w, size_t size, keel__stack_t **out) {
     keel__stack_t *s = w->stack_pool;
     w->stack_pool = s->next;
     w->stack_pool_len--;
+    UNPOISON(s->lo, s->size); /* a finished task's frames left redzones */
     *out = s;
     return 0;
   }
@@ -68,6 +75,9 @@ static void stack_unmap(keel__stack_t *s) {
 #if KEEL_VALGRIND
   VALGRIND_STACK_DEREGISTER(s->valgrind_id);
 #endif
+  /* ASan's shadow outlives the mapping: whatever is mapped here next
+   * would inherit this stack's redzones. */
+  UNPOISON(s->lo, s->size);
   munmap(s->map, s->map_size);
 }
 
@@ -96,7 +106,6 @@ void keel__stack_pool_destroy(keel__worker_t *w) {
 /* Process-wide signal disposition (not loop state): the handler we replaced,
  * so faults that are not stack overflows go where they went before. */
 static struct sigaction prev_segv;
-static atomic_int guard_installed;
 
 static size_t fmt_append(char *buf, size_t at, size_t cap, const char *s) {
   while (*s && at < cap)
@@ -149,15 +158,21 @@ static void segv_handler(int sig, siginfo_t *si, void *uctx) {
   signal(SIGSEGV, SIG_DFL);
 }
 
+/* Checked on every run: a test harness or the application may have put
+ * its own handler in place since the last one. */
 void keel__stack_guard_install(void) {
-  if (atomic_exchange(&guard_installed, 1))
+  struct sigaction cur;
+  if (sigaction(SIGSEGV, NULL, &cur) == 0 && (cur.sa_flags & SA_SIGINFO) &&
+      cur.sa_sigaction == segv_handler)
     return;
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_sigaction = segv_handler;
   sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
   sigemptyset(&sa.sa_mask);
-  sigaction(SIGSEGV, &sa, &prev_segv);
+  struct sigaction prev;
+  if (sigaction(SIGSEGV, &sa, &prev) == 0)
+    prev_segv = prev;
 }
 
 int keel__stack_guard_thread_init(keel__worker_t *w) {

@@ -186,7 +186,7 @@ static void task_start_msg(keel__worker_t *w, keel__msg_t *m) {
 
 int keel_spawn(keel_scope_t *scope, keel_task_fn fn, void *arg, const keel_spawn_opts_t *opts) {
   keel__worker_t *w = keel__tls_worker;
-  keel_spawn_opts_t none = {0};
+  keel_spawn_opts_t none = {.worker = KEEL_WORKER_CURRENT};
   if (!opts)
     opts = &none;
   if (!w || !scope || !fn)

@@ -96,6 +96,7 @@ static void ur_wake(keel__worker_t *w) {
 /* ---- Completions ----------------------------------------------------------- */
 
 static void accept_cqe(keel__acceptq_t *q, struct io_uring_cqe *cqe);
+static void accept_arm(keel__acceptq_t *q);
 
 static void handle_cqe(keel__worker_t *w, struct io_uring_cqe *cqe) {
   uint64_t data = cqe->user_data;
@@ -210,8 +211,24 @@ static void accept_cancel_q(keel__acceptq_t *q) {
   io_uring_sqe_set_data64(sqe, 0);
 }
 
-static bool acceptq_full(const keel__acceptq_t *q) {
-  return q->tail - q->head == KEEL__ACCEPTQ_SIZE;
+/* Grows the queue (a burst larger than it, arriving before the pause took
+ * effect); never drops an accepted connection. */
+static bool acceptq_reserve(keel__acceptq_t *q) {
+  if (q->fds && q->tail - q->head < q->cap)
+    return true;
+  unsigned cap = q->cap ? q->cap * 2 : KEEL__ACCEPTQ_MIN;
+  int *fds = malloc(cap * sizeof *fds);
+  if (!fds)
+    return false;
+  unsigned n = q->tail - q->head;
+  for (unsigned i = 0; i < n; i++)
+    fds[i] = q->fds[(q->head + i) & (q->cap - 1)];
+  free(q->fds);
+  q->fds = fds;
+  q->cap = cap;
+  q->head = 0;
+  q->tail = n;
+  return true;
 }
 
 static void accept_cqe(keel__acceptq_t *q, struct io_uring_cqe *cqe) {
@@ -219,17 +236,19 @@ static void accept_cqe(keel__acceptq_t *q, struct io_uring_cqe *cqe) {
   if (!(cqe->flags & IORING_CQE_F_MORE))
     q->armed = false;
   if (res >= 0) {
-    if (q->closing || acceptq_full(q)) {
-      close(res); /* full only if the kernel raced our cancel: reset it */
+    if (q->closing) {
+      close(res);
     } else if (q->wait) {
       keel__wait_t *w = q->wait;
       q->wait = NULL;
       keel__wait_complete(w, res);
+    } else if (!acceptq_reserve(q)) {
+      close(res); /* out of memory: the peer sees a reset */
     } else {
-      q->fds[q->tail++ % KEEL__ACCEPTQ_SIZE] = res;
+      q->fds[q->tail++ & (q->cap - 1)] = res;
       /* Nobody takes them: pause, and let the kernel's backlog hold the
        * rest; the next accept that finds the queue empty re-arms. */
-      if (q->armed && q->tail - q->head == KEEL__ACCEPTQ_SIZE - 8)
+      if (q->armed && q->tail - q->head == KEEL__ACCEPTQ_MIN)
         accept_cancel_q(q);
     }
   } else if (res != -ECANCELED) {
@@ -243,6 +262,8 @@ static void accept_cqe(keel__acceptq_t *q, struct io_uring_cqe *cqe) {
   }
   if (!q->armed && q->close_wait)
     keel__wait_complete(q->close_wait, 0);
+  else if (!q->armed && q->wait && !q->closing)
+    accept_arm(q); /* the pause ended with a task already waiting */
 }
 
 static void accept_cancel(keel__io_t *io) { accept_cancel_q(io->acceptq); }
@@ -254,10 +275,9 @@ static void accept_wait_abort(keel__wait_t *w, int err) {
   keel__wait_complete(w, err);
 }
 
-static void accept_arm(keel__io_t *io) {
-  keel__acceptq_t *q = io->acceptq;
-  struct io_uring_sqe *sqe = get_sqe(io->worker->backend);
-  io_uring_prep_multishot_accept(sqe, io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+static void accept_arm(keel__acceptq_t *q) {
+  struct io_uring_sqe *sqe = get_sqe(keel__tls_worker->backend);
+  io_uring_prep_multishot_accept(sqe, q->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
   io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)q | TAG_ACCEPT);
   q->armed = true;
 }
@@ -268,14 +288,14 @@ static int ur_accept(keel__io_t *io) {
   if (rc)
     return rc;
   if (q->head != q->tail)
-    return q->fds[q->head++ % KEEL__ACCEPTQ_SIZE];
+    return q->fds[q->head++ & (q->cap - 1)];
   if (q->err) {
     int err = q->err;
     q->err = 0;
     return err;
   }
   if (!q->armed)
-    accept_arm(io);
+    accept_arm(q);
   keel__wait_t w;
   keel__wait_init(&w, accept_wait_abort);
   w.data = q;
@@ -302,7 +322,9 @@ static void accept_close(keel__io_t *io) {
     q->close_wait = NULL;
   }
   while (q->head != q->tail)
-    close(q->fds[q->head++ % KEEL__ACCEPTQ_SIZE]);
+    close(q->fds[q->head++ & (q->cap - 1)]);
+  free(q->fds);
+  q->fds = NULL;
 }
 
 static void ur_io_close(keel__io_t *io) {

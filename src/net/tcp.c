@@ -32,8 +32,14 @@ void keel__io_init(keel__io_t *io, int fd) {
 
 /* ---- Stream ops --------------------------------------------------------------- */
 
+/* A connection belongs to the worker that opened it (its backend state
+ * lives there); using it from another worker is refused, not corrupted. */
+#define OWNED_HERE(io) KEEL__LIKELY((io)->worker == keel__tls_worker)
+
 static ssize_t tcp_readv(keel_stream_t *s, const struct iovec *iov, int iovcnt) {
   keel_tcp_t *c = (keel_tcp_t *)s;
+  if (!OWNED_HERE(&c->io))
+    return -EXDEV;
   const keel__backend_ops_t *ops = c->io.worker->ops;
   if (iovcnt == 1)
     return ops->recv(&c->io, iov[0].iov_base, iov[0].iov_len);
@@ -42,6 +48,8 @@ static ssize_t tcp_readv(keel_stream_t *s, const struct iovec *iov, int iovcnt) 
 
 static ssize_t tcp_writev(keel_stream_t *s, const struct iovec *iov, int iovcnt) {
   keel_tcp_t *c = (keel_tcp_t *)s;
+  if (!OWNED_HERE(&c->io))
+    return -EXDEV;
   const keel__backend_ops_t *ops = c->io.worker->ops;
   if (iovcnt == 1)
     return ops->send(&c->io, iov[0].iov_base, iov[0].iov_len);
@@ -154,6 +162,7 @@ int keel_tcp_listen(const char *hostport, const keel_listen_opts_t *opts, keel_l
   }
   keel__io_init(&l->io, fd);
   l->io.acceptq = &l->acceptq;
+  l->acceptq.fd = fd;
   *out = l;
   return 0;
 }
@@ -182,6 +191,8 @@ static int accept_backoff(keel_listener_t *l, int err, int64_t *backoff_ms) {
 }
 
 int keel_tcp_accept(keel_listener_t *l, keel_tcp_t **out) {
+  if (!OWNED_HERE(&l->io))
+    return -EXDEV;
   int64_t backoff_ms = ACCEPT_BACKOFF_MIN_MS;
   for (;;) {
     int fd = l->io.worker->ops->accept(&l->io);

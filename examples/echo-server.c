@@ -1,0 +1,326 @@
+/* echo-server: a TCP echo server on keel, one SO_REUSEPORT listener per worker.
+ *
+ *   echo-server [--host H] [--port P] [--workers N] [--backend auto|uring|epoll]
+ *               [--max-conns N] [--idle-timeout MS]
+ *
+ * SIGINT/SIGTERM shut it down cleanly (exit 0); a startup failure exits 1. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "keel/keel.h"
+
+#define ECHO_BUF_SIZE 4096
+
+typedef struct server {
+  char hostport[300];
+  int workers;
+  keel_backend_t backend;
+  long max_conns;      /* per process */
+  int64_t idle_ns;     /* 0: no idle timeout */
+  bool ephemeral;      /* --port 0 */
+  atomic_long conns;   /* live connections, all workers */
+  atomic_int listening; /* listeners up, to print the banner once all are */
+  keel_addr_t bound;    /* worker 0's listener address, for --port 0 */
+} server_t;
+
+/* Per-connection task argument; the task copies it and frees it at once. */
+typedef struct conn_arg {
+  server_t *server;
+  keel_tcp_t *tcp;
+} conn_arg_t;
+
+/* Reads with the idle deadline (if any) applied to this read only, so a
+ * slow writer on the other side is not counted as idleness. */
+static ssize_t read_idle(server_t *srv, keel_stream_t *s, void *buf, size_t len) {
+  if (srv->idle_ns == 0)
+    return keel_read(s, buf, len);
+  int64_t prev = keel_task_set_deadline(keel_now_ns() + srv->idle_ns);
+  ssize_t n = keel_read(s, buf, len);
+  keel_task_set_deadline(prev);
+  return n;
+}
+
+/* One connection: echo until EOF, an error, idleness or cancellation. The
+ * buffer is on the stack so that an idle connection costs a couple of stack
+ * pages and nothing else; the frame stays small for the same reason. */
+static int conn_task(void *arg) {
+  conn_arg_t ca = *(conn_arg_t *)arg;
+  free(arg);
+  keel_stream_t *s = keel_tcp_stream(ca.tcp);
+  char buf[ECHO_BUF_SIZE];
+  for (;;) {
+    ssize_t n = read_idle(ca.server, s, buf, sizeof buf);
+    if (n <= 0)
+      break; /* EOF, -ETIMEDOUT (idle), -ECANCELED (shutdown), reset... */
+    if (keel_write_all(s, buf, (size_t)n, NULL) < 0)
+      break;
+  }
+  keel_tcp_close(ca.tcp);
+  atomic_fetch_sub_explicit(&ca.server->conns, 1, memory_order_relaxed);
+  /* Peer errors are the peer's business: never fail the scope for them. */
+  return 0;
+}
+
+/* Takes ownership of tcp: spawns its task, or closes it when over the
+ * connection limit or when the task cannot be started. */
+static void start_conn(server_t *srv, keel_scope_t *conns, keel_tcp_t *tcp) {
+  long live = atomic_fetch_add_explicit(&srv->conns, 1, memory_order_relaxed);
+  conn_arg_t *ca = live < srv->max_conns ? malloc(sizeof *ca) : NULL;
+  if (ca != NULL) {
+    ca->server = srv;
+    ca->tcp = tcp;
+    keel_spawn_opts_t so = {.name = "conn", .worker = KEEL_WORKER_CURRENT};
+    if (keel_spawn(conns, conn_task, ca, &so) == 0)
+      return;
+    free(ca);
+  }
+  keel_tcp_close(tcp);
+  atomic_fetch_sub_explicit(&srv->conns, 1, memory_order_relaxed);
+}
+
+/* Errors of accept(2) that concern one connection, not the listener. */
+static bool accept_error_transient(int err) {
+  switch (err) {
+  case -ECONNABORTED: case -EPROTO: case -EPERM: case -EINTR: case -EAGAIN:
+  case -ENOBUFS: case -ENOMEM: case -ENETDOWN: case -ENONET: case -EHOSTUNREACH:
+  case -EHOSTDOWN: case -ENETUNREACH: case -EOPNOTSUPP:
+    return true;
+  default:
+    return false;
+  }
+}
+
+/* Accepts until cancelled. Returns 0 on cancellation, or a fatal error. */
+static int accept_loop(server_t *srv, keel_listener_t *l, keel_scope_t *conns) {
+  for (;;) {
+    keel_tcp_t *tcp;
+    int rc = keel_tcp_accept(l, &tcp);
+    if (rc == 0) {
+      start_conn(srv, conns, tcp);
+    } else if (rc == -ECANCELED || rc == -ETIMEDOUT) {
+      return 0;
+    } else if (accept_error_transient(rc)) {
+      /* Memory pressure is worth a pause; the others are one peer's failure. */
+      if ((rc == -ENOBUFS || rc == -ENOMEM) && keel_sleep_ms(10) < 0)
+        return 0;
+    } else {
+      fprintf(stderr, "echo-server: accept on worker %d: %s\n", keel_worker_id(),
+              keel_strerror(rc));
+      return rc;
+    }
+  }
+}
+
+/* The last listener to come up prints the banner, so that it appears only
+ * once every worker accepts (scripts wait for it before connecting). The
+ * address is the listener's own, so --port 0 shows the port it got. */
+static void announce(server_t *srv, keel_listener_t *l) {
+  if (atomic_fetch_add(&srv->listening, 1) + 1 != keel_worker_count())
+    return;
+  keel_addr_t addr;
+  char text[KEEL_ADDRSTRLEN];
+  const char *shown = srv->hostport;
+  if (keel_listener_addr(l, &addr) == 0)
+    shown = keel_addr_format(&addr, text, sizeof text);
+  printf("echo-server listening on %s (backend %s, %d workers)\n", shown, keel_backend_name(),
+         keel_worker_count());
+  fflush(stdout);
+}
+
+/* One per worker: listen there, accept into a per-worker connection scope,
+ * and on shutdown close the listener first, then drain the connections. */
+static int accept_task(void *arg) {
+  server_t *srv = arg;
+  keel_listen_opts_t lo;
+  keel_listen_opts_init(&lo);
+  lo.reuseport = true;
+  keel_listener_t *l;
+  int rc = keel_tcp_listen(srv->hostport, &lo, &l);
+  if (rc < 0) {
+    fprintf(stderr, "echo-server: listen on %s (worker %d): %s\n", srv->hostport,
+            keel_worker_id(), keel_strerror(rc));
+    return rc;
+  }
+  keel_scope_opts_t co = {.name = "conns"};
+  keel_scope_t *conns = keel_scope_open(&co);
+  if (conns == NULL) {
+    keel_listener_close(l);
+    return -ENOMEM;
+  }
+  if (keel_worker_id() == 0)
+    keel_listener_addr(l, &srv->bound);
+  announce(srv, l);
+  rc = accept_loop(srv, l, conns);
+  keel_listener_close(l);
+  if (rc < 0)
+    keel_scope_cancel(conns, KEEL_CANCEL_USER);
+  keel_scope_join(conns); /* connections only ever return 0 */
+  keel_scope_close(conns);
+  return rc;
+}
+
+/* With --port 0 the kernel picks worker 0's port, and the other workers
+ * must share it: wait for worker 0 to listen, then name its port. Returns 0,
+ * or -1 when worker 0 failed (its error decides the exit status). */
+static int adopt_ephemeral_port(server_t *srv, keel_scope_t *scope) {
+  while (atomic_load(&srv->listening) == 0) {
+    if (keel_scope_live(scope) == 0 || keel_sleep_ms(1) < 0)
+      return -1;
+  }
+  char text[KEEL_ADDRSTRLEN];
+  keel_addr_format(&srv->bound, text, sizeof text);
+  snprintf(srv->hostport, sizeof srv->hostport, "%s", text);
+  return 0;
+}
+
+/* Fail-fast: one listener that cannot start stops the others, so a bad
+ * address or a taken port ends the process with status 1. */
+static int spawn_accept_tasks(server_t *srv, keel_scope_t *scope) {
+  for (int i = 0; i < keel_worker_count(); i++) {
+    if (i == 1 && srv->ephemeral && adopt_ephemeral_port(srv, scope) < 0)
+      return 0;
+    char name[32];
+    snprintf(name, sizeof name, "accept/%d", i);
+    keel_spawn_opts_t so = {.name = name, .worker = i};
+    int rc = keel_spawn(scope, accept_task, srv, &so);
+    if (rc < 0) {
+      if (rc != -ECANCELED) /* cancelled: a sibling failed, or shutdown */
+        fprintf(stderr, "echo-server: spawn %s: %s\n", name, keel_strerror(rc));
+      keel_scope_cancel(scope, KEEL_CANCEL_USER);
+      return rc;
+    }
+  }
+  return 0;
+}
+
+static int main_task(void *arg) {
+  server_t *srv = arg;
+  keel_scope_opts_t opts = {.flags = KEEL_SCOPE_FAIL_FAST, .name = "accept"};
+  keel_scope_t *scope = keel_scope_open(&opts);
+  if (scope == NULL) {
+    fprintf(stderr, "echo-server: %s\n", keel_strerror(-ENOMEM));
+    return 1;
+  }
+  int rc = spawn_accept_tasks(srv, scope);
+  int join = keel_scope_join(scope);
+  keel_scope_close(scope);
+  /* A shutdown shows up as -ECANCELED (the scope was cancelled); anything
+   * else is an accept task's own failure. */
+  if (join < 0 && join != -ECANCELED)
+    return 1;
+  return rc < 0 && rc != -ECANCELED ? 1 : 0;
+}
+
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: echo-server [options]\n"
+          "  --host H           address to listen on (default 127.0.0.1)\n"
+          "  --port P           port, 0 = any free one (default 7000)\n"
+          "  --workers N        worker threads, 0 = one per CPU (default 0)\n"
+          "  --backend B        auto|uring|epoll (default auto)\n"
+          "  --max-conns N      connections per process; more are closed (default 10000)\n"
+          "  --idle-timeout MS  close a connection idle this long, 0 = never (default 0)\n"
+          "  --help             this text\n");
+}
+
+/* Parses a whole decimal number in [lo, hi]. */
+static bool parse_long(const char *s, long lo, long hi, long *out) {
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi)
+    return false;
+  *out = v;
+  return true;
+}
+
+static bool parse_backend(const char *s, keel_backend_t *out) {
+  if (strcmp(s, "auto") == 0)
+    *out = KEEL_BACKEND_AUTO;
+  else if (strcmp(s, "uring") == 0 || strcmp(s, "io_uring") == 0)
+    *out = KEEL_BACKEND_URING;
+  else if (strcmp(s, "epoll") == 0)
+    *out = KEEL_BACKEND_EPOLL;
+  else
+    return false;
+  return true;
+}
+
+/* "host:port", bracketing a bare IPv6 host. */
+static bool format_hostport(server_t *srv, const char *host, long port) {
+  bool v6 = strchr(host, ':') != NULL && host[0] != '[';
+  int n = snprintf(srv->hostport, sizeof srv->hostport, v6 ? "[%s]:%ld" : "%s:%ld", host, port);
+  return n > 0 && (size_t)n < sizeof srv->hostport;
+}
+
+/* Returns 0 to run, 1 on bad flags, 2 after --help. */
+static int parse_args(int argc, char **argv, server_t *srv) {
+  static const struct option longopts[] = {
+      {"host", required_argument, NULL, 'h'},     {"port", required_argument, NULL, 'p'},
+      {"workers", required_argument, NULL, 'w'},  {"backend", required_argument, NULL, 'b'},
+      {"max-conns", required_argument, NULL, 'm'}, {"idle-timeout", required_argument, NULL, 'i'},
+      {"help", no_argument, NULL, 'H'},           {NULL, 0, NULL, 0},
+  };
+  const char *host = "127.0.0.1";
+  long port = 7000, workers = 0, max_conns = 10000, idle_ms = 0;
+  bool ok = true;
+  int c, idx = 0;
+  while (ok && (c = getopt_long(argc, argv, "", longopts, &idx)) != -1) {
+    switch (c) {
+    case 'h': host = optarg; break;
+    case 'p': ok = parse_long(optarg, 0, 65535, &port); break;
+    case 'w': ok = parse_long(optarg, 0, 4096, &workers); break;
+    case 'b': ok = parse_backend(optarg, &srv->backend); break;
+    case 'm': ok = parse_long(optarg, 0, LONG_MAX, &max_conns); break;
+    case 'i': ok = parse_long(optarg, 0, INT64_MAX / KEEL_NS_PER_MS, &idle_ms); break;
+    case 'H': usage(stdout); return 2;
+    default: ok = false; break;
+    }
+    if (!ok && c != '?') /* getopt_long has already complained about '?' */
+      fprintf(stderr, "echo-server: bad value for --%s: %s\n", longopts[idx].name, optarg);
+  }
+  if (ok && optind < argc) {
+    fprintf(stderr, "echo-server: unexpected argument: %s\n", argv[optind]);
+    ok = false;
+  }
+  if (ok && !format_hostport(srv, host, port)) {
+    fprintf(stderr, "echo-server: host too long\n");
+    ok = false;
+  }
+  if (!ok) {
+    usage(stderr);
+    return 1;
+  }
+  srv->workers = (int)workers;
+  srv->ephemeral = port == 0;
+  srv->max_conns = max_conns;
+  srv->idle_ns = idle_ms * KEEL_NS_PER_MS;
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  /* main's frame outlives keel_run, so every worker may share it. */
+  server_t srv = {.backend = KEEL_BACKEND_AUTO};
+  atomic_init(&srv.conns, 0);
+  atomic_init(&srv.listening, 0);
+  int rc = parse_args(argc, argv, &srv);
+  if (rc != 0)
+    return rc == 2 ? 0 : 1;
+
+  keel_config_t cfg;
+  keel_config_init(&cfg);
+  cfg.workers = srv.workers;
+  cfg.backend = srv.backend;
+  cfg.handle_signals = true;
+  rc = keel_run(&cfg, main_task, &srv);
+  if (rc < 0) {
+    fprintf(stderr, "echo-server: cannot start the runtime: %s\n", keel_strerror(rc));
+    return 1;
+  }
+  return rc;
+}

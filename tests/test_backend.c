@@ -1,0 +1,428 @@
+/* Backend selection: forced by config, by KEEL_BACKEND, and the fallback to
+ * epoll when io_uring cannot be set up (a seccomp filter makes
+ * io_uring_setup fail with ENOSYS in a child process). */
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include "keel-test.h"
+
+#ifndef __NR_io_uring_setup
+#define __NR_io_uring_setup 425 /* the same on every architecture */
+#endif
+
+#if defined(__x86_64__)
+#define KT_AUDIT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define KT_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#else
+#define KT_AUDIT_ARCH 0 /* unknown here: the seccomp cases skip */
+#endif
+
+#define KT_SKIP_EXIT 77
+
+/* Checks inside tasks: cmocka's asserts longjmp, which must not cross fiber
+ * stacks. A failing check prints both sides, cancels the guard scope every
+ * test body runs in (so nothing stays blocked) and returns an error that
+ * keel_run hands back to the cmocka test. */
+static keel_scope_t *kt_guard_scope;
+static atomic_int kt_failed;
+
+static void kt_abort(void) {
+  atomic_store(&kt_failed, 1);
+  if (kt_guard_scope)
+    keel_scope_cancel(kt_guard_scope, KEEL_CANCEL_USER);
+}
+
+#define KT_FAIL(...)                                \
+  do {                                              \
+    fprintf(stderr, "%s:%d: ", __FILE__, __LINE__); \
+    fprintf(stderr, __VA_ARGS__);                   \
+    fputc('\n', stderr);                            \
+    kt_abort();                                     \
+    return -EPROTO;                                 \
+  } while (0)
+#define CHECK(cond)                       \
+  do {                                    \
+    if (!(cond))                          \
+      KT_FAIL("check failed: %s", #cond); \
+  } while (0)
+#define CHECK_EQ(a, b)                                          \
+  do {                                                          \
+    long long a_ = (long long)(a), b_ = (long long)(b);         \
+    if (a_ != b_)                                               \
+      KT_FAIL("%s == %s failed: %lld != %lld", #a, #b, a_, b_); \
+  } while (0)
+#define CHECK_RC(expr)                                                    \
+  do {                                                                    \
+    long long r_ = (long long)(expr);                                     \
+    if (r_ < 0)                                                           \
+      KT_FAIL("%s failed: %lld (%s)", #expr, r_, keel_strerror((int)r_)); \
+  } while (0)
+
+#define KT_GUARD_MS 20000 /* no test body may take longer */
+
+typedef struct kt_body {
+  keel_task_fn fn;
+  void *arg;
+} kt_body_t;
+
+/* Main task: runs the body in the guard scope, so kt_abort reaches every
+ * scope the body opens. */
+static int kt_guard_main(void *arg) {
+  kt_body_t *body = arg;
+  keel_scope_opts_t o = {.deadline_ns = keel_now_ns() + KT_GUARD_MS * KEEL_NS_PER_MS,
+                         .name = "guard"};
+  atomic_store(&kt_failed, 0);
+  kt_guard_scope = keel_scope_open(&o);
+  if (!kt_guard_scope)
+    return -ENOMEM;
+  int rc = keel_spawn(kt_guard_scope, body->fn, body->arg, NULL);
+  int join_rc = keel_scope_join(kt_guard_scope);
+  keel_scope_close(kt_guard_scope);
+  kt_guard_scope = NULL;
+  if (rc < 0)
+    return rc;
+  return atomic_load(&kt_failed) ? -EPROTO : join_rc;
+}
+
+static int kt_run_guarded(keel_backend_t backend, int workers, keel_task_fn fn, void *arg) {
+  kt_body_t body = {fn, arg};
+  return kt_run(backend, workers, kt_guard_main, &body);
+}
+
+/* ---- Which backend the workers run ------------------------------------------- */
+
+static int name_is_task(void *arg) {
+  const char *want = arg;
+  const char *got = keel_backend_name();
+  if (got == NULL || strcmp(got, want) != 0)
+    KT_FAIL("worker %d runs backend \"%s\", want \"%s\"", keel_worker_id(), got ? got : "(null)",
+            want);
+  return 0;
+}
+
+/* Checks the backend name on worker 0 and worker 1. */
+static int backend_name_body(void *arg) {
+  CHECK_RC(name_is_task(arg));
+  CHECK_EQ(keel_worker_count(), 2);
+  keel_scope_t *scope = keel_scope_open(NULL);
+  CHECK(scope != NULL);
+  keel_spawn_opts_t on1 = {.name = "on-worker-1", .worker = 1};
+  CHECK_RC(keel_spawn(scope, name_is_task, arg, &on1));
+  CHECK_RC(keel_scope_join(scope));
+  keel_scope_close(scope);
+  return 0;
+}
+
+static int run_expect_name(keel_backend_t backend, const char *want) {
+  return kt_run_guarded(backend, 2, backend_name_body, (void *)want);
+}
+
+static void test_forced_epoll(void **state) {
+  (void)state;
+  unsetenv("KEEL_BACKEND");
+  assert_int_equal(run_expect_name(KEEL_BACKEND_EPOLL, "epoll"), 0);
+}
+
+static void test_forced_uring(void **state) {
+  (void)state;
+  if (!kt_uring_available()) {
+    fprintf(stderr, "# io_uring unavailable here\n");
+    skip();
+  }
+  unsetenv("KEEL_BACKEND");
+  assert_int_equal(run_expect_name(KEEL_BACKEND_URING, "io_uring"), 0);
+}
+
+/* KEEL_BACKEND only steers AUTO: an explicit choice in the config wins. */
+static void test_config_beats_env(void **state) {
+  (void)state;
+  setenv("KEEL_BACKEND", "uring", 1);
+  int rc = run_expect_name(KEEL_BACKEND_EPOLL, "epoll");
+  setenv("KEEL_BACKEND", "epoll", 1);
+  int rc2 = kt_uring_available() ? run_expect_name(KEEL_BACKEND_URING, "io_uring") : 0;
+  unsetenv("KEEL_BACKEND");
+  assert_int_equal(rc, 0);
+  assert_int_equal(rc2, 0);
+}
+
+static void test_env_epoll(void **state) {
+  (void)state;
+  setenv("KEEL_BACKEND", "epoll", 1);
+  int rc = run_expect_name(KEEL_BACKEND_AUTO, "epoll");
+  unsetenv("KEEL_BACKEND");
+  assert_int_equal(rc, 0);
+}
+
+/* AUTO prefers io_uring; KEEL_BACKEND=uring|auto lead there too. */
+static void test_auto_prefers_uring(void **state) {
+  (void)state;
+  if (!kt_uring_available()) {
+    unsetenv("KEEL_BACKEND");
+    assert_int_equal(run_expect_name(KEEL_BACKEND_AUTO, "epoll"), 0);
+    fprintf(stderr, "# io_uring unavailable here: AUTO ran epoll, as it should\n");
+    skip();
+  }
+  static const char *const envs[] = {NULL, "auto", "uring"};
+  for (size_t i = 0; i < 3; i++) {
+    if (envs[i])
+      setenv("KEEL_BACKEND", envs[i], 1);
+    else
+      unsetenv("KEEL_BACKEND");
+    int rc = run_expect_name(KEEL_BACKEND_AUTO, "io_uring");
+    unsetenv("KEEL_BACKEND");
+    if (rc != 0)
+      fail_msg("AUTO with KEEL_BACKEND=%s did not run io_uring", envs[i] ? envs[i] : "(unset)");
+  }
+}
+
+/* ---- io_uring_setup denied: a child process under seccomp --------------------- */
+
+/* Makes io_uring_setup fail with ENOSYS for this process and the threads it
+ * creates later, as an old kernel or a container's seccomp profile would. */
+static int deny_io_uring_setup(void) {
+  if (KT_AUDIT_ARCH == 0)
+    return -ENOTSUP;
+  struct sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, KT_AUDIT_ARCH, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog prog = {.len = sizeof filter / sizeof filter[0], .filter = filter};
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+    return -errno;
+  if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+    return -errno;
+  return 0;
+}
+
+typedef struct child_run {
+  int status; /* waitpid status */
+  char *err;  /* the child's stderr, NUL-terminated */
+  size_t err_len;
+} child_run_t;
+
+/* Runs child_fn in a forked child whose stderr is captured; the child's own
+ * diagnostics go to stdout so they never count as library log lines. */
+static void run_child(int (*child_fn)(void), child_run_t *out) {
+  int fds[2];
+  assert_int_equal(pipe(fds), 0);
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    /* cmocka's crash handlers would longjmp into its runner in the child. */
+    static const int crash_signals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
+    for (size_t i = 0; i < sizeof crash_signals / sizeof crash_signals[0]; i++)
+      signal(crash_signals[i], SIG_DFL);
+    close(fds[0]);
+    dup2(fds[1], STDERR_FILENO);
+    close(fds[1]);
+    alarm(30); /* a hung child fails instead of hanging the test */
+    int rc = child_fn();
+    fflush(stdout);
+    _exit(rc);
+  }
+  close(fds[1]);
+  size_t cap = 4096, len = 0;
+  char *buf = malloc(cap);
+  assert_non_null(buf);
+  for (;;) {
+    if (len + 1 == cap) {
+      cap *= 2;
+      buf = realloc(buf, cap);
+      assert_non_null(buf);
+    }
+    ssize_t n = read(fds[0], buf + len, cap - len - 1);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break;
+    len += (size_t)n;
+  }
+  buf[len] = '\0';
+  close(fds[0]);
+  assert_int_equal(waitpid(pid, &out->status, 0), pid);
+  fprintf(stderr, "# child stderr (%zu bytes):\n%s%s", len, buf,
+          len && buf[len - 1] != '\n' ? "\n" : "");
+  out->err = buf;
+  out->err_len = len;
+}
+
+static void child_expect_exit0(const child_run_t *run) {
+  if (WIFEXITED(run->status) && WEXITSTATUS(run->status) == KT_SKIP_EXIT) {
+    fprintf(stderr, "# seccomp filters cannot be installed here\n");
+    skip();
+  }
+  if (WIFSIGNALED(run->status))
+    fail_msg("child killed by signal %d", WTERMSIG(run->status));
+  assert_true(WIFEXITED(run->status));
+  assert_int_equal(WEXITSTATUS(run->status), 0);
+}
+
+/* Counts newline-terminated lines of text containing word; *partial is set
+ * if an unterminated last line contains it. */
+static int count_lines_with(const char *text, const char *word, bool *partial) {
+  int count = 0;
+  *partial = false;
+  for (const char *line = text; *line;) {
+    const char *nl = strchr(line, '\n');
+    size_t len = nl ? (size_t)(nl - line) : strlen(line);
+    char *copy = strndup(line, len);
+    assert_non_null(copy);
+    if (strstr(copy, word)) {
+      if (nl)
+        count++;
+      else
+        *partial = true;
+    }
+    free(copy);
+    if (!nl)
+      break;
+    line = nl + 1;
+  }
+  return count;
+}
+
+/* Runs in the child: serves one echo while its caller connects. */
+static int echo_once_task(void *arg) {
+  keel_listener_t *l = arg;
+  keel_tcp_t *c;
+  CHECK_RC(keel_tcp_accept(l, &c));
+  char buf[64];
+  ssize_t n = keel_read(keel_tcp_stream(c), buf, sizeof buf);
+  CHECK(n > 0);
+  CHECK_RC(keel_write_all(keel_tcp_stream(c), buf, (size_t)n, NULL));
+  keel_tcp_close(c);
+  return 0;
+}
+
+static int fallback_body(void *arg) {
+  CHECK_RC(backend_name_body(arg));
+  /* The fallen-back runtime really works: one echo. */
+  keel_listen_opts_t o;
+  keel_listen_opts_init(&o);
+  keel_listener_t *l;
+  CHECK_RC(keel_tcp_listen("127.0.0.1:0", &o, &l));
+  keel_addr_t a;
+  CHECK_RC(keel_listener_addr(l, &a));
+  char addr[KEEL_ADDRSTRLEN];
+  keel_addr_format(&a, addr, sizeof addr);
+  keel_scope_opts_t so = {.deadline_ns = keel_now_ns() + 5 * KEEL_NS_PER_SEC};
+  keel_scope_t *scope = keel_scope_open(&so);
+  CHECK(scope != NULL);
+  CHECK_RC(keel_spawn(scope, echo_once_task, l, NULL));
+  keel_tcp_t *c;
+  CHECK_RC(keel_tcp_connect(addr, &c));
+  CHECK_RC(keel_write_all(keel_tcp_stream(c), "ping", 4, NULL));
+  char got[4];
+  size_t n = 0;
+  CHECK_RC(keel_read_exact(keel_tcp_stream(c), got, sizeof got, &n));
+  CHECK(memcmp(got, "ping", 4) == 0);
+  CHECK_RC(keel_scope_join(scope));
+  keel_scope_close(scope);
+  keel_tcp_close(c);
+  keel_listener_close(l);
+  return 0;
+}
+
+static int child_prepare(void) {
+  unsetenv("KEEL_BACKEND");
+  unsetenv("KEEL_LOG");
+  int rc = deny_io_uring_setup();
+  if (rc < 0) {
+    printf("# cannot install the seccomp filter: %s\n", strerror(-rc));
+    return KT_SKIP_EXIT;
+  }
+  if (kt_uring_available()) {
+    printf("# io_uring still works under the filter\n");
+    return 2;
+  }
+  return 0;
+}
+
+static int fallback_child(void) {
+  int rc = child_prepare();
+  if (rc != 0)
+    return rc;
+  rc = kt_run_guarded(KEEL_BACKEND_AUTO, 2, fallback_body, "epoll");
+  if (rc != 0) {
+    printf("# keel_run with AUTO under the filter returned %d (%s)\n", rc, keel_strerror(rc));
+    return 1;
+  }
+  return 0;
+}
+
+static void test_fallback_to_epoll(void **state) {
+  (void)state;
+  child_run_t run;
+  run_child(fallback_child, &run);
+  child_expect_exit0(&run);
+  bool partial;
+  int lines = count_lines_with(run.err, "io_uring", &partial);
+  assert_false(partial);
+  if (lines != 1)
+    fail_msg("%d log lines mention io_uring, want exactly one (the fallback)", lines);
+  assert_non_null(strstr(run.err, "epoll"));
+  free(run.err);
+}
+
+static atomic_int uring_main_ran;
+
+static int must_not_run(void *arg) {
+  (void)arg;
+  atomic_store(&uring_main_ran, 1);
+  return 0;
+}
+
+static int forced_uring_child(void) {
+  int rc = child_prepare();
+  if (rc != 0)
+    return rc;
+  rc = kt_run(KEEL_BACKEND_URING, 1, must_not_run, NULL);
+  if (atomic_load(&uring_main_ran)) {
+    printf("# main ran although io_uring was forced and unavailable (rc %d)\n", rc);
+    return 1;
+  }
+  if (rc != -ENOSYS) {
+    printf("# keel_run forced to io_uring returned %d (%s), want -ENOSYS\n", rc, keel_strerror(rc));
+    return 1;
+  }
+  return 0;
+}
+
+static void test_forced_uring_unavailable(void **state) {
+  (void)state;
+  child_run_t run;
+  run_child(forced_uring_child, &run);
+  child_expect_exit0(&run);
+  free(run.err);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_forced_epoll),
+      cmocka_unit_test(test_forced_uring),
+      cmocka_unit_test(test_config_beats_env),
+      cmocka_unit_test(test_env_epoll),
+      cmocka_unit_test(test_auto_prefers_uring),
+      cmocka_unit_test(test_fallback_to_epoll),
+      cmocka_unit_test(test_forced_uring_unavailable),
+  };
+  if (getenv("KT_FILTER")) /* e.g. KT_FILTER=test_foo to run one case */
+    cmocka_set_test_filter(getenv("KT_FILTER"));
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,465 @@
+/* Cancellation and deadlines of TCP operations, under io_uring and epoll.
+ *
+ * The property under test is promise 3 of DESIGN.md: a cancelled operation
+ * either did not happen or reports exactly what happened. A read whose
+ * kernel operation was not really cancelled would fill its buffer later and
+ * swallow bytes; a cancelled write must report the bytes the peer gets. */
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <sys/socket.h>
+
+#include "keel-test.h"
+
+/* Checks inside tasks: cmocka's asserts longjmp, which must not cross fiber
+ * stacks. A failing check prints both sides, cancels the guard scope every
+ * test body runs in (so nothing stays blocked) and returns an error that
+ * keel_run hands back to the cmocka test. */
+static keel_scope_t *kt_guard_scope;
+static atomic_int kt_failed;
+
+static void kt_abort(void) {
+  atomic_store(&kt_failed, 1);
+  if (kt_guard_scope)
+    keel_scope_cancel(kt_guard_scope, KEEL_CANCEL_USER);
+}
+
+#define KT_FAIL(...)                                \
+  do {                                              \
+    fprintf(stderr, "%s:%d: ", __FILE__, __LINE__); \
+    fprintf(stderr, __VA_ARGS__);                   \
+    fputc('\n', stderr);                            \
+    kt_abort();                                     \
+    return -EPROTO;                                 \
+  } while (0)
+#define CHECK(cond)                       \
+  do {                                    \
+    if (!(cond))                          \
+      KT_FAIL("check failed: %s", #cond); \
+  } while (0)
+#define CHECK_EQ(a, b)                                          \
+  do {                                                          \
+    long long a_ = (long long)(a), b_ = (long long)(b);         \
+    if (a_ != b_)                                               \
+      KT_FAIL("%s == %s failed: %lld != %lld", #a, #b, a_, b_); \
+  } while (0)
+#define CHECK_RC(expr)                                                    \
+  do {                                                                    \
+    long long r_ = (long long)(expr);                                     \
+    if (r_ < 0)                                                           \
+      KT_FAIL("%s failed: %lld (%s)", #expr, r_, keel_strerror((int)r_)); \
+  } while (0)
+
+#define KT_GUARD_MS 30000 /* no test body may take longer */
+
+typedef struct kt_body {
+  keel_task_fn fn;
+  void *arg;
+} kt_body_t;
+
+/* Main task: runs the body in the guard scope, so kt_abort reaches every
+ * scope the body opens. */
+static int kt_guard_main(void *arg) {
+  kt_body_t *body = arg;
+  keel_scope_opts_t o = {.deadline_ns = keel_now_ns() + KT_GUARD_MS * KEEL_NS_PER_MS,
+                         .name = "guard"};
+  atomic_store(&kt_failed, 0);
+  kt_guard_scope = keel_scope_open(&o);
+  if (!kt_guard_scope)
+    return -ENOMEM;
+  int rc = keel_spawn(kt_guard_scope, body->fn, body->arg, NULL);
+  int join_rc = keel_scope_join(kt_guard_scope);
+  keel_scope_close(kt_guard_scope);
+  kt_guard_scope = NULL;
+  if (rc < 0)
+    return rc;
+  return atomic_load(&kt_failed) ? -EPROTO : join_rc;
+}
+
+static int kt_run_guarded(keel_backend_t backend, int workers, keel_task_fn fn, void *arg) {
+  kt_body_t body = {fn, arg};
+  return kt_run(backend, workers, kt_guard_main, &body);
+}
+
+#define WATCHDOG_MS 10000 /* upper bound for any scope of these tests */
+#define PROMPT_MS 500     /* "promptly": cancellation to return */
+#define SENTINEL 0xA5
+#define READ_BUF_LEN 4096
+#define BIG_WRITE (64u << 20)
+
+static int64_t in_ms(int64_t ms) { return keel_now_ns() + ms * KEEL_NS_PER_MS; }
+static int64_t elapsed_ms(int64_t from_ns, int64_t to_ns) {
+  return (to_ns - from_ns) / KEEL_NS_PER_MS;
+}
+
+static keel_scope_t *scope_with_deadline_ms(int64_t ms) {
+  keel_scope_opts_t o = {.deadline_ns = in_ms(ms), .name = "test"};
+  return keel_scope_open(&o);
+}
+
+static unsigned char pattern_byte(size_t i) { return (unsigned char)(i % 251); }
+
+/* ---- A connected loopback pair ---------------------------------------- */
+
+typedef struct pair {
+  keel_listener_t *listener;
+  keel_tcp_t *client, *server;
+  char addr[KEEL_ADDRSTRLEN];
+} pair_t;
+
+static int listen_loopback(keel_listener_t **out, char *addr, size_t len) {
+  keel_listen_opts_t o;
+  keel_listen_opts_init(&o);
+  CHECK_RC(keel_tcp_listen("127.0.0.1:0", &o, out));
+  keel_addr_t a;
+  CHECK_RC(keel_listener_addr(*out, &a));
+  keel_addr_format(&a, addr, len);
+  return 0;
+}
+
+static int pair_open(pair_t *p) {
+  memset(p, 0, sizeof *p);
+  CHECK_RC(listen_loopback(&p->listener, p->addr, sizeof p->addr));
+  /* On loopback the handshake completes into the backlog, so one task can
+   * connect first and accept afterwards. */
+  CHECK_RC(keel_tcp_connect(p->addr, &p->client));
+  CHECK_RC(keel_tcp_accept(p->listener, &p->server));
+  return 0;
+}
+
+static void pair_close(pair_t *p) {
+  if (p->client)
+    keel_tcp_close(p->client);
+  if (p->server)
+    keel_tcp_close(p->server);
+  if (p->listener)
+    keel_listener_close(p->listener);
+}
+
+/* Reads exactly len bytes from s under a bounded deadline. */
+static int read_n(keel_stream_t *s, void *buf, size_t len) {
+  int64_t prev = keel_task_set_deadline(in_ms(5000));
+  size_t got = 0;
+  int rc = keel_read_exact(s, buf, len, &got);
+  keel_task_set_deadline(prev);
+  if (rc < 0)
+    KT_FAIL("read_exact(%zu) failed: %d (%s) after %zu bytes", len, rc, keel_strerror(rc), got);
+  CHECK_EQ(got, len);
+  return 0;
+}
+
+static int buffer_untouched(const unsigned char *buf, size_t len) {
+  for (size_t i = 0; i < len; i++)
+    if (buf[i] != SENTINEL)
+      KT_FAIL("buffer byte %zu is 0x%02x, not the sentinel: the read was not cancelled", i, buf[i]);
+  return 0;
+}
+
+/* ---- A task that reads once -------------------------------------------- */
+
+typedef struct one_read {
+  keel_stream_t *stream;
+  unsigned char *buf;
+  size_t len;
+  bool started;
+  ssize_t result;
+  int64_t done_ns;
+} one_read_t;
+
+static int one_read_task(void *arg) {
+  one_read_t *r = arg;
+  r->started = true;
+  r->result = keel_read(r->stream, r->buf, r->len);
+  r->done_ns = keel_now_ns();
+  return 0;
+}
+
+/* After the cancelled read: the peer writes, the cancelled read's buffer
+ * must stay untouched, and a fresh read gets every byte. */
+static int check_nothing_lost(pair_t *p, one_read_t *r) {
+  static const char msg[] = "bytes written after the read was cancelled";
+  CHECK_RC(keel_write_all(keel_tcp_stream(p->client), msg, sizeof msg, NULL));
+  CHECK_RC(keel_sleep_ms(50));
+  CHECK_RC(buffer_untouched(r->buf, r->len));
+  char got[sizeof msg];
+  CHECK_RC(read_n(keel_tcp_stream(p->server), got, sizeof got));
+  CHECK(memcmp(got, msg, sizeof msg) == 0);
+  return 0;
+}
+
+static int read_cancel_main(void *arg) {
+  (void)arg;
+  pair_t p;
+  CHECK_RC(pair_open(&p));
+  unsigned char buf[READ_BUF_LEN];
+  memset(buf, SENTINEL, sizeof buf);
+  one_read_t r = {.stream = keel_tcp_stream(p.server), .buf = buf, .len = sizeof buf};
+
+  keel_scope_t *scope = scope_with_deadline_ms(WATCHDOG_MS);
+  CHECK(scope != NULL);
+  CHECK_RC(keel_spawn(scope, one_read_task, &r, NULL));
+  CHECK_RC(keel_sleep_ms(20));
+  CHECK(r.started);
+  CHECK_EQ(r.done_ns, 0); /* still blocked: the peer never wrote */
+  int64_t cancel_ns = keel_now_ns();
+  keel_scope_cancel(scope, KEEL_CANCEL_USER);
+  keel_scope_join(scope);
+  keel_scope_close(scope);
+
+  CHECK_EQ(r.result, -ECANCELED);
+  int64_t took = elapsed_ms(cancel_ns, r.done_ns);
+  if (took > PROMPT_MS)
+    KT_FAIL("cancelled read returned %lld ms after the cancel", (long long)took);
+  CHECK_RC(check_nothing_lost(&p, &r));
+  pair_close(&p);
+  return 0;
+}
+
+static int read_deadline_main(void *arg) {
+  (void)arg;
+  pair_t p;
+  CHECK_RC(pair_open(&p));
+  unsigned char buf[READ_BUF_LEN];
+  memset(buf, SENTINEL, sizeof buf);
+  one_read_t r = {.stream = keel_tcp_stream(p.server), .buf = buf, .len = sizeof buf};
+
+  int64_t start_ns = keel_now_ns();
+  keel_scope_t *scope = scope_with_deadline_ms(50);
+  CHECK(scope != NULL);
+  CHECK_RC(keel_spawn(scope, one_read_task, &r, NULL));
+  keel_scope_join(scope);
+  keel_scope_close(scope);
+
+  CHECK_EQ(r.result, -ETIMEDOUT);
+  int64_t took = elapsed_ms(start_ns, r.done_ns);
+  if (took < 45 || took > 50 + PROMPT_MS)
+    KT_FAIL("read with a 50 ms deadline returned after %lld ms", (long long)took);
+  CHECK_RC(check_nothing_lost(&p, &r));
+  pair_close(&p);
+  return 0;
+}
+
+/* ---- Accept -------------------------------------------------------------- */
+
+typedef struct one_accept {
+  keel_listener_t *listener;
+  bool started;
+  int result;
+  keel_tcp_t *conn;
+  int64_t done_ns;
+} one_accept_t;
+
+static int one_accept_task(void *arg) {
+  one_accept_t *a = arg;
+  a->started = true;
+  a->result = keel_tcp_accept(a->listener, &a->conn);
+  a->done_ns = keel_now_ns();
+  return 0;
+}
+
+/* Accepts in a fresh scope; if connect_first is false, the connection is
+ * made while the accept is already waiting. Checks bytes flow both ways. */
+static int accept_one_works(keel_listener_t *l, const char *addr, bool connect_first) {
+  one_accept_t a = {.listener = l};
+  keel_tcp_t *client = NULL;
+  if (connect_first)
+    CHECK_RC(keel_tcp_connect(addr, &client));
+  keel_scope_t *scope = scope_with_deadline_ms(5000);
+  CHECK(scope != NULL);
+  CHECK_RC(keel_spawn(scope, one_accept_task, &a, NULL));
+  if (!connect_first) {
+    CHECK_RC(keel_sleep_ms(10));
+    CHECK_RC(keel_tcp_connect(addr, &client));
+  }
+  keel_scope_join(scope);
+  keel_scope_close(scope);
+  if (a.result < 0)
+    KT_FAIL("accept after a cancelled accept failed: %d (%s)", a.result, keel_strerror(a.result));
+  CHECK(a.conn != NULL);
+  CHECK_RC(keel_write_all(keel_tcp_stream(client), "ping", 4, NULL));
+  char got[4];
+  CHECK_RC(read_n(keel_tcp_stream(a.conn), got, sizeof got));
+  CHECK(memcmp(got, "ping", 4) == 0);
+  CHECK_RC(keel_write_all(keel_tcp_stream(a.conn), "pong", 4, NULL));
+  CHECK_RC(read_n(keel_tcp_stream(client), got, sizeof got));
+  CHECK(memcmp(got, "pong", 4) == 0);
+  keel_tcp_close(client);
+  keel_tcp_close(a.conn);
+  return 0;
+}
+
+static int accept_cancel_main(void *arg) {
+  (void)arg;
+  keel_listener_t *l;
+  char addr[KEEL_ADDRSTRLEN];
+  CHECK_RC(listen_loopback(&l, addr, sizeof addr));
+
+  one_accept_t a = {.listener = l};
+  keel_scope_t *scope = scope_with_deadline_ms(WATCHDOG_MS);
+  CHECK(scope != NULL);
+  CHECK_RC(keel_spawn(scope, one_accept_task, &a, NULL));
+  CHECK_RC(keel_sleep_ms(20));
+  CHECK(a.started);
+  CHECK_EQ(a.done_ns, 0);
+  int64_t cancel_ns = keel_now_ns();
+  keel_scope_cancel(scope, KEEL_CANCEL_USER);
+  keel_scope_join(scope);
+  keel_scope_close(scope);
+  CHECK_EQ(a.result, -ECANCELED);
+  int64_t took = elapsed_ms(cancel_ns, a.done_ns);
+  if (took > PROMPT_MS)
+    KT_FAIL("cancelled accept returned %lld ms after the cancel", (long long)took);
+
+  /* The listener still works: a connection made while nobody accepts, and
+   * one made while an accept waits, are both delivered. */
+  CHECK_RC(accept_one_works(l, addr, true));
+  CHECK_RC(accept_one_works(l, addr, false));
+  keel_listener_close(l);
+  return 0;
+}
+
+/* ---- Connect ------------------------------------------------------------- */
+
+static int connect_refused_main(void *arg) {
+  (void)arg;
+  /* Learn a free port, then stop listening on it. */
+  keel_listener_t *l;
+  char addr[KEEL_ADDRSTRLEN];
+  CHECK_RC(listen_loopback(&l, addr, sizeof addr));
+  CHECK_RC(keel_listener_close(l));
+
+  int64_t prev = keel_task_set_deadline(in_ms(5000));
+  keel_tcp_t *c = NULL;
+  int rc = keel_tcp_connect(addr, &c);
+  keel_task_set_deadline(prev);
+  if (rc != -ECONNREFUSED)
+    KT_FAIL("connect to %s with nothing listening: %d (%s), want -ECONNREFUSED", addr, rc,
+            keel_strerror(rc));
+  return 0;
+}
+
+/* ---- write_all cancelled part-way ---------------------------------------- */
+
+typedef struct big_write {
+  keel_stream_t *stream;
+  const unsigned char *buf;
+  size_t len;
+  bool started;
+  int result;
+  size_t written;
+  int64_t done_ns;
+} big_write_t;
+
+static int big_write_task(void *arg) {
+  big_write_t *w = arg;
+  w->started = true;
+  w->written = SIZE_MAX;
+  w->result = keel_write_all(w->stream, w->buf, w->len, &w->written);
+  w->done_ns = keel_now_ns();
+  return 0;
+}
+
+/* Reads s to EOF, checking every byte against the pattern; *total gets the
+ * count. */
+static int drain_to_eof(keel_stream_t *s, size_t *total) {
+  static unsigned char chunk[64 * 1024];
+  int64_t prev = keel_task_set_deadline(in_ms(WATCHDOG_MS));
+  size_t n = 0;
+  for (;;) {
+    ssize_t k = keel_read(s, chunk, sizeof chunk);
+    if (k == 0)
+      break;
+    if (k < 0)
+      KT_FAIL("read after %zu bytes failed: %zd (%s)", n, k, keel_strerror((int)k));
+    for (ssize_t i = 0; i < k; i++)
+      if (chunk[i] != pattern_byte(n + (size_t)i))
+        KT_FAIL("byte %zu is %u, want %u", n + (size_t)i, chunk[i], pattern_byte(n + (size_t)i));
+    n += (size_t)k;
+  }
+  keel_task_set_deadline(prev);
+  *total = n;
+  return 0;
+}
+
+static int write_all_cancel_main(void *arg) {
+  (void)arg;
+  unsigned char *big = malloc(BIG_WRITE);
+  CHECK(big != NULL);
+  for (size_t i = 0; i < BIG_WRITE; i++)
+    big[i] = pattern_byte(i);
+  pair_t p;
+  CHECK_RC(pair_open(&p));
+  big_write_t w = {.stream = keel_tcp_stream(p.client), .buf = big, .len = BIG_WRITE};
+
+  keel_scope_t *scope = scope_with_deadline_ms(WATCHDOG_MS);
+  CHECK(scope != NULL);
+  CHECK_RC(keel_spawn(scope, big_write_task, &w, NULL));
+  CHECK_RC(keel_sleep_ms(200)); /* loopback buffers fill in far less */
+  CHECK(w.started);
+  CHECK_EQ(w.done_ns, 0); /* blocked: the peer does not read */
+  int64_t cancel_ns = keel_now_ns();
+  keel_scope_cancel(scope, KEEL_CANCEL_USER);
+  keel_scope_join(scope);
+  keel_scope_close(scope);
+
+  CHECK_EQ(w.result, -ECANCELED);
+  int64_t took = elapsed_ms(cancel_ns, w.done_ns);
+  if (took > PROMPT_MS)
+    KT_FAIL("cancelled write_all returned %lld ms after the cancel", (long long)took);
+  CHECK(w.written > 0);
+  CHECK(w.written < BIG_WRITE);
+  fprintf(stderr, "# write_all cancelled after %zu bytes\n", w.written);
+
+  CHECK_RC(keel_tcp_close(p.client));
+  p.client = NULL;
+  size_t total = 0;
+  CHECK_RC(drain_to_eof(keel_tcp_stream(p.server), &total));
+  CHECK_EQ(total, w.written);
+  pair_close(&p);
+  free(big);
+  return 0;
+}
+
+/* ---- cmocka ---------------------------------------------------------------- */
+
+static void run_each_backend(keel_task_fn fn) {
+  KT_FOR_EACH_BACKEND(b) {
+    fprintf(stderr, "# backend %s\n", kt_backend_name(b));
+    assert_int_equal(kt_run_guarded(b, 1, fn, NULL), 0);
+  }
+}
+
+static void test_read_cancel(void **state) {
+  (void)state;
+  run_each_backend(read_cancel_main);
+}
+
+static void test_read_deadline(void **state) {
+  (void)state;
+  run_each_backend(read_deadline_main);
+}
+
+static void test_accept_cancel(void **state) {
+  (void)state;
+  run_each_backend(accept_cancel_main);
+}
+
+static void test_connect_refused(void **state) {
+  (void)state;
+  run_each_backend(connect_refused_main);
+}
+
+static void test_write_all_cancel(void **state) {
+  (void)state;
+  run_each_backend(write_all_cancel_main);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_read_cancel),      cmocka_unit_test(test_read_deadline),
+      cmocka_unit_test(test_accept_cancel),    cmocka_unit_test(test_connect_refused),
+      cmocka_unit_test(test_write_all_cancel),
+  };
+  if (getenv("KT_FILTER")) /* e.g. KT_FILTER=test_foo to run one case */
+    cmocka_set_test_filter(getenv("KT_FILTER"));
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
