@@ -285,6 +285,48 @@ static void test_level_after_deadline(void **state) {
 
 /* ---- Shields ------------------------------------------------------------------------------ */
 
+/* Cleanup inside a shield may spawn helpers: a scope opened there is
+ * shielded too (its tasks are not born cancelled) and bounded by the
+ * shield's deadline. */
+static int flush_helper(void *arg) {
+  struct st *st = arg;
+  st->rc[5] = keel_sleep_ms(30);    /* a short flush completes */
+  st->rc[6] = keel_sleep_ms(10000); /* a stuck one ends at the shield deadline */
+  st->elapsed[2] = ms_since(st->t0);
+  return 0;
+}
+
+static int shield_spawn_task(void *arg) {
+  struct st *st = arg;
+  st->rc[0] = keel_sleep_ms(10000); /* cancelled */
+  st->t0 = mono_ns();
+  keel_shield_begin(in_ms(150));
+  keel_scope_t *s = keel_scope_open(NULL);
+  st->rc[1] = s ? keel_spawn(s, flush_helper, st, NULL) : -ENOMEM;
+  st->rc[2] = s ? keel_scope_join(s) : -ENOMEM;
+  keel_scope_close(s);
+  keel_shield_end();
+  st->rc[3] = keel_sleep_ms(10);
+  return 0;
+}
+
+static int shield_spawn_main(void *arg) { return run_in_scope(arg, shield_spawn_task, 0, 20); }
+
+static void test_shield_spawns_cleanup_task(void **state) {
+  (void)state;
+  KT_FOR_EACH_BACKEND(b) {
+    struct st st = {.rc = {1, 1, 1, 1, 1, 1, 1}};
+    assert_int_equal(kt_run(b, 1, shield_spawn_main, &st), 0);
+    assert_int_equal(st.rc[0], -ECANCELED);
+    assert_int_equal(st.rc[1], 0);
+    assert_int_equal(st.rc[5], 0);
+    assert_int_equal(st.rc[6], -ETIMEDOUT);
+    assert_elapsed(st.elapsed[2], 150);
+    assert_int_equal(st.rc[3], -ECANCELED);
+  }
+}
+
+
 static int shield_task(void *arg) {
   struct st *st = arg;
   st->rc[0] = keel_sleep_ms(10000); /* cancelled */
@@ -388,6 +430,7 @@ int main(void) {
       cmocka_unit_test(test_no_deadline),
       cmocka_unit_test(test_level_after_deadline),
       cmocka_unit_test(test_shield),
+      cmocka_unit_test(test_shield_spawns_cleanup_task),
       cmocka_unit_test(test_nested_shields),
       cmocka_unit_test(test_shield_holds_off_scope_deadline),
   };

@@ -42,9 +42,18 @@ keel_scope_t *keel_scope_open(const keel_scope_opts_t *opts) {
   scope_init(s, parent->rt, opts);
   s->parent = parent;
   s->opener = t;
-  /* The opener's own deadline flows into the scope it opens. */
-  if (!(s->flags & KEEL_SCOPE_SHIELD) && t->deadline_ns < atomic_load(&s->deadline_ns))
-    atomic_store(&s->deadline_ns, t->deadline_ns);
+  /* Cleanup code inside a task's shield may spawn helpers: their scope is
+   * a shield bounded by the same deadline. Otherwise the opener's own
+   * deadline flows into the scope it opens. */
+  int64_t bound = t->deadline_ns;
+  if (t->shield_depth > 0) {
+    s->flags |= KEEL_SCOPE_SHIELD;
+    bound = t->shield_deadline[t->shield_depth - 1];
+  } else if (s->flags & KEEL_SCOPE_SHIELD) {
+    bound = KEEL_DEADLINE_NONE;
+  }
+  if (bound < atomic_load(&s->deadline_ns))
+    atomic_store(&s->deadline_ns, bound);
   keel__spin_lock(&parent->lock);
   parent->live++;
   keel__queue_insert_tail(&parent->children, &s->child_node);

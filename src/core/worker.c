@@ -108,4 +108,5 @@ void keel__worker_loop(keel__worker_t *w) {
     atomic_store_explicit(&w->sleeping, false, memory_order_relaxed);
     keel__wheel_advance(&w->wheel, keel__now_ns() / KEEL_NS_PER_MS);
   }
+  drain_inbox(w); /* messages that raced the stop still release their references */
 }
