@@ -231,7 +231,7 @@ static void run_child(int (*child_fn)(void), child_run_t *out) {
     close(fds[0]);
     dup2(fds[1], STDERR_FILENO);
     close(fds[1]);
-    alarm(30); /* a hung child fails instead of hanging the test */
+    alarm(25); /* a hung child fails instead of hanging the test */
     int rc = child_fn();
     fflush(stdout);
     _exit(rc);
@@ -422,7 +422,8 @@ int main(void) {
       cmocka_unit_test(test_fallback_to_epoll),
       cmocka_unit_test(test_forced_uring_unavailable),
   };
-  if (getenv("KT_FILTER")) /* e.g. KT_FILTER=test_foo to run one case */
-    cmocka_set_test_filter(getenv("KT_FILTER"));
+  const char *filter = getenv("KT_FILTER"); /* e.g. KT_FILTER=test_foo: run one case */
+  if (filter && *filter)
+    cmocka_set_test_filter(filter);
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -459,7 +459,8 @@ int main(void) {
       cmocka_unit_test(test_accept_cancel),    cmocka_unit_test(test_connect_refused),
       cmocka_unit_test(test_write_all_cancel),
   };
-  if (getenv("KT_FILTER")) /* e.g. KT_FILTER=test_foo to run one case */
-    cmocka_set_test_filter(getenv("KT_FILTER"));
+  const char *filter = getenv("KT_FILTER"); /* e.g. KT_FILTER=test_foo: run one case */
+  if (filter && *filter)
+    cmocka_set_test_filter(filter);
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

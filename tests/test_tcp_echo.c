@@ -703,7 +703,8 @@ int main(void) {
       cmocka_unit_test(test_half_close),  cmocka_unit_test(test_reset_mid_write),
       cmocka_unit_test(test_python_peer), cmocka_unit_test(test_many_connections),
   };
-  if (getenv("KT_FILTER")) /* e.g. KT_FILTER=test_foo to run one case */
-    cmocka_set_test_filter(getenv("KT_FILTER"));
+  const char *filter = getenv("KT_FILTER"); /* e.g. KT_FILTER=test_foo: run one case */
+  if (filter && *filter)
+    cmocka_set_test_filter(filter);
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
