@@ -41,11 +41,11 @@ static inline int kt_run(keel_backend_t backend, int workers, keel_task_fn fn, v
 }
 
 /* Iterates b over both backends, skipping io_uring when unavailable. */
-#define KT_FOR_EACH_BACKEND(b)                                                                     \
-  for (size_t kt_i_ = 0; kt_i_ < KT_NBACKENDS; kt_i_++)                                            \
-    for (keel_backend_t b = kt_backends[kt_i_]; b != (keel_backend_t)-1; b = (keel_backend_t)-1)  \
-      if (b == KEEL_BACKEND_URING && !kt_uring_available()) {                                       \
-        fprintf(stderr, "# io_uring unavailable here: skipping the io_uring case\n");             \
+#define KT_FOR_EACH_BACKEND(b)                                                                   \
+  for (size_t kt_i_ = 0; kt_i_ < KT_NBACKENDS; kt_i_++)                                          \
+    for (keel_backend_t b = kt_backends[kt_i_]; b != (keel_backend_t)-1; b = (keel_backend_t)-1) \
+      if (b == KEEL_BACKEND_URING && !kt_uring_available()) {                                    \
+        fprintf(stderr, "# io_uring unavailable here: skipping the io_uring case\n");            \
       } else
 
 static inline const char *kt_backend_name(keel_backend_t b) {

@@ -326,7 +326,6 @@ static void test_shield_spawns_cleanup_task(void **state) {
   }
 }
 
-
 static int shield_task(void *arg) {
   struct st *st = arg;
   st->rc[0] = keel_sleep_ms(10000); /* cancelled */

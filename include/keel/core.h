@@ -156,9 +156,9 @@ keel_scope_t *keel_scope_current(void);
 #define KEEL_WORKER_CURRENT (-1)
 
 typedef struct keel_spawn_opts {
-  const char *name;    /* copied; NULL: "task" */
-  int worker;          /* KEEL_WORKER_CURRENT or a worker index */
-  size_t stack_size;   /* 0: runtime default */
+  const char *name;     /* copied; NULL: "task" */
+  int worker;           /* KEEL_WORKER_CURRENT or a worker index */
+  size_t stack_size;    /* 0: runtime default */
   keel_task_t **handle; /* if set, receives a handle valid until the scope closes */
 } keel_spawn_opts_t;
 

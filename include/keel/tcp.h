@@ -28,9 +28,9 @@ char *keel_addr_format(const keel_addr_t *addr, char *buf, size_t len);
 #define KEEL_ADDRSTRLEN 64
 
 typedef struct keel_listen_opts {
-  int backlog;       /* 0: 1024 */
-  bool reuseport;    /* SO_REUSEPORT (one listener per worker); default true */
-  bool v6only;       /* IPV6_V6ONLY for IPv6 addresses */
+  int backlog;    /* 0: 1024 */
+  bool reuseport; /* SO_REUSEPORT (one listener per worker); default true */
+  bool v6only;    /* IPV6_V6ONLY for IPv6 addresses */
 } keel_listen_opts_t;
 
 void keel_listen_opts_init(keel_listen_opts_t *o);

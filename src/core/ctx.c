@@ -35,8 +35,8 @@ void keel__ctx_make(keel__ctx_t *c, void *stack_lo, size_t size, void (*entry)(v
   uintptr_t top = ((uintptr_t)stack_lo + size) & ~(uintptr_t)15;
   uint64_t *sp = (uint64_t *)(top - 176 - 16);
   memset(sp, 0, 176 + 16);
-  sp[0] = (uint64_t)(uintptr_t)entry; /* x19 */
-  sp[1] = (uint64_t)(uintptr_t)arg;   /* x20 */
+  sp[0] = (uint64_t)(uintptr_t)entry;                 /* x19 */
+  sp[1] = (uint64_t)(uintptr_t)arg;                   /* x20 */
   sp[11] = (uint64_t)(uintptr_t)keel__ctx_trampoline; /* x30 (lr) */
   c->sp = sp;
 }

@@ -121,22 +121,22 @@ static int ep_wait_ready(keel__io_t *io, bool write) {
 
 /* ---- Operations --------------------------------------------------------------- */
 
-#define EP_RETRY(call, write)                                                                    \
-  do {                                                                                           \
-    int rc_ = keel__check_cancel();                                                             \
-    if (rc_)                                                                                     \
-      return rc_;                                                                                \
-    for (;;) {                                                                                   \
-      ssize_t n_ = (call);                                                                       \
-      if (n_ >= 0)                                                                               \
-        return n_;                                                                               \
-      if (errno == EINTR)                                                                        \
-        continue;                                                                                \
-      if (errno != EAGAIN)                                                                       \
-        return -errno;                                                                           \
-      if ((rc_ = ep_wait_ready(io, write)) < 0)                                                  \
-        return rc_;                                                                              \
-    }                                                                                            \
+#define EP_RETRY(call, write)                   \
+  do {                                          \
+    int rc_ = keel__check_cancel();             \
+    if (rc_)                                    \
+      return rc_;                               \
+    for (;;) {                                  \
+      ssize_t n_ = (call);                      \
+      if (n_ >= 0)                              \
+        return n_;                              \
+      if (errno == EINTR)                       \
+        continue;                               \
+      if (errno != EAGAIN)                      \
+        return -errno;                          \
+      if ((rc_ = ep_wait_ready(io, write)) < 0) \
+        return rc_;                             \
+    }                                           \
   } while (0)
 
 static ssize_t ep_recv(keel__io_t *io, void *buf, size_t len) {

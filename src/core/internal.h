@@ -19,7 +19,7 @@
 #include <ucontext.h>
 #endif
 
-#define keel__container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+#define keel__container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 #define KEEL__LIKELY(x) __builtin_expect(!!(x), 1)
 #define KEEL__UNLIKELY(x) __builtin_expect(!!(x), 0)
 
@@ -88,7 +88,7 @@ typedef struct keel__stack {
   struct keel__stack *next; /* pool link */
   char *map;                /* start of the mapping (guard page) */
   size_t map_size;
-  char *lo;   /* lowest usable byte (just above the guard page) */
+  char *lo;    /* lowest usable byte (just above the guard page) */
   size_t size; /* usable bytes below the descriptor */
   unsigned valgrind_id;
 } keel__stack_t;
@@ -208,12 +208,12 @@ struct keel_scope {
   keel_scope_t *parent;
   keel__queue_t child_node; /* parent->children, under the parent's lock */
   keel__queue_t children;
-  keel__queue_t tasks;     /* live tasks */
-  keel__queue_t finished;  /* finished tasks that have handles */
+  keel__queue_t tasks;       /* live tasks */
+  keel__queue_t finished;    /* finished tasks that have handles */
   keel__queue_t opener_node; /* opener task's open_scopes */
   keel_task_t *opener;
   keel__spinlock_t lock;
-  size_t live;             /* live tasks + nested scopes, under lock */
+  size_t live; /* live tasks + nested scopes, under lock */
   _Atomic int cancel_reason;
   _Atomic int64_t deadline_ns;
   unsigned flags;
@@ -237,13 +237,13 @@ void keel__scope_free(keel_scope_t *s);
  * the descriptors until a task asks for them. Listeners only. */
 #define KEEL__ACCEPTQ_MIN 64
 typedef struct keel__acceptq {
-  int fd;       /* the listening socket */
-  bool armed;   /* a multishot accept is in flight */
-  bool closing; /* listener closing: accepted fds are closed */
-  int err;      /* an error to hand to the next accept (e.g. -EMFILE) */
+  int fd;                   /* the listening socket */
+  bool armed;               /* a multishot accept is in flight */
+  bool closing;             /* listener closing: accepted fds are closed */
+  int err;                  /* an error to hand to the next accept (e.g. -EMFILE) */
   keel__wait_t *wait;       /* a task waiting in accept */
   keel__wait_t *close_wait; /* the closer waiting for the final CQE */
-  unsigned head, tail; /* free-running; cap is a power of two */
+  unsigned head, tail;      /* free-running; cap is a power of two */
   unsigned cap;
   int *fds;
 } keel__acceptq_t;
@@ -252,7 +252,7 @@ typedef struct keel__acceptq {
 typedef struct keel__io {
   int fd;
   keel__worker_t *worker;
-  bool registered; /* epoll: added to the interest list */
+  bool registered;       /* epoll: added to the interest list */
   keel__wait_t *rd_wait; /* epoll: task waiting for readability */
   keel__wait_t *wr_wait; /* epoll: task waiting for writability */
   keel__acceptq_t *acceptq;
@@ -307,7 +307,7 @@ struct keel__worker {
   keel__msg_t stop_msg;
   keel__stack_t *stack_pool;
   size_t stack_pool_len;
-  size_t tasks; /* live tasks on this worker */
+  size_t tasks;   /* live tasks on this worker */
   int run_budget; /* task runs left before the next poll */
   void *altstack;
   void *asan_fake_stack;

@@ -24,12 +24,18 @@ const char *keel_strerror(int err) {
 
 const char *keel_cancel_reason_name(keel_cancel_reason_t r) {
   switch (r) {
-  case KEEL_CANCEL_NONE: return "none";
-  case KEEL_CANCEL_USER: return "user";
-  case KEEL_CANCEL_TIMEOUT: return "timeout";
-  case KEEL_CANCEL_FAIL_FAST: return "fail-fast";
-  case KEEL_CANCEL_PARENT: return "parent";
-  case KEEL_CANCEL_SHUTDOWN: return "shutdown";
+  case KEEL_CANCEL_NONE:
+    return "none";
+  case KEEL_CANCEL_USER:
+    return "user";
+  case KEEL_CANCEL_TIMEOUT:
+    return "timeout";
+  case KEEL_CANCEL_FAIL_FAST:
+    return "fail-fast";
+  case KEEL_CANCEL_PARENT:
+    return "parent";
+  case KEEL_CANCEL_SHUTDOWN:
+    return "shutdown";
   }
   return "unknown";
 }

@@ -82,7 +82,8 @@ static void stack_unmap(keel__stack_t *s) {
 }
 
 void keel__stack_release(keel__worker_t *w, keel__stack_t *s) {
-  size_t default_map = ((w->rt->cfg.stack_size + page_size() - 1) & ~(page_size() - 1)) + page_size();
+  size_t default_map =
+      ((w->rt->cfg.stack_size + page_size() - 1) & ~(page_size() - 1)) + page_size();
   if (s->map_size != default_map || w->stack_pool_len >= STACK_POOL_MAX) {
     stack_unmap(s);
     return;
@@ -176,8 +177,8 @@ void keel__stack_guard_install(void) {
 }
 
 int keel__stack_guard_thread_init(keel__worker_t *w) {
-  w->altstack = mmap(NULL, ALTSTACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                     -1, 0);
+  w->altstack =
+      mmap(NULL, ALTSTACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (w->altstack == MAP_FAILED) {
     w->altstack = NULL;
     return -ENOMEM;

@@ -236,8 +236,8 @@ void keel__task_ready(keel_task_t *t) {
     return;
   keel__worker_t *w = t->worker;
   t->state = KEEL__TASK_READY;
-  bool cancelled = t->shield_depth == 0 && atomic_load_explicit(&t->scope->cancel_reason,
-                                                                memory_order_relaxed) != 0;
+  bool cancelled = t->shield_depth == 0 &&
+                   atomic_load_explicit(&t->scope->cancel_reason, memory_order_relaxed) != 0;
   keel__queue_insert_tail(cancelled ? &w->ready_cancel : &w->ready, &t->ready_node);
 }
 

@@ -45,9 +45,11 @@ static int ring_init(uring_backend_t *b, unsigned entries) {
    * completions only when this worker asks for them. */
   static const unsigned flag_sets[] = {
 #if KEEL_HAVE_URING_DEFER_TASKRUN
-      IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
 #endif
-      IORING_SETUP_COOP_TASKRUN, 0};
+    IORING_SETUP_COOP_TASKRUN,
+    0
+  };
   int rc = -EINVAL;
   for (size_t i = 0; i < sizeof flag_sets / sizeof flag_sets[0]; i++) {
     memset(&p, 0, sizeof p);
@@ -158,12 +160,12 @@ static ssize_t op_wait(keel__wait_t *w, struct io_uring_sqe *sqe) {
   return keel__wait_block(w, KEEL_DEADLINE_NONE, 0);
 }
 
-#define UR_BEGIN(io)                                                                             \
-  int rc_ = keel__check_cancel();                                                               \
-  if (rc_)                                                                                       \
-    return rc_;                                                                                  \
-  keel__wait_t w;                                                                                \
-  keel__wait_init(&w, op_abort);                                                                 \
+#define UR_BEGIN(io)              \
+  int rc_ = keel__check_cancel(); \
+  if (rc_)                        \
+    return rc_;                   \
+  keel__wait_t w;                 \
+  keel__wait_init(&w, op_abort);  \
   struct io_uring_sqe *sqe = get_sqe((io)->worker->backend)
 
 static ssize_t ur_recv(keel__io_t *io, void *buf, size_t len) {
