@@ -418,7 +418,8 @@ static int signal_child_main(void *arg) {
   return keel_sleep_ms(HOUR_MS) == -ECANCELED ? 0 : 3;
 }
 
-static pid_t fork_signal_child(keel_backend_t b, struct child_cfg *c, int64_t drain_ms, int *rd) {
+static pid_t fork_signal_child_err(keel_backend_t b, struct child_cfg *c, int64_t drain_ms, int *rd,
+                                   int err_fd) {
   int fds[2];
   if (pipe(fds) != 0)
     return -1;
@@ -427,6 +428,8 @@ static pid_t fork_signal_child(keel_backend_t b, struct child_cfg *c, int64_t dr
   pid_t pid = fork();
   if (pid == 0) {
     close(fds[0]);
+    if (err_fd >= 0)
+      dup2(err_fd, STDERR_FILENO);
     c->d.fd = fds[1];
     keel_config_t cfg;
     keel_config_init(&cfg);
@@ -442,6 +445,10 @@ static pid_t fork_signal_child(keel_backend_t b, struct child_cfg *c, int64_t dr
   close(fds[1]);
   *rd = fds[0];
   return pid;
+}
+
+static pid_t fork_signal_child(keel_backend_t b, struct child_cfg *c, int64_t drain_ms, int *rd) {
+  return fork_signal_child_err(b, c, drain_ms, rd, -1);
 }
 
 /* Reads up to n bytes, waiting at most timeout_ms overall; returns the count. */
@@ -533,6 +540,41 @@ static void test_second_sigint_exits_at_once(void **state) {
   }
 }
 
+/* A drain that outlives its deadline ends the process, naming what was
+ * still running. */
+static void test_drain_deadline_exits(void **state) {
+  (void)state;
+  KT_FOR_EACH_BACKEND(b) {
+    struct child_cfg c = {.task = stuck_task, .ntasks = 2};
+    int rd = -1, status = 0, errp[2];
+    assert_int_equal(pipe(errp), 0);
+    pid_t pid = fork_signal_child_err(b, &c, 300, &rd, errp[1]);
+    close(errp[1]);
+    assert_true(pid > 0);
+    char buf[4] = {0};
+    if (read_bytes(rd, buf, 1, 10000) != 1 || buf[0] != 'R') {
+      wait_child(pid, 0, &status);
+      fail_msg("[%s] the child did not get ready", kt_backend_name(b));
+    }
+    int64_t t0 = mono_ns();
+    kill(pid, SIGTERM);
+    int rc = wait_child(pid, 5000, &status);
+    int64_t took_ms = (mono_ns() - t0) / KEEL_NS_PER_MS;
+    char err[4096] = {0};
+    read_bytes(errp[0], err, sizeof err - 1, 1000);
+    close(errp[0]);
+    close(rd);
+    if (rc != 0)
+      fail_msg("[%s] the child outlived its 300 ms drain deadline by 5 s", kt_backend_name(b));
+    assert_true(took_ms >= 250);
+    assert_true(took_ms < 3000);
+    assert_true(WIFEXITED(status));
+    assert_int_not_equal(WEXITSTATUS(status), 0);
+    if (!strstr(err, "drain deadline") || !strstr(err, "task '"))
+      fail_msg("[%s] no dump of the stuck tasks on stderr: %s", kt_backend_name(b), err);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_worker_count_and_ids),
@@ -542,6 +584,7 @@ int main(void) {
       cmocka_unit_test(test_shutdown_from_task),
       cmocka_unit_test(test_sigterm_drains),
       cmocka_unit_test(test_second_sigint_exits_at_once),
+      cmocka_unit_test(test_drain_deadline_exits),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

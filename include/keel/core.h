@@ -53,6 +53,9 @@ const char *keel_backend_name(void);
 int keel_worker_count(void);
 int keel_worker_id(void);
 
+/* Logs every live task (name, worker, state) by scope, from the root. */
+void keel_dump_tasks(void);
+
 /* Cancels the root scope with reason shutdown (what SIGINT/SIGTERM do).
  * Callable from any task on any worker. */
 void keel_shutdown(void);

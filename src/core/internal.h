@@ -230,6 +230,7 @@ int keel__scope_add_task(keel_scope_t *s, keel_task_t *t);
 void keel__scope_task_done(keel_scope_t *s, keel_task_t *t);
 keel_scope_t *keel__scope_new_root(keel_runtime_t *rt);
 void keel__scope_free(keel_scope_t *s);
+void keel__scope_dump(keel_scope_t *s, int depth);
 
 /* ---- Backends -------------------------------------------------------------- */
 

@@ -126,8 +126,9 @@ static void *signal_thread(void *arg) {
     if (fds[1].revents)
       break;
     if (n == 0 && deadline != KEEL_DEADLINE_NONE && keel__now_ns() >= deadline) {
-      keel_log(KEEL_LOG_ERROR, "drain deadline of %lld ms passed with tasks still running; exiting",
+      keel_log(KEEL_LOG_ERROR, "drain deadline of %lld ms passed with tasks still running:",
                (long long)rt->cfg.drain_timeout_ms);
+      keel__scope_dump(rt->root, 1);
       _exit(EXIT_FAILURE);
     }
     struct signalfd_siginfo si;

@@ -285,3 +285,45 @@ void keel__scope_free(keel_scope_t *s) {
   }
   free(s);
 }
+
+/* ---- Dumps ------------------------------------------------------------------------ */
+
+static const char *task_state_name(int state) {
+  switch (state) {
+  case KEEL__TASK_NEW:
+    return "new";
+  case KEEL__TASK_READY:
+    return "ready";
+  case KEEL__TASK_RUNNING:
+    return "running";
+  case KEEL__TASK_BLOCKED:
+    return "blocked";
+  default:
+    return "done";
+  }
+}
+
+/* Logs the scope tree under s: every live task by name, worker and state
+ * (the state is read without synchronisation: a diagnostic snapshot). */
+void keel__scope_dump(keel_scope_t *s, int depth) {
+  keel__spin_lock(&s->lock);
+  keel_log(KEEL_LOG_INFO, "%*sscope '%s': %zu live%s%s", depth * 2, "", s->name, s->live,
+           atomic_load(&s->cancel_reason) ? ", cancelled: " : "",
+           atomic_load(&s->cancel_reason)
+               ? keel_cancel_reason_name((keel_cancel_reason_t)atomic_load(&s->cancel_reason))
+               : "");
+  for (keel__queue_t *q = s->tasks.next; q != &s->tasks; q = q->next) {
+    keel_task_t *t = keel__container_of(q, keel_task_t, scope_node);
+    keel_log(KEEL_LOG_INFO, "%*s  task '%s' on worker %d: %s", depth * 2, "", t->name,
+             t->worker->id, task_state_name(t->state));
+  }
+  for (keel__queue_t *q = s->children.next; q != &s->children; q = q->next)
+    keel__scope_dump(keel__container_of(q, keel_scope_t, child_node), depth + 1);
+  keel__spin_unlock(&s->lock);
+}
+
+void keel_dump_tasks(void) {
+  keel__worker_t *w = keel__tls_worker;
+  if (w)
+    keel__scope_dump(w->rt->root, 0);
+}
