@@ -169,7 +169,7 @@ static int wait_accepted(int want, int64_t ms) {
 }
 
 static int echo_check(keel_tcp_t *c, int index) {
-  char msg[16], got[16];
+  char msg[24], got[24];
   snprintf(msg, sizeof msg, "hello %9d", index);
   CHECK_RC(keel_write_all(keel_tcp_stream(c), msg, sizeof msg, NULL));
   int64_t prev = keel_task_set_deadline(in_ms(5000));
