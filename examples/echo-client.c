@@ -253,17 +253,16 @@ static int main_task(void *arg) {
 }
 
 static void usage(FILE *out) {
-  fprintf(out,
-          "usage: echo-client [options]\n"
-          "  --host H          server address (default 127.0.0.1)\n"
-          "  --port P          server port (default 7000)\n"
-          "  --conns N         connections (default 10)\n"
-          "  --size BYTES      message size (default 128)\n"
-          "  --duration SECS   run time, fractions allowed (default 5)\n"
-          "  --count N         messages per connection instead of a duration\n"
-          "  --workers N       worker threads, 0 = one per CPU (default 0)\n"
-          "  --backend B       auto|uring|epoll (default auto)\n"
-          "  --help            this text\n");
+  fprintf(out, "usage: echo-client [options]\n"
+               "  --host H          server address (default 127.0.0.1)\n"
+               "  --port P          server port (default 7000)\n"
+               "  --conns N         connections (default 10)\n"
+               "  --size BYTES      message size (default 128)\n"
+               "  --duration SECS   run time, fractions allowed (default 5)\n"
+               "  --count N         messages per connection instead of a duration\n"
+               "  --workers N       worker threads, 0 = one per CPU (default 0)\n"
+               "  --backend B       auto|uring|epoll (default auto)\n"
+               "  --help            this text\n");
 }
 
 static bool parse_long(const char *s, long lo, long hi, long *out) {
@@ -303,26 +302,36 @@ static bool apply_option(client_t *cl, int c, const char *val, const char **host
                          bool *duration_set) {
   long v = 0;
   switch (c) {
-  case 'h': *host = val; return true;
-  case 'p': return parse_long(val, 1, 65535, port);
-  case 'c': return parse_long(val, 1, 10000000, &v) && (cl->conns = v, true);
-  case 's': return parse_long(val, 1, MAX_SIZE, &v) && (cl->size = (size_t)v, true);
-  case 'd': return (*duration_set = true) && parse_seconds(val, &cl->duration_ns);
-  case 'n': return parse_long(val, 1, LONG_MAX, &v) && (cl->count = (uint64_t)v, true);
-  case 'w': return parse_long(val, 0, 4096, &v) && (cl->workers = (int)v, true);
-  case 'b': return parse_backend(val, &cl->backend);
-  default: return false;
+  case 'h':
+    *host = val;
+    return true;
+  case 'p':
+    return parse_long(val, 1, 65535, port);
+  case 'c':
+    return parse_long(val, 1, 10000000, &v) && (cl->conns = v, true);
+  case 's':
+    return parse_long(val, 1, MAX_SIZE, &v) && (cl->size = (size_t)v, true);
+  case 'd':
+    return (*duration_set = true) && parse_seconds(val, &cl->duration_ns);
+  case 'n':
+    return parse_long(val, 1, LONG_MAX, &v) && (cl->count = (uint64_t)v, true);
+  case 'w':
+    return parse_long(val, 0, 4096, &v) && (cl->workers = (int)v, true);
+  case 'b':
+    return parse_backend(val, &cl->backend);
+  default:
+    return false;
   }
 }
 
 /* Returns 0 to run, 1 on bad flags, 2 after --help. */
 static int parse_args(int argc, char **argv, client_t *cl) {
   static const struct option longopts[] = {
-      {"host", required_argument, NULL, 'h'},    {"port", required_argument, NULL, 'p'},
-      {"conns", required_argument, NULL, 'c'},   {"size", required_argument, NULL, 's'},
+      {"host", required_argument, NULL, 'h'},     {"port", required_argument, NULL, 'p'},
+      {"conns", required_argument, NULL, 'c'},    {"size", required_argument, NULL, 's'},
       {"duration", required_argument, NULL, 'd'}, {"count", required_argument, NULL, 'n'},
-      {"workers", required_argument, NULL, 'w'}, {"backend", required_argument, NULL, 'b'},
-      {"help", no_argument, NULL, 'H'},          {NULL, 0, NULL, 0},
+      {"workers", required_argument, NULL, 'w'},  {"backend", required_argument, NULL, 'b'},
+      {"help", no_argument, NULL, 'H'},           {NULL, 0, NULL, 0},
   };
   const char *host = "127.0.0.1";
   long port = 7000;
@@ -358,8 +367,8 @@ static int parse_args(int argc, char **argv, client_t *cl) {
 
 int main(int argc, char **argv) {
   /* main's frame outlives keel_run, so every worker may share it. */
-  client_t cl = {.conns = 10, .size = 128, .duration_ns = 5 * KEEL_NS_PER_SEC,
-                 .backend = KEEL_BACKEND_AUTO};
+  client_t cl = {
+      .conns = 10, .size = 128, .duration_ns = 5 * KEEL_NS_PER_SEC, .backend = KEEL_BACKEND_AUTO};
   atomic_init(&cl.reported, 0);
   int rc = parse_args(argc, argv, &cl);
   if (rc != 0)

@@ -20,10 +20,10 @@ typedef struct server {
   char hostport[300];
   int workers;
   keel_backend_t backend;
-  long max_conns;      /* per process */
-  int64_t idle_ns;     /* 0: no idle timeout */
-  bool ephemeral;      /* --port 0 */
-  atomic_long conns;   /* live connections, all workers */
+  long max_conns;       /* per process */
+  int64_t idle_ns;      /* 0: no idle timeout */
+  bool ephemeral;       /* --port 0 */
+  atomic_long conns;    /* live connections, all workers */
   atomic_int listening; /* listeners up, to print the banner once all are */
   keel_addr_t bound;    /* worker 0's listener address, for --port 0 */
 } server_t;
@@ -34,8 +34,8 @@ typedef struct conn_arg {
   keel_tcp_t *tcp;
 } conn_arg_t;
 
-/* Reads with the idle deadline (if any) applied to this read only, so a
- * slow writer on the other side is not counted as idleness. */
+/* Reads with the idle deadline (if any) applied to this read only: a write
+ * held up by a peer that reads slowly is back-pressure, not idleness. */
 static ssize_t read_idle(server_t *srv, keel_stream_t *s, void *buf, size_t len) {
   if (srv->idle_ns == 0)
     return keel_read(s, buf, len);
@@ -86,9 +86,19 @@ static void start_conn(server_t *srv, keel_scope_t *conns, keel_tcp_t *tcp) {
 /* Errors of accept(2) that concern one connection, not the listener. */
 static bool accept_error_transient(int err) {
   switch (err) {
-  case -ECONNABORTED: case -EPROTO: case -EPERM: case -EINTR: case -EAGAIN:
-  case -ENOBUFS: case -ENOMEM: case -ENETDOWN: case -ENONET: case -EHOSTUNREACH:
-  case -EHOSTDOWN: case -ENETUNREACH: case -EOPNOTSUPP:
+  case -ECONNABORTED:
+  case -EPROTO:
+  case -EPERM:
+  case -EINTR:
+  case -EAGAIN:
+  case -ENOBUFS:
+  case -ENOMEM:
+  case -ENETDOWN:
+  case -ENONET:
+  case -EHOSTUNREACH:
+  case -EHOSTDOWN:
+  case -ENETUNREACH:
+  case -EOPNOTSUPP:
     return true;
   default:
     return false;
@@ -142,8 +152,8 @@ static int accept_task(void *arg) {
   keel_listener_t *l;
   int rc = keel_tcp_listen(srv->hostport, &lo, &l);
   if (rc < 0) {
-    fprintf(stderr, "echo-server: listen on %s (worker %d): %s\n", srv->hostport,
-            keel_worker_id(), keel_strerror(rc));
+    fprintf(stderr, "echo-server: listen on %s (worker %d): %s\n", srv->hostport, keel_worker_id(),
+            keel_strerror(rc));
     return rc;
   }
   keel_scope_opts_t co = {.name = "conns"};
@@ -217,15 +227,14 @@ static int main_task(void *arg) {
 }
 
 static void usage(FILE *out) {
-  fprintf(out,
-          "usage: echo-server [options]\n"
-          "  --host H           address to listen on (default 127.0.0.1)\n"
-          "  --port P           port, 0 = any free one (default 7000)\n"
-          "  --workers N        worker threads, 0 = one per CPU (default 0)\n"
-          "  --backend B        auto|uring|epoll (default auto)\n"
-          "  --max-conns N      connections per process; more are closed (default 10000)\n"
-          "  --idle-timeout MS  close a connection idle this long, 0 = never (default 0)\n"
-          "  --help             this text\n");
+  fprintf(out, "usage: echo-server [options]\n"
+               "  --host H           address to listen on (default 127.0.0.1)\n"
+               "  --port P           port, 0 = any free one (default 7000)\n"
+               "  --workers N        worker threads, 0 = one per CPU (default 0)\n"
+               "  --backend B        auto|uring|epoll (default auto)\n"
+               "  --max-conns N      connections per process; more are closed (default 10000)\n"
+               "  --idle-timeout MS  close a connection idle this long, 0 = never (default 0)\n"
+               "  --help             this text\n");
 }
 
 /* Parses a whole decimal number in [lo, hi]. */
@@ -258,29 +267,54 @@ static bool format_hostport(server_t *srv, const char *host, long port) {
   return n > 0 && (size_t)n < sizeof srv->hostport;
 }
 
+/* Flag values before they are checked as a whole. */
+typedef struct flags {
+  const char *host;
+  long port, workers, max_conns, idle_ms;
+} flags_t;
+
+/* Applies one option; false on a bad value. */
+static bool apply_option(server_t *srv, flags_t *f, int c, const char *val) {
+  switch (c) {
+  case 'h':
+    f->host = val;
+    return true;
+  case 'p':
+    return parse_long(val, 0, 65535, &f->port);
+  case 'w':
+    return parse_long(val, 0, 4096, &f->workers);
+  case 'b':
+    return parse_backend(val, &srv->backend);
+  case 'm':
+    return parse_long(val, 0, LONG_MAX, &f->max_conns);
+  case 'i':
+    return parse_long(val, 0, INT64_MAX / KEEL_NS_PER_MS, &f->idle_ms);
+  default:
+    return false;
+  }
+}
+
 /* Returns 0 to run, 1 on bad flags, 2 after --help. */
 static int parse_args(int argc, char **argv, server_t *srv) {
   static const struct option longopts[] = {
-      {"host", required_argument, NULL, 'h'},     {"port", required_argument, NULL, 'p'},
-      {"workers", required_argument, NULL, 'w'},  {"backend", required_argument, NULL, 'b'},
-      {"max-conns", required_argument, NULL, 'm'}, {"idle-timeout", required_argument, NULL, 'i'},
-      {"help", no_argument, NULL, 'H'},           {NULL, 0, NULL, 0},
+      {"host", required_argument, NULL, 'h'},
+      {"port", required_argument, NULL, 'p'},
+      {"workers", required_argument, NULL, 'w'},
+      {"backend", required_argument, NULL, 'b'},
+      {"max-conns", required_argument, NULL, 'm'},
+      {"idle-timeout", required_argument, NULL, 'i'},
+      {"help", no_argument, NULL, 'H'},
+      {NULL, 0, NULL, 0},
   };
-  const char *host = "127.0.0.1";
-  long port = 7000, workers = 0, max_conns = 10000, idle_ms = 0;
+  flags_t f = {.host = "127.0.0.1", .port = 7000, .max_conns = 10000};
   bool ok = true;
   int c, idx = 0;
   while (ok && (c = getopt_long(argc, argv, "", longopts, &idx)) != -1) {
-    switch (c) {
-    case 'h': host = optarg; break;
-    case 'p': ok = parse_long(optarg, 0, 65535, &port); break;
-    case 'w': ok = parse_long(optarg, 0, 4096, &workers); break;
-    case 'b': ok = parse_backend(optarg, &srv->backend); break;
-    case 'm': ok = parse_long(optarg, 0, LONG_MAX, &max_conns); break;
-    case 'i': ok = parse_long(optarg, 0, INT64_MAX / KEEL_NS_PER_MS, &idle_ms); break;
-    case 'H': usage(stdout); return 2;
-    default: ok = false; break;
+    if (c == 'H') {
+      usage(stdout);
+      return 2;
     }
+    ok = c != '?' && apply_option(srv, &f, c, optarg);
     if (!ok && c != '?') /* getopt_long has already complained about '?' */
       fprintf(stderr, "echo-server: bad value for --%s: %s\n", longopts[idx].name, optarg);
   }
@@ -288,7 +322,7 @@ static int parse_args(int argc, char **argv, server_t *srv) {
     fprintf(stderr, "echo-server: unexpected argument: %s\n", argv[optind]);
     ok = false;
   }
-  if (ok && !format_hostport(srv, host, port)) {
+  if (ok && !format_hostport(srv, f.host, f.port)) {
     fprintf(stderr, "echo-server: host too long\n");
     ok = false;
   }
@@ -296,10 +330,10 @@ static int parse_args(int argc, char **argv, server_t *srv) {
     usage(stderr);
     return 1;
   }
-  srv->workers = (int)workers;
-  srv->ephemeral = port == 0;
-  srv->max_conns = max_conns;
-  srv->idle_ns = idle_ms * KEEL_NS_PER_MS;
+  srv->workers = (int)f.workers;
+  srv->ephemeral = f.port == 0;
+  srv->max_conns = f.max_conns;
+  srv->idle_ns = f.idle_ms * KEEL_NS_PER_MS;
   return 0;
 }
 
