@@ -63,7 +63,9 @@ void keel_log(keel_log_level_t level, const char *fmt, ...) {
   if ((int)level < log_threshold())
     return;
   char line[512];
-  int n = snprintf(line, sizeof line, "keel[%d] %s: ", keel_worker_id(), names[level & 3]);
+  int id = keel_worker_id();
+  int n = id >= 0 ? snprintf(line, sizeof line, "keel[%d] %s: ", id, names[level & 3])
+                  : snprintf(line, sizeof line, "keel: %s: ", names[level & 3]);
   va_list ap;
   va_start(ap, fmt);
   int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
