@@ -237,7 +237,8 @@ static int main_task(void *arg) {
   }
   uint64_t spawn_errors = 0;
   for (long i = 0; i < cl->conns; i++) {
-    keel_spawn_opts_t opts = {.name = "conn", .worker = (int)(i % keel_worker_count())};
+    keel_spawn_opts_t opts = {.name = "conn",
+                              .on_worker = KEEL_WORKER((int)(i % keel_worker_count()))};
     int rc = keel_spawn(scope, conn_task, &cl->stats[i], &opts);
     if (rc < 0) {
       if (!normal_stop(cl, rc)) {

@@ -74,7 +74,7 @@ static void start_conn(server_t *srv, keel_scope_t *conns, keel_tcp_t *tcp) {
   if (ca != NULL) {
     ca->server = srv;
     ca->tcp = tcp;
-    keel_spawn_opts_t so = {.name = "conn", .worker = KEEL_WORKER_CURRENT};
+    keel_spawn_opts_t so = {.name = "conn", .on_worker = KEEL_WORKER_CURRENT};
     if (keel_spawn(conns, conn_task, ca, &so) == 0)
       return;
     free(ca);
@@ -196,7 +196,7 @@ static int spawn_accept_tasks(server_t *srv, keel_scope_t *scope) {
       return 0;
     char name[32];
     snprintf(name, sizeof name, "accept/%d", i);
-    keel_spawn_opts_t so = {.name = name, .worker = i};
+    keel_spawn_opts_t so = {.name = name, .on_worker = KEEL_WORKER(i)};
     int rc = keel_spawn(scope, accept_task, srv, &so);
     if (rc < 0) {
       if (rc != -ECANCELED) /* cancelled: a sibling failed, or shutdown */

@@ -115,7 +115,7 @@ static int backend_name_body(void *arg) {
   CHECK_EQ(keel_worker_count(), 2);
   keel_scope_t *scope = keel_scope_open(NULL);
   CHECK(scope != NULL);
-  keel_spawn_opts_t on1 = {.name = "on-worker-1", .worker = 1};
+  keel_spawn_opts_t on1 = {.name = "on-worker-1", .on_worker = KEEL_WORKER(1)};
   CHECK_RC(keel_spawn(scope, name_is_task, arg, &on1));
   CHECK_RC(keel_scope_join(scope));
   keel_scope_close(scope);

@@ -43,7 +43,7 @@ static int run_in_scope(struct st *st, keel_task_fn fn, int64_t deadline_ns, int
   if (!s)
     return -ENOMEM;
   keel_task_t *h = NULL;
-  keel_spawn_opts_t o = {.worker = KEEL_WORKER_CURRENT, .handle = &h};
+  keel_spawn_opts_t o = {.on_worker = KEEL_WORKER_CURRENT, .handle = &h};
   st->spawn_rc = keel_spawn(s, fn, st, &o);
   if (cancel_after_ms >= 0) {
     keel_sleep_ms(cancel_after_ms);

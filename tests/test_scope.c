@@ -13,7 +13,7 @@ static int64_t mono_ns(void) {
 #define MS(ns) ((ns) / KEEL_NS_PER_MS)
 
 static keel_spawn_opts_t spawn_opts(keel_task_t **handle) {
-  keel_spawn_opts_t o = {.worker = KEEL_WORKER_CURRENT, .handle = handle};
+  keel_spawn_opts_t o = {.on_worker = KEEL_WORKER_CURRENT, .handle = handle};
   return o;
 }
 
@@ -473,7 +473,7 @@ static int cross_worker_main(void *arg) {
   if (!s)
     return -ENOMEM;
   keel_spawn_opts_t o = spawn_opts(NULL);
-  o.worker = 1;
+  o.on_worker = KEEL_WORKER(1);
   st->spawn_rc = keel_spawn(s, remote_sleeper_task, st, &o);
   keel_sleep_ms(50);
   int64_t t0 = mono_ns();

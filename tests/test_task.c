@@ -39,7 +39,7 @@ static int64_t mono_ns(void) {
 }
 
 static keel_spawn_opts_t spawn_opts(const char *name, keel_task_t **handle) {
-  keel_spawn_opts_t o = {.name = name, .worker = KEEL_WORKER_CURRENT, .handle = handle};
+  keel_spawn_opts_t o = {.name = name, .on_worker = KEEL_WORKER_CURRENT, .handle = handle};
   return o;
 }
 
@@ -438,7 +438,7 @@ static int checkpoint_main(void *arg) {
   if (!s)
     return -ENOMEM;
   keel_spawn_opts_t o = spawn_opts("spinner", NULL);
-  o.worker = 1;
+  o.on_worker = KEEL_WORKER(1);
   int rc = keel_spawn(s, spin_task, sp, &o);
   for (int i = 0; i < 2000 && !atomic_load(&sp->started); i++)
     keel_sleep_ms(1);

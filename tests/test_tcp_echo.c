@@ -347,8 +347,8 @@ static int many_body(void *arg) {
 
   keel_scope_t *server = keel_scope_open(NULL);
   CHECK(server != NULL);
-  keel_spawn_opts_t on0 = {.name = "accept0", .worker = 0};
-  keel_spawn_opts_t on1 = {.name = "accept1", .worker = 1};
+  keel_spawn_opts_t on0 = {.name = "accept0", .on_worker = KEEL_WORKER(0)};
+  keel_spawn_opts_t on1 = {.name = "accept1", .on_worker = KEEL_WORKER(1)};
   CHECK_RC(keel_spawn(server, accept_loop0_task, &m, &on0));
   CHECK_RC(keel_spawn(server, accept_loop1_task, &m, &on1));
   CHECK_RC(wait_flag(&m.worker1_listening, 5000));
@@ -360,7 +360,7 @@ static int many_body(void *arg) {
   int64_t start = keel_now_ns();
   for (int i = 0; i < MANY_CONNS; i++) {
     clients[i] = (many_client_t){&m, i};
-    keel_spawn_opts_t so = {.name = "client", .worker = i % 2};
+    keel_spawn_opts_t so = {.name = "client", .on_worker = KEEL_WORKER(i % 2)};
     CHECK_RC(keel_spawn(scope, many_client_task, &clients[i], &so));
   }
   int rc = keel_scope_join(scope);

@@ -29,7 +29,7 @@ static int64_t mono_ns(void) {
 }
 
 static keel_spawn_opts_t on_worker(int worker) {
-  keel_spawn_opts_t o = {.worker = worker};
+  keel_spawn_opts_t o = {.on_worker = KEEL_WORKER(worker)};
   return o;
 }
 
@@ -48,7 +48,7 @@ struct ids {
   char backend[32];
   int seen[4][PER_WORKER];
   int current_child_id, null_opts_child_id;
-  int bad_worker_rc[2];
+  int bad_worker_rc[3];
   int spawn_rc, join_rc;
 };
 
@@ -77,7 +77,7 @@ static int null_opts_child_task(void *arg) {
 
 /* On worker 2: KEEL_WORKER_CURRENT places the child next to its spawner. */
 static int spawn_current_task(void *arg) {
-  keel_spawn_opts_t o = on_worker(KEEL_WORKER_CURRENT);
+  keel_spawn_opts_t o = {.on_worker = KEEL_WORKER_CURRENT};
   return keel_spawn(keel_scope_current(), current_child_task, arg, &o);
 }
 
@@ -110,6 +110,8 @@ static int ids_main(void *arg) {
   ids->bad_worker_rc[0] = keel_spawn(s, current_child_task, ids, &o);
   o = on_worker(1000);
   ids->bad_worker_rc[1] = keel_spawn(s, current_child_task, ids, &o);
+  o.on_worker = -5;
+  ids->bad_worker_rc[2] = keel_spawn(s, current_child_task, ids, &o);
   ids->join_rc = keel_scope_join(s);
   keel_scope_close(s);
   return 0;
@@ -134,6 +136,7 @@ static void test_worker_count_and_ids(void **state) {
     assert_int_equal(ids.null_opts_child_id, 3);
     assert_int_equal(ids.bad_worker_rc[0], -EINVAL);
     assert_int_equal(ids.bad_worker_rc[1], -EINVAL);
+    assert_int_equal(ids.bad_worker_rc[2], -EINVAL);
     assert_int_equal(ids.join_rc, 0);
   }
   assert_int_equal(keel_worker_id(), -1);

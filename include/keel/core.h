@@ -156,11 +156,14 @@ keel_scope_t *keel_scope_current(void);
 
 /* ---- Tasks -------------------------------------------------------------- */
 
-#define KEEL_WORKER_CURRENT (-1)
+/* keel_spawn_opts.on_worker: zero (so `{.name = "x"}` does the expected
+ * thing) is the spawning task's worker; KEEL_WORKER(i) pins to worker i. */
+#define KEEL_WORKER_CURRENT 0
+#define KEEL_WORKER(index) ((index) + 1)
 
 typedef struct keel_spawn_opts {
   const char *name;     /* copied; NULL: "task" */
-  int worker;           /* KEEL_WORKER_CURRENT or a worker index */
+  int on_worker;        /* KEEL_WORKER_CURRENT (0) or KEEL_WORKER(index) */
   size_t stack_size;    /* 0: runtime default */
   keel_task_t **handle; /* if set, receives a handle valid until the scope closes */
 } keel_spawn_opts_t;

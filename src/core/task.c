@@ -186,16 +186,17 @@ static void task_start_msg(keel__worker_t *w, keel__msg_t *m) {
 
 int keel_spawn(keel_scope_t *scope, keel_task_fn fn, void *arg, const keel_spawn_opts_t *opts) {
   keel__worker_t *w = keel__tls_worker;
-  keel_spawn_opts_t none = {.worker = KEEL_WORKER_CURRENT};
+  keel_spawn_opts_t none = {.on_worker = KEEL_WORKER_CURRENT};
   if (!opts)
     opts = &none;
   if (!w || !scope || !fn)
     return -EINVAL;
   keel__worker_t *target = w;
-  if (opts->worker != KEEL_WORKER_CURRENT) {
-    if (opts->worker < 0 || opts->worker >= w->rt->nworkers)
+  if (opts->on_worker != KEEL_WORKER_CURRENT) {
+    int index = opts->on_worker - KEEL_WORKER(0);
+    if (index < 0 || index >= w->rt->nworkers)
       return -EINVAL;
-    target = &w->rt->workers[opts->worker];
+    target = &w->rt->workers[index];
   }
   keel_task_t *t = calloc(1, sizeof *t);
   if (!t)
