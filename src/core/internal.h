@@ -3,6 +3,7 @@
 #define KEEL_INTERNAL_H
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -311,6 +312,7 @@ struct keel__worker {
   size_t tasks;   /* live tasks on this worker */
   int run_budget; /* task runs left before the next poll */
   void *altstack;
+  stack_t prev_altstack;
   void *asan_fake_stack;
   void *tsan_sched_fiber;
   int init_result;

@@ -184,7 +184,9 @@ int keel__stack_guard_thread_init(keel__worker_t *w) {
     return -ENOMEM;
   }
   stack_t ss = {.ss_sp = w->altstack, .ss_size = ALTSTACK_SIZE, .ss_flags = 0};
-  if (sigaltstack(&ss, NULL) != 0) {
+  /* Worker 0 is the application's thread: its own alternate stack, if it
+   * had one, comes back when the run ends. */
+  if (sigaltstack(&ss, &w->prev_altstack) != 0) {
     munmap(w->altstack, ALTSTACK_SIZE);
     w->altstack = NULL;
     return -errno;
@@ -195,8 +197,9 @@ int keel__stack_guard_thread_init(keel__worker_t *w) {
 void keel__stack_guard_thread_exit(keel__worker_t *w) {
   if (!w->altstack)
     return;
-  stack_t ss = {.ss_sp = NULL, .ss_size = 0, .ss_flags = SS_DISABLE};
-  sigaltstack(&ss, NULL);
+  stack_t off = {.ss_sp = NULL, .ss_size = 0, .ss_flags = SS_DISABLE};
+  const stack_t *prev = &w->prev_altstack;
+  sigaltstack(prev->ss_flags & SS_DISABLE || !prev->ss_sp ? &off : prev, NULL);
   munmap(w->altstack, ALTSTACK_SIZE);
   w->altstack = NULL;
 }
