@@ -419,6 +419,92 @@ static void test_shield_holds_off_scope_deadline(void **state) {
   }
 }
 
+/* ==== Review regressions (added by review; each fails before its fix) ============= */
+
+/* keel_scope_set_deadline moving a deadline LATER must reach a task already
+ * blocked: its timer was armed for the old deadline. Fails today: the sleep
+ * ends with -ETIMEDOUT at the old 50 ms deadline (and the outcome is ERROR). */
+static int extend_sleeper(void *arg) {
+  struct st *st = arg;
+  int64_t t0 = mono_ns();
+  st->rc[0] = keel_sleep_ms(150);
+  st->elapsed[0] = ms_since(t0);
+  return st->rc[0];
+}
+
+static int extend_main(void *arg) {
+  struct st *st = arg;
+  keel_scope_opts_t so = {.deadline_ns = in_ms(50)};
+  keel_scope_t *s = keel_scope_open(&so);
+  if (!s)
+    return -ENOMEM;
+  keel_task_t *h = NULL;
+  keel_spawn_opts_t o = {.handle = &h};
+  st->spawn_rc = keel_spawn(s, extend_sleeper, st, &o);
+  keel_sleep_ms(10);
+  keel_scope_set_deadline(s, in_ms(10000)); /* the sleeper is blocked now */
+  st->rc[1] = keel_scope_join(s);
+  if (h)
+    st->outcome = keel_task_outcome(h);
+  keel_scope_close(s);
+  return 0;
+}
+
+static void test_review_extended_deadline_reaches_blocked_task(void **state) {
+  (void)state;
+  KT_FOR_EACH_BACKEND(b) {
+    struct st st = {.rc = {1, 1}};
+    assert_int_equal(kt_run(b, 1, extend_main, &st), 0);
+    assert_int_equal(st.spawn_rc, 0);
+    assert_int_equal(st.rc[0], 0);
+    assert_elapsed(st.elapsed[0], 150);
+    assert_int_equal(st.rc[1], 0);
+    assert_int_equal(st.outcome.kind, KEEL_OUTCOME_OK);
+  }
+}
+
+/* A KEEL_SCOPE_SHIELD scope opened for cleanup by a task that is already
+ * cancelled (or is cancelled while joining it): enclosing cancellation must
+ * not reach in; only the shield scope's own deadline bounds it. Fails today:
+ * keel_scope_join cancels the shielded scope (reason parent) and the cleanup
+ * child's sleep returns -ECANCELED at once. */
+static int shield_scope_child(void *arg) {
+  struct st *st = arg;
+  st->rc[1] = keel_sleep_ms(50);
+  return st->rc[1];
+}
+
+static int shield_scope_task(void *arg) {
+  struct st *st = arg;
+  st->rc[0] = keel_sleep_ms(10000); /* cancelled */
+  keel_scope_opts_t so = {.flags = KEEL_SCOPE_SHIELD, .deadline_ns = in_ms(1000)};
+  keel_scope_t *s = keel_scope_open(&so);
+  if (!s)
+    return -ENOMEM;
+  st->rc[2] = keel_spawn(s, shield_scope_child, st, NULL);
+  st->rc[3] = keel_scope_join(s);
+  st->reason = keel_scope_cancel_reason(s);
+  keel_scope_close(s);
+  return 0;
+}
+
+static int shield_scope_main(void *arg) { return run_in_scope(arg, shield_scope_task, 0, 20); }
+
+static void test_review_shield_scope_join_not_cancelled(void **state) {
+  (void)state;
+  KT_FOR_EACH_BACKEND(b) {
+    struct st st = {.rc = {1, 1, 1, 1}};
+    assert_int_equal(kt_run(b, 1, shield_scope_main, &st), 0);
+    assert_int_equal(st.rc[0], -ECANCELED);
+    assert_int_equal(st.rc[2], 0);
+    assert_int_equal(st.rc[1], 0);
+    assert_int_equal(st.rc[3], 0);
+    assert_int_equal(st.reason, KEEL_CANCEL_NONE);
+  }
+}
+
+/* ==== End of review regressions ================================================== */
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_scope_deadline),
@@ -432,6 +518,9 @@ int main(void) {
       cmocka_unit_test(test_shield_spawns_cleanup_task),
       cmocka_unit_test(test_nested_shields),
       cmocka_unit_test(test_shield_holds_off_scope_deadline),
+      /* review regressions */
+      cmocka_unit_test(test_review_extended_deadline_reaches_blocked_task),
+      cmocka_unit_test(test_review_shield_scope_join_not_cancelled),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

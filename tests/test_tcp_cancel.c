@@ -419,6 +419,52 @@ static int write_all_cancel_main(void *arg) {
   return 0;
 }
 
+/* ==== Review regressions (added by review; fails before its fix) ================= */
+
+/* Closing a connection while another task of the same worker is parked in a
+ * read on it must wake that reader promptly (epoll: -EBADF). Fails today under
+ * io_uring: the recv SQE keeps the file alive, nothing cancels it, and the
+ * reader stays parked until the peer acts or a deadline passes. */
+typedef struct parked_read {
+  keel_stream_t *stream;
+  ssize_t result;
+  int64_t done_ns;
+} parked_read_t;
+
+static int parked_read_task(void *arg) {
+  parked_read_t *r = arg;
+  unsigned char buf[64];
+  r->result = keel_read(r->stream, buf, sizeof buf);
+  r->done_ns = keel_now_ns();
+  return 0;
+}
+
+static int close_wakes_reader_main(void *arg) {
+  (void)arg;
+  pair_t p;
+  CHECK_RC(pair_open(&p));
+  parked_read_t r = {.stream = keel_tcp_stream(p.server), .result = 1};
+  keel_scope_t *scope = scope_with_deadline_ms(2000);
+  CHECK(scope != NULL);
+  CHECK_RC(keel_spawn(scope, parked_read_task, &r, NULL));
+  CHECK_RC(keel_sleep_ms(50));
+  CHECK_EQ(r.done_ns, 0); /* parked: the client sends nothing */
+  int64_t close_ns = keel_now_ns();
+  keel_tcp_close(p.server);
+  p.server = NULL;
+  keel_scope_join(scope);
+  keel_scope_close(scope);
+  CHECK(r.result < 0);
+  CHECK(r.result != -ETIMEDOUT);
+  int64_t took = elapsed_ms(close_ns, r.done_ns);
+  if (took > PROMPT_MS)
+    KT_FAIL("reader returned %lld ms after its connection was closed", (long long)took);
+  pair_close(&p);
+  return 0;
+}
+
+/* ==== End of review regressions ================================================== */
+
 /* ---- cmocka ---------------------------------------------------------------- */
 
 static void run_each_backend(keel_task_fn fn) {
@@ -453,11 +499,16 @@ static void test_write_all_cancel(void **state) {
   run_each_backend(write_all_cancel_main);
 }
 
+static void test_review_close_wakes_reader(void **state) { /* review regression */
+  (void)state;
+  run_each_backend(close_wakes_reader_main);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_read_cancel),      cmocka_unit_test(test_read_deadline),
       cmocka_unit_test(test_accept_cancel),    cmocka_unit_test(test_connect_refused),
-      cmocka_unit_test(test_write_all_cancel),
+      cmocka_unit_test(test_write_all_cancel), cmocka_unit_test(test_review_close_wakes_reader),
   };
   const char *filter = getenv("KT_FILTER"); /* e.g. KT_FILTER=test_foo: run one case */
   if (filter && *filter)

@@ -133,7 +133,9 @@ keel_scope_t *keel_scope_open(const keel_scope_opts_t *opts);
  * join never leaves orphans. Returns 0 when every child succeeded, otherwise
  * the error of the first child that failed (a negative errno; children that
  * were only cancelled count as success unless nothing else failed and the
- * scope itself was cancelled, then -ECANCELED or -ETIMEDOUT). */
+ * scope itself was cancelled, then -ECANCELED or -ETIMEDOUT); -EBUSY if
+ * another task is joining the same scope. A KEEL_SCOPE_SHIELD scope is not
+ * cancelled by its joiner's cancellation: its own deadline bounds it. */
 int keel_scope_join(keel_scope_t *scope);
 
 /* Joins (if needed) and frees the scope and the handles of its tasks. */
@@ -164,7 +166,7 @@ keel_scope_t *keel_scope_current(void);
 typedef struct keel_spawn_opts {
   const char *name;     /* copied; NULL: "task" */
   int on_worker;        /* KEEL_WORKER_CURRENT (0) or KEEL_WORKER(index) */
-  size_t stack_size;    /* 0: runtime default */
+  size_t stack_size;    /* 0: runtime default; at least 16 KiB, at most 1 GiB */
   keel_task_t **handle; /* if set, receives a handle valid until the scope closes */
 } keel_spawn_opts_t;
 

@@ -48,8 +48,9 @@ int keel_write_all(keel_stream_t *s, const void *buf, size_t len, size_t *writte
 int keel_read_exact(keel_stream_t *s, void *buf, size_t len, size_t *got);
 
 int keel_stream_shutdown(keel_stream_t *s, int how);
-/* Closes and frees the stream. Returns 0 or a negative errno (the stream is
- * freed either way). */
+/* Closes and frees the stream; tasks of the same worker still parked on it
+ * wake with -EBADF. Returns 0 or a negative errno (the stream is freed
+ * either way), except -EXDEV from a task on another worker (nothing done). */
 int keel_close(keel_stream_t *s);
 
 #ifdef __cplusplus

@@ -58,17 +58,14 @@ static void ep_dispatch(keel__worker_t *w, struct epoll_event *ev) {
     (void)rc;
     return;
   }
+  /* Every waiter retries its call: with edge triggering, one that finds
+   * nothing (another took the connection or the bytes) parks again and
+   * the next arrival is a new edge. */
   uint32_t e = ev->events;
-  if ((e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) && io->rd_wait) {
-    keel__wait_t *rw = io->rd_wait;
-    io->rd_wait = NULL;
-    keel__wait_complete(rw, 0);
-  }
-  if ((e & (EPOLLOUT | EPOLLHUP | EPOLLERR)) && io->wr_wait) {
-    keel__wait_t *ww = io->wr_wait;
-    io->wr_wait = NULL;
-    keel__wait_complete(ww, 0);
-  }
+  if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+    keel__waiters_wake_all(&io->rd_waiters, 0);
+  if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+    keel__waiters_wake_all(&io->wr_waiters, 0);
 }
 
 static void ep_poll(keel__worker_t *w, int64_t timeout_ns) {
@@ -94,15 +91,6 @@ static int ep_register(keel__io_t *io) {
   return 0;
 }
 
-static void ep_wait_abort(keel__wait_t *w, int err) {
-  keel__io_t *io = w->data;
-  if (io->rd_wait == w)
-    io->rd_wait = NULL;
-  if (io->wr_wait == w)
-    io->wr_wait = NULL;
-  keel__wait_complete(w, err);
-}
-
 /* Parks until io is readable (or writable). Edge-triggered: callers only
  * come here after the call returned EAGAIN, so an edge is still to come. */
 static int ep_wait_ready(keel__io_t *io, bool write) {
@@ -110,12 +98,8 @@ static int ep_wait_ready(keel__io_t *io, bool write) {
   if (rc < 0)
     return rc;
   keel__wait_t w;
-  keel__wait_init(&w, ep_wait_abort);
-  w.data = io;
-  if (write)
-    io->wr_wait = &w;
-  else
-    io->rd_wait = &w;
+  keel__wait_init(&w, keel__wait_abort_dequeue);
+  keel__queue_insert_tail(write ? &io->wr_waiters : &io->rd_waiters, &w.node);
   return (int)keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
 }
 
@@ -180,11 +164,8 @@ static int ep_connect(keel__io_t *io, const struct sockaddr *sa, socklen_t len) 
 static void ep_io_close(keel__io_t *io) {
   /* A task of this worker still parked on the descriptor (misuse, but it
    * must not sleep forever) learns that it is gone. */
-  if (io->rd_wait)
-    keel__wait_complete(io->rd_wait, -EBADF);
-  if (io->wr_wait)
-    keel__wait_complete(io->wr_wait, -EBADF);
-  io->rd_wait = io->wr_wait = NULL;
+  keel__waiters_wake_all(&io->rd_waiters, -EBADF);
+  keel__waiters_wake_all(&io->wr_waiters, -EBADF);
   if (io->registered) {
     epoll_backend_t *b = io->worker->backend;
     epoll_ctl(b->epfd, EPOLL_CTL_DEL, io->fd, NULL);

@@ -94,6 +94,9 @@ typedef struct keel__stack {
   unsigned valgrind_id;
 } keel__stack_t;
 
+#define KEEL__STACK_MIN (16 * 1024)
+#define KEEL__STACK_MAX ((size_t)1 << 30)
+
 int keel__stack_alloc(keel__worker_t *w, size_t size, keel__stack_t **out);
 void keel__stack_release(keel__worker_t *w, keel__stack_t *s);
 void keel__stack_pool_destroy(keel__worker_t *w);
@@ -126,6 +129,7 @@ typedef void (*keel__wait_abort_fn)(keel__wait_t *w, int err);
 
 struct keel__wait {
   keel_task_t *task;
+  keel__queue_t node; /* in a list of waiters (descriptor, accept queue) */
   keel__timer_t timer;
   keel__wait_abort_fn abort; /* NULL: complete with err at once */
   int64_t until_ns;          /* the operation's own end (sleep), or NONE */
@@ -152,6 +156,13 @@ ssize_t keel__wait_block(keel__wait_t *w, int64_t until_ns, int until_result);
 void keel__wait_complete(keel__wait_t *w, ssize_t result);
 /* Interrupts w with err (-ECANCELED/-ETIMEDOUT) through its abort hook. */
 void keel__wait_interrupt(keel__wait_t *w, int err);
+/* Abort hook for a wait queued on a waiter list: leaves the list and
+ * completes with err. */
+void keel__wait_abort_dequeue(keel__wait_t *w, int err);
+/* Completes every wait on the list (in order) with result. */
+void keel__waiters_wake_all(keel__queue_t *list, ssize_t result);
+/* Completes the first wait on the list; false if the list is empty. */
+bool keel__waiters_wake_one(keel__queue_t *list, ssize_t result);
 
 /* ---- Tasks --------------------------------------------------------------- */
 
@@ -221,7 +232,8 @@ struct keel_scope {
   bool is_root;
   bool joined;
   int first_error;
-  keel__wait_t *join_wait; /* under lock */
+  keel__wait_t *join_wait; /* the parked joiner, under lock */
+  keel__wait_t *join_wake; /* the joiner join_msg wakes */
   keel__msg_t join_msg;    /* wakes a joiner on another worker */
   keel_runtime_t *rt;
   char name[KEEL__NAME_MAX];
@@ -243,7 +255,7 @@ typedef struct keel__acceptq {
   bool armed;               /* a multishot accept is in flight */
   bool closing;             /* listener closing: accepted fds are closed */
   int err;                  /* an error to hand to the next accept (e.g. -EMFILE) */
-  keel__wait_t *wait;       /* a task waiting in accept */
+  keel__queue_t waiters;    /* tasks waiting in accept, first come first served */
   keel__wait_t *close_wait; /* the closer waiting for the final CQE */
   unsigned head, tail;      /* free-running; cap is a power of two */
   unsigned cap;
@@ -254,9 +266,11 @@ typedef struct keel__acceptq {
 typedef struct keel__io {
   int fd;
   keel__worker_t *worker;
-  bool registered;       /* epoll: added to the interest list */
-  keel__wait_t *rd_wait; /* epoll: task waiting for readability */
-  keel__wait_t *wr_wait; /* epoll: task waiting for writability */
+  bool registered;          /* epoll: added to the interest list */
+  keel__queue_t rd_waiters; /* epoll: tasks waiting for readability */
+  keel__queue_t wr_waiters; /* epoll: tasks waiting for writability */
+  unsigned inflight;        /* io_uring: operations submitted, not yet retired */
+  keel__wait_t *close_wait; /* io_uring: the closer waiting for them */
   keel__acceptq_t *acceptq;
 } keel__io_t;
 
@@ -335,7 +349,11 @@ struct keel_runtime {
   int started_workers;
   pthread_t signal_thread;
   bool have_signal_thread;
+  int signal_fd;
   int signal_stop_fd;
+  atomic_bool drain_armed; /* keel_shutdown started the drain deadline */
+  keel__msg_t drain_msg;
+  keel__timer_t drain_timer; /* on worker 0 */
 };
 
 /* The worker running on this thread (NULL outside workers). */

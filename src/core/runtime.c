@@ -105,15 +105,16 @@ static int main_task(void *arg) {
  * other thread) so no handler runs on a worker's stack: the first signal
  * cancels the root scope with reason shutdown, a second one (or the drain
  * deadline passing) ends the process. */
+static void drain_expired(keel_runtime_t *rt) {
+  keel_log(KEEL_LOG_ERROR, "drain deadline of %lld ms passed with tasks still running:",
+           (long long)rt->cfg.drain_timeout_ms);
+  keel__scope_dump(rt->root, 1);
+  _exit(EXIT_FAILURE);
+}
+
 static void *signal_thread(void *arg) {
   keel_runtime_t *rt = arg;
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  int sfd = signalfd(-1, &set, SFD_CLOEXEC);
-  if (sfd < 0)
-    return NULL;
+  int sfd = rt->signal_fd;
   int64_t deadline = KEEL_DEADLINE_NONE;
   for (;;) {
     struct pollfd fds[2] = {{sfd, POLLIN, 0}, {rt->signal_stop_fd, POLLIN, 0}};
@@ -125,12 +126,8 @@ static void *signal_thread(void *arg) {
     int n = poll(fds, 2, timeout);
     if (fds[1].revents)
       break;
-    if (n == 0 && deadline != KEEL_DEADLINE_NONE && keel__now_ns() >= deadline) {
-      keel_log(KEEL_LOG_ERROR, "drain deadline of %lld ms passed with tasks still running:",
-               (long long)rt->cfg.drain_timeout_ms);
-      keel__scope_dump(rt->root, 1);
-      _exit(EXIT_FAILURE);
-    }
+    if (n == 0 && deadline != KEEL_DEADLINE_NONE && keel__now_ns() >= deadline)
+      drain_expired(rt);
     struct signalfd_siginfo si;
     if (n <= 0 || read(sfd, &si, sizeof si) != (ssize_t)sizeof si)
       continue;
@@ -144,7 +141,6 @@ static void *signal_thread(void *arg) {
     atomic_store(&rt->shutting_down, 1);
     keel_scope_cancel(rt->root, KEEL_CANCEL_SHUTDOWN);
   }
-  close(sfd);
   return NULL;
 }
 
@@ -159,16 +155,29 @@ static int signals_start(keel_runtime_t *rt, sigset_t *old_mask) {
   signal(SIGINT, SIG_DFL);
   signal(SIGTERM, SIG_DFL);
   pthread_sigmask(SIG_BLOCK, &set, old_mask);
-  rt->signal_stop_fd = eventfd(0, EFD_CLOEXEC);
-  if (rt->signal_stop_fd < 0)
-    return -errno;
-  int rc = pthread_create(&rt->signal_thread, NULL, signal_thread, rt);
-  if (rc != 0) {
-    close(rt->signal_stop_fd);
-    return -rc;
+  int rc = 0;
+  rt->signal_fd = signalfd(-1, &set, SFD_CLOEXEC);
+  if (rt->signal_fd < 0) {
+    rc = -errno;
+    goto fail_signalfd;
   }
+  rt->signal_stop_fd = eventfd(0, EFD_CLOEXEC);
+  if (rt->signal_stop_fd < 0) {
+    rc = -errno;
+    goto fail_eventfd;
+  }
+  rc = -pthread_create(&rt->signal_thread, NULL, signal_thread, rt);
+  if (rc < 0)
+    goto fail_thread;
   rt->have_signal_thread = true;
   return 0;
+fail_thread:
+  close(rt->signal_stop_fd);
+fail_eventfd:
+  close(rt->signal_fd);
+fail_signalfd:
+  pthread_sigmask(SIG_SETMASK, old_mask, NULL);
+  return rc;
 }
 
 static void signals_stop(keel_runtime_t *rt, const sigset_t *old_mask) {
@@ -178,6 +187,7 @@ static void signals_stop(keel_runtime_t *rt, const sigset_t *old_mask) {
     (void)rc;
     pthread_join(rt->signal_thread, NULL);
     close(rt->signal_stop_fd);
+    close(rt->signal_fd);
   }
   pthread_sigmask(SIG_SETMASK, old_mask, NULL);
 }
@@ -193,8 +203,10 @@ static int runtime_config(keel_runtime_t *rt, const keel_config_t *cfg) {
     return -EINVAL;
   if (rt->cfg.stack_size == 0)
     rt->cfg.stack_size = DEFAULT_STACK_SIZE;
-  if (rt->cfg.stack_size < 16 * 1024)
-    rt->cfg.stack_size = 16 * 1024;
+  if (rt->cfg.stack_size > KEEL__STACK_MAX)
+    return -EINVAL;
+  if (rt->cfg.stack_size < KEEL__STACK_MIN)
+    rt->cfg.stack_size = KEEL__STACK_MIN;
   if (rt->cfg.drain_timeout_ms <= 0)
     rt->cfg.drain_timeout_ms = DEFAULT_DRAIN_MS;
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -318,10 +330,28 @@ int keel_worker_id(void) {
   return w ? w->id : -1;
 }
 
+/* The drain deadline of keel_shutdown: a timer on worker 0 (signals have
+ * their own in the signal thread, which also covers stuck workers). */
+static void drain_timer_cb(keel__timer_t *t) {
+  drain_expired(keel__container_of(t, keel_runtime_t, drain_timer));
+}
+
+static void drain_arm_msg(keel__worker_t *w, keel__msg_t *m) {
+  keel_runtime_t *rt = keel__container_of(m, keel_runtime_t, drain_msg);
+  int64_t when = keel__now_ns() + rt->cfg.drain_timeout_ms * KEEL_NS_PER_MS;
+  keel__timer_init(&rt->drain_timer, drain_timer_cb);
+  keel__timer_start(&w->wheel, &rt->drain_timer, keel__ns_to_ms_ceil(when));
+}
+
 void keel_shutdown(void) {
   keel__worker_t *w = keel__tls_worker;
-  if (w) {
-    atomic_store(&w->rt->shutting_down, 1);
-    keel_scope_cancel(w->rt->root, KEEL_CANCEL_SHUTDOWN);
+  if (!w)
+    return;
+  keel_runtime_t *rt = w->rt;
+  atomic_store(&rt->shutting_down, 1);
+  if (!atomic_exchange(&rt->drain_armed, true)) {
+    rt->drain_msg.fn = drain_arm_msg;
+    keel__worker_post(&rt->workers[0], &rt->drain_msg);
   }
+  keel_scope_cancel(rt->root, KEEL_CANCEL_SHUTDOWN);
 }

@@ -97,40 +97,56 @@ int keel__scope_add_task(keel_scope_t *s, keel_task_t *t) {
 static void join_wake_msg(keel__worker_t *w, keel__msg_t *m) {
   (void)w;
   keel_scope_t *s = keel__container_of(m, keel_scope_t, join_msg);
-  keel__wait_complete(s->join_wait, 0);
+  keel__wait_complete(s->join_wake, 0);
 }
 
-/* The last task or nested scope of s finished. jw is the joiner to wake
- * (taken out of s under its lock). After this, s may be freed by its
- * joiner at any moment, unless jw keeps it waiting. */
-static void scope_quiescent(keel_scope_t *s, keel__wait_t *jw) {
-  if (s->is_root) {
-    keel__runtime_quiescent(s->rt);
+/* What to do once s's lock is released after its last unit finished:
+ * captured under the lock, because without a parked joiner the scope may
+ * be freed by a joiner on another worker the moment the lock drops. */
+typedef struct quiescence {
+  bool last;
+  keel_runtime_t *root_of; /* s is the root: stop this runtime */
+  keel__wait_t *joiner;    /* parked joiner: s stays alive until it wakes */
+} quiescence_t;
+
+/* Under s->lock: one unit (task or nested scope) of s finished. */
+static quiescence_t unit_done_locked(keel_scope_t *s) {
+  quiescence_t q = {false, NULL, NULL};
+  if (--s->live != 0)
+    return q;
+  q.last = true;
+  q.root_of = s->is_root ? s->rt : NULL;
+  q.joiner = s->join_wait;
+  s->join_wait = NULL;
+  return q;
+}
+
+/* After unlocking: wake the joiner (s is alive while it is parked) or stop
+ * the runtime. Touches s only in the joiner case. */
+static void quiescent(keel_scope_t *s, quiescence_t q) {
+  if (!q.last)
+    return;
+  if (q.root_of) {
+    keel__runtime_quiescent(q.root_of);
     return;
   }
+  keel__wait_t *jw = q.joiner;
   if (!jw)
     return;
   if (jw->task->worker == keel__tls_worker) {
     keel__wait_complete(jw, 0);
     return;
   }
-  s->join_wait = jw; /* read by join_wake_msg on the joiner's worker */
+  s->join_wake = jw; /* read by join_wake_msg on the joiner's worker */
   s->join_msg.fn = join_wake_msg;
   keel__worker_post(jw->task->worker, &s->join_msg);
 }
 
-/* One unit (task or nested scope) of s finished. */
 static void scope_unit_done(keel_scope_t *s) {
   keel__spin_lock(&s->lock);
-  keel__wait_t *jw = NULL;
-  bool last = --s->live == 0;
-  if (last) {
-    jw = s->join_wait;
-    s->join_wait = NULL;
-  }
+  quiescence_t q = unit_done_locked(s);
   keel__spin_unlock(&s->lock);
-  if (last)
-    scope_quiescent(s, jw);
+  quiescent(s, q);
 }
 
 void keel__scope_task_done(keel_scope_t *s, keel_task_t *t) {
@@ -143,8 +159,9 @@ void keel__scope_task_done(keel_scope_t *s, keel_task_t *t) {
     keel__queue_insert_tail(&s->finished, &t->scope_node);
   if (failed && s->first_error == 0)
     s->first_error = t->outcome.error;
+  quiescence_t q = unit_done_locked(s);
   keel__spin_unlock(&s->lock);
-  scope_unit_done(s);
+  quiescent(s, q);
 }
 
 /* ---- Cancellation and deadlines ------------------------------------------- */
@@ -233,23 +250,32 @@ static int join_result(keel_scope_t *s) {
   return 0;
 }
 
-static void join_wait_children(keel_scope_t *s) {
+/* A shield scope is out of reach of its joiner's cancellation: its own
+ * deadline bounds it. Any other scope is cancelled when its joiner is. */
+static int join_wait_children(keel_scope_t *s) {
   keel__wait_t w;
   keel__wait_init(&w, join_abort);
   w.data = s;
   int err = keel__check_cancel();
-  if (err) {
+  if (s->flags & KEEL_SCOPE_SHIELD) {
+    w.shielded = true;
+  } else if (err) {
     keel_scope_cancel(s, err == -ETIMEDOUT ? KEEL_CANCEL_TIMEOUT : KEEL_CANCEL_PARENT);
     w.shielded = true;
   }
   keel__spin_lock(&s->lock);
   if (s->live == 0) {
     keel__spin_unlock(&s->lock);
-    return;
+    return 0;
+  }
+  if (s->join_wait) { /* another task is joining it already */
+    keel__spin_unlock(&s->lock);
+    return -EBUSY;
   }
   s->join_wait = &w;
   keel__spin_unlock(&s->lock);
   keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
+  return 0;
 }
 
 int keel_scope_join(keel_scope_t *s) {
@@ -257,7 +283,9 @@ int keel_scope_join(keel_scope_t *s) {
     return join_result(s);
   if (!keel__task_self())
     return -EINVAL;
-  join_wait_children(s);
+  int rc = join_wait_children(s);
+  if (rc < 0)
+    return rc;
   keel__spin_lock(&s->lock);
   s->joined = true;
   keel__spin_unlock(&s->lock);

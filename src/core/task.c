@@ -198,13 +198,18 @@ int keel_spawn(keel_scope_t *scope, keel_task_fn fn, void *arg, const keel_spawn
       return -EINVAL;
     target = &w->rt->workers[index];
   }
+  size_t stack_size = opts->stack_size ? opts->stack_size : w->rt->cfg.stack_size;
+  if (stack_size > KEEL__STACK_MAX)
+    return -EINVAL;
+  if (stack_size < KEEL__STACK_MIN)
+    stack_size = KEEL__STACK_MIN;
   keel_task_t *t = calloc(1, sizeof *t);
   if (!t)
     return -ENOMEM;
   t->worker = target;
   t->fn = fn;
   t->arg = arg;
-  t->stack_size = opts->stack_size ? opts->stack_size : w->rt->cfg.stack_size;
+  t->stack_size = stack_size;
   t->deadline_ns = KEEL_DEADLINE_NONE;
   t->has_handle = opts->handle != NULL;
   atomic_init(&t->refs, t->has_handle ? 2 : 1);
@@ -329,18 +334,30 @@ void keel__task_interrupt(keel_task_t *t) {
 
 /* ---- Waits ------------------------------------------------------------------- */
 
+/* The wait's timer: its own end (a sleep) or the task's deadline. The
+ * deadline is read again, since a scope's may have moved later. */
 static void wait_timer_cb(keel__timer_t *tm) {
   keel__wait_t *w = keel__container_of(tm, keel__wait_t, timer);
   if (w->done)
     return;
-  if (w->until_ns != KEEL_DEADLINE_NONE && w->until_ns <= w->deadline_ns)
+  int64_t now = keel__now_ns();
+  if (w->until_ns != KEEL_DEADLINE_NONE && w->until_ns <= now) {
     keel__wait_complete(w, w->until_result);
-  else
+    return;
+  }
+  int64_t d = keel__task_deadline(w->task);
+  if (d <= now) {
     keel__wait_interrupt(w, -ETIMEDOUT);
+    return;
+  }
+  w->deadline_ns = d;
+  int64_t fire = d < w->until_ns ? d : w->until_ns;
+  keel__timer_start(&w->task->worker->wheel, &w->timer, keel__ns_to_ms_ceil(fire));
 }
 
 void keel__wait_init(keel__wait_t *w, keel__wait_abort_fn abort) {
   w->task = keel__task_self();
+  keel__queue_init(&w->node);
   keel__timer_init(&w->timer, wait_timer_cb);
   w->abort = abort;
   w->until_ns = KEEL_DEADLINE_NONE;
@@ -366,6 +383,11 @@ ssize_t keel__wait_block(keel__wait_t *w, int64_t until_ns, int until_result) {
   }
   t->wait = w;
   t->state = KEEL__TASK_BLOCKED;
+  /* Cancelled between the caller's check and here (e.g. while ready after
+   * a wake-up that found nothing): interrupt now, not at the next event. */
+  if (!w->shielded && t->shield_depth == 0 &&
+      atomic_load_explicit(&t->scope->cancel_reason, memory_order_relaxed))
+    keel__wait_interrupt(w, keel__check_cancel());
   while (!w->done)
     keel__task_park();
   keel__timer_stop(&wk->wheel, &w->timer);
@@ -379,6 +401,25 @@ void keel__wait_complete(keel__wait_t *w, ssize_t result) {
   w->done = true;
   w->result = result;
   keel__task_ready(w->task);
+}
+
+void keel__wait_abort_dequeue(keel__wait_t *w, int err) {
+  keel__queue_remove(&w->node);
+  keel__wait_complete(w, err);
+}
+
+bool keel__waiters_wake_one(keel__queue_t *list, ssize_t result) {
+  if (keel__queue_empty(list))
+    return false;
+  keel__queue_t *n = list->next;
+  keel__queue_remove(n);
+  keel__wait_complete(keel__container_of(n, keel__wait_t, node), result);
+  return true;
+}
+
+void keel__waiters_wake_all(keel__queue_t *list, ssize_t result) {
+  while (keel__waiters_wake_one(list, result))
+    ;
 }
 
 void keel__wait_interrupt(keel__wait_t *w, int err) {

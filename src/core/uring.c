@@ -102,7 +102,9 @@ static void accept_arm(keel__acceptq_t *q);
 
 static void handle_cqe(keel__worker_t *w, struct io_uring_cqe *cqe) {
   uint64_t data = cqe->user_data;
-  if (data == 0)
+  /* 0: a cancel request's own CQE. LIBURING_UDATA_TIMEOUT: the timeout
+   * liburing queues for a timed wait on kernels without EXT_ARG. */
+  if (data == 0 || data == LIBURING_UDATA_TIMEOUT)
     return;
   switch (data & TAG_MASK) {
   case TAG_WAKE:
@@ -154,10 +156,17 @@ static void op_abort(keel__wait_t *w, int err) {
   io_uring_sqe_set_data64(sqe, 0);
 }
 
-/* Queues the prepared sqe for w and parks until its CQE. */
-static ssize_t op_wait(keel__wait_t *w, struct io_uring_sqe *sqe) {
+/* Queues the prepared sqe for w and parks until its CQE. The descriptor
+ * counts its operations in flight so a close can cancel and await them. */
+static ssize_t op_wait(keel__io_t *io, keel__wait_t *w, struct io_uring_sqe *sqe) {
   io_uring_sqe_set_data(sqe, w);
-  return keel__wait_block(w, KEEL_DEADLINE_NONE, 0);
+  io->inflight++;
+  ssize_t rc = keel__wait_block(w, KEEL_DEADLINE_NONE, 0);
+  if (--io->inflight == 0 && io->close_wait)
+    keel__wait_complete(io->close_wait, 0);
+  if (rc == -ECANCELED && !w->interrupted)
+    rc = -EBADF; /* cancelled by a close of the descriptor (ur_io_close) */
+  return rc;
 }
 
 #define UR_BEGIN(io)              \
@@ -171,33 +180,33 @@ static ssize_t op_wait(keel__wait_t *w, struct io_uring_sqe *sqe) {
 static ssize_t ur_recv(keel__io_t *io, void *buf, size_t len) {
   UR_BEGIN(io);
   io_uring_prep_recv(sqe, io->fd, buf, len, 0);
-  return op_wait(&w, sqe);
+  return op_wait(io, &w, sqe);
 }
 
 static ssize_t ur_readv(keel__io_t *io, const struct iovec *iov, int iovcnt) {
   UR_BEGIN(io);
   struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
   io_uring_prep_recvmsg(sqe, io->fd, &msg, 0);
-  return op_wait(&w, sqe);
+  return op_wait(io, &w, sqe);
 }
 
 static ssize_t ur_send(keel__io_t *io, const void *buf, size_t len) {
   UR_BEGIN(io);
   io_uring_prep_send(sqe, io->fd, buf, len, MSG_NOSIGNAL);
-  return op_wait(&w, sqe);
+  return op_wait(io, &w, sqe);
 }
 
 static ssize_t ur_writev(keel__io_t *io, const struct iovec *iov, int iovcnt) {
   UR_BEGIN(io);
   struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
   io_uring_prep_sendmsg(sqe, io->fd, &msg, MSG_NOSIGNAL);
-  return op_wait(&w, sqe);
+  return op_wait(io, &w, sqe);
 }
 
 static int ur_connect(keel__io_t *io, const struct sockaddr *sa, socklen_t len) {
   UR_BEGIN(io);
   io_uring_prep_connect(sqe, io->fd, sa, len);
-  ssize_t rc = op_wait(&w, sqe);
+  ssize_t rc = op_wait(io, &w, sqe);
   /* Connected after all, but the caller was cancelled: it gets the reason
    * and closes the socket. */
   if (rc == 0 && w.interrupted)
@@ -240,10 +249,8 @@ static void accept_cqe(keel__acceptq_t *q, struct io_uring_cqe *cqe) {
   if (res >= 0) {
     if (q->closing) {
       close(res);
-    } else if (q->wait) {
-      keel__wait_t *w = q->wait;
-      q->wait = NULL;
-      keel__wait_complete(w, res);
+    } else if (keel__waiters_wake_one(&q->waiters, res)) {
+      /* handed straight to the first task waiting */
     } else if (!acceptq_reserve(q)) {
       close(res); /* out of memory: the peer sees a reset */
     } else {
@@ -253,29 +260,16 @@ static void accept_cqe(keel__acceptq_t *q, struct io_uring_cqe *cqe) {
       if (q->armed && q->tail - q->head == KEEL__ACCEPTQ_MIN)
         accept_cancel_q(q);
     }
-  } else if (res != -ECANCELED) {
-    q->err = res;
-    if (q->wait) {
-      keel__wait_t *w = q->wait;
-      q->wait = NULL;
-      q->err = 0;
-      keel__wait_complete(w, res);
-    }
+  } else if (res != -ECANCELED && !keel__waiters_wake_one(&q->waiters, res)) {
+    q->err = res; /* for the next accept (e.g. -EMFILE: it backs off) */
   }
   if (!q->armed && q->close_wait)
     keel__wait_complete(q->close_wait, 0);
-  else if (!q->armed && q->wait && !q->closing)
-    accept_arm(q); /* the pause ended with a task already waiting */
+  else if (!q->armed && !keel__queue_empty(&q->waiters) && !q->closing)
+    accept_arm(q); /* the multishot ended with tasks still waiting */
 }
 
 static void accept_cancel(keel__io_t *io) { accept_cancel_q(io->acceptq); }
-
-static void accept_wait_abort(keel__wait_t *w, int err) {
-  keel__acceptq_t *q = w->data;
-  if (q->wait == w)
-    q->wait = NULL; /* the multishot stays armed; fds queue for later */
-  keel__wait_complete(w, err);
-}
 
 static void accept_arm(keel__acceptq_t *q) {
   struct io_uring_sqe *sqe = get_sqe(keel__tls_worker->backend);
@@ -298,10 +292,11 @@ static int ur_accept(keel__io_t *io) {
   }
   if (!q->armed)
     accept_arm(q);
+  /* A cancelled waiter just leaves the list: the multishot stays armed
+   * and what it accepts queues for the next accept. */
   keel__wait_t w;
-  keel__wait_init(&w, accept_wait_abort);
-  w.data = q;
-  q->wait = &w;
+  keel__wait_init(&w, keel__wait_abort_dequeue);
+  keel__queue_insert_tail(&q->waiters, &w.node);
   return (int)keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
 }
 
@@ -310,10 +305,7 @@ static int ur_accept(keel__io_t *io) {
 static void accept_close(keel__io_t *io) {
   keel__acceptq_t *q = io->acceptq;
   q->closing = true;
-  if (q->wait) {
-    keel__wait_complete(q->wait, -EBADF);
-    q->wait = NULL;
-  }
+  keel__waiters_wake_all(&q->waiters, -EBADF);
   if (q->armed) {
     accept_cancel(io);
     keel__wait_t w;
@@ -329,9 +321,24 @@ static void accept_close(keel__io_t *io) {
   q->fds = NULL;
 }
 
+/* Tasks of this worker still parked in an operation on the descriptor
+ * (a reader while another task closes) are woken with -EBADF: cancel
+ * everything on the fd and wait until each has seen its CQE, since their
+ * buffers and the descriptor's state must outlive the operations. */
 static void ur_io_close(keel__io_t *io) {
   if (io->acceptq)
     accept_close(io);
+  if (io->inflight == 0)
+    return;
+  struct io_uring_sqe *sqe = get_sqe(io->worker->backend);
+  io_uring_prep_cancel_fd(sqe, io->fd, IORING_ASYNC_CANCEL_ALL);
+  io_uring_sqe_set_data64(sqe, 0);
+  keel__wait_t w;
+  keel__wait_init(&w, NULL);
+  w.shielded = true;
+  io->close_wait = &w;
+  keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
+  io->close_wait = NULL;
 }
 
 const keel__backend_ops_t keel__uring_ops = {

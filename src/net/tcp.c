@@ -22,12 +22,15 @@ struct keel_listener {
   keel__io_t io;
   keel__acceptq_t acceptq;
   int64_t last_emfile_log_ns;
+  keel__queue_t backoff_waiters; /* acceptors sleeping off EMFILE */
 };
 
 void keel__io_init(keel__io_t *io, int fd) {
   memset(io, 0, sizeof *io);
   io->fd = fd;
   io->worker = keel__worker_current();
+  keel__queue_init(&io->rd_waiters);
+  keel__queue_init(&io->wr_waiters);
 }
 
 /* ---- Stream ops --------------------------------------------------------------- */
@@ -63,6 +66,8 @@ static int tcp_shutdown(keel_stream_t *s, int how) {
 
 static int tcp_close(keel_stream_t *s) {
   keel_tcp_t *c = (keel_tcp_t *)s;
+  if (!OWNED_HERE(&c->io))
+    return -EXDEV;
   c->io.worker->ops->io_close(&c->io);
   int rc = close(c->io.fd) == 0 ? 0 : -errno;
   free(c);
@@ -163,6 +168,8 @@ int keel_tcp_listen(const char *hostport, const keel_listen_opts_t *opts, keel_l
   keel__io_init(&l->io, fd);
   l->io.acceptq = &l->acceptq;
   l->acceptq.fd = fd;
+  keel__queue_init(&l->acceptq.waiters);
+  keel__queue_init(&l->backoff_waiters);
   *out = l;
   return 0;
 }
@@ -183,7 +190,18 @@ static int accept_backoff(keel_listener_t *l, int err, int64_t *backoff_ms) {
     keel_log(KEEL_LOG_WARN, "accept: %s (%s); backing off %lld ms",
              err == -EMFILE ? "EMFILE" : "ENFILE", keel_strerror(err), (long long)*backoff_ms);
   }
-  int rc = keel_sleep_ms(*backoff_ms);
+  /* Sleep where keel_listener_close can wake us (-EBADF): the listener
+   * may be freed while we sleep. */
+  int rc = keel__check_cancel();
+  if (rc)
+    return rc;
+  keel__wait_t w;
+  keel__wait_init(&w, keel__wait_abort_dequeue);
+  keel__queue_insert_tail(&l->backoff_waiters, &w.node);
+  rc = (int)keel__wait_block(&w, now + *backoff_ms * KEEL_NS_PER_MS, 0);
+  keel__queue_remove(&w.node);
+  if (rc < 0)
+    return rc;
   *backoff_ms *= 2;
   if (*backoff_ms > ACCEPT_BACKOFF_MAX_MS)
     *backoff_ms = ACCEPT_BACKOFF_MAX_MS;
@@ -223,6 +241,9 @@ int keel_listener_addr(const keel_listener_t *l, keel_addr_t *out) {
 int keel_listener_close(keel_listener_t *l) {
   if (!l)
     return 0;
+  if (!OWNED_HERE(&l->io))
+    return -EXDEV;
+  keel__waiters_wake_all(&l->backoff_waiters, -EBADF);
   l->io.worker->ops->io_close(&l->io);
   int rc = close(l->io.fd) == 0 ? 0 : -errno;
   free(l);
