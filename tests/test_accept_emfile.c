@@ -326,9 +326,110 @@ static void test_accept_emfile(void **state) {
   }
 }
 
+/* ---- The listener closed under an acceptor backing off ------------------------------ */
+
+/* The acceptor hits EMFILE at once and backs off 10, 20, 40, ... 500 ms, so
+ * it spends nearly all its time asleep in the back-off; CLOSE_AT_MS lands
+ * 70 ms into a 500 ms one (the sleeps start near 0, 10, 30, 70, 150, 310,
+ * 630, 1130 ms). */
+#define CLOSE_AT_MS 700
+#define CLOSE_PROMPT_MS 200
+
+typedef struct backoff_close {
+  keel_listener_t *listener;
+  int result;
+  int64_t done_ns;
+} backoff_close_t;
+
+static int backoff_acceptor_task(void *arg) {
+  backoff_close_t *bc = arg;
+  keel_tcp_t *c = NULL;
+  bc->result = keel_tcp_accept(bc->listener, &c);
+  bc->done_ns = keel_now_ns();
+  if (bc->result == 0)
+    keel_tcp_close(c);
+  return 0;
+}
+
+/* keel_listener_close frees the listener; an acceptor sleeping off EMFILE
+ * used to wake from its back-off and retry on the freed listener (a
+ * use-after-free under ASan, a late or wrong result without). It must wake
+ * at the close with -EBADF. */
+static int backoff_close_body(void *arg) {
+  (void)arg;
+  backoff_close_t bc = {.result = 1};
+  keel_listen_opts_t o;
+  keel_listen_opts_init(&o);
+  CHECK_RC(keel_tcp_listen("127.0.0.1:0", &o, &bc.listener));
+  keel_addr_t a;
+  CHECK_RC(keel_listener_addr(bc.listener, &a));
+  char addr[KEEL_ADDRSTRLEN];
+  keel_addr_format(&a, addr, sizeof addr);
+  keel_tcp_t *client;
+  CHECK_RC(keel_tcp_connect(addr, &client)); /* pending in the backlog */
+
+  /* No descriptor left: accepting the pending connection fails with EMFILE. */
+  struct rlimit rl, saved;
+  CHECK(getrlimit(RLIMIT_NOFILE, &saved) == 0);
+  rl = saved;
+  rl.rlim_cur = limit_leaving(1) - 1;
+  CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0);
+
+  keel_scope_opts_t so = {.deadline_ns = in_ms(5000), .name = "acceptor"};
+  keel_scope_t *s = keel_scope_open(&so);
+  CHECK(s != NULL);
+  CHECK_RC(keel_spawn(s, backoff_acceptor_task, &bc, NULL));
+  CHECK_RC(keel_sleep_ms(CLOSE_AT_MS));
+  CHECK_EQ(bc.done_ns, 0); /* still backing off: EMFILE is never returned */
+  int64_t close_ns = keel_now_ns();
+  CHECK_RC(keel_listener_close(bc.listener));
+  bc.listener = NULL;
+  keel_scope_join(s);
+  keel_scope_close(s);
+  CHECK(setrlimit(RLIMIT_NOFILE, &saved) == 0);
+
+  printf("# %s: accept returned %d, %lld ms after the close\n", keel_backend_name(), bc.result,
+         (long long)((bc.done_ns - close_ns) / KEEL_NS_PER_MS));
+  if (bc.result != -EBADF)
+    KT_FAIL("accept on a listener closed during its back-off: %d (%s), want -EBADF", bc.result,
+            keel_strerror(bc.result));
+  if (bc.done_ns - close_ns > CLOSE_PROMPT_MS * KEEL_NS_PER_MS)
+    KT_FAIL("accept returned %lld ms after the close: it slept out its back-off",
+            (long long)((bc.done_ns - close_ns) / KEEL_NS_PER_MS));
+  keel_tcp_close(client);
+  return 0;
+}
+
+static int backoff_close_child(void) {
+  unsetenv("KEEL_LOG");
+  int rc = kt_run_guarded(child_backend, 1, backoff_close_body, NULL);
+  if (rc != 0)
+    printf("# %s child: keel_run returned %d\n", kt_backend_name(child_backend), rc);
+  return rc == 0 ? 0 : 1;
+}
+
+static void test_listener_closed_during_backoff(void **state) {
+  (void)state;
+  KT_FOR_EACH_BACKEND(b) {
+    fprintf(stderr, "# backend %s\n", kt_backend_name(b));
+    child_backend = b;
+    int status;
+    char *err = run_child(backoff_close_child, &status);
+    if (WIFSIGNALED(status))
+      fail_msg("%s child killed by signal %d", kt_backend_name(b), WTERMSIG(status));
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    /* The acceptor really was out of descriptors (in the back-off). */
+    if (!strstr(err, "EMFILE") && !strstr(err, "Too many open files"))
+      fail_msg("%s: accept never hit EMFILE", kt_backend_name(b));
+    free(err);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_accept_emfile),
+      cmocka_unit_test(test_listener_closed_during_backoff),
   };
   const char *filter = getenv("KT_FILTER"); /* e.g. KT_FILTER=test_foo: run one case */
   if (filter && *filter)

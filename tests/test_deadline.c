@@ -419,7 +419,7 @@ static void test_shield_holds_off_scope_deadline(void **state) {
   }
 }
 
-/* ==== Review regressions (added by review; each fails before its fix) ============= */
+/* ---- Deadlines moved later; shield scopes joined by a cancelled task ------------------ */
 
 /* keel_scope_set_deadline moving a deadline LATER must reach a task already
  * blocked: its timer was armed for the old deadline. Fails today: the sleep
@@ -450,7 +450,7 @@ static int extend_main(void *arg) {
   return 0;
 }
 
-static void test_review_extended_deadline_reaches_blocked_task(void **state) {
+static void test_later_deadline_reaches_blocked_task(void **state) {
   (void)state;
   KT_FOR_EACH_BACKEND(b) {
     struct st st = {.rc = {1, 1}};
@@ -490,7 +490,7 @@ static int shield_scope_task(void *arg) {
 
 static int shield_scope_main(void *arg) { return run_in_scope(arg, shield_scope_task, 0, 20); }
 
-static void test_review_shield_scope_join_not_cancelled(void **state) {
+static void test_shield_scope_join_not_cancelled(void **state) {
   (void)state;
   KT_FOR_EACH_BACKEND(b) {
     struct st st = {.rc = {1, 1, 1, 1}};
@@ -502,8 +502,6 @@ static void test_review_shield_scope_join_not_cancelled(void **state) {
     assert_int_equal(st.reason, KEEL_CANCEL_NONE);
   }
 }
-
-/* ==== End of review regressions ================================================== */
 
 int main(void) {
   const struct CMUnitTest tests[] = {
@@ -518,9 +516,8 @@ int main(void) {
       cmocka_unit_test(test_shield_spawns_cleanup_task),
       cmocka_unit_test(test_nested_shields),
       cmocka_unit_test(test_shield_holds_off_scope_deadline),
-      /* review regressions */
-      cmocka_unit_test(test_review_extended_deadline_reaches_blocked_task),
-      cmocka_unit_test(test_review_shield_scope_join_not_cancelled),
+      cmocka_unit_test(test_later_deadline_reaches_blocked_task),
+      cmocka_unit_test(test_shield_scope_join_not_cancelled),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

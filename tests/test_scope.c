@@ -499,6 +499,100 @@ static void test_cancel_other_worker(void **state) {
   }
 }
 
+/* ---- Joins racing the last child on another worker ------------------------------------- */
+
+/* Each iteration opens a scope, spawns one child onto worker 1 or 2, joins
+ * and closes it from worker 0, so the child's worker does its last
+ * bookkeeping on the scope while the joiner may already be freeing it. A
+ * finishing child used to read the scope after releasing its lock: a
+ * joiner that found it quiescent then freed it under that read (ASan and
+ * TSan report it; without them it is silent memory corruption). To land
+ * the join inside that window, the joiner spins until the child is about to
+ * return, then waits a varying few hundred cycles more before joining. */
+#define RACE_ITERS 3000
+#define RACE_SLEEP_ITERS 400 /* each sleeps up to ~2 ms: keep the test short */
+
+struct join_race {
+  atomic_int ran, misplaced;
+  bool sleeping;
+  int spawn_errors, join_errors, first_join_rc, stuck, iters;
+  int64_t elapsed_ns;
+};
+
+struct race_child {
+  struct join_race *jr;
+  int worker, sleep_ms;
+  atomic_int returning;
+};
+
+static int race_child_task(void *arg) {
+  struct race_child *c = arg;
+  if (keel_worker_id() != c->worker)
+    atomic_fetch_add(&c->jr->misplaced, 1);
+  if (c->sleep_ms >= 0 && keel_sleep_ms(c->sleep_ms) != 0)
+    return -EPROTO;
+  atomic_fetch_add(&c->jr->ran, 1);
+  atomic_store(&c->returning, 1);
+  return 0;
+}
+
+/* Busy-waits (no yield: the child runs on another worker) for the child to
+ * reach its return, then spins `extra` more rounds. */
+static bool spin_until_returning(struct race_child *c, int extra) {
+  int64_t give_up = mono_ns() + 2 * KEEL_NS_PER_SEC;
+  for (unsigned n = 0; !atomic_load(&c->returning); n++)
+    if ((n & 1023) == 0 && mono_ns() > give_up)
+      return false;
+  for (volatile int k = 0; k < extra; k++)
+    ;
+  return true;
+}
+
+/* jr->sleeping: the child sleeps 0 or 1 ms (else it returns at once). */
+static int join_race_main(void *arg) {
+  struct join_race *jr = arg;
+  int64_t t0 = mono_ns();
+  for (int i = 0; i < jr->iters; i++) {
+    keel_scope_t *s = keel_scope_open(NULL);
+    if (!s)
+      return -ENOMEM;
+    struct race_child c = {
+        .jr = jr, .worker = i % 2 + 1, .sleep_ms = jr->sleeping ? i / 2 % 2 : -1};
+    keel_spawn_opts_t o = spawn_opts(NULL);
+    o.on_worker = KEEL_WORKER(c.worker);
+    int rc = keel_spawn(s, race_child_task, &c, &o);
+    jr->spawn_errors += rc != 0;
+    if (rc == 0 && !spin_until_returning(&c, (i * 37) % 400))
+      jr->stuck++;
+    rc = keel_scope_join(s);
+    if (rc != 0 && jr->join_errors++ == 0)
+      jr->first_join_rc = rc;
+    keel_scope_close(s);
+  }
+  jr->elapsed_ns = mono_ns() - t0;
+  return 0;
+}
+
+static void test_join_races_last_child(void **state) {
+  (void)state;
+  KT_FOR_EACH_BACKEND(b) {
+    for (int sleeping = 0; sleeping < 2; sleeping++) {
+      struct join_race jr = {.sleeping = sleeping,
+                             .iters = sleeping ? RACE_SLEEP_ITERS : RACE_ITERS};
+      assert_int_equal(kt_run(b, 3, join_race_main, &jr), 0);
+      print_message("# %s: %d joins (%s) in %.1f ms\n", kt_backend_name(b), jr.iters,
+                    sleeping ? "child sleeps 0-1 ms" : "child returns at once",
+                    (double)jr.elapsed_ns / 1e6);
+      assert_int_equal(jr.spawn_errors, 0);
+      assert_int_equal(jr.stuck, 0);
+      if (jr.join_errors)
+        fail_msg("%d joins failed, the first with %d", jr.join_errors, jr.first_join_rc);
+      assert_int_equal(atomic_load(&jr.ran), jr.iters);
+      assert_int_equal(atomic_load(&jr.misplaced), 0);
+    }
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_nested),
@@ -511,6 +605,7 @@ int main(void) {
       cmocka_unit_test(test_live),
       cmocka_unit_test(test_open_in_cancelled),
       cmocka_unit_test(test_cancel_other_worker),
+      cmocka_unit_test(test_join_races_last_child),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -546,6 +547,138 @@ static void test_stack_overflow(void **state) {
   }
 }
 
+/* ---- Stack size bounds ------------------------------------------------------------------- */
+
+struct stack_bounds {
+  int rc_max, rc_2g, ran;
+  size_t live_after;
+  int join_rc;
+};
+
+static int count_run_task(void *arg) {
+  (*(int *)arg)++;
+  return 0;
+}
+
+/* A stack size past the 1 GiB bound is refused before anything starts.
+ * (SIZE_MAX used to wrap to a one-page stack; 2 GiB was mapped as asked.) */
+static int stack_bounds_main(void *arg) {
+  struct stack_bounds *sb = arg;
+  keel_scope_t *s = keel_scope_open(NULL);
+  if (!s)
+    return -ENOMEM;
+  keel_spawn_opts_t o = spawn_opts("huge", NULL);
+  o.stack_size = SIZE_MAX;
+  sb->rc_max = keel_spawn(s, count_run_task, &sb->ran, &o);
+  o = spawn_opts("2g", NULL);
+  o.stack_size = (size_t)2 << 30;
+  sb->rc_2g = keel_spawn(s, count_run_task, &sb->ran, &o);
+  sb->live_after = keel_scope_live(s);
+  sb->join_rc = keel_scope_join(s);
+  keel_scope_close(s);
+  return 0;
+}
+
+static void test_stack_size_too_large(void **state) {
+  (void)state;
+  KT_FOR_EACH_BACKEND(b) {
+    struct stack_bounds sb = {.rc_max = 1, .rc_2g = 1, .live_after = 99, .join_rc = 1};
+    assert_int_equal(kt_run(b, 1, stack_bounds_main, &sb), 0);
+    assert_int_equal(sb.rc_max, -EINVAL);
+    assert_int_equal(sb.rc_2g, -EINVAL);
+    assert_int_equal(sb.ran, 0);
+    assert_int_equal(sb.live_after, 0); /* nothing was started */
+    assert_int_equal(sb.join_rc, 0);
+  }
+  /* The runtime-wide default has the same bound. */
+  keel_config_t cfg;
+  keel_config_init(&cfg);
+  cfg.workers = 1;
+  cfg.stack_size = SIZE_MAX;
+  int v = 0;
+  assert_int_equal(keel_run(&cfg, return_arg_main, &v), -EINVAL);
+}
+
+#define SMALL_FRAME (8 * 1024)
+
+struct small_stack {
+  int spawn_rc, join_rc, ran;
+  unsigned long sum;
+  keel_outcome_t outcome;
+};
+
+static int small_stack_task(void *arg) {
+  struct small_stack *ss = arg;
+  volatile unsigned char buf[SMALL_FRAME];
+  for (size_t i = 0; i < sizeof buf; i++)
+    buf[i] = (unsigned char)(i * 13);
+  keel_yield();
+  unsigned long sum = 0;
+  for (size_t i = 0; i < sizeof buf; i++)
+    sum += buf[i];
+  ss->sum = sum;
+  ss->ran = 1;
+  return 0;
+}
+
+static int small_stack_main(void *arg) {
+  struct small_stack *ss = arg;
+  keel_scope_t *s = keel_scope_open(NULL);
+  if (!s)
+    return -ENOMEM;
+  keel_task_t *h = NULL;
+  keel_spawn_opts_t o = spawn_opts("tiny-stack", &h);
+  o.stack_size = 100; /* clamped up to the minimum */
+  ss->spawn_rc = keel_spawn(s, small_stack_task, ss, &o);
+  ss->join_rc = keel_scope_join(s);
+  if (h)
+    ss->outcome = keel_task_outcome(h);
+  keel_scope_close(s);
+  return 0;
+}
+
+/* A tiny stack_size is raised to the minimum, so an 8 KiB frame fits. Runs
+ * in a child: with a 100-byte stack the task would overflow its guard page
+ * and take the process down. Results come back in shared memory. */
+static void test_stack_size_too_small(void **state) {
+  (void)state;
+  unsigned long want = 0;
+  for (size_t i = 0; i < SMALL_FRAME; i++)
+    want += (unsigned char)(i * 13);
+  KT_FOR_EACH_BACKEND(b) {
+    struct small_stack *ss =
+        mmap(NULL, sizeof *ss, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(ss != MAP_FAILED);
+    *ss = (struct small_stack){.spawn_rc = 1, .join_rc = 1};
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+      struct rlimit no_core = {0, 0};
+      setrlimit(RLIMIT_CORE, &no_core);
+      signal(SIGSEGV, SIG_DFL); /* cmocka's handler would longjmp in the child */
+      signal(SIGBUS, SIG_DFL);
+      signal(SIGABRT, SIG_DFL);
+      alarm(20);
+      int rc = kt_run(b, 1, small_stack_main, ss);
+      _exit(rc == 0 ? 0 : 3);
+    }
+    int status = 0;
+    if (wait_child(pid, 20000, &status) != 0)
+      fail_msg("[%s] child still running after 20 s", kt_backend_name(b));
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+      fail_msg("[%s] child with a 100-byte stack_size died (status 0x%x)", kt_backend_name(b),
+               status);
+    assert_int_equal(ss->spawn_rc, 0);
+    assert_int_equal(ss->join_rc, 0);
+    assert_int_equal(ss->ran, 1);
+    assert_true(ss->sum == want);
+    assert_int_equal(ss->outcome.kind, KEEL_OUTCOME_OK);
+    munmap(ss, sizeof *ss);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_context_switch),
@@ -558,6 +691,8 @@ int main(void) {
       cmocka_unit_test(test_run_returns_main_result),
       cmocka_unit_test(test_checkpoint),
       cmocka_unit_test(test_stack_overflow),
+      cmocka_unit_test(test_stack_size_too_large),
+      cmocka_unit_test(test_stack_size_too_small),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -419,12 +419,11 @@ static int write_all_cancel_main(void *arg) {
   return 0;
 }
 
-/* ==== Review regressions (added by review; fails before its fix) ================= */
+/* ---- Closing a connection wakes a task parked on it ------------------------------------ */
 
 /* Closing a connection while another task of the same worker is parked in a
- * read on it must wake that reader promptly (epoll: -EBADF). Fails today under
- * io_uring: the recv SQE keeps the file alive, nothing cancels it, and the
- * reader stays parked until the peer acts or a deadline passes. */
+ * read on it wakes that reader promptly with an error, on both backends (on
+ * io_uring the close must cancel the recv, which keeps the file alive). */
 typedef struct parked_read {
   keel_stream_t *stream;
   ssize_t result;
@@ -463,7 +462,177 @@ static int close_wakes_reader_main(void *arg) {
   return 0;
 }
 
-/* ==== End of review regressions ================================================== */
+/* ---- Several waiters on one descriptor -------------------------------------------------- */
+
+#define WAITERS_MS 1000 /* both waiters must be served within this */
+
+/* Two tasks blocked in accept on the same listener, then two clients
+ * connect: each acceptor gets one of them. With a single waiter slot per
+ * listener the second accept displaced the first, which then waited until
+ * its deadline. */
+static int two_acceptors_main(void *arg) {
+  (void)arg;
+  keel_listener_t *l;
+  char addr[KEEL_ADDRSTRLEN];
+  CHECK_RC(listen_loopback(&l, addr, sizeof addr));
+  one_accept_t a[2] = {{.listener = l}, {.listener = l}};
+  keel_scope_t *scope = scope_with_deadline_ms(WATCHDOG_MS);
+  CHECK(scope != NULL);
+  for (int i = 0; i < 2; i++)
+    CHECK_RC(keel_spawn(scope, one_accept_task, &a[i], NULL));
+  CHECK_RC(keel_sleep_ms(20));
+  CHECK(a[0].started && a[1].started);
+  CHECK_EQ(a[0].done_ns, 0); /* both parked: nobody connected yet */
+  CHECK_EQ(a[1].done_ns, 0);
+  keel_tcp_t *client[2] = {NULL, NULL};
+  int64_t connect_ns = keel_now_ns();
+  for (int i = 0; i < 2; i++)
+    CHECK_RC(keel_tcp_connect(addr, &client[i]));
+  /* Bounded: a stranded acceptor must not hold the test for WATCHDOG_MS. */
+  keel_scope_set_deadline(scope, in_ms(WAITERS_MS + PROMPT_MS));
+  keel_scope_join(scope);
+  keel_scope_close(scope);
+
+  for (int i = 0; i < 2; i++) {
+    if (a[i].result < 0)
+      KT_FAIL("acceptor %d: %d (%s)", i, a[i].result, keel_strerror(a[i].result));
+    CHECK(a[i].conn != NULL);
+    int64_t took = elapsed_ms(connect_ns, a[i].done_ns);
+    if (took > WAITERS_MS)
+      KT_FAIL("acceptor %d returned %lld ms after the connects", i, (long long)took);
+  }
+  /* Two distinct connections, one per client: each accepted socket's peer
+   * is one client's local address, and bytes flow. */
+  CHECK(a[0].conn != a[1].conn);
+  bool matched[2] = {false, false};
+  for (int i = 0; i < 2; i++) {
+    keel_addr_t peer;
+    CHECK_RC(keel_tcp_peer_addr(a[i].conn, &peer));
+    for (int k = 0; k < 2; k++) {
+      keel_addr_t local;
+      CHECK_RC(keel_tcp_local_addr(client[k], &local));
+      if (local.len == peer.len && memcmp(&local.ss, &peer.ss, peer.len) == 0) {
+        CHECK(!matched[k]);
+        matched[k] = true;
+        char msg[2] = {'0', (char)('0' + k)}, got[2];
+        CHECK_RC(keel_write_all(keel_tcp_stream(client[k]), msg, sizeof msg, NULL));
+        CHECK_RC(read_n(keel_tcp_stream(a[i].conn), got, sizeof got));
+        CHECK(memcmp(got, msg, sizeof msg) == 0);
+      }
+    }
+  }
+  CHECK(matched[0] && matched[1]);
+  for (int i = 0; i < 2; i++) {
+    keel_tcp_close(a[i].conn);
+    keel_tcp_close(client[i]);
+  }
+  keel_listener_close(l);
+  return 0;
+}
+
+typedef struct closer {
+  keel_listener_t *listener;
+  int64_t delay_ms;
+  int result;
+  int64_t close_ns;
+} closer_t;
+
+static int listener_closer_task(void *arg) {
+  closer_t *c = arg;
+  c->result = keel_sleep_ms(c->delay_ms);
+  if (c->result < 0)
+    return c->result;
+  c->close_ns = keel_now_ns();
+  c->result = keel_listener_close(c->listener);
+  return 0;
+}
+
+/* Two tasks blocked in accept, a third task of the same worker closes the
+ * listener: both acceptors wake with -EBADF and the scope joins. Before,
+ * only the acceptor in the single slot was woken; the other stayed parked
+ * on a freed listener. */
+static int close_wakes_acceptors_main(void *arg) {
+  (void)arg;
+  keel_listener_t *l;
+  char addr[KEEL_ADDRSTRLEN];
+  CHECK_RC(listen_loopback(&l, addr, sizeof addr));
+  one_accept_t a[2] = {{.listener = l, .result = 1}, {.listener = l, .result = 1}};
+  closer_t c = {.listener = l, .delay_ms = 50, .result = 1};
+  keel_scope_t *scope = scope_with_deadline_ms(2000);
+  CHECK(scope != NULL);
+  int64_t start_ns = keel_now_ns();
+  for (int i = 0; i < 2; i++)
+    CHECK_RC(keel_spawn(scope, one_accept_task, &a[i], NULL));
+  CHECK_RC(keel_spawn(scope, listener_closer_task, &c, NULL));
+  int join_rc = keel_scope_join(scope);
+  int64_t joined_ns = keel_now_ns();
+  keel_scope_close(scope);
+
+  CHECK_EQ(c.result, 0);
+  CHECK(c.close_ns != 0);
+  for (int i = 0; i < 2; i++) {
+    CHECK(a[i].started);
+    if (a[i].result != -EBADF)
+      KT_FAIL("acceptor %d: %d (%s), want -EBADF", i, a[i].result, keel_strerror(a[i].result));
+    int64_t took = elapsed_ms(c.close_ns, a[i].done_ns);
+    if (took > PROMPT_MS)
+      KT_FAIL("acceptor %d returned %lld ms after the close", i, (long long)took);
+  }
+  CHECK_EQ(join_rc, 0); /* the scope was not ended by its deadline */
+  if (elapsed_ms(start_ns, joined_ns) > 50 + PROMPT_MS)
+    KT_FAIL("scope joined %lld ms after start", (long long)elapsed_ms(start_ns, joined_ns));
+  return 0;
+}
+
+/* Two tasks blocked in a read on the same connection; the peer writes
+ * twice with a pause: each reader gets one of the writes (either order).
+ * With a single reader slot per descriptor, epoll woke only the last one
+ * parked and the other waited past the second write. */
+static int two_readers_main(void *arg) {
+  (void)arg;
+  pair_t p;
+  CHECK_RC(pair_open(&p));
+  unsigned char buf[2][64];
+  memset(buf, SENTINEL, sizeof buf);
+  one_read_t r[2] = {{.stream = keel_tcp_stream(p.server), .buf = buf[0], .len = sizeof buf[0]},
+                     {.stream = keel_tcp_stream(p.server), .buf = buf[1], .len = sizeof buf[1]}};
+  keel_scope_t *scope = scope_with_deadline_ms(WATCHDOG_MS);
+  CHECK(scope != NULL);
+  for (int i = 0; i < 2; i++)
+    CHECK_RC(keel_spawn(scope, one_read_task, &r[i], NULL));
+  CHECK_RC(keel_sleep_ms(20));
+  CHECK(r[0].started && r[1].started);
+  CHECK_EQ(r[0].done_ns, 0); /* both parked: the peer has not written */
+  CHECK_EQ(r[1].done_ns, 0);
+
+  static const char first[] = "first write", second[] = "second write";
+  int64_t first_ns = keel_now_ns();
+  CHECK_RC(keel_write_all(keel_tcp_stream(p.client), first, sizeof first, NULL));
+  CHECK_RC(keel_sleep_ms(100));
+  int64_t second_ns = keel_now_ns();
+  CHECK_RC(keel_write_all(keel_tcp_stream(p.client), second, sizeof second, NULL));
+  keel_scope_set_deadline(scope, in_ms(WAITERS_MS + PROMPT_MS));
+  keel_scope_join(scope);
+  keel_scope_close(scope);
+
+  for (int i = 0; i < 2; i++)
+    if (r[i].result <= 0)
+      KT_FAIL("reader %d: %zd (%s)", i, r[i].result, keel_strerror((int)r[i].result));
+  /* Whichever reader got the first write, the other got the second. */
+  int f = r[0].result == (ssize_t)sizeof first && memcmp(buf[0], first, sizeof first) == 0 ? 0 : 1;
+  CHECK_EQ(r[f].result, sizeof first);
+  CHECK(memcmp(buf[f], first, sizeof first) == 0);
+  CHECK_EQ(r[1 - f].result, sizeof second);
+  CHECK(memcmp(buf[1 - f], second, sizeof second) == 0);
+  if (elapsed_ms(first_ns, r[f].done_ns) > WAITERS_MS)
+    KT_FAIL("first reader returned %lld ms after the write",
+            (long long)elapsed_ms(first_ns, r[f].done_ns));
+  if (elapsed_ms(second_ns, r[1 - f].done_ns) > WAITERS_MS)
+    KT_FAIL("second reader returned %lld ms after the write",
+            (long long)elapsed_ms(second_ns, r[1 - f].done_ns));
+  pair_close(&p);
+  return 0;
+}
 
 /* ---- cmocka ---------------------------------------------------------------- */
 
@@ -499,16 +668,33 @@ static void test_write_all_cancel(void **state) {
   run_each_backend(write_all_cancel_main);
 }
 
-static void test_review_close_wakes_reader(void **state) { /* review regression */
+static void test_close_wakes_reader(void **state) {
   (void)state;
   run_each_backend(close_wakes_reader_main);
+}
+
+static void test_two_acceptors(void **state) {
+  (void)state;
+  run_each_backend(two_acceptors_main);
+}
+
+static void test_close_wakes_acceptors(void **state) {
+  (void)state;
+  run_each_backend(close_wakes_acceptors_main);
+}
+
+static void test_two_readers(void **state) {
+  (void)state;
+  run_each_backend(two_readers_main);
 }
 
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_read_cancel),      cmocka_unit_test(test_read_deadline),
       cmocka_unit_test(test_accept_cancel),    cmocka_unit_test(test_connect_refused),
-      cmocka_unit_test(test_write_all_cancel), cmocka_unit_test(test_review_close_wakes_reader),
+      cmocka_unit_test(test_write_all_cancel), cmocka_unit_test(test_close_wakes_reader),
+      cmocka_unit_test(test_two_acceptors),    cmocka_unit_test(test_close_wakes_acceptors),
+      cmocka_unit_test(test_two_readers),
   };
   const char *filter = getenv("KT_FILTER"); /* e.g. KT_FILTER=test_foo: run one case */
   if (filter && *filter)

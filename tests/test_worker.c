@@ -578,6 +578,102 @@ static void test_drain_deadline_exits(void **state) {
   }
 }
 
+/* ---- keel_shutdown's drain deadline, without signal handling ------------------------------- */
+
+#define SD_CLEANUP_MS 3000 /* the stuck cleanup: far past the 300 ms deadline */
+
+/* Sleeps until shutdown, then gets stuck in a 3 s shielded cleanup. */
+static int stuck_3s_task(void *arg) {
+  struct drain *d = arg;
+  atomic_fetch_add(&d->started, 1);
+  keel_sleep_ms(HOUR_MS);
+  keel_shield_begin(keel_now_ns() + (SD_CLEANUP_MS + 1000) * KEEL_NS_PER_MS);
+  report(d, 'S');
+  keel_sleep_ms(SD_CLEANUP_MS);
+  keel_shield_end();
+  return 0;
+}
+
+static int shutdown_child_main(void *arg) {
+  struct drain *d = arg;
+  keel_scope_t *root = keel_scope_current();
+  for (int i = 0; i < 2; i++) {
+    keel_spawn_opts_t o = on_worker(i);
+    o.name = "stuck-cleanup";
+    if (keel_spawn(root, stuck_3s_task, d, &o) != 0)
+      return 2;
+  }
+  await_count(&d->started, 2);
+  keel_sleep_ms(10);
+  report(d, 'R');
+  keel_shutdown();
+  return keel_sleep_ms(HOUR_MS) == -ECANCELED ? 0 : 3;
+}
+
+/* keel_shutdown (no signal thread: handle_signals is false) starts the drain
+ * deadline too: a drain stuck past it ends the process. Before, only the
+ * signal path had a deadline and this child ran its 3 s cleanup and exited
+ * 0. */
+static void test_shutdown_drain_deadline(void **state) {
+  (void)state;
+  KT_FOR_EACH_BACKEND(b) {
+    int rdp[2], errp[2];
+    assert_int_equal(pipe(rdp), 0);
+    assert_int_equal(pipe(errp), 0);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+      close(rdp[0]);
+      close(errp[0]);
+      dup2(errp[1], STDERR_FILENO);
+      alarm(30);
+      struct drain d = {.fd = rdp[1]};
+      keel_config_t cfg;
+      keel_config_init(&cfg);
+      cfg.backend = b;
+      cfg.workers = 2;
+      cfg.handle_signals = false;
+      cfg.drain_timeout_ms = 300;
+      int rc = keel_run(&cfg, shutdown_child_main, &d);
+      if (rc != 0)
+        fprintf(stderr, "# child: keel_run returned %d\n", rc);
+      _exit(rc == 0 ? 0 : 1);
+    }
+    close(rdp[1]);
+    close(errp[1]);
+    int status = 0;
+    char buf[4] = {0};
+    if (read_bytes(rdp[0], buf, 1, 10000) != 1 || buf[0] != 'R') {
+      wait_child(pid, 0, &status);
+      fail_msg("[%s] the child did not get ready", kt_backend_name(b));
+    }
+    int64_t t0 = mono_ns(); /* keel_shutdown is being called */
+    size_t got = read_bytes(rdp[0], buf, 2, 2000);
+    int rc = wait_child(pid, 5000, &status);
+    int64_t took_ms = (mono_ns() - t0) / KEEL_NS_PER_MS;
+    char err[4096] = {0};
+    read_bytes(errp[0], err, sizeof err - 1, 1000);
+    close(errp[0]);
+    close(rdp[0]);
+    if (rc != 0)
+      fail_msg("[%s] the child was still running 5 s after keel_shutdown", kt_backend_name(b));
+    assert_int_equal(got, 2); /* both tasks reached their stuck cleanup */
+    assert_true(buf[0] == 'S' && buf[1] == 'S');
+    if (took_ms >= 2000)
+      fail_msg("[%s] the child exited %lld ms after keel_shutdown (drain deadline 300 ms)",
+               kt_backend_name(b), (long long)took_ms);
+    assert_true(took_ms >= 250);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) == 0)
+      fail_msg("[%s] the child did not fail its drain (status 0x%x); stderr: %s",
+               kt_backend_name(b), status, err);
+    if (!strstr(err, "drain deadline") || !strstr(err, "stuck-cleanup"))
+      fail_msg("[%s] no drain deadline report naming the stuck tasks on stderr: %s",
+               kt_backend_name(b), err);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_worker_count_and_ids),
@@ -588,6 +684,7 @@ int main(void) {
       cmocka_unit_test(test_sigterm_drains),
       cmocka_unit_test(test_second_sigint_exits_at_once),
       cmocka_unit_test(test_drain_deadline_exits),
+      cmocka_unit_test(test_shutdown_drain_deadline),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
