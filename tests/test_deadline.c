@@ -421,9 +421,9 @@ static void test_shield_holds_off_scope_deadline(void **state) {
 
 /* ---- Deadlines moved later; shield scopes joined by a cancelled task ------------------ */
 
-/* keel_scope_set_deadline moving a deadline LATER must reach a task already
- * blocked: its timer was armed for the old deadline. Fails today: the sleep
- * ends with -ETIMEDOUT at the old 50 ms deadline (and the outcome is ERROR). */
+/* keel_scope_set_deadline moving a deadline later reaches a task already
+ * blocked, whose timer was armed for the old deadline: the sleep must not
+ * end with -ETIMEDOUT at the old 50 ms (nor the outcome be an error). */
 static int extend_sleeper(void *arg) {
   struct st *st = arg;
   int64_t t0 = mono_ns();
@@ -464,10 +464,9 @@ static void test_later_deadline_reaches_blocked_task(void **state) {
 }
 
 /* A KEEL_SCOPE_SHIELD scope opened for cleanup by a task that is already
- * cancelled (or is cancelled while joining it): enclosing cancellation must
- * not reach in; only the shield scope's own deadline bounds it. Fails today:
- * keel_scope_join cancels the shielded scope (reason parent) and the cleanup
- * child's sleep returns -ECANCELED at once. */
+ * cancelled (or is cancelled while joining it): enclosing cancellation does
+ * not reach in, so joining it must not cancel it (reason parent) and cut the
+ * cleanup child's sleep short; only its own deadline bounds it. */
 static int shield_scope_child(void *arg) {
   struct st *st = arg;
   st->rc[1] = keel_sleep_ms(50);
