@@ -1,0 +1,104 @@
+/* Waits: the one way a task blocks. A wait ends exactly once, by
+ * completion (an event, a CQE) or by interruption (cancellation, a
+ * deadline) through its abort hook; the task stays parked until then. */
+#include <errno.h>
+
+#include "internal.h"
+
+/* The wait's timer: its own end (a sleep) or the task's deadline. The
+ * deadline is read again, since a scope's may have moved later. */
+static void wait_timer_cb(keel__timer_t *tm) {
+  keel__wait_t *w = keel__container_of(tm, keel__wait_t, timer);
+  if (w->done)
+    return;
+  int64_t now = keel__now_ns();
+  if (w->until_ns != KEEL_DEADLINE_NONE && w->until_ns <= now) {
+    keel__wait_complete(w, w->until_result);
+    return;
+  }
+  int64_t d = keel__task_deadline(w->task);
+  if (d <= now) {
+    keel__wait_interrupt(w, -ETIMEDOUT);
+    return;
+  }
+  w->deadline_ns = d;
+  int64_t fire = d < w->until_ns ? d : w->until_ns;
+  keel__timer_start(&w->task->worker->wheel, &w->timer, keel__ns_to_ms_ceil(fire));
+}
+
+void keel__wait_init(keel__wait_t *w, keel__wait_abort_fn abort) {
+  w->task = keel__task_self();
+  keel__queue_init(&w->node);
+  keel__timer_init(&w->timer, wait_timer_cb);
+  w->abort = abort;
+  w->until_ns = KEEL_DEADLINE_NONE;
+  w->until_result = 0;
+  w->deadline_ns = KEEL_DEADLINE_NONE;
+  w->interrupted = 0;
+  w->data = NULL;
+  w->result = 0;
+  w->done = false;
+  w->shielded = false;
+}
+
+ssize_t keel__wait_block(keel__wait_t *w, int64_t until_ns, int until_result) {
+  keel_task_t *t = w->task;
+  keel__worker_t *wk = t->worker;
+  w->until_ns = until_ns;
+  w->until_result = until_result;
+  if (!w->shielded) {
+    w->deadline_ns = keel__task_deadline(t);
+    int64_t fire = w->deadline_ns < until_ns ? w->deadline_ns : until_ns;
+    if (fire != KEEL_DEADLINE_NONE)
+      keel__timer_start(&wk->wheel, &w->timer, keel__ns_to_ms_ceil(fire));
+  }
+  t->wait = w;
+  t->state = KEEL__TASK_BLOCKED;
+  /* Cancelled between the caller's check and here (e.g. while ready after
+   * a wake-up that found nothing): interrupt now, not at the next event. */
+  if (!w->shielded && t->shield_depth == 0 &&
+      atomic_load_explicit(&t->scope->cancel_reason, memory_order_relaxed))
+    keel__wait_interrupt(w, keel__check_cancel());
+  while (!w->done)
+    keel__task_park();
+  keel__timer_stop(&wk->wheel, &w->timer);
+  t->wait = NULL;
+  return w->result;
+}
+
+void keel__wait_complete(keel__wait_t *w, ssize_t result) {
+  if (w->done)
+    return;
+  w->done = true;
+  w->result = result;
+  keel__task_ready(w->task);
+}
+
+void keel__wait_abort_dequeue(keel__wait_t *w, int err) {
+  keel__queue_remove(&w->node);
+  keel__wait_complete(w, err);
+}
+
+bool keel__waiters_wake_one(keel__queue_t *list, ssize_t result) {
+  if (keel__queue_empty(list))
+    return false;
+  keel__queue_t *n = list->next;
+  keel__queue_remove(n);
+  keel__wait_complete(keel__container_of(n, keel__wait_t, node), result);
+  return true;
+}
+
+void keel__waiters_wake_all(keel__queue_t *list, ssize_t result) {
+  while (keel__waiters_wake_one(list, result))
+    ;
+}
+
+void keel__wait_interrupt(keel__wait_t *w, int err) {
+  if (w->done || w->interrupted || w->shielded)
+    return;
+  w->interrupted = err;
+  if (w->abort)
+    w->abort(w, err);
+  else
+    keel__wait_complete(w, err);
+}
