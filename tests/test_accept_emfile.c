@@ -29,75 +29,8 @@
 #define LATE 4
 #define EMFILE_WINDOW_MS 500
 
-/* Checks inside tasks: cmocka's asserts longjmp, which must not cross fiber
- * stacks. A failing check prints both sides, cancels the guard scope every
- * test body runs in (so nothing stays blocked) and returns an error that
- * keel_run hands back to the cmocka test. */
-static keel_scope_t *kt_guard_scope;
-static atomic_int kt_failed;
-
-static void kt_abort(void) {
-  atomic_store(&kt_failed, 1);
-  if (kt_guard_scope)
-    keel_scope_cancel(kt_guard_scope, KEEL_CANCEL_USER);
-}
-
-#define KT_FAIL(...)                                \
-  do {                                              \
-    fprintf(stderr, "%s:%d: ", __FILE__, __LINE__); \
-    fprintf(stderr, __VA_ARGS__);                   \
-    fputc('\n', stderr);                            \
-    kt_abort();                                     \
-    return -EPROTO;                                 \
-  } while (0)
-#define CHECK(cond)                       \
-  do {                                    \
-    if (!(cond))                          \
-      KT_FAIL("check failed: %s", #cond); \
-  } while (0)
-#define CHECK_EQ(a, b)                                          \
-  do {                                                          \
-    long long a_ = (long long)(a), b_ = (long long)(b);         \
-    if (a_ != b_)                                               \
-      KT_FAIL("%s == %s failed: %lld != %lld", #a, #b, a_, b_); \
-  } while (0)
-#define CHECK_RC(expr)                                                    \
-  do {                                                                    \
-    long long r_ = (long long)(expr);                                     \
-    if (r_ < 0)                                                           \
-      KT_FAIL("%s failed: %lld (%s)", #expr, r_, keel_strerror((int)r_)); \
-  } while (0)
-
 #define KT_GUARD_MS 40000 /* no test body may take longer */
-
-typedef struct kt_body {
-  keel_task_fn fn;
-  void *arg;
-} kt_body_t;
-
-/* Main task: runs the body in the guard scope, so kt_abort reaches every
- * scope the body opens. */
-static int kt_guard_main(void *arg) {
-  kt_body_t *body = arg;
-  keel_scope_opts_t o = {.deadline_ns = keel_now_ns() + KT_GUARD_MS * KEEL_NS_PER_MS,
-                         .name = "guard"};
-  atomic_store(&kt_failed, 0);
-  kt_guard_scope = keel_scope_open(&o);
-  if (!kt_guard_scope)
-    return -ENOMEM;
-  int rc = keel_spawn(kt_guard_scope, body->fn, body->arg, NULL);
-  int join_rc = keel_scope_join(kt_guard_scope);
-  keel_scope_close(kt_guard_scope);
-  kt_guard_scope = NULL;
-  if (rc < 0)
-    return rc;
-  return atomic_load(&kt_failed) ? -EPROTO : join_rc;
-}
-
-static int kt_run_guarded(keel_backend_t backend, int workers, keel_task_fn fn, void *arg) {
-  kt_body_t body = {fn, arg};
-  return kt_run(backend, workers, kt_guard_main, &body);
-}
+#include "kt-guard.h"
 
 static int64_t in_ms(int64_t ms) { return keel_now_ns() + ms * KEEL_NS_PER_MS; }
 
