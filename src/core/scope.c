@@ -166,19 +166,21 @@ void keel__scope_task_done(keel_scope_t *s, keel_task_t *t) {
 
 /* ---- Cancellation and deadlines ------------------------------------------- */
 
-/* Reaches every task of s and (unless shielded) of its nested scopes. */
-static void scope_cancel_locked(keel_scope_t *s, keel_cancel_reason_t reason, bool top) {
-  int expected = KEEL_CANCEL_NONE;
-  if (!atomic_compare_exchange_strong(&s->cancel_reason, &expected, (int)reason) && !top)
-    return; /* already cancelled: its tasks were reached then */
+/* Under s->lock: every task of s and of its nested scopes (shields
+ * excepted) re-reads its cancellation state and deadline. With cancel set,
+ * each nested scope is first marked cancelled (reason parent); one that
+ * already was had its tasks reached then. */
+static void reach_locked(keel_scope_t *s, bool cancel) {
   for (keel__queue_t *q = s->tasks.next; q != &s->tasks; q = q->next)
     keel__task_interrupt(keel__container_of(q, keel_task_t, scope_node));
   for (keel__queue_t *q = s->children.next; q != &s->children; q = q->next) {
     keel_scope_t *c = keel__container_of(q, keel_scope_t, child_node);
     if (c->flags & KEEL_SCOPE_SHIELD)
       continue;
+    int none = KEEL_CANCEL_NONE;
     keel__spin_lock(&c->lock);
-    scope_cancel_locked(c, KEEL_CANCEL_PARENT, false);
+    if (!cancel || atomic_compare_exchange_strong(&c->cancel_reason, &none, KEEL_CANCEL_PARENT))
+      reach_locked(c, cancel);
     keel__spin_unlock(&c->lock);
   }
 }
@@ -186,30 +188,17 @@ static void scope_cancel_locked(keel_scope_t *s, keel_cancel_reason_t reason, bo
 void keel_scope_cancel(keel_scope_t *s, keel_cancel_reason_t reason) {
   if (reason == KEEL_CANCEL_NONE)
     reason = KEEL_CANCEL_USER;
+  int none = KEEL_CANCEL_NONE;
   keel__spin_lock(&s->lock);
-  if (atomic_load(&s->cancel_reason) == KEEL_CANCEL_NONE)
-    scope_cancel_locked(s, reason, true);
+  if (atomic_compare_exchange_strong(&s->cancel_reason, &none, (int)reason))
+    reach_locked(s, true);
   keel__spin_unlock(&s->lock);
-}
-
-/* Tells blocked tasks of s and its nested scopes to re-read their deadline. */
-static void scope_poke_locked(keel_scope_t *s) {
-  for (keel__queue_t *q = s->tasks.next; q != &s->tasks; q = q->next)
-    keel__task_interrupt(keel__container_of(q, keel_task_t, scope_node));
-  for (keel__queue_t *q = s->children.next; q != &s->children; q = q->next) {
-    keel_scope_t *c = keel__container_of(q, keel_scope_t, child_node);
-    if (c->flags & KEEL_SCOPE_SHIELD)
-      continue;
-    keel__spin_lock(&c->lock);
-    scope_poke_locked(c);
-    keel__spin_unlock(&c->lock);
-  }
 }
 
 void keel_scope_set_deadline(keel_scope_t *s, int64_t deadline_ns) {
   atomic_store(&s->deadline_ns, deadline_ns > 0 ? deadline_ns : KEEL_DEADLINE_NONE);
   keel__spin_lock(&s->lock);
-  scope_poke_locked(s);
+  reach_locked(s, false);
   keel__spin_unlock(&s->lock);
 }
 
