@@ -17,6 +17,55 @@
 
 #include "keel/keel.h"
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define KT_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define KT_ASAN 1
+#endif
+#endif
+#ifndef KT_ASAN
+#define KT_ASAN 0
+#endif
+
+/* TSan keeps state per fiber; tens of thousands of them exhaust it (it
+ * fails to mmap, or reports races it lost track of), so scale down there. */
+#if defined(__SANITIZE_THREAD__)
+#define KT_SCALE 10
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define KT_SCALE 10
+#endif
+#endif
+#ifndef KT_SCALE
+#define KT_SCALE 1
+#endif
+
+/* The test's own clock, independent of keel's. */
+static inline int64_t kt_mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * KEEL_NS_PER_SEC + ts.tv_nsec;
+}
+
+/* Waits up to timeout_ms for pid; kills it and returns -1 on timeout. */
+static inline int kt_wait_child(pid_t pid, int timeout_ms, int *status) {
+  int64_t until = kt_mono_ns() + timeout_ms * KEEL_NS_PER_MS;
+  while (waitpid(pid, status, WNOHANG) == 0) {
+    if (kt_mono_ns() > until) {
+      kill(pid, SIGKILL);
+      waitpid(pid, status, 0);
+      return -1;
+    }
+    usleep(1000);
+  }
+  return 0;
+}
+
 /* True when io_uring can be set up here (kernel, seccomp). */
 static inline int kt_uring_available(void) {
   struct io_uring ring;

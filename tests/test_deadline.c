@@ -5,13 +5,7 @@
 
 #define SLACK_MS 200
 
-static int64_t mono_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * KEEL_NS_PER_SEC + ts.tv_nsec;
-}
-
-static int64_t ms_since(int64_t t0) { return (mono_ns() - t0) / KEEL_NS_PER_MS; }
+static int64_t ms_since(int64_t t0) { return (kt_mono_ns() - t0) / KEEL_NS_PER_MS; }
 
 static int64_t in_ms(int64_t ms) { return keel_now_ns() + ms * KEEL_NS_PER_MS; }
 
@@ -68,7 +62,7 @@ static int sleeper_task(void *arg) {
 
 static int scope_deadline_main(void *arg) {
   struct st *st = arg;
-  st->t0 = mono_ns();
+  st->t0 = kt_mono_ns();
   return run_in_scope(st, sleeper_task, in_ms(100), -1);
 }
 
@@ -93,14 +87,14 @@ static int set_deadline_main(void *arg) {
   keel_scope_t *s = keel_scope_open(NULL);
   if (!s)
     return -ENOMEM;
-  st->t0 = mono_ns();
+  st->t0 = kt_mono_ns();
   keel_scope_set_deadline(s, in_ms(80));
   st->spawn_rc = keel_spawn(s, sleeper_task, st, NULL);
   keel_scope_join(s);
   keel_scope_close(s);
   st->rc[1] = st->rc[0];
   st->elapsed[1] = st->elapsed[0];
-  st->t0 = mono_ns();
+  st->t0 = kt_mono_ns();
   return run_in_scope(st, sleeper_task, in_ms(-1), -1);
 }
 
@@ -142,7 +136,7 @@ static int open_nested_task(void *arg) {
 
 static int inherit_main(void *arg) {
   struct st *st = arg;
-  st->t0 = mono_ns();
+  st->t0 = kt_mono_ns();
   int64_t now = keel_now_ns();
   st->outer_dl = now + st->outer_ms * KEEL_NS_PER_MS;
   st->nested_dl = now + st->nested_ms * KEEL_NS_PER_MS;
@@ -186,7 +180,7 @@ static int task_deadline_task(void *arg) {
   st->dl[5] = keel_task_set_deadline(KEEL_DEADLINE_NONE); /* later */
   st->dl[6] = keel_deadline();                            /* the scope's */
   /* An idle timeout around one blocking call, then restored. */
-  int64_t t0 = mono_ns();
+  int64_t t0 = kt_mono_ns();
   int64_t prev = keel_task_set_deadline(in_ms(50));
   st->rc[0] = keel_sleep_ms(5000);
   st->elapsed[0] = ms_since(t0);
@@ -241,7 +235,7 @@ static void test_no_deadline(void **state) {
 static int level_task(void *arg) {
   struct st *st = arg;
   st->rc[0] = keel_sleep_ms(5000);
-  int64_t t0 = mono_ns();
+  int64_t t0 = kt_mono_ns();
   st->rc[1] = keel_sleep_ms(10000);
   st->rc[2] = keel_sleep_ms(0);
   st->rc[3] = keel_yield();
@@ -254,7 +248,7 @@ static int level_task(void *arg) {
 /* A CPU-bound loop sees the deadline through keel_checkpoint. */
 static int spin_task(void *arg) {
   struct st *st = arg;
-  int64_t t0 = mono_ns();
+  int64_t t0 = kt_mono_ns();
   int rc;
   while ((rc = keel_checkpoint()) == 0 && ms_since(t0) < 5000) {
   }
@@ -299,7 +293,7 @@ static int flush_helper(void *arg) {
 static int shield_spawn_task(void *arg) {
   struct st *st = arg;
   st->rc[0] = keel_sleep_ms(10000); /* cancelled */
-  st->t0 = mono_ns();
+  st->t0 = kt_mono_ns();
   keel_shield_begin(in_ms(150));
   keel_scope_t *s = keel_scope_open(NULL);
   st->rc[1] = s ? keel_spawn(s, flush_helper, st, NULL) : -ENOMEM;
@@ -329,7 +323,7 @@ static void test_shield_spawns_cleanup_task(void **state) {
 static int shield_task(void *arg) {
   struct st *st = arg;
   st->rc[0] = keel_sleep_ms(10000); /* cancelled */
-  int64_t t0 = mono_ns();
+  int64_t t0 = kt_mono_ns();
   keel_shield_begin(in_ms(200));
   st->rc[1] = keel_checkpoint();
   st->rc[2] = keel_sleep_ms(50); /* cleanup can block */
@@ -362,7 +356,7 @@ static void test_shield(void **state) {
 static int nested_shield_task(void *arg) {
   struct st *st = arg;
   st->rc[0] = keel_sleep_ms(10000); /* cancelled */
-  int64_t t0 = mono_ns();
+  int64_t t0 = kt_mono_ns();
   keel_shield_begin(in_ms(400));
   keel_shield_begin(in_ms(100));
   st->rc[1] = keel_sleep_ms(5000); /* the inner deadline */
@@ -426,7 +420,7 @@ static void test_shield_holds_off_scope_deadline(void **state) {
  * end with -ETIMEDOUT at the old 50 ms (nor the outcome be an error). */
 static int extend_sleeper(void *arg) {
   struct st *st = arg;
-  int64_t t0 = mono_ns();
+  int64_t t0 = kt_mono_ns();
   st->rc[0] = keel_sleep_ms(150);
   st->elapsed[0] = ms_since(t0);
   return st->rc[0];

@@ -4,12 +4,6 @@
 
 #include "keel-test.h"
 
-static int64_t mono_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * KEEL_NS_PER_SEC + ts.tv_nsec;
-}
-
 #define MS(ns) ((ns) / KEEL_NS_PER_MS)
 
 static keel_spawn_opts_t spawn_opts(keel_task_t **handle) {
@@ -100,11 +94,11 @@ static int grandchild_main(void *arg) {
   keel_scope_t *s = keel_scope_open(NULL);
   if (!s)
     return -ENOMEM;
-  int64_t t0 = mono_ns();
+  int64_t t0 = kt_mono_ns();
   st->spawn_rc = keel_spawn(s, spawn_grandchild_task, st, NULL);
   st->join_rc = keel_scope_join(s);
   st->flag_at_return = st->flag;
-  st->elapsed_ns = mono_ns() - t0;
+  st->elapsed_ns = kt_mono_ns() - t0;
   keel_scope_close(s);
   return 0;
 }
@@ -151,10 +145,10 @@ static int propagate_main(void *arg) {
   st->spawn_rc = keel_spawn(st->outer, sleep_10s_task, &st->rc[0], &o);
   st->spawn_rc |= keel_spawn(st->outer, nested_sleeper_parent, st, NULL);
   keel_sleep_ms(20);
-  int64_t t0 = mono_ns();
+  int64_t t0 = kt_mono_ns();
   keel_scope_cancel(st->outer, KEEL_CANCEL_USER);
   st->join_rc = keel_scope_join(st->outer);
-  st->elapsed_ns = mono_ns() - t0;
+  st->elapsed_ns = kt_mono_ns() - t0;
   st->reason[0] = keel_scope_cancel_reason(st->outer);
   if (h)
     st->outcome[0] = keel_task_outcome(h);
@@ -189,13 +183,13 @@ static void test_cancel_propagation(void **state) {
 static int level_task(void *arg) {
   struct st *st = arg;
   st->rc[0] = keel_sleep_ms(10000);
-  int64_t t0 = mono_ns();
+  int64_t t0 = kt_mono_ns();
   st->rc[1] = keel_sleep_ms(10000);
   st->rc[2] = keel_sleep_ms(0);
   st->rc[3] = keel_yield();
   st->rc[4] = keel_checkpoint();
   st->rc[5] = keel_sleep_until(keel_now_ns() + 10 * KEEL_NS_PER_SEC);
-  st->elapsed_ns = mono_ns() - t0;
+  st->elapsed_ns = kt_mono_ns() - t0;
   st->reason[0] = keel_cancelled();
   return 0;
 }
@@ -251,12 +245,12 @@ static int fail_fast_main(void *arg) {
   keel_task_t *h[4] = {NULL};
   keel_spawn_opts_t o[4] = {spawn_opts(&h[0]), spawn_opts(&h[1]), spawn_opts(&h[2]),
                             spawn_opts(&h[3])};
-  int64_t t0 = mono_ns();
+  int64_t t0 = kt_mono_ns();
   st->spawn_rc = keel_spawn(s, eio_after_10ms_task, NULL, &o[0]);
   for (int i = 1; i < 4; i++)
     st->spawn_rc |= keel_spawn(s, sibling, &st->rc[i], &o[i]);
   st->join_rc = keel_scope_join(s);
-  st->elapsed_ns = mono_ns() - t0;
+  st->elapsed_ns = kt_mono_ns() - t0;
   st->reason[0] = keel_scope_cancel_reason(s);
   for (int i = 0; i < 4; i++)
     if (h[i])
@@ -476,10 +470,10 @@ static int cross_worker_main(void *arg) {
   o.on_worker = KEEL_WORKER(1);
   st->spawn_rc = keel_spawn(s, remote_sleeper_task, st, &o);
   keel_sleep_ms(50);
-  int64_t t0 = mono_ns();
+  int64_t t0 = kt_mono_ns();
   keel_scope_cancel(s, KEEL_CANCEL_USER);
   st->join_rc = keel_scope_join(s);
-  st->elapsed_ns = mono_ns() - t0;
+  st->elapsed_ns = kt_mono_ns() - t0;
   st->rc[1] = keel_worker_id();
   keel_scope_close(s);
   return 0;
@@ -539,9 +533,9 @@ static int race_child_task(void *arg) {
 /* Busy-waits (no yield: the child runs on another worker) for the child to
  * reach its return, then spins `extra` more rounds. */
 static bool spin_until_returning(struct race_child *c, int extra) {
-  int64_t give_up = mono_ns() + 2 * KEEL_NS_PER_SEC;
+  int64_t give_up = kt_mono_ns() + 2 * KEEL_NS_PER_SEC;
   for (unsigned n = 0; !atomic_load(&c->returning); n++)
-    if ((n & 1023) == 0 && mono_ns() > give_up)
+    if ((n & 1023) == 0 && kt_mono_ns() > give_up)
       return false;
   for (volatile int k = 0; k < extra; k++)
     ;
@@ -551,7 +545,7 @@ static bool spin_until_returning(struct race_child *c, int extra) {
 /* jr->sleeping: the child sleeps 0 or 1 ms (else it returns at once). */
 static int join_race_main(void *arg) {
   struct join_race *jr = arg;
-  int64_t t0 = mono_ns();
+  int64_t t0 = kt_mono_ns();
   for (int i = 0; i < jr->iters; i++) {
     keel_scope_t *s = keel_scope_open(NULL);
     if (!s)
@@ -569,7 +563,7 @@ static int join_race_main(void *arg) {
       jr->first_join_rc = rc;
     keel_scope_close(s);
   }
-  jr->elapsed_ns = mono_ns() - t0;
+  jr->elapsed_ns = kt_mono_ns() - t0;
   return 0;
 }
 

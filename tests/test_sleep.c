@@ -5,12 +5,6 @@
 
 #define SLACK_MS 200
 
-static int64_t mono_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * KEEL_NS_PER_SEC + ts.tv_nsec;
-}
-
 /* ---- Accuracy -------------------------------------------------------------------- */
 
 static const int64_t durations_ms[] = {10, 50, 100};
@@ -25,13 +19,13 @@ static int accuracy_main(void *arg) {
   struct accuracy *a = arg;
   for (int i = 0; i < NDURATIONS; i++) {
     int64_t ms = durations_ms[i];
-    int64_t t0 = mono_ns();
+    int64_t t0 = kt_mono_ns();
     a->rc[0][i] = keel_sleep_ms(ms);
-    int64_t t1 = mono_ns();
+    int64_t t1 = kt_mono_ns();
     a->rc[1][i] = keel_sleep_ns(ms * KEEL_NS_PER_MS);
-    int64_t t2 = mono_ns();
+    int64_t t2 = kt_mono_ns();
     a->rc[2][i] = keel_sleep_until(keel_now_ns() + ms * KEEL_NS_PER_MS);
-    int64_t t3 = mono_ns();
+    int64_t t3 = kt_mono_ns();
     a->elapsed_ns[0][i] = t1 - t0;
     a->elapsed_ns[1][i] = t2 - t1;
     a->elapsed_ns[2][i] = t3 - t2;
@@ -69,13 +63,13 @@ struct instant {
 
 static int instant_main(void *arg) {
   struct instant *in = arg;
-  int64_t t0 = mono_ns();
+  int64_t t0 = kt_mono_ns();
   in->rc[0] = keel_sleep_ms(0);
   in->rc[1] = keel_sleep_ms(-5);
   in->rc[2] = keel_sleep_ns(0);
   in->rc[3] = keel_sleep_until(keel_now_ns() - KEEL_NS_PER_SEC);
   in->rc[4] = keel_yield();
-  in->elapsed_ns = mono_ns() - t0;
+  in->elapsed_ns = kt_mono_ns() - t0;
   return 0;
 }
 
@@ -110,9 +104,9 @@ struct sleepers {
 
 static int sleeper_task(void *arg) {
   struct sleeper *s = arg;
-  int64_t t0 = mono_ns();
+  int64_t t0 = kt_mono_ns();
   s->rc = keel_sleep_ms(s->ms);
-  s->elapsed_ns = mono_ns() - t0;
+  s->elapsed_ns = kt_mono_ns() - t0;
   s->all->woke++;
   return s->rc;
 }
@@ -122,11 +116,11 @@ static int sleepers_main(void *arg) {
   keel_scope_t *scope = keel_scope_open(NULL);
   if (!scope)
     return -ENOMEM;
-  int64_t t0 = mono_ns();
+  int64_t t0 = kt_mono_ns();
   for (int i = 0; i < SLEEPERS; i++)
     all->spawned += keel_spawn(scope, sleeper_task, &all->s[i], NULL) == 0;
   all->join_rc = keel_scope_join(scope);
-  all->total_ns = mono_ns() - t0;
+  all->total_ns = kt_mono_ns() - t0;
   keel_scope_close(scope);
   return 0;
 }
@@ -167,7 +161,7 @@ struct far {
 static int far_task(void *arg) {
   struct far *f = arg;
   f->rc = keel_sleep_ms(3600 * 1000);
-  f->woke_ns = mono_ns();
+  f->woke_ns = kt_mono_ns();
   /* still cancelled: durations <= 0 report it too */
   f->cancelled_rc[0] = keel_sleep_ms(0);
   f->cancelled_rc[1] = keel_sleep_ms(10);
@@ -182,7 +176,7 @@ static int far_main(void *arg) {
     return -ENOMEM;
   f->spawn_rc = keel_spawn(s, far_task, f, NULL);
   keel_sleep_ms(20);
-  f->cancel_ns = mono_ns();
+  f->cancel_ns = kt_mono_ns();
   keel_scope_cancel(s, KEEL_CANCEL_USER);
   keel_scope_join(s);
   keel_scope_close(s);

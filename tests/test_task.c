@@ -10,35 +10,6 @@
 
 #include "keel-test.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define KT_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define KT_ASAN 1
-#endif
-#endif
-#ifndef KT_ASAN
-#define KT_ASAN 0
-#endif
-
-/* TSan keeps state per fiber; 10,000 live ones exhaust it: scale down. */
-#if defined(__SANITIZE_THREAD__)
-#define KT_SCALE 10
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define KT_SCALE 10
-#endif
-#endif
-#ifndef KT_SCALE
-#define KT_SCALE 1
-#endif
-
-static int64_t mono_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * KEEL_NS_PER_SEC + ts.tv_nsec;
-}
-
 static keel_spawn_opts_t spawn_opts(const char *name, keel_task_t **handle) {
   keel_spawn_opts_t o = {.name = name, .on_worker = KEEL_WORKER_CURRENT, .handle = handle};
   return o;
@@ -423,11 +394,11 @@ struct spin {
 static int spin_task(void *arg) {
   struct spin *sp = arg;
   atomic_store(&sp->started, 1);
-  int64_t give_up = mono_ns() + 5 * KEEL_NS_PER_SEC;
+  int64_t give_up = kt_mono_ns() + 5 * KEEL_NS_PER_SEC;
   int rc;
-  while ((rc = keel_checkpoint()) == 0 && mono_ns() < give_up)
+  while ((rc = keel_checkpoint()) == 0 && kt_mono_ns() < give_up)
     sp->iterations++;
-  sp->stopped_at = mono_ns();
+  sp->stopped_at = kt_mono_ns();
   sp->rc = rc;
   return rc;
 }
@@ -444,7 +415,7 @@ static int checkpoint_main(void *arg) {
   for (int i = 0; i < 2000 && !atomic_load(&sp->started); i++)
     keel_sleep_ms(1);
   keel_sleep_ms(10);
-  sp->cancelled_at = mono_ns();
+  sp->cancelled_at = kt_mono_ns();
   keel_scope_cancel(s, KEEL_CANCEL_USER);
   keel_scope_join(s);
   keel_scope_close(s);
@@ -473,20 +444,6 @@ static int recurse(int depth) {
   if (depth >= recursion_limit)
     return frame[0];
   return recurse(depth + 1) + frame[sizeof frame - 1];
-}
-
-/* Waits up to timeout_ms for pid; kills it and returns -1 on timeout. */
-static int wait_child(pid_t pid, int timeout_ms, int *status) {
-  int64_t until = mono_ns() + timeout_ms * KEEL_NS_PER_MS;
-  while (waitpid(pid, status, WNOHANG) == 0) {
-    if (mono_ns() > until) {
-      kill(pid, SIGKILL);
-      waitpid(pid, status, 0);
-      return -1;
-    }
-    usleep(1000);
-  }
-  return 0;
 }
 
 static int overflow_task(void *arg) {
@@ -538,7 +495,7 @@ static void test_stack_overflow(void **state) {
     out[len] = '\0';
     close(fds[0]);
     int status = 0;
-    if (wait_child(pid, 10000, &status) != 0)
+    if (kt_wait_child(pid, 10000, &status) != 0)
       fail_msg("child still running after 10 s; stderr: %s", out);
     if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGSEGV)
       fail_msg("child did not die of SIGSEGV (status 0x%x); stderr: %s", status, out);
@@ -665,7 +622,7 @@ static void test_stack_size_too_small(void **state) {
       _exit(rc == 0 ? 0 : 3);
     }
     int status = 0;
-    if (wait_child(pid, 20000, &status) != 0)
+    if (kt_wait_child(pid, 20000, &status) != 0)
       fail_msg("[%s] child still running after 20 s", kt_backend_name(b));
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
       fail_msg("[%s] child with a 100-byte stack_size died (status 0x%x)", kt_backend_name(b),

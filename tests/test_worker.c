@@ -9,25 +9,6 @@
 
 #define HOUR_MS (INT64_C(3600) * 1000)
 
-/* TSan keeps state per fiber; tens of thousands of them exhaust it (it
- * fails to mmap, or reports races it lost track of), so scale down there. */
-#if defined(__SANITIZE_THREAD__)
-#define KT_SCALE 10
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define KT_SCALE 10
-#endif
-#endif
-#ifndef KT_SCALE
-#define KT_SCALE 1
-#endif
-
-static int64_t mono_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * KEEL_NS_PER_SEC + ts.tv_nsec;
-}
-
 static keel_spawn_opts_t on_worker(int worker) {
   keel_spawn_opts_t o = {.on_worker = KEEL_WORKER(worker)};
   return o;
@@ -224,12 +205,12 @@ static int pingpong_main(void *arg) {
   p->scope = keel_scope_open(NULL);
   if (!p->scope)
     return -ENOMEM;
-  int64_t t0 = mono_ns();
+  int64_t t0 = kt_mono_ns();
   p->last_worker = 0;
   keel_spawn_opts_t o = on_worker(1);
   p->spawn_errors += keel_spawn(p->scope, hop_task, p, &o) != 0;
   p->join_rc = keel_scope_join(p->scope);
-  p->elapsed_ns = mono_ns() - t0;
+  p->elapsed_ns = kt_mono_ns() - t0;
   keel_scope_close(p->scope);
   return 0;
 }
@@ -285,10 +266,10 @@ static int span_main(void *arg) {
   }
   await_count(&sp->started, SPAN_TASKS);
   keel_sleep_ms(10);
-  int64_t t0 = mono_ns();
+  int64_t t0 = kt_mono_ns();
   keel_scope_cancel(s, KEEL_CANCEL_USER);
   sp->join_rc = keel_scope_join(s);
-  sp->elapsed_ns = mono_ns() - t0;
+  sp->elapsed_ns = kt_mono_ns() - t0;
   keel_scope_close(s);
   return 0;
 }
@@ -332,7 +313,7 @@ static int sd_trigger_task(void *arg) {
   struct sd *sd = arg;
   await_count(&sd->started, 4);
   keel_sleep_ms(10);
-  sd->shutdown_ns = mono_ns();
+  sd->shutdown_ns = kt_mono_ns();
   keel_shutdown();
   return 0;
 }
@@ -356,7 +337,7 @@ static void test_shutdown_from_task(void **state) {
   KT_FOR_EACH_BACKEND(b) {
     struct sd sd = {.main_rc = 1};
     assert_int_equal(kt_run(b, 2, sd_main, &sd), 42);
-    sd.end_ns = mono_ns();
+    sd.end_ns = kt_mono_ns();
     assert_int_equal(sd.main_rc, -ECANCELED);
     assert_int_equal(sd.main_reason, KEEL_CANCEL_SHUTDOWN);
     assert_int_equal(atomic_load(&sd.woke), 4);
@@ -456,10 +437,10 @@ static pid_t fork_signal_child(keel_backend_t b, struct child_cfg *c, int64_t dr
 
 /* Reads up to n bytes, waiting at most timeout_ms overall; returns the count. */
 static size_t read_bytes(int fd, char *buf, size_t n, int timeout_ms) {
-  int64_t until = mono_ns() + timeout_ms * KEEL_NS_PER_MS;
+  int64_t until = kt_mono_ns() + timeout_ms * KEEL_NS_PER_MS;
   size_t got = 0;
   while (got < n) {
-    int left = (int)((until - mono_ns()) / KEEL_NS_PER_MS);
+    int left = (int)((until - kt_mono_ns()) / KEEL_NS_PER_MS);
     struct pollfd pfd = {.fd = fd, .events = POLLIN};
     if (left <= 0 || poll(&pfd, 1, left) <= 0)
       break;
@@ -469,20 +450,6 @@ static size_t read_bytes(int fd, char *buf, size_t n, int timeout_ms) {
     got += (size_t)r;
   }
   return got;
-}
-
-/* Waits up to timeout_ms for pid; kills it and returns -1 on timeout. */
-static int wait_child(pid_t pid, int timeout_ms, int *status) {
-  int64_t until = mono_ns() + timeout_ms * KEEL_NS_PER_MS;
-  while (waitpid(pid, status, WNOHANG) == 0) {
-    if (mono_ns() > until) {
-      kill(pid, SIGKILL);
-      waitpid(pid, status, 0);
-      return -1;
-    }
-    usleep(1000);
-  }
-  return 0;
 }
 
 #define DRAIN_TASKS 4
@@ -496,16 +463,16 @@ static void test_sigterm_drains(void **state) {
     assert_true(pid > 0);
     char buf[16] = {0};
     if (read_bytes(rd, buf, 1, 10000) != 1 || buf[0] != 'R') {
-      wait_child(pid, 0, &status);
+      kt_wait_child(pid, 0, &status);
       fail_msg("[%s] the child did not get ready", kt_backend_name(b));
     }
-    int64_t t0 = mono_ns();
+    int64_t t0 = kt_mono_ns();
     kill(pid, SIGTERM);
     size_t got = read_bytes(rd, buf, sizeof buf, 5000); /* until EOF */
     close(rd);
-    if (wait_child(pid, 5000, &status) != 0)
+    if (kt_wait_child(pid, 5000, &status) != 0)
       fail_msg("[%s] the child did not exit within 5 s of SIGTERM", kt_backend_name(b));
-    assert_true(mono_ns() - t0 < 5 * KEEL_NS_PER_SEC);
+    assert_true(kt_mono_ns() - t0 < 5 * KEEL_NS_PER_SEC);
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0);
     assert_int_equal(got, DRAIN_TASKS);
@@ -523,23 +490,23 @@ static void test_second_sigint_exits_at_once(void **state) {
     assert_true(pid > 0);
     char buf[4] = {0};
     if (read_bytes(rd, buf, 1, 10000) != 1 || buf[0] != 'R') {
-      wait_child(pid, 0, &status);
+      kt_wait_child(pid, 0, &status);
       fail_msg("[%s] the child did not get ready", kt_backend_name(b));
     }
     kill(pid, SIGINT);
     size_t got = read_bytes(rd, buf, 2, 5000); /* both tasks are in their stuck cleanup */
     if (got != 2 || buf[0] != 'S' || buf[1] != 'S') {
-      wait_child(pid, 0, &status);
+      kt_wait_child(pid, 0, &status);
       fail_msg("[%s] the tasks did not reach their cleanup after SIGINT", kt_backend_name(b));
     }
     usleep(50 * 1000);
-    int64_t t0 = mono_ns();
+    int64_t t0 = kt_mono_ns();
     kill(pid, SIGINT);
-    int rc = wait_child(pid, 3000, &status);
+    int rc = kt_wait_child(pid, 3000, &status);
     close(rd);
     if (rc != 0)
       fail_msg("[%s] a second SIGINT did not end the stuck drain", kt_backend_name(b));
-    assert_true(mono_ns() - t0 < 3 * KEEL_NS_PER_SEC);
+    assert_true(kt_mono_ns() - t0 < 3 * KEEL_NS_PER_SEC);
   }
 }
 
@@ -556,13 +523,13 @@ static void test_drain_deadline_exits(void **state) {
     assert_true(pid > 0);
     char buf[4] = {0};
     if (read_bytes(rd, buf, 1, 10000) != 1 || buf[0] != 'R') {
-      wait_child(pid, 0, &status);
+      kt_wait_child(pid, 0, &status);
       fail_msg("[%s] the child did not get ready", kt_backend_name(b));
     }
-    int64_t t0 = mono_ns();
+    int64_t t0 = kt_mono_ns();
     kill(pid, SIGTERM);
-    int rc = wait_child(pid, 5000, &status);
-    int64_t took_ms = (mono_ns() - t0) / KEEL_NS_PER_MS;
+    int rc = kt_wait_child(pid, 5000, &status);
+    int64_t took_ms = (kt_mono_ns() - t0) / KEEL_NS_PER_MS;
     char err[4096] = {0};
     read_bytes(errp[0], err, sizeof err - 1, 1000);
     close(errp[0]);
@@ -646,13 +613,13 @@ static void test_shutdown_drain_deadline(void **state) {
     int status = 0;
     char buf[4] = {0};
     if (read_bytes(rdp[0], buf, 1, 10000) != 1 || buf[0] != 'R') {
-      wait_child(pid, 0, &status);
+      kt_wait_child(pid, 0, &status);
       fail_msg("[%s] the child did not get ready", kt_backend_name(b));
     }
-    int64_t t0 = mono_ns(); /* keel_shutdown is being called */
+    int64_t t0 = kt_mono_ns(); /* keel_shutdown is being called */
     size_t got = read_bytes(rdp[0], buf, 2, 2000);
-    int rc = wait_child(pid, 5000, &status);
-    int64_t took_ms = (mono_ns() - t0) / KEEL_NS_PER_MS;
+    int rc = kt_wait_child(pid, 5000, &status);
+    int64_t took_ms = (kt_mono_ns() - t0) / KEEL_NS_PER_MS;
     char err[4096] = {0};
     read_bytes(errp[0], err, sizeof err - 1, 1000);
     close(errp[0]);
