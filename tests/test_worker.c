@@ -196,7 +196,10 @@ static int hop_task(void *arg) {
   if (++p->hops == HOPS)
     return 0;
   keel_spawn_opts_t o = on_worker(1 - me);
-  p->spawn_errors += keel_spawn(p->scope, hop_task, p, &o) != 0;
+  /* Counted only on failure: once the spawn succeeded, the next hop runs
+   * on the other worker and owns *p. */
+  if (keel_spawn(p->scope, hop_task, p, &o) != 0)
+    p->spawn_errors++;
   return 0;
 }
 
@@ -208,7 +211,10 @@ static int pingpong_main(void *arg) {
   int64_t t0 = kt_mono_ns();
   p->last_worker = 0;
   keel_spawn_opts_t o = on_worker(1);
-  p->spawn_errors += keel_spawn(p->scope, hop_task, p, &o) != 0;
+  /* Counted only on failure: once the spawn succeeded, the next hop runs
+   * on the other worker and owns *p. */
+  if (keel_spawn(p->scope, hop_task, p, &o) != 0)
+    p->spawn_errors++;
   p->join_rc = keel_scope_join(p->scope);
   p->elapsed_ns = kt_mono_ns() - t0;
   keel_scope_close(p->scope);

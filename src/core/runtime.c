@@ -89,6 +89,7 @@ static void *worker_thread(void *arg) {
   pthread_mutex_unlock(&rt->start_lock);
   if (w->init_result == 0)
     keel__worker_loop(w);
+  keel__stack_guard_thread_exit(w); /* sigaltstack is per thread: here */
   keel__tls_worker = NULL;
   return NULL;
 }
@@ -255,8 +256,10 @@ static int workers_join(keel_runtime_t *rt, int started) {
     else
       keel__worker_destroy(&rt->workers[i]);
   }
-  if (started > 0)
+  if (started > 0) {
+    keel__stack_guard_thread_exit(&rt->workers[0]);
     keel__worker_destroy(&rt->workers[0]);
+  }
   return rc;
 }
 

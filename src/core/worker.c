@@ -43,8 +43,9 @@ int keel__worker_init(keel__worker_t *w, keel_runtime_t *rt, int id) {
   return 0;
 }
 
+/* Any thread, once w's loop has ended (its own thread has already given
+ * back its alternate signal stack). */
 void keel__worker_destroy(keel__worker_t *w) {
-  keel__stack_guard_thread_exit(w);
   w->ops->destroy(w);
   keel__stack_pool_destroy(w);
   if (w->wake_fd >= 0)
