@@ -30,7 +30,8 @@ void keel__ctx_make(keel__ctx_t *c, void *stack_lo, size_t size, void (*entry)(v
   c->sp = sp;
 }
 #elif defined(__aarch64__)
-/* Frame popped by keel__ctx_switch: x19..x30 then d8..d15 (176 bytes). */
+/* Frame popped by keel__ctx_switch: x19..x30, d8..d15, then FPCR at offset
+ * 160 (zero: round to nearest, the default) in 176 bytes. */
 void keel__ctx_make(keel__ctx_t *c, void *stack_lo, size_t size, void (*entry)(void *), void *arg) {
   uintptr_t top = ((uintptr_t)stack_lo + size) & ~(uintptr_t)15;
   uint64_t *sp = (uint64_t *)(top - 176 - 16);

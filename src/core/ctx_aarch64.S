@@ -1,8 +1,9 @@
 /* Fiber context switch for aarch64 (AAPCS64).
  *
  * void keel__ctx_switch(keel__ctx_t *from, keel__ctx_t *to);
- *   Saves x19-x30 and d8-d15 (the callee-saved set) in a 176-byte frame on
- *   the current stack, stores sp in from->sp, loads to->sp and restores.
+ *   Saves x19-x30, d8-d15 (the callee-saved set) and FPCR (rounding mode,
+ *   flush-to-zero: per fiber, as MXCSR is on x86-64) in a 176-byte frame
+ *   on the current stack, stores sp in from->sp, loads to->sp, restores.
  *
  * void keel__ctx_trampoline(void);
  *   First return target of a new context: keel__ctx_make leaves the entry
@@ -14,6 +15,7 @@
         .type   keel__ctx_switch, %function
         .p2align 4
 keel__ctx_switch:
+        .cfi_startproc
         sub     sp, sp, #176
         stp     x19, x20, [sp, #0]
         stp     x21, x22, [sp, #16]
@@ -25,6 +27,8 @@ keel__ctx_switch:
         stp     d10, d11, [sp, #112]
         stp     d12, d13, [sp, #128]
         stp     d14, d15, [sp, #144]
+        mrs     x9, fpcr
+        str     x9, [sp, #160]
         mov     x9, sp
         str     x9, [x0]
         ldr     x9, [x1]
@@ -39,8 +43,11 @@ keel__ctx_switch:
         ldp     d10, d11, [sp, #112]
         ldp     d12, d13, [sp, #128]
         ldp     d14, d15, [sp, #144]
+        ldr     x9, [sp, #160]
+        msr     fpcr, x9
         add     sp, sp, #176
         ret
+        .cfi_endproc
         .size   keel__ctx_switch, .-keel__ctx_switch
 
         .globl  keel__ctx_trampoline
@@ -48,9 +55,12 @@ keel__ctx_switch:
         .type   keel__ctx_trampoline, %function
         .p2align 4
 keel__ctx_trampoline:
+        .cfi_startproc
+        .cfi_undefined x30
         mov     x0, x20
         blr     x19
         brk     #0
+        .cfi_endproc
         .size   keel__ctx_trampoline, .-keel__ctx_trampoline
 
         .section .note.GNU-stack,"",%progbits
