@@ -62,10 +62,21 @@ static void ep_dispatch(keel__worker_t *w, struct epoll_event *ev) {
    * nothing (another took the connection or the bytes) parks again and
    * the next arrival is a new edge. */
   uint32_t e = ev->events;
-  if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+  /* A hang-up is a state, not an event: a short read that drains the data
+   * before it must not make the next read wait for an edge that will not
+   * come (the end of stream, an error). */
+  if (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+    io->rd_hup = true;
+  if (e & (EPOLLHUP | EPOLLERR))
+    io->wr_hup = true;
+  if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+    io->rd_ready = true;
     keel__waiters_wake_all(&io->rd_waiters, 0);
-  if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+  }
+  if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR)) {
+    io->wr_ready = true;
     keel__waiters_wake_all(&io->wr_waiters, 0);
+  }
 }
 
 static void ep_poll(keel__worker_t *w, int64_t timeout_ns) {
@@ -105,43 +116,62 @@ static int ep_wait_ready(keel__io_t *io, bool write) {
 
 /* ---- Operations --------------------------------------------------------------- */
 
-#define EP_RETRY(call, write)                   \
+/* Readiness as the last call or edge left it. Edge-triggered epoll reports
+ * only changes, and a stream read or write that moved fewer bytes than
+ * asked (or hit EAGAIN) has drained the socket: the next call waits for an
+ * edge instead of trying, which saves the EAGAIN system call a message
+ * would otherwise cost. End of stream (0) keeps the flag: it repeats. */
+#define EP_IO(call, ready, hup, want, write)    \
   do {                                          \
     int rc_ = keel__check_cancel();             \
     if (rc_)                                    \
       return rc_;                               \
     for (;;) {                                  \
-      ssize_t n_ = (call);                      \
-      if (n_ >= 0)                              \
-        return n_;                              \
-      if (errno == EINTR)                       \
-        continue;                               \
-      if (errno != EAGAIN)                      \
-        return -errno;                          \
+      if (io->ready || io->hup) {               \
+        ssize_t n_ = (call);                    \
+        if (n_ >= 0) {                          \
+          size_t want_ = (want);                \
+          if (n_ > 0 && (size_t)n_ < want_)     \
+            io->ready = false;                  \
+          return n_;                            \
+        }                                       \
+        if (errno == EINTR)                     \
+          continue;                             \
+        if (errno != EAGAIN)                    \
+          return -errno;                        \
+        io->ready = false;                      \
+      }                                         \
       if ((rc_ = ep_wait_ready(io, write)) < 0) \
         return rc_;                             \
     }                                           \
   } while (0)
 
+static size_t iov_total(const struct iovec *iov, int iovcnt) {
+  size_t total = 0;
+  for (int i = 0; i < iovcnt; i++)
+    total += iov[i].iov_len;
+  return total;
+}
+
 static ssize_t ep_recv(keel__io_t *io, void *buf, size_t len) {
-  EP_RETRY(recv(io->fd, buf, len, 0), false);
+  EP_IO(recv(io->fd, buf, len, 0), rd_ready, rd_hup, len, false);
 }
 
 static ssize_t ep_readv(keel__io_t *io, const struct iovec *iov, int iovcnt) {
-  EP_RETRY(readv(io->fd, iov, iovcnt), false);
+  EP_IO(readv(io->fd, iov, iovcnt), rd_ready, rd_hup, iov_total(iov, iovcnt), false);
 }
 
 static ssize_t ep_send(keel__io_t *io, const void *buf, size_t len) {
-  EP_RETRY(send(io->fd, buf, len, MSG_NOSIGNAL), true);
+  EP_IO(send(io->fd, buf, len, MSG_NOSIGNAL), wr_ready, wr_hup, len, true);
 }
 
 static ssize_t ep_writev(keel__io_t *io, const struct iovec *iov, int iovcnt) {
   struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
-  EP_RETRY(sendmsg(io->fd, &msg, MSG_NOSIGNAL), true);
+  EP_IO(sendmsg(io->fd, &msg, MSG_NOSIGNAL), wr_ready, wr_hup, iov_total(iov, iovcnt), true);
 }
 
 static int ep_accept(keel__io_t *io) {
-  EP_RETRY(accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC), false);
+  EP_IO(accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC), rd_ready, rd_hup, 0, false);
 }
 
 static int ep_connect(keel__io_t *io, const struct sockaddr *sa, socklen_t len) {

@@ -267,6 +267,8 @@ typedef struct keel__io {
   int fd;
   keel__worker_t *worker;
   bool registered;          /* epoll: added to the interest list */
+  bool rd_ready, wr_ready;  /* epoll: may read/write without waiting for an edge */
+  bool rd_hup, wr_hup;      /* epoll: hang-up or error seen: calls never wait again */
   keel__queue_t rd_waiters; /* epoll: tasks waiting for readability */
   keel__queue_t wr_waiters; /* epoll: tasks waiting for writability */
   unsigned inflight;        /* io_uring: operations submitted, not yet retired */

@@ -31,6 +31,7 @@ void keel__io_init(keel__io_t *io, int fd) {
   io->worker = keel__worker_current();
   keel__queue_init(&io->rd_waiters);
   keel__queue_init(&io->wr_waiters);
+  io->rd_ready = io->wr_ready = true; /* unknown: try the call first */
 }
 
 /* ---- Stream ops --------------------------------------------------------------- */
