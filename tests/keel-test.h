@@ -101,4 +101,56 @@ static inline const char *kt_backend_name(keel_backend_t b) {
   return b == KEEL_BACKEND_URING ? "io_uring" : b == KEEL_BACKEND_EPOLL ? "epoll" : "auto";
 }
 
+/* Runs child_fn in a forked child whose stderr is captured and returned
+ * (NUL-terminated, malloc'd; its length in *err_len if not NULL); *status
+ * gets the waitpid status. The child's own diagnostics go to stdout, so
+ * they never count as library log lines; a hung child dies by alarm. */
+static inline char *kt_run_child(int (*child_fn)(void), unsigned alarm_s, int *status,
+                                 size_t *err_len) {
+  int fds[2];
+  assert_int_equal(pipe(fds), 0);
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    /* cmocka's crash handlers would longjmp into its runner in the child. */
+    static const int crash_signals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
+    for (size_t i = 0; i < sizeof crash_signals / sizeof crash_signals[0]; i++)
+      signal(crash_signals[i], SIG_DFL);
+    close(fds[0]);
+    dup2(fds[1], STDERR_FILENO);
+    close(fds[1]);
+    alarm(alarm_s); /* a hung child fails instead of hanging the test */
+    int rc = child_fn();
+    fflush(stdout);
+    _exit(rc);
+  }
+  close(fds[1]);
+  size_t cap = 4096, len = 0;
+  char *buf = malloc(cap);
+  assert_non_null(buf);
+  for (;;) {
+    if (len + 1 == cap) {
+      cap *= 2;
+      buf = realloc(buf, cap);
+      assert_non_null(buf);
+    }
+    ssize_t n = read(fds[0], buf + len, cap - len - 1);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break;
+    len += (size_t)n;
+  }
+  buf[len] = '\0';
+  close(fds[0]);
+  assert_int_equal(waitpid(pid, status, 0), pid);
+  fprintf(stderr, "# child stderr (%zu bytes):\n%s%s", len, buf,
+          len && buf[len - 1] != '\n' ? "\n" : "");
+  if (err_len)
+    *err_len = len;
+  return buf;
+}
+
 #endif

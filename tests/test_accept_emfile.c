@@ -196,50 +196,9 @@ static int emfile_child(void) {
 }
 
 /* Runs child_fn in a forked child and returns its stderr (NUL-terminated);
- * *status gets the waitpid status. Child diagnostics go to stdout. */
+ * *status gets the waitpid status. */
 static char *run_child(int (*child_fn)(void), int *status) {
-  int fds[2];
-  assert_int_equal(pipe(fds), 0);
-  fflush(stdout);
-  fflush(stderr);
-  pid_t pid = fork();
-  assert_true(pid >= 0);
-  if (pid == 0) {
-    /* cmocka's crash handlers would longjmp into its runner in the child. */
-    static const int crash_signals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
-    for (size_t i = 0; i < sizeof crash_signals / sizeof crash_signals[0]; i++)
-      signal(crash_signals[i], SIG_DFL);
-    close(fds[0]);
-    dup2(fds[1], STDERR_FILENO);
-    close(fds[1]);
-    alarm(50); /* a hung child fails instead of hanging the test */
-    int rc = child_fn();
-    fflush(stdout);
-    _exit(rc);
-  }
-  close(fds[1]);
-  size_t cap = 4096, len = 0;
-  char *buf = malloc(cap);
-  assert_non_null(buf);
-  for (;;) {
-    if (len + 1 == cap) {
-      cap *= 2;
-      buf = realloc(buf, cap);
-      assert_non_null(buf);
-    }
-    ssize_t n = read(fds[0], buf + len, cap - len - 1);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      break;
-    len += (size_t)n;
-  }
-  buf[len] = '\0';
-  close(fds[0]);
-  assert_int_equal(waitpid(pid, status, 0), pid);
-  fprintf(stderr, "# child stderr (%zu bytes):\n%s%s", len, buf,
-          len && buf[len - 1] != '\n' ? "\n" : "");
-  return buf;
+  return kt_run_child(child_fn, 50, status, NULL);
 }
 
 static void test_accept_emfile(void **state) {

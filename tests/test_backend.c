@@ -147,52 +147,9 @@ typedef struct child_run {
   size_t err_len;
 } child_run_t;
 
-/* Runs child_fn in a forked child whose stderr is captured; the child's own
- * diagnostics go to stdout so they never count as library log lines. */
+/* Runs child_fn in a forked child whose stderr is captured. */
 static void run_child(int (*child_fn)(void), child_run_t *out) {
-  int fds[2];
-  assert_int_equal(pipe(fds), 0);
-  fflush(stdout);
-  fflush(stderr);
-  pid_t pid = fork();
-  assert_true(pid >= 0);
-  if (pid == 0) {
-    /* cmocka's crash handlers would longjmp into its runner in the child. */
-    static const int crash_signals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
-    for (size_t i = 0; i < sizeof crash_signals / sizeof crash_signals[0]; i++)
-      signal(crash_signals[i], SIG_DFL);
-    close(fds[0]);
-    dup2(fds[1], STDERR_FILENO);
-    close(fds[1]);
-    alarm(25); /* a hung child fails instead of hanging the test */
-    int rc = child_fn();
-    fflush(stdout);
-    _exit(rc);
-  }
-  close(fds[1]);
-  size_t cap = 4096, len = 0;
-  char *buf = malloc(cap);
-  assert_non_null(buf);
-  for (;;) {
-    if (len + 1 == cap) {
-      cap *= 2;
-      buf = realloc(buf, cap);
-      assert_non_null(buf);
-    }
-    ssize_t n = read(fds[0], buf + len, cap - len - 1);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      break;
-    len += (size_t)n;
-  }
-  buf[len] = '\0';
-  close(fds[0]);
-  assert_int_equal(waitpid(pid, &out->status, 0), pid);
-  fprintf(stderr, "# child stderr (%zu bytes):\n%s%s", len, buf,
-          len && buf[len - 1] != '\n' ? "\n" : "");
-  out->err = buf;
-  out->err_len = len;
+  out->err = kt_run_child(child_fn, 25, &out->status, &out->err_len);
 }
 
 static void child_expect_exit0(const child_run_t *run) {
