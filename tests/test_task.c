@@ -159,7 +159,7 @@ static int names_main(void *arg) {
   keel_spawn_opts_t dflt = spawn_opts(NULL, &h[1]);
   keel_spawn_opts_t lng = spawn_opts(n->long_src, &h[2]);
   n->rc = keel_spawn(s, name_self_task, n, &named);
-  memcpy(buf, "XXXXXXXX", 8); /* the name must have been copied */
+  memcpy(buf, "########", 8); /* the name must have been copied */
   n->rc = n->rc ? n->rc : keel_spawn(s, noop_task, NULL, &dflt);
   n->rc = n->rc ? n->rc : keel_spawn(s, noop_task, NULL, &lng);
   int join_rc = keel_scope_join(s);
@@ -458,6 +458,15 @@ static int overflow_main(void *arg) {
   return run_one(overflow_task, NULL, &o);
 }
 
+static keel_backend_t overflow_backend;
+
+static int overflow_child(void) {
+  struct rlimit no_core = {0, 0};
+  setrlimit(RLIMIT_CORE, &no_core);
+  int rc = kt_run(overflow_backend, 1, overflow_main, NULL);
+  return rc == 0 ? 3 : 4; /* not reached when the overflow is caught */
+}
+
 /* This runs after other runtimes in this process, and cmocka swaps the
  * SIGSEGV handler around every test: keel must have its handler in place
  * for each run, not just the first one in the process. */
@@ -468,39 +477,14 @@ static void test_stack_overflow(void **state) {
     skip();
   }
   KT_FOR_EACH_BACKEND(b) {
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-      struct rlimit no_core = {0, 0};
-      setrlimit(RLIMIT_CORE, &no_core);
-      close(fds[0]);
-      dup2(fds[1], STDERR_FILENO);
-      int rc = kt_run(b, 1, overflow_main, NULL);
-      _exit(rc == 0 ? 3 : 4); /* not reached when the overflow is caught */
-    }
-    close(fds[1]);
-    char out[8192];
-    size_t len = 0;
-    struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
-    while (len + 1 < sizeof out && poll(&pfd, 1, 10000) > 0) {
-      ssize_t n = read(fds[0], out + len, sizeof out - 1 - len);
-      if (n <= 0)
-        break;
-      len += (size_t)n;
-    }
-    out[len] = '\0';
-    close(fds[0]);
+    overflow_backend = b;
     int status = 0;
-    if (kt_wait_child(pid, 10000, &status) != 0)
-      fail_msg("child still running after 10 s; stderr: %s", out);
+    char *out = kt_run_child(overflow_child, 10, &status, NULL);
     if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGSEGV)
       fail_msg("child did not die of SIGSEGV (status 0x%x); stderr: %s", status, out);
     if (!strstr(out, "deep-recursion") || !strcasestr(out, "stack"))
       fail_msg("overflow message does not name the task and its stack: %s", out);
+    free(out);
   }
 }
 

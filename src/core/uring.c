@@ -300,6 +300,17 @@ static int ur_accept(keel__io_t *io) {
   return (int)keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
 }
 
+/* Parks the closing task, deaf to cancellation (the cancels it submitted
+ * complete promptly), until a completion handler completes *slot. */
+static void park_until_retired(keel__wait_t **slot) {
+  keel__wait_t w;
+  keel__wait_init(&w, NULL);
+  w.shielded = true;
+  *slot = &w;
+  keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
+  *slot = NULL;
+}
+
 /* The listener is closing: stop the multishot and wait for its last CQE,
  * which references the queue, then close what was accepted but not taken. */
 static void accept_close(keel__io_t *io) {
@@ -308,12 +319,7 @@ static void accept_close(keel__io_t *io) {
   keel__waiters_wake_all(&q->waiters, -EBADF);
   if (q->armed) {
     accept_cancel(io);
-    keel__wait_t w;
-    keel__wait_init(&w, NULL);
-    w.shielded = true;
-    q->close_wait = &w;
-    keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
-    q->close_wait = NULL;
+    park_until_retired(&q->close_wait);
   }
   while (q->head != q->tail)
     close(q->fds[q->head++ & (q->cap - 1)]);
@@ -333,12 +339,7 @@ static void ur_io_close(keel__io_t *io) {
   struct io_uring_sqe *sqe = get_sqe(io->worker->backend);
   io_uring_prep_cancel_fd(sqe, io->fd, IORING_ASYNC_CANCEL_ALL);
   io_uring_sqe_set_data64(sqe, 0);
-  keel__wait_t w;
-  keel__wait_init(&w, NULL);
-  w.shielded = true;
-  io->close_wait = &w;
-  keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
-  io->close_wait = NULL;
+  park_until_retired(&io->close_wait);
 }
 
 const keel__backend_ops_t keel__uring_ops = {
