@@ -245,6 +245,7 @@ void keel__task_ready(keel_task_t *t) {
   bool cancelled = t->shield_depth == 0 &&
                    atomic_load_explicit(&t->scope->cancel_reason, memory_order_relaxed) != 0;
   keel__queue_insert_tail(cancelled ? &w->ready_cancel : &w->ready, &t->ready_node);
+  keel__ctx_prefetch(&t->ctx);
 }
 
 /* ---- Cancellation state ------------------------------------------------------ */

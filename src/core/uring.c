@@ -120,6 +120,7 @@ static void handle_cqe(keel__worker_t *w, struct io_uring_cqe *cqe) {
      * that arrived anyway (bytes moved) is reported as it is. */
     if (res == -ECANCELED && wt->interrupted)
       res = wt->interrupted;
+    wt->cqe_flags = cqe->flags;
     keel__wait_complete(wt, res);
   }
   }
@@ -177,10 +178,18 @@ static ssize_t op_wait(keel__io_t *io, keel__wait_t *w, struct io_uring_sqe *sqe
   keel__wait_init(&w, op_abort);  \
   struct io_uring_sqe *sqe = get_sqe((io)->worker->backend)
 
+/* A recv that left the socket empty (no SOCK_NONEMPTY in its CQE) is
+ * usually followed by one that must wait: request/response peers send
+ * nothing more until answered. That one skips the doomed first attempt and
+ * arms the socket's poll at once; data already there is found by the arm. */
 static ssize_t ur_recv(keel__io_t *io, void *buf, size_t len) {
   UR_BEGIN(io);
   io_uring_prep_recv(sqe, io->fd, buf, len, 0);
-  return op_wait(io, &w, sqe);
+  if (io->rd_drained)
+    sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+  ssize_t n = op_wait(io, &w, sqe);
+  io->rd_drained = n > 0 && !(w.cqe_flags & IORING_CQE_F_SOCK_NONEMPTY);
+  return n;
 }
 
 static ssize_t ur_readv(keel__io_t *io, const struct iovec *iov, int iovcnt) {

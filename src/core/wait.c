@@ -37,6 +37,7 @@ void keel__wait_init(keel__wait_t *w, keel__wait_abort_fn abort) {
   w->interrupted = 0;
   w->data = NULL;
   w->result = 0;
+  w->cqe_flags = 0;
   w->done = false;
   w->shielded = false;
 }
