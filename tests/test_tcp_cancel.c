@@ -395,6 +395,63 @@ static int close_wakes_reader_main(void *arg) {
   return 0;
 }
 
+/* ---- Long-lived connections ----------------------------------------------------------- */
+
+/* On io_uring a connection that has carried a few operations is registered
+ * with the ring. Closing it must still wake a parked reader, send the peer
+ * its EOF at once (the ring's reference must not keep the socket open),
+ * and free the slot for the next connection: many rounds in a row. */
+#define LONG_LIVED_ROUNDS 40
+#define LONG_LIVED_MSGS 24
+
+static int ping_pong(pair_t *p, int msgs) {
+  keel_stream_t *c = keel_tcp_stream(p->client), *s = keel_tcp_stream(p->server);
+  for (int i = 0; i < msgs; i++) {
+    unsigned char out[32], in[32];
+    for (size_t k = 0; k < sizeof out; k++)
+      out[k] = pattern_byte(k + (size_t)i);
+    CHECK_RC(keel_write_all(c, out, sizeof out, NULL));
+    CHECK_RC(read_n(s, in, sizeof in));
+    CHECK_RC(keel_write_all(s, in, sizeof in, NULL));
+    CHECK_RC(read_n(c, in, sizeof in));
+    CHECK(memcmp(in, out, sizeof in) == 0);
+  }
+  return 0;
+}
+
+static int long_lived_round(void) {
+  pair_t p;
+  CHECK_RC(pair_open(&p));
+  CHECK_RC(ping_pong(&p, LONG_LIVED_MSGS));
+  parked_read_t r = {.stream = keel_tcp_stream(p.server), .result = 1};
+  keel_scope_t *scope = scope_with_deadline_ms(2000);
+  CHECK(scope != NULL);
+  CHECK_RC(keel_spawn(scope, parked_read_task, &r, NULL));
+  CHECK_RC(keel_yield());
+  keel_tcp_close(p.server);
+  p.server = NULL;
+  keel_scope_join(scope);
+  keel_scope_close(scope);
+  CHECK(r.result < 0 && r.result != -ETIMEDOUT);
+  /* The client sees the close as end of stream, well within its deadline. */
+  unsigned char b;
+  int64_t prev = keel_task_set_deadline(in_ms(PROMPT_MS));
+  ssize_t n = keel_read(keel_tcp_stream(p.client), &b, 1);
+  keel_task_set_deadline(prev);
+  if (n != 0)
+    KT_FAIL("client read after the server closed: %zd (%s), want EOF", n,
+            n < 0 ? keel_strerror((int)n) : "data");
+  pair_close(&p);
+  return 0;
+}
+
+static int long_lived_close_main(void *arg) {
+  (void)arg;
+  for (int i = 0; i < LONG_LIVED_ROUNDS; i++)
+    CHECK_RC(long_lived_round());
+  return 0;
+}
+
 /* ---- Several waiters on one descriptor -------------------------------------------------- */
 
 #define WAITERS_MS 1000 /* both waiters must be served within this */
@@ -616,6 +673,11 @@ static void test_close_wakes_acceptors(void **state) {
   run_each_backend(close_wakes_acceptors_main);
 }
 
+static void test_long_lived_close(void **state) {
+  (void)state;
+  run_each_backend(long_lived_close_main);
+}
+
 static void test_two_readers(void **state) {
   (void)state;
   run_each_backend(two_readers_main);
@@ -627,7 +689,7 @@ int main(void) {
       cmocka_unit_test(test_accept_cancel),    cmocka_unit_test(test_connect_refused),
       cmocka_unit_test(test_write_all_cancel), cmocka_unit_test(test_close_wakes_reader),
       cmocka_unit_test(test_two_acceptors),    cmocka_unit_test(test_close_wakes_acceptors),
-      cmocka_unit_test(test_two_readers),
+      cmocka_unit_test(test_two_readers),      cmocka_unit_test(test_long_lived_close),
   };
   const char *filter = getenv("KT_FILTER"); /* e.g. KT_FILTER=test_foo: run one case */
   if (filter && *filter)

@@ -288,6 +288,8 @@ typedef struct keel__io {
   keel__queue_t rd_waiters; /* epoll: tasks waiting for readability */
   keel__queue_t wr_waiters; /* epoll: tasks waiting for writability */
   bool rd_drained;          /* io_uring: the last recv left nothing queued */
+  unsigned short uses;      /* io_uring: operations so far, until registered */
+  int slot;                 /* io_uring: registered file index, or -1 */
   unsigned inflight;        /* io_uring: operations submitted, not yet retired */
   keel__wait_t *close_wait; /* io_uring: the closer waiting for them */
   keel__acceptq_t *acceptq;

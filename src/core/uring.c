@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <liburing.h>
@@ -17,11 +18,22 @@
 #define TAG_MASK 7u
 #define TAG_WAKE 1u
 #define TAG_ACCEPT 2u
+#define TAG_SLOT 3u /* a registered file's slot, released: slot << 3 */
+
+/* A connection's descriptor is registered with the ring once it has seen
+ * this many operations, so that each later one skips the kernel's file
+ * lookup and reference count. Short-lived descriptors never pay the
+ * registering system call. */
+#define REGISTER_AFTER_OPS 8
+#define SLOTS_MAX 16384
 
 typedef struct uring_backend {
   struct io_uring ring;
   uint64_t wake_buf;
-  bool ext_arg; /* kernel waits with a timeout without a timeout SQE */
+  bool ext_arg;      /* kernel waits with a timeout without a timeout SQE */
+  unsigned nslots;   /* registered file table size, 0 if unavailable */
+  unsigned nfree;    /* free slots, on the stack below */
+  unsigned *free_slots;
 } uring_backend_t;
 
 static struct io_uring_sqe *get_sqe(uring_backend_t *b) {
@@ -65,6 +77,53 @@ static int ring_init(uring_backend_t *b, unsigned entries) {
   return 0;
 }
 
+/* A sparse table of registered files, as large as the descriptor limit
+ * allows up to SLOTS_MAX. Without it every operation uses the plain fd. */
+static void slots_init(uring_backend_t *b) {
+  struct rlimit rl;
+  unsigned n = SLOTS_MAX;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < n)
+    n = (unsigned)rl.rlim_cur;
+  b->free_slots = malloc(n * sizeof *b->free_slots);
+  if (!b->free_slots || io_uring_register_files_sparse(&b->ring, n) < 0) {
+    free(b->free_slots);
+    b->free_slots = NULL;
+    return;
+  }
+  b->nslots = b->nfree = n;
+  for (unsigned i = 0; i < n; i++)
+    b->free_slots[i] = n - 1 - i;
+}
+
+/* Points sqe at io's registered slot, registering io once it has proved
+ * long-lived. Keeps the plain fd when the table is full or absent. */
+static void use_slot(uring_backend_t *b, keel__io_t *io, struct io_uring_sqe *sqe) {
+  if (io->slot < 0) {
+    if (++io->uses < REGISTER_AFTER_OPS || b->nfree == 0)
+      return;
+    unsigned slot = b->free_slots[--b->nfree];
+    if (io_uring_register_files_update(&b->ring, slot, &io->fd, 1) != 1) {
+      b->free_slots[b->nfree++] = slot;
+      io->uses = 0; /* try again later, not on every operation */
+      return;
+    }
+    io->slot = (int)slot;
+  }
+  sqe->fd = io->slot;
+  sqe->flags |= IOSQE_FIXED_FILE;
+}
+
+/* Drops the ring's reference to io's file; the slot is free again only
+ * when that completes, so it cannot be handed out and then cleared. */
+static void release_slot(uring_backend_t *b, keel__io_t *io) {
+  if (io->slot < 0)
+    return;
+  struct io_uring_sqe *sqe = get_sqe(b);
+  io_uring_prep_close_direct(sqe, (unsigned)io->slot);
+  io_uring_sqe_set_data64(sqe, (uint64_t)io->slot << 3 | TAG_SLOT);
+  io->slot = -1;
+}
+
 static int ur_init(keel__worker_t *w) {
   uring_backend_t *b = calloc(1, sizeof *b);
   if (!b)
@@ -75,6 +134,7 @@ static int ur_init(keel__worker_t *w) {
     free(b);
     return rc;
   }
+  slots_init(b);
   w->backend = b;
   arm_wake(w, b);
   return 0;
@@ -85,6 +145,7 @@ static void ur_destroy(keel__worker_t *w) {
   if (!b)
     return;
   io_uring_queue_exit(&b->ring);
+  free(b->free_slots);
   free(b);
   w->backend = NULL;
 }
@@ -113,6 +174,11 @@ static void handle_cqe(keel__worker_t *w, struct io_uring_cqe *cqe) {
   case TAG_ACCEPT:
     accept_cqe((keel__acceptq_t *)(uintptr_t)(data & ~(uint64_t)TAG_MASK), cqe);
     return;
+  case TAG_SLOT: {
+    uring_backend_t *b = w->backend;
+    b->free_slots[b->nfree++] = (unsigned)(data >> 3);
+    return;
+  }
   default: {
     keel__wait_t *wt = (keel__wait_t *)(uintptr_t)data;
     int res = cqe->res;
@@ -170,13 +236,14 @@ static ssize_t op_wait(keel__io_t *io, keel__wait_t *w, struct io_uring_sqe *sqe
   return rc;
 }
 
-#define UR_BEGIN(io)              \
-  int rc_ = keel__check_cancel(); \
-  if (rc_)                        \
-    return rc_;                   \
-  keel__wait_t w;                 \
-  keel__wait_init(&w, op_abort);  \
-  struct io_uring_sqe *sqe = get_sqe((io)->worker->backend)
+#define UR_BEGIN(io)                          \
+  int rc_ = keel__check_cancel();             \
+  if (rc_)                                    \
+    return rc_;                               \
+  keel__wait_t w;                             \
+  keel__wait_init(&w, op_abort);              \
+  uring_backend_t *b_ = (io)->worker->backend; \
+  struct io_uring_sqe *sqe = get_sqe(b_)
 
 /* A recv that left the socket empty (no SOCK_NONEMPTY in its CQE) is
  * usually followed by one that must wait: request/response peers send
@@ -185,6 +252,7 @@ static ssize_t op_wait(keel__io_t *io, keel__wait_t *w, struct io_uring_sqe *sqe
 static ssize_t ur_recv(keel__io_t *io, void *buf, size_t len) {
   UR_BEGIN(io);
   io_uring_prep_recv(sqe, io->fd, buf, len, 0);
+  use_slot(b_, io, sqe);
   if (io->rd_drained)
     sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
   ssize_t n = op_wait(io, &w, sqe);
@@ -196,12 +264,14 @@ static ssize_t ur_readv(keel__io_t *io, const struct iovec *iov, int iovcnt) {
   UR_BEGIN(io);
   struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
   io_uring_prep_recvmsg(sqe, io->fd, &msg, 0);
+  use_slot(b_, io, sqe);
   return op_wait(io, &w, sqe);
 }
 
 static ssize_t ur_send(keel__io_t *io, const void *buf, size_t len) {
   UR_BEGIN(io);
   io_uring_prep_send(sqe, io->fd, buf, len, MSG_NOSIGNAL);
+  use_slot(b_, io, sqe);
   return op_wait(io, &w, sqe);
 }
 
@@ -209,6 +279,7 @@ static ssize_t ur_writev(keel__io_t *io, const struct iovec *iov, int iovcnt) {
   UR_BEGIN(io);
   struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
   io_uring_prep_sendmsg(sqe, io->fd, &msg, MSG_NOSIGNAL);
+  use_slot(b_, io, sqe);
   return op_wait(io, &w, sqe);
 }
 
@@ -341,14 +412,17 @@ static void accept_close(keel__io_t *io) {
  * everything on the fd and wait until each has seen its CQE, since their
  * buffers and the descriptor's state must outlive the operations. */
 static void ur_io_close(keel__io_t *io) {
+  uring_backend_t *b = io->worker->backend;
   if (io->acceptq)
     accept_close(io);
-  if (io->inflight == 0)
-    return;
-  struct io_uring_sqe *sqe = get_sqe(io->worker->backend);
-  io_uring_prep_cancel_fd(sqe, io->fd, IORING_ASYNC_CANCEL_ALL);
-  io_uring_sqe_set_data64(sqe, 0);
-  park_until_retired(&io->close_wait);
+  if (io->inflight > 0) {
+    /* Matches registered-slot operations too: they share the file. */
+    struct io_uring_sqe *sqe = get_sqe(b);
+    io_uring_prep_cancel_fd(sqe, io->fd, IORING_ASYNC_CANCEL_ALL);
+    io_uring_sqe_set_data64(sqe, 0);
+    park_until_retired(&io->close_wait);
+  }
+  release_slot(b, io);
 }
 
 const keel__backend_ops_t keel__uring_ops = {

@@ -32,6 +32,7 @@ void keel__io_init(keel__io_t *io, int fd) {
   keel__queue_init(&io->rd_waiters);
   keel__queue_init(&io->wr_waiters);
   io->rd_ready = io->wr_ready = true; /* unknown: try the call first */
+  io->slot = -1;
 }
 
 /* ---- Stream ops --------------------------------------------------------------- */
