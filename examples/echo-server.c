@@ -14,7 +14,7 @@
 
 #include "keel/keel.h"
 
-#define ECHO_BUF_SIZE 4096
+#define ECHO_BUF_SIZE 16384
 
 typedef struct server {
   char hostport[300];
@@ -46,8 +46,9 @@ static ssize_t read_idle(server_t *srv, keel_stream_t *s, void *buf, size_t len)
 }
 
 /* One connection: echo until EOF, an error, idleness or cancellation. The
- * buffer is on the stack so that an idle connection costs a couple of stack
- * pages and nothing else; the frame stays small for the same reason. */
+ * buffer is on the stack, so an idle connection costs only the stack pages
+ * it has touched: the top frames, and the buffer's first page when
+ * messages are small. */
 static int conn_task(void *arg) {
   conn_arg_t ca = *(conn_arg_t *)arg;
   free(arg);

@@ -27,8 +27,12 @@ int keel_addr_parse(const char *hostport, keel_addr_t *out);
 char *keel_addr_format(const keel_addr_t *addr, char *buf, size_t len);
 #define KEEL_ADDRSTRLEN 64
 
+/* Default accept backlog: Linux's default somaxconn, which also caps it.
+ * A burst of thousands of connects overflows a smaller one into resets. */
+#define KEEL_LISTEN_BACKLOG 4096
+
 typedef struct keel_listen_opts {
-  int backlog;    /* 0: 1024 */
+  int backlog;    /* 0: KEEL_LISTEN_BACKLOG */
   bool reuseport; /* SO_REUSEPORT (one listener per worker); default true */
   bool v6only;    /* IPV6_V6ONLY for IPv6 addresses */
 } keel_listen_opts_t;

@@ -121,7 +121,7 @@ int keel_tcp_peer_addr(const keel_tcp_t *c, keel_addr_t *out) {
 
 void keel_listen_opts_init(keel_listen_opts_t *o) {
   memset(o, 0, sizeof *o);
-  o->backlog = 1024;
+  o->backlog = KEEL_LISTEN_BACKLOG;
   o->reuseport = true;
 }
 
@@ -139,7 +139,7 @@ static int listen_socket(const keel_addr_t *addr, const keel_listen_opts_t *o) {
   }
   if (bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0)
     goto fail;
-  if (listen(fd, o->backlog > 0 ? o->backlog : 1024) < 0)
+  if (listen(fd, o->backlog > 0 ? o->backlog : KEEL_LISTEN_BACKLOG) < 0)
     goto fail;
   return fd;
 fail:;
