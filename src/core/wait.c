@@ -54,12 +54,15 @@ ssize_t keel__wait_block(keel__wait_t *w, int64_t until_ns, int until_result) {
       keel__timer_start(&wk->wheel, &w->timer, keel__ns_to_ms_ceil(fire));
   }
   t->wait = w;
-  t->state = KEEL__TASK_BLOCKED;
-  /* Cancelled between the caller's check and here (e.g. while ready after
-   * a wake-up that found nothing): interrupt now, not at the next event. */
+  /* Cancelled between the caller's check and here (another thread may
+   * cancel at any time): interrupt now, not at the next event. The task is
+   * still RUNNING, so an abort hook that completes the wait at once does
+   * not queue it: queued, it would run again after returning from here. */
   if (!w->shielded && t->shield_depth == 0 &&
       atomic_load_explicit(&t->scope->cancel_reason, memory_order_relaxed))
     keel__wait_interrupt(w, keel__check_cancel());
+  if (!w->done)
+    t->state = KEEL__TASK_BLOCKED;
   while (!w->done)
     keel__task_park();
   keel__timer_stop(&wk->wheel, &w->timer);

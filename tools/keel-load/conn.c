@@ -1,0 +1,129 @@
+/* keel-load's connections: connecting under a concurrency limit, then one
+ * task per connection running the mode, with failures counted, not fatal. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "load.h"
+
+/* A SYN that is dropped (a full listen backlog) is retried by the kernel
+ * for minutes; a connect that takes this long counts as failed instead. */
+#define CONNECT_TIMEOUT_NS (10 * KEEL_NS_PER_SEC)
+#define MAX_COMPLAINTS 10
+
+void load_complain(load_t *l, uint32_t id, const char *fmt, ...) {
+  int n = atomic_fetch_add_explicit(&l->reported, 1, memory_order_relaxed);
+  if (n >= MAX_COMPLAINTS)
+    return;
+  char line[256];
+  int len = snprintf(line, sizeof line, "keel-load: conn %u: ", id);
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(line + len, sizeof line - (size_t)len, fmt, ap);
+  va_end(ap);
+  /* One call per line, so that workers' lines do not interleave. */
+  fprintf(stderr, "%s%s\n", line, n + 1 == MAX_COMPLAINTS ? " (further errors not shown)" : "");
+}
+
+static bool stopping(const load_t *l) {
+  return atomic_load_explicit(&l->stopping, memory_order_relaxed);
+}
+
+/* One connection's task: the mode talks until the run is stopped. An
+ * error before the stop is counted (a server closing early is one). */
+static int conn_task(void *arg) {
+  load_conn_t *c = arg;
+  load_worker_t *w = c->worker;
+  int rc = w->load->mode->run_conn(c);
+  if (rc < 0 && !stopping(w->load)) {
+    w->errors++;
+    load_complain(w->load, c->id, "%s", rc == -EPIPE ? "closed by the server" : keel_strerror(rc));
+  }
+  keel_tcp_close(c->tcp);
+  c->tcp = NULL;
+  return 0; /* counted above: one connection's failure stops no other */
+}
+
+static void connect_failed(load_worker_t *w, load_conn_t *c, int err) {
+  if (stopping(w->load))
+    return; /* cut short, not failed: the run reports it was interrupted */
+  w->connect_errors++;
+  w->errors++;
+  load_complain(w->load, c->id, "connect: %s", keel_strerror(err));
+}
+
+static void connect_one(load_worker_t *w, load_conn_t *c) {
+  load_t *l = w->load;
+  int64_t prev = keel_task_set_deadline(keel_now_ns() + CONNECT_TIMEOUT_NS);
+  int rc = keel_tcp_connect_addr(&l->addr, &c->tcp);
+  keel_task_set_deadline(prev);
+  if (rc == 0) {
+    keel_spawn_opts_t so = {.name = "conn"};
+    rc = keel_spawn(w->scope, conn_task, c, &so);
+    if (rc < 0) {
+      keel_tcp_close(c->tcp);
+      c->tcp = NULL;
+    }
+  }
+  if (rc == 0)
+    w->established++;
+  else
+    connect_failed(w, c, rc);
+  atomic_fetch_add_explicit(&l->settled, 1, memory_order_relaxed);
+}
+
+/* A connector connects the worker's connections one after another; the
+ * worker runs `connectors` of them, which bounds its connects in flight
+ * without any task waiting for a free slot. */
+static int connector_task(void *arg) {
+  load_worker_t *w = arg;
+  while (w->next_conn < w->nconns)
+    connect_one(w, &w->conns[w->next_conn++]);
+  return 0;
+}
+
+int load_worker_task(void *arg) {
+  load_worker_t *w = arg;
+  w->backend = keel_backend_name();
+  w->scope = keel_scope_open(&(keel_scope_opts_t){.name = "conns"});
+  int rc = w->scope != NULL ? 0 : -ENOMEM;
+  long started = 0;
+  while (rc == 0 && started < w->connectors) {
+    keel_spawn_opts_t so = {.name = "connector"};
+    rc = keel_spawn(w->scope, connector_task, w, &so);
+    started += rc == 0;
+  }
+  if (started == 0) { /* nobody will connect these: they failed */
+    while (w->next_conn < w->nconns) {
+      connect_failed(w, &w->conns[w->next_conn++], rc);
+      atomic_fetch_add_explicit(&w->load->settled, 1, memory_order_relaxed);
+    }
+  }
+  if (w->scope != NULL) {
+    keel_scope_join(w->scope); /* connection tasks only ever return 0 */
+    keel_scope_close(w->scope);
+    w->scope = NULL;
+  }
+  return 0;
+}
+
+/* Cancels a worker's connections from that worker. Cancelling the whole run
+ * from the timekeeper would post one interrupt message per connection to
+ * the other threads, all at the moment the window closes. */
+static int stop_task(void *arg) {
+  load_worker_t *w = arg;
+  if (w->scope != NULL) /* NULL: its connections have all ended already */
+    keel_scope_cancel(w->scope, KEEL_CANCEL_USER);
+  return 0;
+}
+
+void load_stop(load_t *l, keel_scope_t *scope) {
+  atomic_store(&l->stopping, true);
+  for (int i = 0; i < l->opts.workers; i++) {
+    keel_spawn_opts_t so = {.name = "stop", .on_worker = KEEL_WORKER(l->workers[i]->index)};
+    if (keel_spawn(scope, stop_task, l->workers[i], &so) < 0) {
+      keel_scope_cancel(scope, KEEL_CANCEL_USER); /* cancelled already, or out of memory */
+      return;
+    }
+  }
+}
