@@ -18,7 +18,6 @@
 #define TAG_MASK 7u
 #define TAG_WAKE 1u
 #define TAG_ACCEPT 2u
-#define TAG_SLOT 3u /* a registered file's slot, released: slot << 3 */
 
 /* A connection's descriptor is registered with the ring once it has seen
  * this many operations, so that each later one skips the kernel's file
@@ -113,14 +112,17 @@ static void use_slot(uring_backend_t *b, keel__io_t *io, struct io_uring_sqe *sq
   sqe->flags |= IOSQE_FIXED_FILE;
 }
 
-/* Drops the ring's reference to io's file; the slot is free again only
- * when that completes, so it cannot be handed out and then cleared. */
+/* Drops the ring's reference to io's file at once, so that the close(2)
+ * which follows really closes the socket (the peer sees its FIN now, not
+ * at the worker's next submit). One system call, paid only by descriptors
+ * that lived long enough to be registered. */
 static void release_slot(uring_backend_t *b, keel__io_t *io) {
   if (io->slot < 0)
     return;
-  struct io_uring_sqe *sqe = get_sqe(b);
-  io_uring_prep_close_direct(sqe, (unsigned)io->slot);
-  io_uring_sqe_set_data64(sqe, (uint64_t)io->slot << 3 | TAG_SLOT);
+  int none = -1;
+  if (io_uring_register_files_update(&b->ring, (unsigned)io->slot, &none, 1) == 1)
+    b->free_slots[b->nfree++] = (unsigned)io->slot;
+  /* else: the slot stays taken (and its file open) until the ring goes */
   io->slot = -1;
 }
 
@@ -174,11 +176,6 @@ static void handle_cqe(keel__worker_t *w, struct io_uring_cqe *cqe) {
   case TAG_ACCEPT:
     accept_cqe((keel__acceptq_t *)(uintptr_t)(data & ~(uint64_t)TAG_MASK), cqe);
     return;
-  case TAG_SLOT: {
-    uring_backend_t *b = w->backend;
-    b->free_slots[b->nfree++] = (unsigned)(data >> 3);
-    return;
-  }
   default: {
     keel__wait_t *wt = (keel__wait_t *)(uintptr_t)data;
     int res = cqe->res;

@@ -25,8 +25,12 @@ void load_complain(load_t *l, uint32_t id, const char *fmt, ...) {
   fprintf(stderr, "%s%s\n", line, n + 1 == MAX_COMPLAINTS ? " (further errors not shown)" : "");
 }
 
+/* The run is ending: its own stop, or a cancellation (Ctrl-C) that may
+ * reach a connection before the timekeeper has noticed. Failures from here
+ * on are the interruption, not the server's. */
 static bool stopping(const load_t *l) {
-  return atomic_load_explicit(&l->stopping, memory_order_relaxed);
+  return atomic_load_explicit(&l->stopping, memory_order_relaxed) ||
+         keel_cancelled() != KEEL_CANCEL_NONE;
 }
 
 /* One connection's task: the mode talks until the run is stopped. An

@@ -3,10 +3,13 @@
  *
  * Message contents are windows into one random pattern: message seq of
  * connection id starts at offset (mix(id) + seq * ECHO_STRIDE) mod
- * ECHO_OFFSETS. Connections start at unrelated offsets and the messages in
- * flight on one connection all start at different ones, so an echo that is
- * corrupted, misordered, duplicated or from another connection mismatches,
- * yet a message is sent straight from the pattern without being filled. */
+ * ECHO_OFFSETS. The messages in flight on one connection all start at
+ * different offsets, so an echo that is corrupted, misordered or duplicated
+ * mismatches (for messages of a few bytes only with high probability), yet
+ * a message is sent straight from the pattern without being filled.
+ * Connections start at offsets drawn from ECHO_OFFSETS, so an echo crossed
+ * over from another connection is caught unless the two drew the same one
+ * (with 10,000 connections, a few hundred pairs do). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
