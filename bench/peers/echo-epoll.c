@@ -8,12 +8,11 @@
  * write parks the rest and swaps EPOLLIN for EPOLLOUT until it is flushed,
  * so a slow reader is back-pressure, not buffering. Nothing is allocated per
  * message. Prints "echo-epoll listening on ADDR:PORT" once ready; SIGINT or
- * SIGTERM exits 0, a startup failure exits 1. Self-contained on purpose: a
- * peer is read as a whole next to the others. */
-#include <arpa/inet.h>
+ * SIGTERM exits 0, a startup failure exits 1. The command line, listener
+ * and banner are peer-common.c's; the event loop, the part compared, is all
+ * here so that a peer is read as a whole next to the others. */
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -27,10 +26,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "peer-common.h"
+
 #define PROG "echo-epoll"
 #define CONN_BUF_SIZE 16384
 #define MAX_EVENTS 512
-#define LISTEN_BACKLOG 4096
 
 typedef struct conn {
   int fd;
@@ -49,102 +49,6 @@ typedef struct server {
   bool emfile_logged;
   bool stop;
 } server_t;
-
-static void usage(FILE *out) {
-  fprintf(out, "usage: " PROG " [--host H] [--port P]\n"
-               "  --host H  numeric IPv4 or IPv6 address to listen on (default 127.0.0.1)\n"
-               "  --port P  port, 0 = any free one (default 7000)\n");
-}
-
-/* Returns 0, or -1 after printing usage (exit 1); exits 0 itself on --help. */
-static int parse_args(int argc, char **argv, const char **host, int *port) {
-  static const struct option longopts[] = {{"host", required_argument, NULL, 'H'},
-                                           {"port", required_argument, NULL, 'p'},
-                                           {"help", no_argument, NULL, 'h'},
-                                           {NULL, 0, NULL, 0}};
-  int opt;
-  while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-    char *end;
-    long v;
-    switch (opt) {
-    case 'H':
-      *host = optarg;
-      break;
-    case 'p':
-      errno = 0;
-      v = strtol(optarg, &end, 10);
-      if (errno != 0 || end == optarg || *end != '\0' || v < 0 || v > 65535)
-        goto bad;
-      *port = (int)v;
-      break;
-    case 'h':
-      usage(stdout);
-      exit(0);
-    default:
-      goto bad;
-    }
-  }
-  if (optind == argc)
-    return 0;
-bad:
-  usage(stderr);
-  return -1;
-}
-
-/* Numeric addresses only: a benchmark must not wait on a resolver. */
-static int parse_addr(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len) {
-  memset(ss, 0, sizeof *ss);
-  struct sockaddr_in *sin = (struct sockaddr_in *)ss;
-  struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
-  if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
-    sin->sin_family = AF_INET;
-    sin->sin_port = htons((uint16_t)port);
-    *len = sizeof *sin;
-    return 0;
-  }
-  if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
-    sin6->sin6_family = AF_INET6;
-    sin6->sin6_port = htons((uint16_t)port);
-    *len = sizeof *sin6;
-    return 0;
-  }
-  return -EINVAL;
-}
-
-/* Prints the banner with the port actually bound, which --port 0 needs. */
-static int announce(int listen_fd) {
-  struct sockaddr_storage ss;
-  socklen_t len = sizeof ss;
-  if (getsockname(listen_fd, (struct sockaddr *)&ss, &len) < 0)
-    return -errno;
-  char text[INET6_ADDRSTRLEN];
-  if (ss.ss_family == AF_INET6) {
-    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-    inet_ntop(AF_INET6, &sin6->sin6_addr, text, sizeof text);
-    printf(PROG " listening on [%s]:%u\n", text, ntohs(sin6->sin6_port));
-  } else {
-    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
-    inet_ntop(AF_INET, &sin->sin_addr, text, sizeof text);
-    printf(PROG " listening on %s:%u\n", text, ntohs(sin->sin_port));
-  }
-  fflush(stdout);
-  return 0;
-}
-
-/* Returns the listening socket, or -errno. */
-static int open_listener(const struct sockaddr_storage *ss, socklen_t len) {
-  int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0)
-    return -errno;
-  int one = 1;
-  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-      bind(fd, (const struct sockaddr *)ss, len) < 0 || listen(fd, LISTEN_BACKLOG) < 0) {
-    int err = -errno;
-    close(fd);
-    return err;
-  }
-  return fd;
-}
 
 /* SIGINT/SIGTERM arrive as a readable descriptor in the same epoll set, so
  * there is no window between checking a flag and blocking in epoll_wait. */
@@ -303,7 +207,8 @@ static int setup(server_t *srv, const struct sockaddr_storage *ss, socklen_t len
   int rc = srv->signal_fd = open_signalfd();
   if (rc >= 0) {
     step = "listen";
-    rc = srv->listen_fd = open_listener(ss, len);
+    /* Nonblocking: accept_all() takes connections until EAGAIN. */
+    rc = srv->listen_fd = peer_open_listener(ss, len, SOCK_NONBLOCK);
   }
   if (rc >= 0) {
     step = "epoll_create1";
@@ -325,21 +230,15 @@ static int setup(server_t *srv, const struct sockaddr_storage *ss, socklen_t len
 /* Exit reclaims the connections: freeing 10,000 of them one by one would
  * only delay the shutdown the benchmark is waiting for. */
 int main(int argc, char **argv) {
-  const char *host = "127.0.0.1";
-  int port = 7000;
-  if (parse_args(argc, argv, &host, &port) < 0)
-    return 1;
   struct sockaddr_storage ss;
   socklen_t len;
-  if (parse_addr(host, port, &ss, &len) < 0) {
-    fprintf(stderr, PROG ": --host %s: not a numeric IPv4 or IPv6 address\n", host);
+  if (peer_listen_addr(PROG, argc, argv, &ss, &len) < 0)
     return 1;
-  }
   signal(SIGPIPE, SIG_IGN);
   server_t srv = {.epoll_fd = -1, .listen_fd = -1, .signal_fd = -1, .reserve_fd = -1};
   if (setup(&srv, &ss, len) < 0)
     return 1;
-  int rc = announce(srv.listen_fd);
+  int rc = peer_announce(PROG, srv.listen_fd);
   if (rc < 0) {
     fprintf(stderr, PROG ": getsockname: %s\n", strerror(-rc));
     return 1;

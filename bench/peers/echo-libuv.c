@@ -7,26 +7,22 @@
  * allocated per message. A read is written back at once with uv_try_write
  * (what node and other fast libuv users do); only what the socket does not
  * take goes through uv_write, and reading pauses until its callback, which
- * keeps the one buffer safe to reuse and makes a slow reader back-pressure. Prints "echo-libuv listening on
- * ADDR:PORT" once ready; SIGINT or SIGTERM exits 0, a startup failure
- * exits 1. Self-contained on purpose: a peer is read as a whole next to the
- * others. */
-#include <arpa/inet.h>
-#include <errno.h>
-#include <getopt.h>
-#include <netinet/in.h>
+ * keeps the one buffer safe to reuse and makes a slow reader back-pressure.
+ * Prints "echo-libuv listening on ADDR:PORT" once ready; SIGINT or SIGTERM
+ * exits 0, a startup failure exits 1. The command line and banner are
+ * peer-common.c's; the event loop, the part compared, is all here so that a
+ * peer is read as a whole next to the others. */
 #include <signal.h>
 #include <stdbool.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 #include <sys/socket.h>
 #include <uv.h>
 
+#include "peer-common.h"
+
 #define PROG "echo-libuv"
 #define CONN_BUF_SIZE 16384
-#define LISTEN_BACKLOG 4096
 
 typedef struct conn {
   uv_tcp_t tcp; /* first: the handle pointer is the conn pointer */
@@ -42,82 +38,6 @@ typedef struct server {
   uv_signal_t sigterm;
   bool accept_error_logged;
 } server_t;
-
-static void usage(FILE *out) {
-  fprintf(out, "usage: " PROG " [--host H] [--port P]\n"
-               "  --host H  numeric IPv4 or IPv6 address to listen on (default 127.0.0.1)\n"
-               "  --port P  port, 0 = any free one (default 7000)\n");
-}
-
-/* Returns 0, or -1 after printing usage (exit 1); exits 0 itself on --help. */
-static int parse_args(int argc, char **argv, const char **host, int *port) {
-  static const struct option longopts[] = {{"host", required_argument, NULL, 'H'},
-                                           {"port", required_argument, NULL, 'p'},
-                                           {"help", no_argument, NULL, 'h'},
-                                           {NULL, 0, NULL, 0}};
-  int opt;
-  while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-    char *end;
-    long v;
-    switch (opt) {
-    case 'H':
-      *host = optarg;
-      break;
-    case 'p':
-      errno = 0;
-      v = strtol(optarg, &end, 10);
-      if (errno != 0 || end == optarg || *end != '\0' || v < 0 || v > 65535)
-        goto bad;
-      *port = (int)v;
-      break;
-    case 'h':
-      usage(stdout);
-      exit(0);
-    default:
-      goto bad;
-    }
-  }
-  if (optind == argc)
-    return 0;
-bad:
-  usage(stderr);
-  return -1;
-}
-
-/* Numeric addresses only: a benchmark must not wait on a resolver. */
-static int parse_addr(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len) {
-  memset(ss, 0, sizeof *ss);
-  struct sockaddr_in *sin = (struct sockaddr_in *)ss;
-  struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
-  if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
-    sin->sin_family = AF_INET;
-    sin->sin_port = htons((uint16_t)port);
-    *len = sizeof *sin;
-    return 0;
-  }
-  if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
-    sin6->sin6_family = AF_INET6;
-    sin6->sin6_port = htons((uint16_t)port);
-    *len = sizeof *sin6;
-    return 0;
-  }
-  return -EINVAL;
-}
-
-/* Prints the banner with the port actually bound, which --port 0 needs. */
-static void announce(const struct sockaddr_storage *ss) {
-  char text[INET6_ADDRSTRLEN];
-  if (ss->ss_family == AF_INET6) {
-    const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
-    inet_ntop(AF_INET6, &sin6->sin6_addr, text, sizeof text);
-    printf(PROG " listening on [%s]:%u\n", text, ntohs(sin6->sin6_port));
-  } else {
-    const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
-    inet_ntop(AF_INET, &sin->sin_addr, text, sizeof text);
-    printf(PROG " listening on %s:%u\n", text, ntohs(sin->sin_port));
-  }
-  fflush(stdout);
-}
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 
@@ -219,7 +139,7 @@ static int setup(server_t *srv, const struct sockaddr_storage *ss) {
     rc = uv_tcp_bind(&srv->listener, (const struct sockaddr *)ss, 0);
   }
   if (rc == 0)
-    rc = uv_listen((uv_stream_t *)&srv->listener, LISTEN_BACKLOG, on_connection);
+    rc = uv_listen((uv_stream_t *)&srv->listener, PEER_LISTEN_BACKLOG, on_connection);
   if (rc < 0)
     fprintf(stderr, PROG ": %s: %s\n", step, uv_strerror(rc));
   return rc;
@@ -228,27 +148,23 @@ static int setup(server_t *srv, const struct sockaddr_storage *ss) {
 /* Exit reclaims the connections: closing 10,000 handles one by one would
  * only delay the shutdown the benchmark is waiting for. */
 int main(int argc, char **argv) {
-  const char *host = "127.0.0.1";
-  int port = 7000;
-  if (parse_args(argc, argv, &host, &port) < 0)
-    return 1;
   struct sockaddr_storage ss;
   socklen_t len;
-  if (parse_addr(host, port, &ss, &len) < 0) {
-    fprintf(stderr, PROG ": --host %s: not a numeric IPv4 or IPv6 address\n", host);
+  if (peer_listen_addr(PROG, argc, argv, &ss, &len) < 0)
     return 1;
-  }
   signal(SIGPIPE, SIG_IGN); /* libuv writes with write(2), not MSG_NOSIGNAL */
   server_t srv = {0};
   if (setup(&srv, &ss) < 0)
     return 1;
-  int namelen = (int)sizeof ss;
-  int rc = uv_tcp_getsockname(&srv.listener, (struct sockaddr *)&ss, &namelen);
+  uv_os_fd_t listen_fd;
+  int rc = uv_fileno((const uv_handle_t *)&srv.listener, &listen_fd);
+  if (rc == 0)
+    rc = peer_announce(PROG, listen_fd);
   if (rc < 0) {
+    /* On Unix a libuv error is -errno, as peer_announce's is. */
     fprintf(stderr, PROG ": getsockname: %s\n", uv_strerror(rc));
     return 1;
   }
-  announce(&ss);
   uv_run(srv.loop, UV_RUN_DEFAULT); /* returns after uv_stop */
   return 0;
 }
