@@ -6,6 +6,7 @@
  * swallow bytes; a cancelled write must report the bytes the peer gets. */
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include "keel-test.h"
@@ -452,6 +453,59 @@ static int long_lived_close_main(void *arg) {
   return 0;
 }
 
+/* The ring's table of registered files is sized by the descriptor limit
+ * when the runtime starts. A limit raised later allows more long-lived
+ * connections than slots: those go on with plain descriptors, and every
+ * connection still echoes and closes cleanly. */
+#define SLOTS_START_LIMIT 48
+#define SLOTS_PAIRS 30 /* 90 descriptors, far beyond the 48 slots */
+
+static int close_and_see_eof(pair_t *p) {
+  keel_tcp_close(p->server);
+  p->server = NULL;
+  unsigned char b;
+  int64_t prev = keel_task_set_deadline(in_ms(PROMPT_MS));
+  ssize_t n = keel_read(keel_tcp_stream(p->client), &b, 1);
+  keel_task_set_deadline(prev);
+  if (n != 0)
+    KT_FAIL("client read after the server closed: %zd, want EOF", n);
+  return 0;
+}
+
+static int slots_exhausted_main(void *arg) {
+  const struct rlimit *start = arg;
+  CHECK(setrlimit(RLIMIT_NOFILE, start) == 0); /* back to the test's own limit */
+  pair_t p[SLOTS_PAIRS];
+  int opened = 0, rc = 0;
+  while (rc == 0 && opened < SLOTS_PAIRS)
+    if ((rc = pair_open(&p[opened])) == 0)
+      opened++;
+  for (int i = 0; rc == 0 && i < opened; i++)
+    rc = ping_pong(&p[i], LONG_LIVED_MSGS);
+  for (int i = 0; rc == 0 && i < opened; i++)
+    rc = close_and_see_eof(&p[i]);
+  for (int i = 0; i < opened; i++)
+    pair_close(&p[i]);
+  return rc;
+}
+
+static void test_more_connections_than_slots(void **state) {
+  (void)state;
+  struct rlimit orig, low;
+  assert_int_equal(getrlimit(RLIMIT_NOFILE, &orig), 0);
+  if (orig.rlim_cur < 3 * SLOTS_PAIRS + 64)
+    skip();
+  low = orig;
+  low.rlim_cur = SLOTS_START_LIMIT;
+  KT_FOR_EACH_BACKEND(b) {
+    fprintf(stderr, "# backend %s\n", kt_backend_name(b));
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+    int rc = kt_run_guarded(b, 1, slots_exhausted_main, &orig);
+    setrlimit(RLIMIT_NOFILE, &orig);
+    assert_int_equal(rc, 0);
+  }
+}
+
 /* ---- Several waiters on one descriptor -------------------------------------------------- */
 
 #define WAITERS_MS 1000 /* both waiters must be served within this */
@@ -690,6 +744,7 @@ int main(void) {
       cmocka_unit_test(test_write_all_cancel), cmocka_unit_test(test_close_wakes_reader),
       cmocka_unit_test(test_two_acceptors),    cmocka_unit_test(test_close_wakes_acceptors),
       cmocka_unit_test(test_two_readers),      cmocka_unit_test(test_long_lived_close),
+      cmocka_unit_test(test_more_connections_than_slots),
   };
   const char *filter = getenv("KT_FILTER"); /* e.g. KT_FILTER=test_foo: run one case */
   if (filter && *filter)
