@@ -739,11 +739,16 @@ static void test_two_readers(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_read_cancel),      cmocka_unit_test(test_read_deadline),
-      cmocka_unit_test(test_accept_cancel),    cmocka_unit_test(test_connect_refused),
-      cmocka_unit_test(test_write_all_cancel), cmocka_unit_test(test_close_wakes_reader),
-      cmocka_unit_test(test_two_acceptors),    cmocka_unit_test(test_close_wakes_acceptors),
-      cmocka_unit_test(test_two_readers),      cmocka_unit_test(test_long_lived_close),
+      cmocka_unit_test(test_read_cancel),
+      cmocka_unit_test(test_read_deadline),
+      cmocka_unit_test(test_accept_cancel),
+      cmocka_unit_test(test_connect_refused),
+      cmocka_unit_test(test_write_all_cancel),
+      cmocka_unit_test(test_close_wakes_reader),
+      cmocka_unit_test(test_two_acceptors),
+      cmocka_unit_test(test_close_wakes_acceptors),
+      cmocka_unit_test(test_two_readers),
+      cmocka_unit_test(test_long_lived_close),
       cmocka_unit_test(test_more_connections_than_slots),
   };
   const char *filter = getenv("KT_FILTER"); /* e.g. KT_FILTER=test_foo: run one case */

@@ -29,9 +29,9 @@
 typedef struct uring_backend {
   struct io_uring ring;
   uint64_t wake_buf;
-  bool ext_arg;      /* kernel waits with a timeout without a timeout SQE */
-  unsigned nslots;   /* registered file table size, 0 if unavailable */
-  unsigned nfree;    /* free slots, on the stack below */
+  bool ext_arg;    /* kernel waits with a timeout without a timeout SQE */
+  unsigned nslots; /* registered file table size, 0 if unavailable */
+  unsigned nfree;  /* free slots, on the stack below */
   unsigned *free_slots;
 } uring_backend_t;
 
@@ -233,12 +233,12 @@ static ssize_t op_wait(keel__io_t *io, keel__wait_t *w, struct io_uring_sqe *sqe
   return rc;
 }
 
-#define UR_BEGIN(io)                          \
-  int rc_ = keel__check_cancel();             \
-  if (rc_)                                    \
-    return rc_;                               \
-  keel__wait_t w;                             \
-  keel__wait_init(&w, op_abort);              \
+#define UR_BEGIN(io)                           \
+  int rc_ = keel__check_cancel();              \
+  if (rc_)                                     \
+    return rc_;                                \
+  keel__wait_t w;                              \
+  keel__wait_init(&w, op_abort);               \
   uring_backend_t *b_ = (io)->worker->backend; \
   struct io_uring_sqe *sqe = get_sqe(b_)
 
