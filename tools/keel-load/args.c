@@ -61,7 +61,7 @@ static void usage(FILE *out, const load_mode_t *only) {
       fprintf(out, "%s options:\n%s", modes[i]->name, modes[i]->usage);
 }
 
-static int parse_long(const char *s, long lo, long hi, long *out) {
+int load_parse_long(const char *s, long lo, long hi, long *out) {
   char *end;
   errno = 0;
   long v = strtol(s, &end, 10);
@@ -104,15 +104,15 @@ static int apply_common(load_opts_t *o, int id, const char *val) {
     strcpy(o->host, val);
     return 0;
   case OPT_PORT:
-    return parse_long(val, 1, 65535, &o->port);
+    return load_parse_long(val, 1, 65535, &o->port);
   case OPT_CONNS:
-    return parse_long(val, 1, 1000000, &o->conns);
+    return load_parse_long(val, 1, 1000000, &o->conns);
   case OPT_DURATION:
     return parse_seconds(val, false, &o->duration_ns);
   case OPT_WARMUP:
     return parse_seconds(val, true, &o->warmup_ns);
   case OPT_WORKERS:
-    rc = parse_long(val, 1, LOAD_MAX_WORKERS, &v);
+    rc = load_parse_long(val, 1, LOAD_MAX_WORKERS, &v);
     o->workers = (int)v;
     return rc;
   case OPT_BACKEND:
@@ -121,9 +121,9 @@ static int apply_common(load_opts_t *o, int id, const char *val) {
     o->json = true;
     return 0;
   case OPT_CONNECT_CONCURRENCY:
-    return parse_long(val, 1, 1000000, &o->connect_concurrency);
+    return load_parse_long(val, 1, 1000000, &o->connect_concurrency);
   case OPT_SERVER_PID:
-    rc = parse_long(val, 1, 0x7fffffff, &v);
+    rc = load_parse_long(val, 1, 0x7fffffff, &v);
     o->server_pid = (pid_t)v;
     return rc;
   default:

@@ -199,22 +199,12 @@ static int echo_init(load_t *l) {
   return 0;
 }
 
-static int parse_long(const char *s, long lo, long hi, long *out) {
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi)
-    return -EINVAL;
-  *out = v;
-  return 0;
-}
-
 static int echo_parse_option(load_t *l, int id, const char *value) {
   echo_cfg_t *cfg = l->mode_cfg;
   if (id == OPT_SIZE)
-    return parse_long(value, 1, ECHO_MAX_SIZE, &cfg->size);
+    return load_parse_long(value, 1, ECHO_MAX_SIZE, &cfg->size);
   if (id == OPT_PIPELINE)
-    return parse_long(value, 1, ECHO_MAX_PIPELINE, &cfg->pipeline);
+    return load_parse_long(value, 1, ECHO_MAX_PIPELINE, &cfg->pipeline);
   return -EINVAL;
 }
 

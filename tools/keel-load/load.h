@@ -115,6 +115,9 @@ void load_complain(load_t *l, uint32_t id, const char *fmt, ...)
 /* args.c: parses argv into l (mode first). Returns 0 to run, 1 after
  * --help (exit 0), 2 on bad usage (already reported). */
 int load_parse_args(load_t *l, int argc, char **argv);
+/* Parses a whole decimal number in [lo, hi] into *out: 0, or -EINVAL. For
+ * the common options and the modes' own. */
+int load_parse_long(const char *s, long lo, long hi, long *out);
 
 /* conn.c: the task run on connection worker w: connects its share of the
  * connections, runs the mode on each, returns when all have finished. */
