@@ -2,12 +2,16 @@
 # keel-load end to end: against examples/echo-server on io_uring and on epoll
 # it must finish cleanly (messages > 0, no errors, no mismatches, exit 0,
 # server figures from --server-pid); against an echo server that flips a byte
-# it must exit 1 and count mismatches.
+# it must exit 1 and count mismatches. The benchmark peers given after them
+# (bench/peers) must echo cleanly too and exit 0 on SIGTERM, so that
+# tools/bench never compares keel with a broken peer.
 #
-#   load_echo.sh ECHO_SERVER KEEL_LOAD
+#   load_echo.sh ECHO_SERVER KEEL_LOAD [PEER...]
 set -u
 echo_server=$1
 keel_load=$2
+shift 2
+peers=("$@")
 work=$(mktemp -d)
 server_pid=
 
@@ -95,6 +99,26 @@ for backend in uring epoll; do
     || fail "keel-load's JSON against echo-server ($backend)"
   echo "ok: echo-server ($backend): $(cat "$work/out.json")"
   stop_server
+done
+
+for peer in "${peers[@]}"; do
+  name=$(basename "$peer")
+  "$peer" --port 0 >"$work/server.log" 2>&1 &
+  server_pid=$!
+  port=$(wait_port "$work/server.log") || fail "$name did not start"
+  "$keel_load" echo --port "$port" --conns 20 --pipeline 2 --warmup 0.2 --duration 0.5 \
+    --json >"$work/out.json" 2>"$work/err.log"
+  status=$?
+  cat "$work/err.log" >&2
+  [ "$status" -eq 0 ] || fail "keel-load against $name exited $status"
+  check_json "$work/out.json" 'j["messages"] > 0' 'j["errors"] == 0' 'j["mismatches"] == 0' \
+    || fail "keel-load's JSON against $name"
+  kill -TERM "$server_pid"
+  wait "$server_pid"
+  status=$?
+  server_pid=
+  [ "$status" -eq 0 ] || fail "$name exited $status on SIGTERM"
+  echo "ok: $name"
 done
 
 # A server that echoes everything but flips one byte in every 1000. Its
