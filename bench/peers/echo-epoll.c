@@ -50,19 +50,6 @@ typedef struct server {
   bool stop;
 } server_t;
 
-/* SIGINT/SIGTERM arrive as a readable descriptor in the same epoll set, so
- * there is no window between checking a flag and blocking in epoll_wait. */
-static int open_signalfd(void) {
-  sigset_t mask;
-  sigemptyset(&mask);
-  sigaddset(&mask, SIGINT);
-  sigaddset(&mask, SIGTERM);
-  if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
-    return -errno;
-  int fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
-  return fd < 0 ? -errno : fd;
-}
-
 static int watch(server_t *srv, int op, int fd, uint32_t events, void *ptr) {
   struct epoll_event ev = {.events = events, .data.ptr = ptr};
   return epoll_ctl(srv->epoll_fd, op, fd, &ev) < 0 ? -errno : 0;
@@ -204,7 +191,7 @@ static int run(server_t *srv) {
 /* Returns 0, or -errno after naming the step that failed. */
 static int setup(server_t *srv, const struct sockaddr_storage *ss, socklen_t len) {
   const char *step = "signalfd";
-  int rc = srv->signal_fd = open_signalfd();
+  int rc = srv->signal_fd = peer_open_signalfd(SFD_NONBLOCK);
   if (rc >= 0) {
     step = "listen";
     /* Nonblocking: accept_all() takes connections until EAGAIN. */

@@ -70,19 +70,6 @@ typedef struct server {
   int exit_code;
 } server_t;
 
-/* SIGINT/SIGTERM complete a read on the ring, so there is no window between
- * checking a flag and blocking in io_uring_enter. */
-static int open_signalfd(void) {
-  sigset_t mask;
-  sigemptyset(&mask);
-  sigaddset(&mask, SIGINT);
-  sigaddset(&mask, SIGTERM);
-  if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
-    return -errno;
-  int fd = signalfd(-1, &mask, SFD_CLOEXEC);
-  return fd < 0 ? -errno : fd;
-}
-
 static uint64_t tag(conn_t *c, enum op op) { return (uint64_t)(uintptr_t)c | op; }
 
 /* A full SQ is flushed to the kernel to make room: one CQE batch can ask
@@ -265,7 +252,7 @@ static int ring_init(struct io_uring *ring) {
 /* Returns 0, or -errno after naming the step that failed. */
 static int setup(server_t *srv, const struct sockaddr_storage *ss, socklen_t len) {
   const char *step = "signalfd";
-  int rc = srv->signal_fd = open_signalfd();
+  int rc = srv->signal_fd = peer_open_signalfd(0);
   if (rc >= 0) {
     step = "listen";
     /* Blocking: the ring polls it itself. */

@@ -4,12 +4,14 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <signal.h>
 #include <getopt.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/signalfd.h>
 #include <unistd.h>
 
 static void usage(const char *prog, FILE *out) {
@@ -117,4 +119,15 @@ int peer_announce(const char *prog, int listen_fd) {
   }
   fflush(stdout);
   return 0;
+}
+
+int peer_open_signalfd(int sfd_flags) {
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGINT);
+  sigaddset(&mask, SIGTERM);
+  if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
+    return -errno;
+  int fd = signalfd(-1, &mask, sfd_flags | SFD_CLOEXEC);
+  return fd < 0 ? -errno : fd;
 }

@@ -37,4 +37,9 @@ int peer_open_listener(const struct sockaddr_storage *ss, socklen_t len, int soc
  * pipe sees it at once. Returns 0, or -errno from getsockname. */
 int peer_announce(const char *prog, int listen_fd);
 
+/* Blocks SIGINT and SIGTERM and returns a close-on-exec signalfd for them
+ * (sfd_flags: e.g. SFD_NONBLOCK), or -errno. A loop that waits on it with
+ * its sockets has no window between checking a flag and blocking. */
+int peer_open_signalfd(int sfd_flags);
+
 #endif
