@@ -2,6 +2,7 @@
 #ifndef KEEL_H
 #define KEEL_H
 
+#include "chan.h"
 #include "core.h"
 #include "stream.h"
 #include "tcp.h"
