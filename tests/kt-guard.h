@@ -80,4 +80,16 @@ static inline int kt_run_guarded(keel_backend_t backend, int workers, keel_task_
   return kt_run(backend, workers, kt_guard_main, &body);
 }
 
+/* Listens on an ephemeral loopback port; the address goes to addr as text
+ * ("127.0.0.1:PORT") for keel_tcp_connect. */
+static inline int kt_listen_loopback(keel_listener_t **out, char *addr, size_t len) {
+  keel_listen_opts_t o;
+  keel_listen_opts_init(&o);
+  CHECK_RC(keel_tcp_listen("127.0.0.1:0", &o, out));
+  keel_addr_t a;
+  CHECK_RC(keel_listener_addr(*out, &a));
+  keel_addr_format(&a, addr, len);
+  return 0;
+}
+
 #endif

@@ -203,14 +203,9 @@ static int echo_once_task(void *arg) {
 static int fallback_body(void *arg) {
   CHECK_RC(backend_name_body(arg));
   /* The fallen-back runtime really works: one echo. */
-  keel_listen_opts_t o;
-  keel_listen_opts_init(&o);
   keel_listener_t *l;
-  CHECK_RC(keel_tcp_listen("127.0.0.1:0", &o, &l));
-  keel_addr_t a;
-  CHECK_RC(keel_listener_addr(l, &a));
   char addr[KEEL_ADDRSTRLEN];
-  keel_addr_format(&a, addr, sizeof addr);
+  CHECK_RC(kt_listen_loopback(&l, addr, sizeof addr));
   keel_scope_opts_t so = {.deadline_ns = keel_now_ns() + 5 * KEEL_NS_PER_SEC};
   keel_scope_t *scope = keel_scope_open(&so);
   CHECK(scope != NULL);

@@ -40,19 +40,9 @@ typedef struct pair {
   char addr[KEEL_ADDRSTRLEN];
 } pair_t;
 
-static int listen_loopback(keel_listener_t **out, char *addr, size_t len) {
-  keel_listen_opts_t o;
-  keel_listen_opts_init(&o);
-  CHECK_RC(keel_tcp_listen("127.0.0.1:0", &o, out));
-  keel_addr_t a;
-  CHECK_RC(keel_listener_addr(*out, &a));
-  keel_addr_format(&a, addr, len);
-  return 0;
-}
-
 static int pair_open(pair_t *p) {
   memset(p, 0, sizeof *p);
-  CHECK_RC(listen_loopback(&p->listener, p->addr, sizeof p->addr));
+  CHECK_RC(kt_listen_loopback(&p->listener, p->addr, sizeof p->addr));
   /* On loopback the handshake completes into the backlog, so one task can
    * connect first and accept afterwards. */
   CHECK_RC(keel_tcp_connect(p->addr, &p->client));
@@ -225,7 +215,7 @@ static int accept_cancel_main(void *arg) {
   (void)arg;
   keel_listener_t *l;
   char addr[KEEL_ADDRSTRLEN];
-  CHECK_RC(listen_loopback(&l, addr, sizeof addr));
+  CHECK_RC(kt_listen_loopback(&l, addr, sizeof addr));
 
   one_accept_t a = {.listener = l};
   keel_scope_t *scope = scope_with_deadline_ms(WATCHDOG_MS);
@@ -258,7 +248,7 @@ static int connect_refused_main(void *arg) {
   /* Learn a free port, then stop listening on it. */
   keel_listener_t *l;
   char addr[KEEL_ADDRSTRLEN];
-  CHECK_RC(listen_loopback(&l, addr, sizeof addr));
+  CHECK_RC(kt_listen_loopback(&l, addr, sizeof addr));
   CHECK_RC(keel_listener_close(l));
 
   int64_t prev = keel_task_set_deadline(in_ms(5000));
@@ -518,7 +508,7 @@ static int two_acceptors_main(void *arg) {
   (void)arg;
   keel_listener_t *l;
   char addr[KEEL_ADDRSTRLEN];
-  CHECK_RC(listen_loopback(&l, addr, sizeof addr));
+  CHECK_RC(kt_listen_loopback(&l, addr, sizeof addr));
   one_accept_t a[2] = {{.listener = l}, {.listener = l}};
   keel_scope_t *scope = scope_with_deadline_ms(WATCHDOG_MS);
   CHECK(scope != NULL);
@@ -599,7 +589,7 @@ static int close_wakes_acceptors_main(void *arg) {
   (void)arg;
   keel_listener_t *l;
   char addr[KEEL_ADDRSTRLEN];
-  CHECK_RC(listen_loopback(&l, addr, sizeof addr));
+  CHECK_RC(kt_listen_loopback(&l, addr, sizeof addr));
   one_accept_t a[2] = {{.listener = l, .result = 1}, {.listener = l, .result = 1}};
   closer_t c = {.listener = l, .delay_ms = 50, .result = 1};
   keel_scope_t *scope = scope_with_deadline_ms(2000);
