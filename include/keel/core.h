@@ -23,6 +23,7 @@ typedef enum keel_backend {
   KEEL_BACKEND_AUTO = 0, /* io_uring, falling back to epoll */
   KEEL_BACKEND_URING,    /* io_uring or fail */
   KEEL_BACKEND_EPOLL,    /* epoll */
+  KEEL_BACKEND_LAB,      /* lab mode: virtual clock, seeded scheduler (keel/lab.h) */
 } keel_backend_t;
 
 /* ---- Runtime ---------------------------------------------------------- */
@@ -35,6 +36,8 @@ typedef struct keel_config {
   bool handle_signals;      /* SIGINT/SIGTERM cancel the root scope (reason shutdown) */
   unsigned uring_entries;   /* io_uring SQ size per worker, 0: 1024 */
   const char *main_name;    /* name of the main task, NULL: "main" */
+  uint64_t lab_seed;        /* lab mode: scheduler seed; 0: KEEL_SEED, else 1 */
+  bool lab_trace;           /* lab mode: hash the scheduling events (keel_lab_trace_hash) */
 } keel_config_t;
 
 /* Fills cfg with defaults. */
@@ -82,6 +85,15 @@ int keel_yield(void);
 /* Checkpoint for CPU-bound loops: 0, or -ECANCELED/-ETIMEDOUT if the
  * task's scope was cancelled or its deadline has passed. Never blocks. */
 int keel_checkpoint(void);
+
+/* ---- Randomness ----------------------------------------------------------- */
+
+/* A fast pseudo-random 64-bit number (xoroshiro128+; not cryptographic),
+ * from a per-worker generator seeded from getrandom at start, or from the
+ * seed in lab mode, so jitter and fault injection replay with the seed. */
+uint64_t keel_random(void);
+/* Uniform in [0, bound) (bound > 0; 0 gives 0). */
+uint64_t keel_random_below(uint64_t bound);
 
 /* ---- Cancellation reasons and outcomes --------------------------------- */
 

@@ -2,9 +2,13 @@
 #ifndef KEEL_H
 #define KEEL_H
 
+#include "blocking.h"
 #include "chan.h"
 #include "core.h"
+#include "flow.h"
+#include "lab.h"
 #include "stream.h"
+#include "sync.h"
 #include "tcp.h"
 
 #define KEEL_VERSION_MAJOR 0

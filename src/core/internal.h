@@ -180,6 +180,51 @@ void keel__waiters_wake_all(keel__queue_t *list, ssize_t result);
 /* Completes the first wait on the list; false if the list is empty. */
 bool keel__waiters_wake_one(keel__queue_t *list, ssize_t result);
 
+/* ---- Waits another thread may end ------------------------------------------ */
+
+/* A wait that a task on another worker, or any thread (a blocking-pool
+ * thread), may complete: the wait plus the message that carries the result
+ * to the owning worker. Exactly one of the two sides wins it:
+ *   - a waker claims it (PARKED -> CLAIMED) and the task gets the result;
+ *   - the owner's abort hook (cancellation, deadline) takes it
+ *     (PARKED -> ABORTED) and the task gets -ECANCELED / -ETIMEDOUT at once.
+ * Once claimed, a wait can no longer be interrupted: the result is on its
+ * way, so no wake-up is lost. A waker that loses (ABORTED) passes its
+ * wake-up on (to the next waiter), or disposes of its result itself.
+ *
+ * For waiter lists shared between workers, `lock` guards the list the
+ * wait's node is on: claiming and aborting both happen under it, so a
+ * claimed wait has always left the list and an aborted one leaves it. */
+enum { KEEL__XWAIT_PARKED, KEEL__XWAIT_CLAIMED, KEEL__XWAIT_ABORTED };
+
+typedef struct keel__xwait {
+  keel__wait_t wait;
+  keel__msg_t msg;
+  keel__worker_t *worker;
+  keel__spinlock_t *lock; /* guards the list wait.node is on; NULL: no list */
+  _Atomic int state;
+  ssize_t xresult;
+} keel__xwait_t;
+
+/* Initialises xw for the current task. lock may be NULL (no waiter list). */
+void keel__xwait_init(keel__xwait_t *xw, keel__spinlock_t *lock);
+/* Parks until claimed and delivered, or interrupted by cancellation or a
+ * deadline (use keel_task_set_deadline for a timed wait). The caller has
+ * checked keel__check_cancel first. Returns the result. */
+ssize_t keel__xwait_block(keel__xwait_t *xw);
+/* Claims xw (PARKED -> CLAIMED); false if it was aborted. Caller holds
+ * xw->lock if there is one; a claimed wait must then be removed from its
+ * list by the caller (keel__xwait_pop does both) and delivered. */
+bool keel__xwait_claim(keel__xwait_t *xw);
+/* Delivers result to a claimed xw: at once on its own worker, else by a
+ * message to it. Any thread; xw must not be touched afterwards. */
+void keel__xwait_deliver(keel__xwait_t *xw, ssize_t result);
+/* Under the list's lock: removes and claims the first wait on the list
+ * that can still be claimed (skipping none: aborted waits have already
+ * left it). Returns NULL if the list is empty. Deliver it afterwards,
+ * inside or outside the lock. */
+keel__xwait_t *keel__xwait_pop(keel__queue_t *list);
+
 /* ---- Tasks --------------------------------------------------------------- */
 
 enum keel__task_state {
@@ -351,6 +396,7 @@ struct keel__worker {
   void *asan_fake_stack;
   void *tsan_sched_fiber;
   int init_result;
+  uint64_t rng[2]; /* keel_random: xoroshiro128+, seeded per worker */
   const void *sched_stack_lo;
   size_t sched_stack_size;
 };
@@ -395,6 +441,11 @@ void keel__task_park(void);
 void keel__runtime_quiescent(keel_runtime_t *rt);
 
 int64_t keel__now_ns(void);
+
+/* xoroshiro128+ state helpers (src/core/random.c). */
+void keel__rng_seed(uint64_t s[2], uint64_t seed);
+void keel__rng_seed_random(uint64_t s[2]);
+uint64_t keel__rng_next(uint64_t s[2]);
 static inline int64_t keel__ns_to_ms_ceil(int64_t ns) {
   return ns / KEEL_NS_PER_MS + (ns % KEEL_NS_PER_MS != 0);
 }

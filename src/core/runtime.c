@@ -50,6 +50,8 @@ static int probe_uring(void) {
 
 static int choose_backend(keel_runtime_t *rt) {
   keel_backend_t b = backend_from_env(rt->cfg.backend);
+  if (b == KEEL_BACKEND_LAB)
+    return -ENOSYS;
   if (b == KEEL_BACKEND_EPOLL) {
     rt->ops = &keel__epoll_ops;
     return 0;

@@ -106,3 +106,68 @@ void keel__wait_interrupt(keel__wait_t *w, int err) {
   else
     keel__wait_complete(w, err);
 }
+
+/* ---- Waits another thread may end ------------------------------------------ */
+
+static void xwait_abort(keel__wait_t *w, int err) {
+  keel__xwait_t *xw = keel__container_of(w, keel__xwait_t, wait);
+  if (xw->lock)
+    keel__spin_lock(xw->lock);
+  int expect = KEEL__XWAIT_PARKED;
+  bool won = atomic_compare_exchange_strong_explicit(&xw->state, &expect, KEEL__XWAIT_ABORTED,
+                                                     memory_order_acq_rel, memory_order_acquire);
+  if (won)
+    keel__queue_remove(&w->node);
+  if (xw->lock)
+    keel__spin_unlock(xw->lock);
+  if (won)
+    keel__wait_complete(w, err);
+  /* Lost: a waker claimed it and its result is on the way. */
+}
+
+static void xwait_deliver_msg(keel__worker_t *wk, keel__msg_t *m) {
+  (void)wk;
+  keel__xwait_t *xw = keel__container_of(m, keel__xwait_t, msg);
+  keel__wait_complete(&xw->wait, xw->xresult);
+}
+
+void keel__xwait_init(keel__xwait_t *xw, keel__spinlock_t *lock) {
+  keel__wait_init(&xw->wait, xwait_abort);
+  xw->msg.fn = xwait_deliver_msg;
+  xw->msg.next = NULL;
+  xw->worker = keel__worker_current();
+  xw->lock = lock;
+  atomic_init(&xw->state, KEEL__XWAIT_PARKED);
+  xw->xresult = 0;
+}
+
+ssize_t keel__xwait_block(keel__xwait_t *xw) {
+  /* No until_ns: its timer would complete the wait behind the claim. */
+  return keel__wait_block(&xw->wait, KEEL_DEADLINE_NONE, 0);
+}
+
+bool keel__xwait_claim(keel__xwait_t *xw) {
+  int expect = KEEL__XWAIT_PARKED;
+  return atomic_compare_exchange_strong_explicit(&xw->state, &expect, KEEL__XWAIT_CLAIMED,
+                                                 memory_order_acq_rel, memory_order_acquire);
+}
+
+void keel__xwait_deliver(keel__xwait_t *xw, ssize_t result) {
+  if (keel__worker_current() == xw->worker) {
+    keel__wait_complete(&xw->wait, result);
+    return;
+  }
+  xw->xresult = result;
+  keel__worker_post(xw->worker, &xw->msg);
+}
+
+keel__xwait_t *keel__xwait_pop(keel__queue_t *list) {
+  while (!keel__queue_empty(list)) {
+    keel__queue_t *n = list->next;
+    keel__queue_remove(n);
+    keel__xwait_t *xw = keel__container_of(n, keel__xwait_t, wait.node);
+    if (keel__xwait_claim(xw))
+      return xw;
+  }
+  return NULL;
+}

@@ -27,6 +27,7 @@ int keel__worker_init(keel__worker_t *w, keel_runtime_t *rt, int id) {
   atomic_init(&w->inbox, NULL);
   atomic_init(&w->sleeping, false);
   w->ops = rt->ops;
+  keel__rng_seed_random(w->rng);
   w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (w->wake_fd < 0)
     return -errno;

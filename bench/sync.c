@@ -1,0 +1,2 @@
+/* bench/sync: not written yet. */
+int main(void) { return 1; }

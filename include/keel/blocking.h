@@ -1,0 +1,1 @@
+/* keel/blocking.h: not written yet. */

@@ -1,0 +1,1 @@
+/* keel/flow.h: not written yet. */

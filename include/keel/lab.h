@@ -1,0 +1,1 @@
+/* keel/lab.h: not written yet. */

@@ -1,0 +1,1 @@
+/* keel/sync.h: not written yet. */

@@ -1,0 +1,2 @@
+/* breaker: not written yet. */
+typedef int keel__unwritten_breaker;

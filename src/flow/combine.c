@@ -1,0 +1,2 @@
+/* combine: not written yet. */
+typedef int keel__unwritten_combine;

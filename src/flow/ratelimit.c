@@ -1,0 +1,2 @@
+/* ratelimit: not written yet. */
+typedef int keel__unwritten_ratelimit;

@@ -1,0 +1,2 @@
+/* retry: not written yet. */
+typedef int keel__unwritten_retry;

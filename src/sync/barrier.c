@@ -1,0 +1,2 @@
+/* barrier: not written yet. */
+typedef int keel__unwritten_barrier;

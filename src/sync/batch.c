@@ -1,0 +1,2 @@
+/* batch: not written yet. */
+typedef int keel__unwritten_batch;

@@ -1,0 +1,2 @@
+/* blocking: not written yet. */
+typedef int keel__unwritten_blocking;

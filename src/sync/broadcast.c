@@ -1,0 +1,2 @@
+/* broadcast: not written yet. */
+typedef int keel__unwritten_broadcast;

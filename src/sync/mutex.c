@@ -1,0 +1,2 @@
+/* mutex: not written yet. */
+typedef int keel__unwritten_mutex;

@@ -1,0 +1,2 @@
+/* notify: not written yet. */
+typedef int keel__unwritten_notify;

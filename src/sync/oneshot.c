@@ -1,0 +1,2 @@
+/* oneshot: not written yet. */
+typedef int keel__unwritten_oneshot;

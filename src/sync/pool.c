@@ -1,0 +1,2 @@
+/* pool: not written yet. */
+typedef int keel__unwritten_pool;

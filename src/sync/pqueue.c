@@ -1,0 +1,2 @@
+/* pqueue: not written yet. */
+typedef int keel__unwritten_pqueue;

@@ -1,0 +1,2 @@
+/* sem: not written yet. */
+typedef int keel__unwritten_sem;

@@ -1,0 +1,2 @@
+/* watch: not written yet. */
+typedef int keel__unwritten_watch;

@@ -1,0 +1,6 @@
+/* test_oneshot: not written yet; fails until it is. */
+#include <stdio.h>
+int main(void) {
+  fputs("test_oneshot: not written yet\n", stderr);
+  return 1;
+}
