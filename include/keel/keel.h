@@ -3,13 +3,16 @@
 #define KEEL_H
 
 #include "blocking.h"
+#include "broadcast.h"
 #include "chan.h"
 #include "core.h"
 #include "flow.h"
 #include "lab.h"
+#include "oneshot.h"
 #include "stream.h"
 #include "sync.h"
 #include "tcp.h"
+#include "watch.h"
 
 #define KEEL_VERSION_MAJOR 0
 #define KEEL_VERSION_MINOR 1

@@ -1,0 +1,1 @@
+/* keel/broadcast.h: not written yet. */

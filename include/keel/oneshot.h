@@ -1,0 +1,1 @@
+/* keel/oneshot.h: not written yet. */

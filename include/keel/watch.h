@@ -1,0 +1,1 @@
+/* keel/watch.h: not written yet. */
