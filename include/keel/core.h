@@ -36,6 +36,7 @@ typedef struct keel_config {
   bool handle_signals;      /* SIGINT/SIGTERM cancel the root scope (reason shutdown) */
   unsigned uring_entries;   /* io_uring SQ size per worker, 0: 1024 */
   const char *main_name;    /* name of the main task, NULL: "main" */
+  unsigned blocking_threads; /* blocking pool threads (keel/blocking.h), 0: default */
   uint64_t lab_seed;        /* lab mode: scheduler seed; 0: KEEL_SEED, else 1 */
   bool lab_trace;           /* lab mode: hash the scheduling events (keel_lab_trace_hash) */
 } keel_config_t;

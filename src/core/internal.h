@@ -421,7 +421,13 @@ struct keel_runtime {
   atomic_bool drain_armed; /* keel_shutdown started the drain deadline */
   keel__msg_t drain_msg;
   keel__timer_t drain_timer; /* on worker 0 */
+  pthread_mutex_t blocking_lock;     /* guards starting the blocking pool */
+  struct keel__blocking *blocking;   /* the blocking pool, started on first use */
 };
+
+/* Stops the blocking pool's threads (if started) once every worker has
+ * ended: waits for running functions and disposes of their results. */
+void keel__blocking_shutdown(keel_runtime_t *rt);
 
 /* The worker running on this thread (NULL outside workers). */
 extern _Thread_local keel__worker_t *keel__tls_worker;

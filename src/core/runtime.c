@@ -281,6 +281,7 @@ int keel_run(const keel_config_t *cfg, keel_task_fn main_fn, void *arg) {
   rt->workers = calloc((size_t)rt->nworkers, sizeof *rt->workers);
   pthread_mutex_init(&rt->start_lock, NULL);
   pthread_cond_init(&rt->start_cond, NULL);
+  pthread_mutex_init(&rt->blocking_lock, NULL);
   rt->root = keel__scope_new_root(rt);
   if (!rt->workers || !rt->root) {
     rc = -ENOMEM;
@@ -305,12 +306,14 @@ int keel_run(const keel_config_t *cfg, keel_task_fn main_fn, void *arg) {
     keel__runtime_quiescent(rt);
   int jrc = workers_join(rt, started);
   keel__tls_worker = NULL;
+  keel__blocking_shutdown(rt);
   signals_stop(rt, &old_mask);
   if (rc == 0)
     rc = jrc ? jrc : rt->main_result;
   pthread_mutex_destroy(&rt->start_lock);
   pthread_cond_destroy(&rt->start_cond);
 fail_alloc:
+  pthread_mutex_destroy(&rt->blocking_lock);
   if (rt->root)
     keel__scope_free(rt->root);
   free(rt->workers);

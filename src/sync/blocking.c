@@ -1,2 +1,4 @@
 /* blocking: not written yet. */
-typedef int keel__unwritten_blocking;
+#include "internal.h"
+
+void keel__blocking_shutdown(keel_runtime_t *rt) { (void)rt; }
