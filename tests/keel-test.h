@@ -98,7 +98,27 @@ static inline int kt_run(keel_backend_t backend, int workers, keel_task_fn fn, v
       } else
 
 static inline const char *kt_backend_name(keel_backend_t b) {
-  return b == KEEL_BACKEND_URING ? "io_uring" : b == KEEL_BACKEND_EPOLL ? "epoll" : "auto";
+  return b == KEEL_BACKEND_URING  ? "io_uring"
+         : b == KEEL_BACKEND_EPOLL ? "epoll"
+         : b == KEEL_BACKEND_LAB   ? "lab"
+                                   : "auto";
+}
+
+/* Runs fn(arg) as the main task of a lab runtime with the given seed; the
+ * trace hash goes to *trace if not NULL. A failing run prints its seed so
+ * it can be replayed (KEEL_SEED=N, or this seed in the test). */
+static inline int kt_run_lab(uint64_t seed, keel_task_fn fn, void *arg, uint64_t *trace) {
+  keel_config_t cfg;
+  keel_config_init(&cfg);
+  cfg.backend = KEEL_BACKEND_LAB;
+  cfg.workers = 1;
+  cfg.lab_seed = seed;
+  cfg.lab_trace = trace;
+  int rc = keel_run(&cfg, fn, arg);
+  if (rc != 0)
+    fprintf(stderr, "# lab run failed with seed %llu: %d (%s)\n", (unsigned long long)seed, rc,
+            keel_strerror(rc));
+  return rc;
 }
 
 /* Runs child_fn in a forked child whose stderr is captured and returned

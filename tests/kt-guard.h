@@ -80,6 +80,11 @@ static inline int kt_run_guarded(keel_backend_t backend, int workers, keel_task_
   return kt_run(backend, workers, kt_guard_main, &body);
 }
 
+static inline int kt_run_guarded_lab(uint64_t seed, keel_task_fn fn, void *arg) {
+  kt_body_t body = {fn, arg};
+  return kt_run_lab(seed, kt_guard_main, &body, NULL);
+}
+
 /* Listens on an ephemeral loopback port; the address goes to addr as text
  * ("127.0.0.1:PORT") for keel_tcp_connect. */
 static inline int kt_listen_loopback(keel_listener_t **out, char *addr, size_t len) {

@@ -37,8 +37,8 @@ typedef struct keel_config {
   unsigned uring_entries;   /* io_uring SQ size per worker, 0: 1024 */
   const char *main_name;    /* name of the main task, NULL: "main" */
   unsigned blocking_threads; /* blocking pool threads (keel/blocking.h), 0: default */
-  uint64_t lab_seed;        /* lab mode: scheduler seed; 0: KEEL_SEED, else 1 */
-  bool lab_trace;           /* lab mode: hash the scheduling events (keel_lab_trace_hash) */
+  uint64_t lab_seed;        /* lab mode: the seed; 0: KEEL_SEED from the environment, else 1 */
+  uint64_t *lab_trace;      /* lab mode: if set, receives the trace hash when keel_run returns */
 } keel_config_t;
 
 /* Fills cfg with defaults. */

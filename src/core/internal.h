@@ -262,6 +262,7 @@ struct keel_task {
   void *asan_fake_stack;
   void *tsan_fiber;
   bool has_handle;
+  uint64_t lab_id; /* lab mode: spawn order, for the trace */
   char name[KEEL__NAME_MAX];
 };
 
@@ -363,6 +364,7 @@ typedef struct keel__backend_ops {
 
 extern const keel__backend_ops_t keel__uring_ops;
 extern const keel__backend_ops_t keel__epoll_ops;
+extern const keel__backend_ops_t keel__lab_ops;
 
 void keel__io_init(keel__io_t *io, int fd);
 
@@ -396,6 +398,7 @@ struct keel__worker {
   void *asan_fake_stack;
   void *tsan_sched_fiber;
   int init_result;
+  struct keel__lab *lab; /* lab mode's virtual clock and trace; NULL otherwise */
   uint64_t rng[2]; /* keel_random: xoroshiro128+, seeded per worker */
   const void *sched_stack_lo;
   size_t sched_stack_size;
@@ -421,6 +424,7 @@ struct keel_runtime {
   atomic_bool drain_armed; /* keel_shutdown started the drain deadline */
   keel__msg_t drain_msg;
   keel__timer_t drain_timer; /* on worker 0 */
+  uint64_t lab_seed;                 /* lab mode's seed */
   pthread_mutex_t blocking_lock;     /* guards starting the blocking pool */
   struct keel__blocking *blocking;   /* the blocking pool, started on first use */
 };
@@ -448,12 +452,44 @@ void keel__runtime_quiescent(keel_runtime_t *rt);
 
 int64_t keel__now_ns(void);
 
+
 /* xoroshiro128+ state helpers (src/core/random.c). */
 void keel__rng_seed(uint64_t s[2], uint64_t seed);
 void keel__rng_seed_random(uint64_t s[2]);
 uint64_t keel__rng_next(uint64_t s[2]);
 static inline int64_t keel__ns_to_ms_ceil(int64_t ns) {
   return ns / KEEL_NS_PER_MS + (ns % KEEL_NS_PER_MS != 0);
+}
+
+/* ---- Lab mode (src/core/lab.c) ------------------------------------------------ */
+
+/* One worker; time is virtual and stands still while tasks run. */
+typedef struct keel__lab {
+  int64_t now_ns;
+  uint64_t seed;
+  uint64_t trace_hash; /* FNV-1a over the scheduling events */
+  uint64_t trace_events;
+  uint64_t next_task_id;
+  bool deadlock_reported;
+} keel__lab_t;
+
+/* Lab events folded into the trace. */
+enum { KEEL__LAB_EV_RUN = 1, KEEL__LAB_EV_SPAWN, KEEL__LAB_EV_CLOCK, KEEL__LAB_EV_USER };
+void keel__lab_trace(keel__lab_t *lab, unsigned kind, uint64_t a, uint64_t b);
+/* Removes and returns a ready task drawn by the seeded generator. */
+keel_task_t *keel__lab_pop_ready(keel__worker_t *w);
+uint64_t keel__lab_seed_from(const keel_config_t *cfg);
+
+/* Timer ticks: 1 ms on the real backends; 1 ns in lab mode, so virtual
+ * time lands exactly on each deadline. */
+static inline int64_t keel__tick_of(const keel__worker_t *w, int64_t ns) {
+  return KEEL__UNLIKELY(w->lab != NULL) ? ns : keel__ns_to_ms_ceil(ns);
+}
+static inline int64_t keel__tick_floor(const keel__worker_t *w, int64_t ns) {
+  return KEEL__UNLIKELY(w->lab != NULL) ? ns : ns / KEEL_NS_PER_MS;
+}
+static inline int64_t keel__tick_to_ns(const keel__worker_t *w, int64_t tick) {
+  return KEEL__UNLIKELY(w->lab != NULL) ? tick : tick * KEEL_NS_PER_MS;
 }
 
 void keel__set_name(char *dst, const char *src, const char *dflt);

@@ -34,6 +34,8 @@ static keel_backend_t backend_from_env(keel_backend_t b) {
     return KEEL_BACKEND_URING;
   if (!strcasecmp(env, "epoll"))
     return KEEL_BACKEND_EPOLL;
+  if (!strcasecmp(env, "lab"))
+    return KEEL_BACKEND_LAB;
   return KEEL_BACKEND_AUTO;
 }
 
@@ -50,8 +52,10 @@ static int probe_uring(void) {
 
 static int choose_backend(keel_runtime_t *rt) {
   keel_backend_t b = backend_from_env(rt->cfg.backend);
-  if (b == KEEL_BACKEND_LAB)
-    return -ENOSYS;
+  if (b == KEEL_BACKEND_LAB) {
+    rt->ops = &keel__lab_ops;
+    return 0;
+  }
   if (b == KEEL_BACKEND_EPOLL) {
     rt->ops = &keel__epoll_ops;
     return 0;
@@ -214,7 +218,15 @@ static int runtime_config(keel_runtime_t *rt, const keel_config_t *cfg) {
     rt->cfg.drain_timeout_ms = DEFAULT_DRAIN_MS;
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
   rt->nworkers = rt->cfg.workers ? rt->cfg.workers : (cpus > 0 ? (int)cpus : 1);
-  return choose_backend(rt);
+  int rc = choose_backend(rt);
+  if (rc == 0 && rt->ops == &keel__lab_ops) {
+    /* One thread, so that one seed gives one run. */
+    if (rt->cfg.workers > 1)
+      return -EINVAL;
+    rt->nworkers = 1;
+    rt->lab_seed = keel__lab_seed_from(&rt->cfg);
+  }
+  return rc;
 }
 
 /* Starts workers 1..n-1 on their own threads; worker 0 is this thread. */
@@ -310,6 +322,9 @@ int keel_run(const keel_config_t *cfg, keel_task_fn main_fn, void *arg) {
   signals_stop(rt, &old_mask);
   if (rc == 0)
     rc = jrc ? jrc : rt->main_result;
+  if (rc < 0 && rt->ops == &keel__lab_ops)
+    keel_log(KEEL_LOG_WARN, "lab run failed (%s); replay it with KEEL_SEED=%llu", keel_strerror(rc),
+             (unsigned long long)rt->lab_seed);
   pthread_mutex_destroy(&rt->start_lock);
   pthread_cond_destroy(&rt->start_cond);
 fail_alloc:
@@ -348,7 +363,7 @@ static void drain_arm_msg(keel__worker_t *w, keel__msg_t *m) {
   keel_runtime_t *rt = keel__container_of(m, keel_runtime_t, drain_msg);
   int64_t when = keel__now_ns() + rt->cfg.drain_timeout_ms * KEEL_NS_PER_MS;
   keel__timer_init(&rt->drain_timer, drain_timer_cb);
-  keel__timer_start(&w->wheel, &rt->drain_timer, keel__ns_to_ms_ceil(when));
+  keel__timer_start(&w->wheel, &rt->drain_timer, keel__tick_of(w, when));
 }
 
 void keel_shutdown(void) {

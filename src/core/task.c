@@ -50,6 +50,8 @@ static void switch_to_task(keel__worker_t *w, keel_task_t *t) {
 }
 
 static keel_task_t *pop_ready(keel__worker_t *w) {
+  if (KEEL__UNLIKELY(w->lab != NULL))
+    return keel__lab_pop_ready(w);
   keel__queue_t *q = &w->ready_cancel;
   if (keel__queue_empty(q)) {
     q = &w->ready;
@@ -223,6 +225,10 @@ int keel_spawn(keel_scope_t *scope, keel_task_fn fn, void *arg, const keel_spawn
   }
   if (opts->handle)
     *opts->handle = t;
+  if (KEEL__UNLIKELY(target->lab != NULL)) {
+    t->lab_id = ++target->lab->next_task_id;
+    keel__lab_trace(target->lab, KEEL__LAB_EV_SPAWN, t->lab_id, 0);
+  }
   if (target == w)
     task_start(w, t);
   else {
@@ -307,7 +313,7 @@ static void task_interrupt_local(keel_task_t *t) {
   if (d < w->deadline_ns) { /* a nearer deadline was set: re-arm */
     w->deadline_ns = d;
     int64_t fire = d < w->until_ns ? d : w->until_ns;
-    keel__timer_start(&t->worker->wheel, &w->timer, keel__ns_to_ms_ceil(fire));
+    keel__timer_start(&t->worker->wheel, &w->timer, keel__tick_of(t->worker, fire));
   }
 }
 

@@ -23,7 +23,8 @@ static void wait_timer_cb(keel__timer_t *tm) {
   }
   w->deadline_ns = d;
   int64_t fire = d < w->until_ns ? d : w->until_ns;
-  keel__timer_start(&w->task->worker->wheel, &w->timer, keel__ns_to_ms_ceil(fire));
+  keel__worker_t *wk = w->task->worker;
+  keel__timer_start(&wk->wheel, &w->timer, keel__tick_of(wk, fire));
 }
 
 void keel__wait_init(keel__wait_t *w, keel__wait_abort_fn abort) {
@@ -51,7 +52,7 @@ ssize_t keel__wait_block(keel__wait_t *w, int64_t until_ns, int until_result) {
     w->deadline_ns = keel__task_deadline(t);
     int64_t fire = w->deadline_ns < until_ns ? w->deadline_ns : until_ns;
     if (fire != KEEL_DEADLINE_NONE)
-      keel__timer_start(&wk->wheel, &w->timer, keel__ns_to_ms_ceil(fire));
+      keel__timer_start(&wk->wheel, &w->timer, keel__tick_of(wk, fire));
   }
   t->wait = w;
   /* Cancelled between the caller's check and here (another thread may

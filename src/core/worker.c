@@ -23,7 +23,6 @@ int keel__worker_init(keel__worker_t *w, keel_runtime_t *rt, int id) {
   w->id = id;
   keel__queue_init(&w->ready);
   keel__queue_init(&w->ready_cancel);
-  keel__wheel_init(&w->wheel, keel__now_ns() / KEEL_NS_PER_MS);
   atomic_init(&w->inbox, NULL);
   atomic_init(&w->sleeping, false);
   w->ops = rt->ops;
@@ -40,6 +39,9 @@ int keel__worker_init(keel__worker_t *w, keel_runtime_t *rt, int id) {
     w->wake_fd = -1;
     return rc;
   }
+  /* After init: lab mode's clock is virtual. */
+  int64_t now = w->lab ? w->lab->now_ns : keel__now_ns();
+  keel__wheel_init(&w->wheel, keel__tick_floor(w, now));
   keel__stack_guard_thread_init(w);
   return 0;
 }
@@ -87,10 +89,10 @@ static void drain_inbox(keel__worker_t *w) {
 static int64_t poll_timeout_ns(keel__worker_t *w) {
   if (!keel__queue_empty(&w->ready) || !keel__queue_empty(&w->ready_cancel))
     return 0;
-  int64_t next_ms = keel__wheel_next_expiry(&w->wheel);
-  if (next_ms == INT64_MAX)
+  int64_t next_tick = keel__wheel_next_expiry(&w->wheel);
+  if (next_tick == INT64_MAX)
     return -1;
-  int64_t delta = next_ms * KEEL_NS_PER_MS - keel__now_ns();
+  int64_t delta = keel__tick_to_ns(w, next_tick) - keel__now_ns();
   return delta > 0 ? delta : 0;
 }
 
@@ -108,7 +110,7 @@ void keel__worker_loop(keel__worker_t *w) {
     }
     w->ops->poll(w, timeout);
     atomic_store_explicit(&w->sleeping, false, memory_order_relaxed);
-    keel__wheel_advance(&w->wheel, keel__now_ns() / KEEL_NS_PER_MS);
+    keel__wheel_advance(&w->wheel, keel__tick_floor(w, keel__now_ns()));
   }
   drain_inbox(w); /* messages that raced the stop still release their references */
 }
