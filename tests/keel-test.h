@@ -81,18 +81,42 @@ static const keel_backend_t kt_backends[] = {KEEL_BACKEND_URING, KEEL_BACKEND_EP
 /* Runs fn(arg) as the main task of a runtime with the given backend and
  * workers; returns fn's result. Skips (returns 0 and prints why) when the
  * backend is io_uring and io_uring is not available. */
+/* The seed kt_run gives a lab runtime (KT_FOR_EACH_BACKEND_AND_LAB sets it). */
+static uint64_t kt_seed = 1;
+
 static inline int kt_run(keel_backend_t backend, int workers, keel_task_fn fn, void *arg) {
   keel_config_t cfg;
   keel_config_init(&cfg);
   cfg.backend = backend;
   cfg.workers = workers;
-  return keel_run(&cfg, fn, arg);
+  cfg.lab_seed = kt_seed;
+  int rc = keel_run(&cfg, fn, arg);
+  if (rc != 0 && backend == KEEL_BACKEND_LAB)
+    fprintf(stderr, "# lab run failed with seed %llu: %d\n", (unsigned long long)kt_seed, rc);
+  return rc;
 }
+
+/* The clock timing tests measure with: real on the real backends, virtual
+ * in lab mode (keel_now_ns is either, by where it is called). */
+static inline int64_t kt_clock_ns(void) { return keel_now_ns(); }
 
 /* Iterates b over both backends, skipping io_uring when unavailable. */
 #define KT_FOR_EACH_BACKEND(b)                                                                   \
   for (size_t kt_i_ = 0; kt_i_ < KT_NBACKENDS; kt_i_++)                                          \
     for (keel_backend_t b = kt_backends[kt_i_]; b != (keel_backend_t)-1; b = (keel_backend_t)-1) \
+      if (b == KEEL_BACKEND_URING && !kt_uring_available()) {                                    \
+        fprintf(stderr, "# io_uring unavailable here: skipping the io_uring case\n");            \
+      } else
+
+/* As KT_FOR_EACH_BACKEND, then lab mode with seeds 1..KT_LAB_SEEDS (in
+ * kt_seed): timing tests run exact and across interleavings there. */
+#define KT_LAB_SEEDS 16
+#define KT_FOR_EACH_BACKEND_AND_LAB(b)                                                           \
+  for (size_t kt_j_ = 0; kt_j_ < KT_NBACKENDS + KT_LAB_SEEDS; kt_j_++)                           \
+    for (keel_backend_t b = kt_j_ < KT_NBACKENDS                                                 \
+                                ? kt_backends[kt_j_]                                             \
+                                : (kt_seed = kt_j_ - KT_NBACKENDS + 1, KEEL_BACKEND_LAB);       \
+         b != (keel_backend_t)-1; b = (keel_backend_t)-1)                                        \
       if (b == KEEL_BACKEND_URING && !kt_uring_available()) {                                    \
         fprintf(stderr, "# io_uring unavailable here: skipping the io_uring case\n");            \
       } else

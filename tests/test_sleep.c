@@ -19,13 +19,13 @@ static int accuracy_main(void *arg) {
   struct accuracy *a = arg;
   for (int i = 0; i < NDURATIONS; i++) {
     int64_t ms = durations_ms[i];
-    int64_t t0 = kt_mono_ns();
+    int64_t t0 = kt_clock_ns();
     a->rc[0][i] = keel_sleep_ms(ms);
-    int64_t t1 = kt_mono_ns();
+    int64_t t1 = kt_clock_ns();
     a->rc[1][i] = keel_sleep_ns(ms * KEEL_NS_PER_MS);
-    int64_t t2 = kt_mono_ns();
+    int64_t t2 = kt_clock_ns();
     a->rc[2][i] = keel_sleep_until(keel_now_ns() + ms * KEEL_NS_PER_MS);
-    int64_t t3 = kt_mono_ns();
+    int64_t t3 = kt_clock_ns();
     a->elapsed_ns[0][i] = t1 - t0;
     a->elapsed_ns[1][i] = t2 - t1;
     a->elapsed_ns[2][i] = t3 - t2;
@@ -35,7 +35,7 @@ static int accuracy_main(void *arg) {
 
 static void test_accuracy(void **state) {
   (void)state;
-  KT_FOR_EACH_BACKEND(b) {
+  KT_FOR_EACH_BACKEND_AND_LAB(b) {
     struct accuracy a;
     memset(&a, 0xff, sizeof a);
     assert_int_equal(kt_run(b, 1, accuracy_main, &a), 0);
@@ -63,19 +63,19 @@ struct instant {
 
 static int instant_main(void *arg) {
   struct instant *in = arg;
-  int64_t t0 = kt_mono_ns();
+  int64_t t0 = kt_clock_ns();
   in->rc[0] = keel_sleep_ms(0);
   in->rc[1] = keel_sleep_ms(-5);
   in->rc[2] = keel_sleep_ns(0);
   in->rc[3] = keel_sleep_until(keel_now_ns() - KEEL_NS_PER_SEC);
   in->rc[4] = keel_yield();
-  in->elapsed_ns = kt_mono_ns() - t0;
+  in->elapsed_ns = kt_clock_ns() - t0;
   return 0;
 }
 
 static void test_zero_negative_past(void **state) {
   (void)state;
-  KT_FOR_EACH_BACKEND(b) {
+  KT_FOR_EACH_BACKEND_AND_LAB(b) {
     struct instant in = {.rc = {1, 1, 1, 1, 1}};
     assert_int_equal(kt_run(b, 1, instant_main, &in), 0);
     for (int i = 0; i < 5; i++)
@@ -104,9 +104,9 @@ struct sleepers {
 
 static int sleeper_task(void *arg) {
   struct sleeper *s = arg;
-  int64_t t0 = kt_mono_ns();
+  int64_t t0 = kt_clock_ns();
   s->rc = keel_sleep_ms(s->ms);
-  s->elapsed_ns = kt_mono_ns() - t0;
+  s->elapsed_ns = kt_clock_ns() - t0;
   s->all->woke++;
   return s->rc;
 }
@@ -116,11 +116,11 @@ static int sleepers_main(void *arg) {
   keel_scope_t *scope = keel_scope_open(NULL);
   if (!scope)
     return -ENOMEM;
-  int64_t t0 = kt_mono_ns();
+  int64_t t0 = kt_clock_ns();
   for (int i = 0; i < SLEEPERS; i++)
     all->spawned += keel_spawn(scope, sleeper_task, &all->s[i], NULL) == 0;
   all->join_rc = keel_scope_join(scope);
-  all->total_ns = kt_mono_ns() - t0;
+  all->total_ns = kt_clock_ns() - t0;
   keel_scope_close(scope);
   return 0;
 }
@@ -128,7 +128,7 @@ static int sleepers_main(void *arg) {
 static void test_many_sleepers(void **state) {
   (void)state;
   srand(12345);
-  KT_FOR_EACH_BACKEND(b) {
+  KT_FOR_EACH_BACKEND_AND_LAB(b) {
     struct sleepers *all = calloc(1, sizeof *all);
     assert_non_null(all);
     for (int i = 0; i < SLEEPERS; i++) {
@@ -161,7 +161,7 @@ struct far {
 static int far_task(void *arg) {
   struct far *f = arg;
   f->rc = keel_sleep_ms(3600 * 1000);
-  f->woke_ns = kt_mono_ns();
+  f->woke_ns = kt_clock_ns();
   /* still cancelled: durations <= 0 report it too */
   f->cancelled_rc[0] = keel_sleep_ms(0);
   f->cancelled_rc[1] = keel_sleep_ms(10);
@@ -176,7 +176,7 @@ static int far_main(void *arg) {
     return -ENOMEM;
   f->spawn_rc = keel_spawn(s, far_task, f, NULL);
   keel_sleep_ms(20);
-  f->cancel_ns = kt_mono_ns();
+  f->cancel_ns = kt_clock_ns();
   keel_scope_cancel(s, KEEL_CANCEL_USER);
   keel_scope_join(s);
   keel_scope_close(s);
@@ -185,7 +185,7 @@ static int far_main(void *arg) {
 
 static void test_far_sleep_cancelled(void **state) {
   (void)state;
-  KT_FOR_EACH_BACKEND(b) {
+  KT_FOR_EACH_BACKEND_AND_LAB(b) {
     struct far f = {.rc = 1, .cancelled_rc = {1, 1, 1}};
     assert_int_equal(kt_run(b, 1, far_main, &f), 0);
     assert_int_equal(f.spawn_rc, 0);
@@ -224,7 +224,7 @@ static int yield_main(void *arg) {
 
 static void test_yield(void **state) {
   (void)state;
-  KT_FOR_EACH_BACKEND(b) {
+  KT_FOR_EACH_BACKEND_AND_LAB(b) {
     struct yielder y = {.rc = {1, 1, 1}};
     assert_int_equal(kt_run(b, 1, yield_main, &y), 0);
     assert_int_equal(y.spawn_rc, 0);

@@ -470,6 +470,7 @@ typedef struct keel__lab {
   uint64_t trace_hash; /* FNV-1a over the scheduling events */
   uint64_t trace_events;
   uint64_t next_task_id;
+  keel_task_t *yielder; /* just yielded: not drawn next while another is ready */
   bool deadlock_reported;
 } keel__lab_t;
 

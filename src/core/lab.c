@@ -67,12 +67,7 @@ static size_t queue_len(const keel__queue_t *q) {
 
 /* Any ready task may go next, cancelled ones included: the real backends
  * run cancelled tasks first, but nothing may rely on that order. */
-keel_task_t *keel__lab_pop_ready(keel__worker_t *w) {
-  size_t n_cancel = queue_len(&w->ready_cancel);
-  size_t n = n_cancel + queue_len(&w->ready);
-  if (n == 0)
-    return NULL;
-  size_t pick = (size_t)(((__uint128_t)keel__rng_next(w->rng) * n) >> 64);
+static keel__queue_t *nth_ready(keel__worker_t *w, size_t n_cancel, size_t pick) {
   keel__queue_t *q = &w->ready_cancel;
   if (pick >= n_cancel) {
     pick -= n_cancel;
@@ -81,6 +76,24 @@ keel_task_t *keel__lab_pop_ready(keel__worker_t *w) {
   keel__queue_t *node = q->next;
   while (pick-- > 0)
     node = node->next;
+  return node;
+}
+
+/* keel_yield promises the others a turn: a task that just yielded is not
+ * drawn while another is ready (it is the last in the queues, since
+ * yielding queued it). */
+keel_task_t *keel__lab_pop_ready(keel__worker_t *w) {
+  size_t n_cancel = queue_len(&w->ready_cancel);
+  size_t n = n_cancel + queue_len(&w->ready);
+  if (n == 0)
+    return NULL;
+  keel_task_t *yielder = w->lab->yielder;
+  w->lab->yielder = NULL;
+  size_t choices = n;
+  if (yielder && n > 1 && &yielder->ready_node == nth_ready(w, n_cancel, n - 1))
+    choices = n - 1;
+  size_t pick = (size_t)(((__uint128_t)keel__rng_next(w->rng) * choices) >> 64);
+  keel__queue_t *node = nth_ready(w, n_cancel, pick);
   keel__queue_remove(node);
   keel_task_t *t = keel__container_of(node, keel_task_t, ready_node);
   keel__lab_trace(w->lab, KEEL__LAB_EV_RUN, t->lab_id, (uint64_t)w->lab->now_ns);

@@ -374,6 +374,8 @@ int keel_yield(void) {
     return rc;
   t->state = KEEL__TASK_BLOCKED; /* so keel__task_ready queues it */
   keel__task_ready(t);
+  if (KEEL__UNLIKELY(t->worker->lab != NULL))
+    t->worker->lab->yielder = t; /* the seeded pick must still let others run */
   keel__task_park();
   return 0;
 }
