@@ -23,6 +23,21 @@ typedef struct keel_addr {
 /* Parses a numeric "host:port", "[v6]:port" or ":port" (any address).
  * Returns 0 or -EINVAL. */
 int keel_addr_parse(const char *hostport, keel_addr_t *out);
+/* Resolves "host:port" (port numeric; host a name, or a numeric address,
+ * which is parsed without resolving) into up to max addresses, in
+ * getaddrinfo's order (RFC 6724: gai.conf), IPv4 and IPv6 alike. Names are
+ * resolved by getaddrinfo on the blocking pool (keel/blocking.h), so only a
+ * task may resolve one; the task parks meanwhile. Returns the number of
+ * addresses (1..max) or a negative errno: -EINVAL (malformed, or a name
+ * outside a task), -ENOENT no such host (EAI_NONAME, EAI_NODATA,
+ * EAI_ADDRFAMILY, or no IPv4/IPv6 address), -EAGAIN temporary failure
+ * (EAI_AGAIN), -EIO (EAI_FAIL, unknown codes), -ENOMEM (EAI_MEMORY), the
+ * errno of EAI_SYSTEM, -ECANCELED / -ETIMEDOUT (at once, even while
+ * getaddrinfo still runs: its result is then freed on the pool). */
+int keel_addr_resolve(const char *hostport, keel_addr_t *out, size_t max);
+/* Addresses keel_tcp_connect and keel_tcp_listen try for a host name. */
+#define KEEL_RESOLVE_MAX 8
+
 /* Formats as "1.2.3.4:80" / "[::1]:80" into buf. Returns buf. */
 char *keel_addr_format(const keel_addr_t *addr, char *buf, size_t len);
 #define KEEL_ADDRSTRLEN 64
@@ -39,8 +54,10 @@ typedef struct keel_listen_opts {
 
 void keel_listen_opts_init(keel_listen_opts_t *o);
 
-/* Listens on "host:port". The listener belongs to the calling worker.
- * Returns 0 or a negative errno (-EINVAL bad address, -EADDRINUSE, ...). */
+/* Listens on "host:port" (numeric, or a host name: resolved as by
+ * keel_addr_resolve, listening on its first address). The listener
+ * belongs to the calling worker. Returns 0 or a negative errno (-EINVAL
+ * bad address, -EADDRINUSE, keel_addr_resolve's errors...). */
 int keel_tcp_listen(const char *hostport, const keel_listen_opts_t *opts, keel_listener_t **out);
 
 /* Waits for a connection. Returns 0 and *out, or -ECANCELED/-ETIMEDOUT, or
@@ -52,8 +69,13 @@ int keel_tcp_accept(keel_listener_t *l, keel_tcp_t **out);
 int keel_listener_addr(const keel_listener_t *l, keel_addr_t *out);
 int keel_listener_close(keel_listener_t *l);
 
-/* Connects to a numeric "host:port" under the task's deadline.
- * Returns 0 and *out, or a negative errno (-ECONNREFUSED, -ETIMEDOUT...). */
+/* Connects to "host:port" under the task's deadline. A numeric address is
+ * parsed at once; a host name is resolved first (keel_addr_resolve, on the
+ * blocking pool) and its addresses (at most KEEL_RESOLVE_MAX) are tried in
+ * order until one connects: sequentially, no happy eyeballs, so an address
+ * that hangs holds up the rest until the deadline. Returns 0 and *out, or
+ * a negative errno: a resolution error, or the last address's error
+ * (-ECONNREFUSED...); -ECANCELED / -ETIMEDOUT end the attempts at once. */
 int keel_tcp_connect(const char *hostport, keel_tcp_t **out);
 int keel_tcp_connect_addr(const keel_addr_t *addr, keel_tcp_t **out);
 

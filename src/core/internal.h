@@ -425,12 +425,14 @@ struct keel_runtime {
   keel__msg_t drain_msg;
   keel__timer_t drain_timer; /* on worker 0 */
   uint64_t lab_seed;                 /* lab mode's seed */
+  atomic_int foreign_posts;          /* keel__xwait_deliver calls from outside the workers */
   pthread_mutex_t blocking_lock;     /* guards starting the blocking pool */
   struct keel__blocking *blocking;   /* the blocking pool, started on first use */
 };
 
-/* Stops the blocking pool's threads (if started) once every worker has
- * ended: waits for running functions and disposes of their results. */
+/* Stops the blocking pool's threads (if started) once every worker thread
+ * has ended, before the workers are destroyed: waits for running functions
+ * and disposes of their results. */
 void keel__blocking_shutdown(keel_runtime_t *rt);
 
 /* The worker running on this thread (NULL outside workers). */

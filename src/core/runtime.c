@@ -2,6 +2,7 @@
  * scope, signal-driven shutdown. */
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -261,10 +262,23 @@ static int workers_start(keel_runtime_t *rt, int *started) {
   return 0;
 }
 
+/* Joins every worker thread, stops the blocking pool, waits out posts from
+ * other threads still in flight, and only then destroys the workers: a
+ * poster reads the worker (its sleeping flag, its wake descriptor) after
+ * its message is already visible, and the message may have let the last
+ * task finish. */
 static int workers_join(keel_runtime_t *rt, int started) {
   int rc = 0;
-  for (int i = 1; i < started; i++) {
+  for (int i = 1; i < started; i++)
     pthread_join(rt->workers[i].thread, NULL);
+  keel__blocking_shutdown(rt);
+  for (unsigned spins = 0; atomic_load(&rt->foreign_posts) > 0; spins++) {
+    if (spins < 64)
+      keel__cpu_relax();
+    else
+      sched_yield();
+  }
+  for (int i = 1; i < started; i++) {
     if (rt->workers[i].init_result < 0)
       rc = rt->workers[i].init_result;
     else
@@ -316,9 +330,8 @@ int keel_run(const keel_config_t *cfg, keel_task_fn main_fn, void *arg) {
     keel__worker_loop(&rt->workers[0]);
   else
     keel__runtime_quiescent(rt);
-  int jrc = workers_join(rt, started);
   keel__tls_worker = NULL;
-  keel__blocking_shutdown(rt);
+  int jrc = workers_join(rt, started);
   signals_stop(rt, &old_mask);
   if (rc == 0)
     rc = jrc ? jrc : rt->main_result;

@@ -154,12 +154,25 @@ bool keel__xwait_claim(keel__xwait_t *xw) {
 }
 
 void keel__xwait_deliver(keel__xwait_t *xw, ssize_t result) {
-  if (keel__worker_current() == xw->worker) {
+  keel__worker_t *self = keel__worker_current();
+  keel__worker_t *owner = xw->worker;
+  if (self == owner) {
     keel__wait_complete(&xw->wait, result);
     return;
   }
   xw->xresult = result;
-  keel__worker_post(xw->worker, &xw->msg);
+  if (self) {
+    keel__worker_post(owner, &xw->msg);
+    return;
+  }
+  /* A thread outside the runtime (blocking pool, batch processor): the
+   * delivery may let the last task finish, and the runtime must not free
+   * the worker while the post still reads it. The count goes up while the
+   * task is still parked, so before the runtime can be ending. */
+  keel_runtime_t *rt = owner->rt;
+  atomic_fetch_add(&rt->foreign_posts, 1);
+  keel__worker_post(owner, &xw->msg);
+  atomic_fetch_sub(&rt->foreign_posts, 1);
 }
 
 keel__xwait_t *keel__xwait_pop(keel__queue_t *list) {

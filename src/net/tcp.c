@@ -156,7 +156,7 @@ int keel_tcp_listen(const char *hostport, const keel_listen_opts_t *opts, keel_l
   if (!keel__worker_current())
     return -EINVAL;
   keel_addr_t addr;
-  int rc = keel_addr_parse(hostport, &addr);
+  int rc = keel_addr_resolve(hostport, &addr, 1);
   if (rc < 0)
     return rc;
   int fd = listen_socket(&addr, opts);
@@ -276,8 +276,17 @@ int keel_tcp_connect_addr(const keel_addr_t *addr, keel_tcp_t **out) {
 
 int keel_tcp_connect(const char *hostport, keel_tcp_t **out) {
   keel_addr_t addr;
-  int rc = keel_addr_parse(hostport, &addr);
-  if (rc < 0)
-    return rc;
-  return keel_tcp_connect_addr(&addr, out);
+  if (keel_addr_parse(hostport, &addr) == 0)
+    return keel_tcp_connect_addr(&addr, out);
+  keel_addr_t addrs[KEEL_RESOLVE_MAX];
+  int n = keel_addr_resolve(hostport, addrs, KEEL_RESOLVE_MAX);
+  if (n < 0)
+    return n;
+  int rc = -ENOENT;
+  for (int i = 0; i < n; i++) {
+    rc = keel_tcp_connect_addr(&addrs[i], out);
+    if (rc == 0 || rc == -ECANCELED || rc == -ETIMEDOUT)
+      break;
+  }
+  return rc;
 }
