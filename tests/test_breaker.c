@@ -1,6 +1,328 @@
-/* test_breaker: not written yet; fails until it is. */
-#include <stdio.h>
+/* Circuit breaker: consecutive failures open it (a success resets the
+ * count), open refuses with -ECONNREFUSED for exactly open_ns (lab mode:
+ * exact virtual ns; real time: with tolerance), exactly one half-open probe
+ * (also among concurrent callers), the probe's success closes and its
+ * failure re-opens, a lost probe is replaced, a cancelled probe hands over
+ * at once, keel_breaker_call, and probes never overlap across two workers. */
+#define KT_GUARD_MS 20000
+#include "kt-guard.h"
+
+#define BACKEND KEEL_BACKEND_EPOLL
+#define MS KEEL_NS_PER_MS
+
+static void run_body(keel_task_fn fn, void *arg) {
+  assert_int_equal(kt_run_guarded(BACKEND, 1, fn, arg), 0);
+}
+
+/* Lab mode: one worker, a virtual clock; skipped until it exists. */
+static void run_lab(keel_task_fn fn, void *arg) {
+  keel_config_t cfg;
+  keel_config_init(&cfg);
+  cfg.backend = KEEL_BACKEND_LAB;
+  cfg.workers = 1;
+  cfg.lab_seed = 9;
+  kt_body_t body = {fn, arg};
+  int rc = keel_run(&cfg, kt_guard_main, &body);
+  if (rc == -ENOSYS) {
+    printf("skipped: lab mode not available\n");
+    skip();
+  }
+  assert_int_equal(rc, 0);
+}
+
+static void test_new_rejects_bad_options(void **state) {
+  (void)state;
+  keel_breaker_t *b = (keel_breaker_t *)&b;
+  assert_int_equal(keel_breaker_new(0, MS, &b), -EINVAL);
+  assert_null(b);
+  assert_int_equal(keel_breaker_new(1, -1, &b), -EINVAL);
+  assert_int_equal(keel_breaker_new(1, 0, &b), 0);
+  assert_int_equal(keel_breaker_state(b), KEEL_BREAKER_CLOSED);
+  keel_breaker_free(b);
+  keel_breaker_free(NULL);
+}
+
+/* allow() must refuse until end_ns; checked only if the call certainly
+ * came before it (in real time it may come late, and then be let through:
+ * got_probe says so, and the caller does not ask for the probe again). */
+#define CHECK_REFUSED_BEFORE(b, end_ns, got_probe) \
+  do {                                             \
+    int rc_ = keel_breaker_allow(b);               \
+    if (keel_now_ns() < (end_ns))                  \
+      CHECK_EQ(rc_, -ECONNREFUSED);                \
+    got_probe = rc_ == 0;                          \
+  } while (0)
+
+static void fail_times(keel_breaker_t *b, int n) {
+  for (int i = 0; i < n; i++)
+    keel_breaker_record_failure(b);
+}
+
+static int threshold_body(void *arg) {
+  (void)arg;
+  keel_breaker_t *b;
+  CHECK_RC(keel_breaker_new(3, 10000 * MS, &b));
+  fail_times(b, 2);
+  CHECK_EQ(keel_breaker_failures(b), 2);
+  keel_breaker_record_success(b); /* only consecutive failures count */
+  CHECK_EQ(keel_breaker_failures(b), 0);
+  fail_times(b, 2);
+  CHECK_EQ(keel_breaker_state(b), KEEL_BREAKER_CLOSED);
+  CHECK_EQ(keel_breaker_allow(b), 0);
+  keel_breaker_record_failure(b);
+  CHECK_EQ(keel_breaker_state(b), KEEL_BREAKER_OPEN);
+  CHECK_EQ(keel_breaker_allow(b), -ECONNREFUSED);
+  /* Late outcomes of calls let through before it opened change nothing. */
+  keel_breaker_record_success(b);
+  keel_breaker_record_failure(b);
+  CHECK_EQ(keel_breaker_state(b), KEEL_BREAKER_OPEN);
+  CHECK_EQ(keel_breaker_allow(b), -ECONNREFUSED);
+  keel_breaker_free(b);
+  return 0;
+}
+static void test_opens_after_consecutive_failures(void **state) {
+  (void)state;
+  run_body(threshold_body, NULL);
+}
+
+/* The open period, the single probe, re-opening and closing. slack 0:
+ * exact (lab); else the real-time tolerance. Open period 100 ms. */
+static int cycle_body(void *arg) {
+  int64_t slack = *(int64_t *)arg;
+  const int64_t open_ns = 100 * MS;
+  keel_breaker_t *b;
+  CHECK_RC(keel_breaker_new(2, open_ns, &b));
+  fail_times(b, 2);
+  int64_t opened = keel_now_ns();
+  CHECK_RC(keel_sleep_until(opened + open_ns / 2));
+  keel_breaker_record_failure(b); /* a late call's failure: no longer open */
+  CHECK_RC(keel_sleep_until(opened + open_ns - 1 - slack));
+  bool got_probe;
+  CHECK_REFUSED_BEFORE(b, opened + open_ns, got_probe); /* 1 ns before the end (lab) */
+  CHECK_RC(keel_sleep_until(opened + open_ns));
+  if (!got_probe)
+    CHECK_EQ(keel_breaker_allow(b), 0); /* the probe */
+  CHECK_EQ(keel_breaker_state(b), KEEL_BREAKER_HALF_OPEN);
+  CHECK_EQ(keel_breaker_allow(b), -ECONNREFUSED); /* only one */
+  CHECK_RC(keel_sleep_ms(10));
+  CHECK_REFUSED_BEFORE(b, opened + 2 * open_ns, got_probe); /* the probe is not lost yet */
+  keel_breaker_record_failure(b);                           /* the probe failed: open again */
+  int64_t reopened = keel_now_ns();
+  CHECK_EQ(keel_breaker_state(b), KEEL_BREAKER_OPEN);
+  CHECK_RC(keel_sleep_until(reopened + open_ns - 1 - slack));
+  CHECK_REFUSED_BEFORE(b, reopened + open_ns, got_probe);
+  CHECK_RC(keel_sleep_until(reopened + open_ns));
+  if (!got_probe)
+    CHECK_EQ(keel_breaker_allow(b), 0);
+  keel_breaker_record_success(b); /* the probe succeeded: closed */
+  CHECK_EQ(keel_breaker_state(b), KEEL_BREAKER_CLOSED);
+  CHECK_EQ(keel_breaker_allow(b), 0);
+  CHECK_EQ(keel_breaker_allow(b), 0);
+  keel_breaker_record_failure(b); /* the count started again from 0 */
+  CHECK_EQ(keel_breaker_state(b), KEEL_BREAKER_CLOSED);
+  keel_breaker_free(b);
+  return 0;
+}
+static void test_lab_open_period_exact(void **state) {
+  (void)state;
+  int64_t slack = 0;
+  run_lab(cycle_body, &slack);
+}
+static void test_open_half_open_cycle(void **state) {
+  (void)state;
+  int64_t slack = 30 * MS;
+  run_body(cycle_body, &slack);
+}
+
+/* A probe that never reports is replaced after open_ns. */
+static int lost_probe_body(void *arg) {
+  (void)arg;
+  keel_breaker_t *b;
+  CHECK_RC(keel_breaker_new(1, 20 * MS, &b));
+  keel_breaker_record_failure(b);
+  CHECK_RC(keel_sleep_ms(25));
+  bool got_probe;
+  int64_t t = keel_now_ns();
+  CHECK_EQ(keel_breaker_allow(b), 0); /* this probe is lost */
+  CHECK_REFUSED_BEFORE(b, t + 20 * MS, got_probe);
+  CHECK_RC(keel_sleep_ms(25));
+  t = keel_now_ns();
+  CHECK_EQ(keel_breaker_allow(b), 0); /* the lost probe is replaced */
+  CHECK_REFUSED_BEFORE(b, t + 20 * MS, got_probe);
+  (void)got_probe; /* a late call was let through as the next probe: fine here */
+  keel_breaker_free(b);
+  return 0;
+}
+static void test_lost_probe_replaced(void **state) {
+  (void)state;
+  run_body(lost_probe_body, NULL);
+}
+
+/* ---- keel_breaker_call --------------------------------------------------------- */
+
+struct call {
+  keel_breaker_t *b;
+  int result; /* what fn returns */
+  int64_t ms; /* fn sleeps this long first */
+  int calls;  /* how often fn ran */
+  int rc;     /* what keel_breaker_call returned */
+};
+static int call_fn(void *arg) {
+  struct call *c = arg;
+  c->calls++;
+  if (c->ms > 0) {
+    int rc = keel_sleep_ms(c->ms);
+    if (rc < 0)
+      return rc;
+  }
+  return c->result;
+}
+static int caller_task(void *arg) {
+  struct call *c = arg;
+  c->rc = keel_breaker_call(c->b, call_fn, c);
+  return 0;
+}
+
+static int call_body(void *arg) {
+  (void)arg;
+  keel_breaker_t *b;
+  CHECK_RC(keel_breaker_new(2, 100 * MS, &b));
+  struct call c = {.b = b, .result = 5};
+  CHECK_EQ(keel_breaker_call(b, call_fn, &c), 5);
+  c.result = -EIO;
+  CHECK_EQ(keel_breaker_call(b, call_fn, &c), -EIO);
+  CHECK_EQ(keel_breaker_call(b, call_fn, &c), -EIO);
+  CHECK_EQ(c.calls, 3);
+  CHECK_EQ(keel_breaker_call(b, call_fn, &c), -ECONNREFUSED);
+  CHECK_EQ(c.calls, 3); /* refused: fn not called */
+  CHECK_RC(keel_sleep_ms(110));
+
+  /* Five concurrent callers when half-open: one probe runs, four refused. */
+  struct call cs[5];
+  keel_scope_t *s = keel_scope_open(NULL);
+  CHECK(s);
+  for (int i = 0; i < 5; i++) {
+    cs[i] = (struct call){.b = b, .result = 1, .ms = 1};
+    CHECK_RC(keel_spawn(s, caller_task, &cs[i], NULL));
+  }
+  keel_scope_close(s);
+  int ran = 0, refused = 0;
+  for (int i = 0; i < 5; i++) {
+    ran += cs[i].calls;
+    refused += cs[i].rc == -ECONNREFUSED;
+  }
+  CHECK_EQ(ran, 1);
+  CHECK_EQ(refused, 4);
+  CHECK_EQ(keel_breaker_state(b), KEEL_BREAKER_CLOSED); /* the probe succeeded */
+  keel_breaker_free(b);
+  return 0;
+}
+static void test_call_and_single_probe(void **state) {
+  (void)state;
+  run_body(call_body, NULL);
+}
+
+/* The probe's caller is cancelled: no verdict, and the next caller may
+ * probe at once instead of after open_ns. */
+static int cancelled_probe_body(void *arg) {
+  (void)arg;
+  keel_breaker_t *b;
+  CHECK_RC(keel_breaker_new(1, 20 * MS, &b));
+  keel_breaker_record_failure(b);
+  CHECK_RC(keel_sleep_ms(25));
+  struct call probe = {.b = b, .result = 0, .ms = 100000};
+  keel_scope_t *s = keel_scope_open(NULL);
+  CHECK(s);
+  CHECK_RC(keel_spawn(s, caller_task, &probe, NULL));
+  CHECK_RC(keel_sleep_ms(2));
+  CHECK_EQ(keel_breaker_state(b), KEEL_BREAKER_HALF_OPEN);
+  keel_scope_cancel(s, KEEL_CANCEL_USER);
+  keel_scope_close(s);
+  CHECK_EQ(probe.rc, -ECANCELED);
+  CHECK_EQ(probe.calls, 1);
+  CHECK(keel_breaker_state(b) != KEEL_BREAKER_CLOSED); /* no success recorded */
+  CHECK_EQ(keel_breaker_allow(b), 0);                  /* the next probe, at once */
+  CHECK_EQ(keel_breaker_allow(b), -ECONNREFUSED);
+  keel_breaker_free(b);
+  return 0;
+}
+static void test_cancelled_probe_hands_over(void **state) {
+  (void)state;
+  run_body(cancelled_probe_body, NULL);
+}
+
+/* ---- Two workers ---------------------------------------------------------------- */
+
+/* Every call is a probe (threshold 1, always failing, open 5 ms); callers
+ * on both workers hammer it for a while. A probe may only start while
+ * another is out once that one is lost (out for open_ns): starts closer
+ * together than half of that mean two probes were let through. */
+#define HAMMER_OPEN_NS (5 * MS)
+#define HAMMER_NS (5000 * MS) /* at most; it stops after three probes */
+struct hammer {
+  keel_breaker_t *b;
+  int64_t until;
+  atomic_int inflight;
+  atomic_int probes;
+  atomic_int overlaps;
+  _Atomic int64_t last_start;
+};
+static int probe_fn(void *arg) {
+  struct hammer *h = arg;
+  int64_t now = keel_now_ns();
+  int before = atomic_fetch_add(&h->inflight, 1);
+  int64_t prev = atomic_exchange(&h->last_start, now);
+  if (before > 0 && now - prev < HAMMER_OPEN_NS / 2)
+    atomic_fetch_add(&h->overlaps, 1);
+  atomic_fetch_add(&h->probes, 1);
+  keel_yield();
+  atomic_fetch_sub(&h->inflight, 1);
+  return -EIO;
+}
+static int hammer_task(void *arg) {
+  struct hammer *h = arg;
+  while (atomic_load(&h->probes) < 3 && kt_mono_ns() < h->until) {
+    int rc = keel_breaker_call(h->b, probe_fn, h);
+    CHECK(rc == -EIO || rc == -ECONNREFUSED);
+    CHECK_RC(keel_yield());
+  }
+  return 0;
+}
+static int hammer_body(void *arg) {
+  (void)arg;
+  struct hammer h = {.b = NULL};
+  CHECK_RC(keel_breaker_new(1, HAMMER_OPEN_NS, &h.b));
+  keel_breaker_record_failure(h.b);
+  h.until = kt_mono_ns() + HAMMER_NS;
+  keel_scope_t *s = keel_scope_open(NULL);
+  CHECK(s);
+  for (int w = 0; w < 2; w++)
+    for (int i = 0; i < 3; i++) {
+      keel_spawn_opts_t o = {.name = "hammer", .on_worker = KEEL_WORKER(w)};
+      CHECK_RC(keel_spawn(s, hammer_task, &h, &o));
+    }
+  CHECK_EQ(keel_scope_join(s), 0);
+  keel_scope_close(s);
+  CHECK(atomic_load(&h.probes) >= 3);
+  CHECK_EQ(atomic_load(&h.overlaps), 0);
+  keel_breaker_free(h.b);
+  return 0;
+}
+static void test_two_workers_one_probe_at_a_time(void **state) {
+  (void)state;
+  assert_int_equal(kt_run_guarded(BACKEND, 2, hammer_body, NULL), 0);
+}
+
 int main(void) {
-  fputs("test_breaker: not written yet\n", stderr);
-  return 1;
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_new_rejects_bad_options),
+      cmocka_unit_test(test_opens_after_consecutive_failures),
+      cmocka_unit_test(test_lab_open_period_exact),
+      cmocka_unit_test(test_open_half_open_cycle),
+      cmocka_unit_test(test_lost_probe_replaced),
+      cmocka_unit_test(test_call_and_single_probe),
+      cmocka_unit_test(test_cancelled_probe_hands_over),
+      cmocka_unit_test(test_two_workers_one_probe_at_a_time),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
 }
