@@ -1,10 +1,12 @@
-/* keel channels: bounded queues of fixed-size items between the tasks of
- * one worker (not thread-safe). */
+/* keel channels: bounded queues of fixed-size items between tasks. A
+ * channel belongs to one worker (no locking) unless it is opened with
+ * KEEL_CHAN_SHARED, which makes it usable from tasks on any worker. */
 #ifndef KEEL_CHAN_H
 #define KEEL_CHAN_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -23,7 +25,23 @@ typedef enum keel_chan_policy {
 typedef enum keel_chan_order {
   KEEL_CHAN_FIFO = 0, /* queue */
   KEEL_CHAN_LIFO,     /* stack: only with KEEL_CHAN_BLOCK or KEEL_CHAN_GROW */
+  KEEL_CHAN_PRIORITY, /* smallest key first (keel_chan_send_key), FIFO among
+                       * equal keys: only with KEEL_CHAN_BLOCK or KEEL_CHAN_GROW */
 } keel_chan_order_t;
+
+/* keel_chan_opts.flags */
+enum {
+  /* Usable from tasks on every worker (and its try-variants from any
+   * thread): a spinlock guards the buffer, and a blocked task is woken by a
+   * message to its own worker. Same semantics as a channel of one worker,
+   * with one addition: outside a task (a plain thread, a callback) there is
+   * nothing to park, so where an operation would wait it returns -EAGAIN.
+   * Only a parked task costs a cross-thread wake-up (tens of microseconds
+   * when its worker sleeps); one that is running finds the items when it
+   * looks again, so a stream between workers wants a capacity of hundreds
+   * (bench/chan). GROW allocates while holding the lock. */
+  KEEL_CHAN_SHARED = 1u << 0,
+};
 
 /* Returned (positive) by a send that dropped an item under a DROP policy. */
 #define KEEL_CHAN_DROPPED 1
@@ -33,6 +51,7 @@ typedef struct keel_chan_opts {
   size_t capacity;           /* items, > 0 (GROW: the initial capacity) */
   keel_chan_policy_t policy; /* when full */
   keel_chan_order_t order;
+  unsigned flags; /* KEEL_CHAN_SHARED */
 } keel_chan_opts_t;
 
 /* A slot reserved by keel_chan_reserve; ended by commit or abort. */
@@ -41,23 +60,33 @@ typedef struct keel_chan_slot {
 } keel_chan_slot_t;
 
 /* Creates a channel owned by the calling worker (or, called outside a
- * worker, by the first worker that uses it). Returns 0, -EINVAL (zero
- * size or capacity, unknown policy/order, LIFO with a DROP policy,
- * overflow) or -ENOMEM. */
+ * worker, by the first worker that uses it); with KEEL_CHAN_SHARED, by no
+ * worker. Every operation on a channel that is not shared returns -EXDEV
+ * from another worker. Returns 0, -EINVAL (zero size or capacity, unknown
+ * policy/order/flag, LIFO or PRIORITY with a DROP policy, overflow) or
+ * -ENOMEM. No allocation after this except when GROW grows. */
 int keel_chan_open(const keel_chan_opts_t *opts, keel_chan_t **out);
 
-/* Frees the channel. No task may be blocked on it. NULL is a no-op. */
+/* Frees the channel. No task may be blocked on it (asserted) and, if it is
+ * shared, no other thread may still use it. NULL is a no-op. */
 void keel_chan_free(keel_chan_t *c);
 
 /* Copies item in. Returns 0 when queued; KEEL_CHAN_DROPPED (1) when a DROP
  * policy dropped an item (DROP_NEWEST: this one; DROP_OLDEST: the oldest,
  * or this one if every slot is reserved); -EPIPE once closed; -ENOMEM
- * (GROW could not grow); -EXDEV from another worker. BLOCK waits for room
+ * (GROW could not grow); -EXDEV (see keel_chan_open). BLOCK waits for room
  * and may return -ECANCELED or -ETIMEDOUT, and then nothing was sent. */
 int keel_chan_send(keel_chan_t *c, const void *item);
 
 /* As keel_chan_send but never blocks: -EAGAIN where send would wait. */
 int keel_chan_try_send(keel_chan_t *c, const void *item);
+
+/* Sends with a priority key: on a KEEL_CHAN_PRIORITY channel receivers get
+ * the item with the smallest key first, equal keys in sending order. Other
+ * orders ignore the key; keel_chan_send is keel_chan_send_key with key 0.
+ * Returns as keel_chan_send / keel_chan_try_send. */
+int keel_chan_send_key(keel_chan_t *c, int64_t key, const void *item);
+int keel_chan_try_send_key(keel_chan_t *c, int64_t key, const void *item);
 
 /* Waits for an item and copies it out. Returns 0; -EPIPE when closed and
  * drained (items of slots reserved before close are still delivered);
@@ -78,13 +107,19 @@ int keel_chan_close(keel_chan_t *c);
  * DROP_OLDEST evicts the oldest item (returns KEEL_CHAN_DROPPED) and
  * DROP_NEWEST returns -EAGAIN when full. Returns 0 or 1 with slot held, or
  * -EPIPE, -ECANCELED, -ETIMEDOUT, -ENOMEM, -EAGAIN, -EXDEV with nothing
- * held. commit copies item into the reserved slot and never blocks or
- * fails; abort releases it, passing the room to the next waiting sender. */
+ * held. commit copies item into the reserved slot (commit_key with a
+ * priority key) and never blocks; abort releases the slot, passing the room
+ * to the next waiting sender. Both return 0, or -EXDEV when called on
+ * another worker than the one of a channel that is not shared: then
+ * nothing happened and the slot is still held (end it on its worker).
+ * Ending a slot that is not held is a programmer error (asserted). */
 int keel_chan_reserve(keel_chan_t *c, keel_chan_slot_t *slot);
-void keel_chan_commit(keel_chan_t *c, keel_chan_slot_t *slot, const void *item);
-void keel_chan_abort(keel_chan_t *c, keel_chan_slot_t *slot);
+int keel_chan_commit(keel_chan_t *c, keel_chan_slot_t *slot, const void *item);
+int keel_chan_commit_key(keel_chan_t *c, keel_chan_slot_t *slot, int64_t key, const void *item);
+int keel_chan_abort(keel_chan_t *c, keel_chan_slot_t *slot);
 
-/* Items queued (committed, not yet received). */
+/* Queries: a snapshot (on a shared channel, others may change it at once).
+ * Items queued (committed, not yet received). */
 size_t keel_chan_len(const keel_chan_t *c);
 /* Current capacity in items (GROW raises it). */
 size_t keel_chan_capacity(const keel_chan_t *c);
