@@ -1,0 +1,135 @@
+/* Internal header: the waiter lists shared by keel's sync primitives
+ * (keel/sync.h). Each object has a spinlock and a FIFO list of parked
+ * tasks (keel__xwait_t, so tasks on any worker may wait). A waker claims
+ * waiters under the lock, updates the object's state on their behalf
+ * (hand-off: the lock or the permits are already theirs when they wake),
+ * and delivers after dropping the lock. A waiter that is cancelled leaves
+ * under the same lock, through an abort hook that lets the object re-run
+ * its hand-off: what it was blocking (a big semaphore request at the
+ * head, a writer ahead of readers) goes on at once. */
+#ifndef KEEL_SYNC_INTERNAL_H
+#define KEEL_SYNC_INTERNAL_H
+
+#include <assert.h>
+#include <errno.h>
+
+#include "internal.h"
+#include "keel/sync.h"
+
+_Static_assert(sizeof(((keel_sync_waitq_t *)0)->list) == sizeof(keel__queue_t),
+               "keel_sync_waitq_t.list must match keel__queue_t");
+_Static_assert(sizeof(((keel_sync_waitq_t *)0)->lock) == sizeof(keel__spinlock_t),
+               "keel_sync_waitq_t.lock must match keel__spinlock_t");
+
+typedef struct keel__sync_waiter {
+  keel__xwait_t xw;
+  uint64_t need;  /* what it waits for (permits, reader or writer) */
+  ssize_t result; /* set when claimed, delivered once the lock is dropped */
+} keel__sync_waiter_t;
+
+/* Called under the lock after an aborted waiter left: re-run the hand-off,
+ * claiming into wake whoever can go now. */
+typedef void (*keel__sync_left_fn)(void *obj, keel__queue_t *wake);
+
+static inline void keel__waitq_init(keel_sync_waitq_t *q) {
+  atomic_flag_clear(&q->lock.flag);
+  q->list[0] = q->list[1] = q->list;
+}
+
+static inline keel__spinlock_t *keel__waitq_spin(keel_sync_waitq_t *q) {
+  return (keel__spinlock_t *)(void *)&q->lock;
+}
+static inline void keel__waitq_lock(keel_sync_waitq_t *q) { keel__spin_lock(keel__waitq_spin(q)); }
+static inline void keel__waitq_unlock(keel_sync_waitq_t *q) {
+  keel__spin_unlock(keel__waitq_spin(q));
+}
+
+/* Under the lock. A zeroed object (static initialiser) has NULL links:
+ * make them an empty list on first use. */
+static inline keel__queue_t *keel__waitq_list(keel_sync_waitq_t *q) {
+  if (KEEL__UNLIKELY(!q->list[0]))
+    q->list[0] = q->list[1] = q->list;
+  return (keel__queue_t *)(void *)q->list;
+}
+
+/* Under the lock: the longest-waiting task, or NULL. */
+static inline keel__sync_waiter_t *keel__waitq_head(keel_sync_waitq_t *q) {
+  keel__queue_t *list = keel__waitq_list(q);
+  if (keel__queue_empty(list))
+    return NULL;
+  return keel__container_of(list->next, keel__sync_waiter_t, xw.wait.node);
+}
+
+static inline bool keel__waitq_empty(keel_sync_waitq_t *q) {
+  return keel__queue_empty(keel__waitq_list(q));
+}
+
+/* Under the lock: takes sw off the list and claims it (a listed waiter is
+ * always still parked: aborts and claims both happen under the lock);
+ * it is delivered result by keel__sync_deliver. */
+static inline void keel__sync_claim(keel__queue_t *wake, keel__sync_waiter_t *sw, ssize_t result) {
+  keel__queue_remove(&sw->xw.wait.node);
+  bool claimed = keel__xwait_claim(&sw->xw);
+  assert(claimed);
+  (void)claimed;
+  sw->result = result;
+  keel__queue_insert_tail(wake, &sw->xw.wait.node);
+}
+
+/* After dropping the lock: wakes the claimed waiters. Each may return
+ * (and its wait vanish with its stack) as soon as it is delivered. */
+static inline void keel__sync_deliver(keel__queue_t *wake) {
+  while (!keel__queue_empty(wake)) {
+    keel__queue_t *n = wake->next;
+    keel__queue_remove(n);
+    keel__sync_waiter_t *sw = keel__container_of(n, keel__sync_waiter_t, xw.wait.node);
+    keel__xwait_deliver(&sw->xw, sw->result);
+  }
+}
+
+/* Abort hook body: as keel__xwait's, plus the object's left() under the
+ * same lock, so nothing waits behind a waiter that is gone. */
+static inline void keel__sync_abort(keel__wait_t *w, int err, keel__sync_left_fn left) {
+  keel__xwait_t *xw = keel__container_of(w, keel__xwait_t, wait);
+  keel__queue_t wake;
+  keel__queue_init(&wake);
+  keel__spin_lock(xw->lock);
+  int expect = KEEL__XWAIT_PARKED;
+  bool won = atomic_compare_exchange_strong_explicit(&xw->state, &expect, KEEL__XWAIT_ABORTED,
+                                                     memory_order_acq_rel, memory_order_acquire);
+  if (won) {
+    keel__queue_remove(&w->node);
+    left(w->data, &wake);
+  }
+  keel__spin_unlock(xw->lock);
+  if (won)
+    keel__wait_complete(w, err);
+  /* Lost: a waker claimed it and its result is on the way. */
+  keel__sync_deliver(&wake);
+}
+
+/* Under the lock, about to wait: 0, -EINVAL outside a task, or the
+ * cancellation error (checked only now: what needs no wait succeeds even
+ * in a cancelled task). */
+static inline int keel__sync_may_wait(void) {
+  if (!keel__task_self())
+    return -EINVAL;
+  return keel__check_cancel();
+}
+
+/* Under q's lock: queues the current task as sw (needing `need`), drops
+ * the lock and parks. Returns the delivered result, or -ECANCELED /
+ * -ETIMEDOUT once it has left the list. */
+static inline ssize_t keel__sync_park(keel_sync_waitq_t *q, keel__sync_waiter_t *sw, uint64_t need,
+                                      void *obj, keel__wait_abort_fn abort) {
+  keel__xwait_init(&sw->xw, keel__waitq_spin(q));
+  sw->xw.wait.abort = abort;
+  sw->xw.wait.data = obj;
+  sw->need = need;
+  sw->result = 0;
+  keel__queue_insert_tail(keel__waitq_list(q), &sw->xw.wait.node);
+  keel__waitq_unlock(q);
+  return keel__xwait_block(&sw->xw);
+}
+
+#endif
