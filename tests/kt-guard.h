@@ -85,6 +85,20 @@ static inline int kt_run_guarded_lab(uint64_t seed, keel_task_fn fn, void *arg) 
   return kt_run_lab(seed, kt_guard_main, &body, NULL);
 }
 
+/* Runs a guarded body on backend, then (one worker only) in lab mode over
+ * seeds 1..KT_BODY_LAB_SEEDS, whose seeded scheduler tries other
+ * interleavings of the same tasks. Returns the first failure. */
+#ifndef KT_BODY_LAB_SEEDS
+#define KT_BODY_LAB_SEEDS 16
+#endif
+static inline int kt_run_guarded_and_lab(keel_backend_t backend, int workers, keel_task_fn fn,
+                                         void *arg) {
+  int rc = kt_run_guarded(backend, workers, fn, arg);
+  for (uint64_t seed = 1; rc == 0 && workers == 1 && seed <= KT_BODY_LAB_SEEDS; seed++)
+    rc = kt_run_guarded_lab(seed, fn, arg);
+  return rc;
+}
+
 /* Listens on an ephemeral loopback port; the address goes to addr as text
  * ("127.0.0.1:PORT") for keel_tcp_connect. */
 static inline int kt_listen_loopback(keel_listener_t **out, char *addr, size_t len) {

@@ -9,7 +9,9 @@
 #define BACKEND KEEL_BACKEND_EPOLL
 #define MS KEEL_NS_PER_MS
 
-static void run_body(keel_task_fn fn) { assert_int_equal(kt_run_guarded(BACKEND, 1, fn, NULL), 0); }
+static void run_body(keel_task_fn fn) {
+  assert_int_equal(kt_run_guarded_and_lab(BACKEND, 1, fn, NULL), 0);
+}
 
 /* A branch: sleeps ms, then returns result; records what happened. */
 struct branch {
@@ -48,9 +50,9 @@ static int all_ok_body(void *arg) {
   keel_branch_t kb[4];
   make_branches(b, kb, 4);
   int results[4] = {-1, -1, -1, -1};
-  int64_t t0 = kt_mono_ns();
+  int64_t t0 = kt_clock_ns();
   CHECK_EQ(keel_join_all(kb, 4, 0, results), 0);
-  int64_t took = kt_mono_ns() - t0;
+  int64_t took = kt_clock_ns() - t0;
   CHECK(took >= 8 * MS);   /* waited for the slowest */
   CHECK(took < 1000 * MS); /* ran concurrently */
   CHECK_EQ(results[0], 1);
@@ -94,9 +96,9 @@ static int fail_fast_body(void *arg) {
   keel_branch_t kb[3];
   make_branches(b, kb, 3);
   int results[3];
-  int64_t t0 = kt_mono_ns();
+  int64_t t0 = kt_clock_ns();
   CHECK_EQ(keel_join_all(kb, 3, KEEL_JOIN_FAIL_FAST, results), -EIO);
-  CHECK(kt_mono_ns() - t0 < 1000 * MS);
+  CHECK(kt_clock_ns() - t0 < 1000 * MS);
   CHECK_EQ(results[0], -ECANCELED);
   CHECK_EQ(results[1], -EIO);
   CHECK_EQ(results[2], -ECANCELED);

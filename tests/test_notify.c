@@ -45,7 +45,7 @@ static int wait_for(keel_notify_t *n, int ms) {
 }
 
 static void run_body(keel_task_fn fn, int workers) {
-  assert_int_equal(kt_run_guarded(BACKEND, workers, fn, NULL), 0);
+  assert_int_equal(kt_run_guarded_and_lab(BACKEND, workers, fn, NULL), 0);
 }
 
 static int permit_body(void *arg) {
@@ -57,9 +57,9 @@ static int permit_body(void *arg) {
   keel_notify_one(&n);
   keel_notify_one(&n); /* still one permit */
   CHECK_EQ(wait_for(&n, 10), 0);
-  int64_t t0 = kt_mono_ns();
+  int64_t t0 = kt_clock_ns();
   CHECK_EQ(wait_for(&n, 20), -ETIMEDOUT);
-  CHECK(kt_mono_ns() - t0 >= 15 * KEEL_NS_PER_MS);
+  CHECK(kt_clock_ns() - t0 >= 15 * KEEL_NS_PER_MS);
   keel_notify_destroy(&n);
   return 0;
 }
@@ -135,9 +135,9 @@ static int cancel_body(void *arg) {
   CHECK_EQ(a.rc, -ECANCELED);
   keel_notify_one(&n); /* nobody waits any more: stored */
   CHECK_EQ(wait_for(&n, 10), 0);
-  int64_t t0 = kt_mono_ns();
+  int64_t t0 = kt_clock_ns();
   CHECK_EQ(wait_for(&n, 20), -ETIMEDOUT);
-  CHECK(kt_mono_ns() - t0 >= 15 * KEEL_NS_PER_MS);
+  CHECK(kt_clock_ns() - t0 >= 15 * KEEL_NS_PER_MS);
   keel_notify_one(&n);
   CHECK_EQ(wait_for(&n, 10), 0); /* the timed-out waiter left too */
   keel_notify_destroy(&n);
@@ -204,9 +204,11 @@ static int foreign_body(void *arg) {
   keel_notify_destroy(&n);
   return 0;
 }
+/* Real threads and a 5 s deadline: not for lab mode, whose virtual clock
+ * would reach the deadline before the thread runs. */
 static void test_notify_from_foreign_thread(void **state) {
   (void)state;
-  run_body(foreign_body, 1);
+  assert_int_equal(kt_run_guarded(BACKEND, 1, foreign_body, NULL), 0);
 }
 
 /* ---- Two workers ---------------------------------------------------------------------- */

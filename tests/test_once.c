@@ -56,7 +56,7 @@ static keel_scope_t *spawn_caller(struct op *op, int worker) {
 }
 
 static void run_body(keel_task_fn fn, int workers) {
-  assert_int_equal(kt_run_guarded(BACKEND, workers, fn, NULL), 0);
+  assert_int_equal(kt_run_guarded_and_lab(BACKEND, workers, fn, NULL), 0);
 }
 
 static int basic_body(void *arg) {

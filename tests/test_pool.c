@@ -9,7 +9,7 @@
 #define BACKEND KEEL_BACKEND_EPOLL
 
 static void run_body(keel_task_fn fn, int workers) {
-  assert_int_equal(kt_run_guarded(BACKEND, workers, fn, NULL), 0);
+  assert_int_equal(kt_run_guarded_and_lab(BACKEND, workers, fn, NULL), 0);
 }
 
 /* Work that counts how many run at once. */

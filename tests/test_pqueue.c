@@ -56,7 +56,9 @@ static keel_scope_t *spawn_in_scope(keel_task_fn fn, struct op *op) {
   return s;
 }
 
-static void run_body(keel_task_fn fn) { assert_int_equal(kt_run_guarded(BACKEND, 1, fn, NULL), 0); }
+static void run_body(keel_task_fn fn) {
+  assert_int_equal(kt_run_guarded_and_lab(BACKEND, 1, fn, NULL), 0);
+}
 
 /* ---- Order ---------------------------------------------------------------------- */
 

@@ -9,7 +9,9 @@
 #define BACKEND KEEL_BACKEND_EPOLL
 #define MS KEEL_NS_PER_MS
 
-static void run_body(keel_task_fn fn) { assert_int_equal(kt_run_guarded(BACKEND, 1, fn, NULL), 0); }
+static void run_body(keel_task_fn fn) {
+  assert_int_equal(kt_run_guarded_and_lab(BACKEND, 1, fn, NULL), 0);
+}
 
 /* What every branch of one race shares. */
 struct arena {
@@ -79,9 +81,9 @@ static int first_success_body(void *arg) {
   keel_branch_t kb[5];
   make_branches(&a, b, kb, 5);
   int winner = -7;
-  int64_t t0 = kt_mono_ns();
+  int64_t t0 = kt_clock_ns();
   CHECK_EQ(keel_race(kb, 5, 0, &winner), 42);
-  CHECK(kt_mono_ns() - t0 < 1000 * MS);
+  CHECK(kt_clock_ns() - t0 < 1000 * MS);
   CHECK_EQ(winner, 2);
   CHECK_EQ(a.cleaned, 3); /* every loser cancelled and cleaned up before return */
   CHECK_EQ(a.finished, 5);
@@ -109,9 +111,9 @@ static int slow_cleanup_body(void *arg) {
   keel_branch_t kb[3];
   make_branches(&a, b, kb, 3);
   int winner = -1;
-  int64_t t0 = kt_mono_ns();
+  int64_t t0 = kt_clock_ns();
   CHECK_EQ(keel_race(kb, 3, 0, &winner), 5);
-  CHECK(kt_mono_ns() - t0 >= 30 * MS);
+  CHECK(kt_clock_ns() - t0 >= 30 * MS);
   CHECK_EQ(winner, 0);
   CHECK_EQ(a.cleaned, 2);
   keel_chan_free(a.chan);

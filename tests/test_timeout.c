@@ -8,7 +8,9 @@
 #define BACKEND KEEL_BACKEND_EPOLL
 #define MS KEEL_NS_PER_MS
 
-static void run_body(keel_task_fn fn) { assert_int_equal(kt_run_guarded(BACKEND, 1, fn, NULL), 0); }
+static void run_body(keel_task_fn fn) {
+  assert_int_equal(kt_run_guarded_and_lab(BACKEND, 1, fn, NULL), 0);
+}
 
 /* Lab mode: one worker and a virtual clock; skipped until it exists. */
 static void run_lab(keel_task_fn fn, void *arg) {
@@ -46,9 +48,9 @@ static void test_result_passes_through(void **state) {
 static int expires_body(void *arg) {
   (void)arg;
   int64_t before = keel_deadline();
-  int64_t t0 = kt_mono_ns();
+  int64_t t0 = kt_clock_ns();
   CHECK_EQ(keel_timeout(30 * MS, sleep_arg_ms, (void *)(intptr_t)10000), -ETIMEDOUT);
-  int64_t took = kt_mono_ns() - t0;
+  int64_t took = kt_clock_ns() - t0;
   CHECK(took >= 29 * MS);
   CHECK(took < 1000 * MS);
   /* The caller itself is not timed out: it can block again. */
@@ -78,9 +80,9 @@ static int inner_short(void *arg) {
 
 static int nested_body(void *arg) {
   (void)arg;
-  int64_t t0 = kt_mono_ns();
+  int64_t t0 = kt_clock_ns();
   CHECK_EQ(keel_timeout(20 * MS, inner_long, NULL), -ETIMEDOUT);
-  int64_t took = kt_mono_ns() - t0;
+  int64_t took = kt_clock_ns() - t0;
   CHECK(took >= 19 * MS);
   CHECK(took < 1000 * MS);
   int inner_rc = 0;
@@ -88,9 +90,9 @@ static int nested_body(void *arg) {
   CHECK_EQ(inner_rc, -ETIMEDOUT);
   /* The caller's own deadline is nearer than the timeout's. */
   int64_t prev = keel_task_set_deadline(keel_now_ns() + 15 * MS);
-  t0 = kt_mono_ns();
+  t0 = kt_clock_ns();
   CHECK_EQ(keel_timeout(10000 * MS, sleep_arg_ms, (void *)(intptr_t)10000), -ETIMEDOUT);
-  CHECK(kt_mono_ns() - t0 < 1000 * MS);
+  CHECK(kt_clock_ns() - t0 < 1000 * MS);
   keel_task_set_deadline(prev);
   return 0;
 }
