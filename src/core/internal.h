@@ -224,6 +224,14 @@ void keel__xwait_deliver(keel__xwait_t *xw, ssize_t result);
  * left it). Returns NULL if the list is empty. Deliver it afterwards,
  * inside or outside the lock. */
 keel__xwait_t *keel__xwait_pop(keel__queue_t *list);
+/* Under the list's lock: pops and claims up to max waits (SIZE_MAX: all)
+ * onto claimed, in order, for keel__xwait_deliver_claimed once the lock is
+ * dropped. Returns how many. */
+size_t keel__xwait_claim_n(keel__queue_t *list, size_t max, keel__queue_t *claimed);
+/* Delivers to every wait on claimed its xresult (0 unless the claimer set
+ * it), emptying the list. Each task may return, and its wait vanish with
+ * its stack, as soon as it is delivered: its node leaves the list first. */
+void keel__xwait_deliver_claimed(keel__queue_t *claimed);
 
 /* ---- Tasks --------------------------------------------------------------- */
 

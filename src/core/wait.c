@@ -185,3 +185,22 @@ keel__xwait_t *keel__xwait_pop(keel__queue_t *list) {
   }
   return NULL;
 }
+
+size_t keel__xwait_claim_n(keel__queue_t *list, size_t max, keel__queue_t *claimed) {
+  size_t n = 0;
+  keel__xwait_t *xw;
+  while (n < max && (xw = keel__xwait_pop(list)) != NULL) {
+    keel__queue_insert_tail(claimed, &xw->wait.node);
+    n++;
+  }
+  return n;
+}
+
+void keel__xwait_deliver_claimed(keel__queue_t *claimed) {
+  while (!keel__queue_empty(claimed)) {
+    keel__queue_t *n = claimed->next;
+    keel__queue_remove(n);
+    keel__xwait_t *xw = keel__container_of(n, keel__xwait_t, wait.node);
+    keel__xwait_deliver(xw, xw->xresult);
+  }
+}

@@ -41,7 +41,7 @@ int keel_barrier_wait(keel_barrier_t *b) {
     b->arrived = 0;
     b->generation++;
     keel__waitq_unlock(&b->waiters);
-    keel__sync_deliver(&wake);
+    keel__xwait_deliver_claimed(&wake);
     return KEEL_BARRIER_LEADER;
   }
   int err = keel__sync_may_wait();
@@ -91,7 +91,7 @@ static void once_finish(keel_once_t *o, int rc) {
   while ((sw = keel__waitq_head(&o->waiters)))
     keel__sync_claim(&wake, sw, rc >= 0 ? WOKEN_DONE : WOKEN_RETRY);
   keel__waitq_unlock(&o->waiters);
-  keel__sync_deliver(&wake);
+  keel__xwait_deliver_claimed(&wake);
 }
 
 /* Under the lock, fn running elsewhere: waits for it. Returns 0 to retry

@@ -203,28 +203,12 @@ int keel_batch_submit(keel_batch_t *q, const void *item, int64_t *result) {
 
 /* ---- Closing ----------------------------------------------------------------------- */
 
-/* Wakes every waiter on `claimed` (claimed under q->lock by claim_some). */
-static void deliver_all(keel__queue_t *claimed) {
-  while (!keel__queue_empty(claimed)) {
-    keel__queue_t *n = claimed->next;
-    keel__queue_remove(n);
-    waiter_deliver(keel__container_of(n, batch_waiter_t, xw.wait.node));
-  }
-}
-
-/* Under q->lock: moves up to max claimable waits from list to claimed. */
-static void claim_some(keel__queue_t *list, size_t max, keel__queue_t *claimed) {
-  keel__xwait_t *xw;
-  while (max-- > 0 && (xw = keel__xwait_pop(list)) != NULL)
-    keel__queue_insert_tail(claimed, &xw->wait.node);
-}
-
 int keel_batch_close(keel_batch_t *q) {
   keel__queue_t claimed;
   keel__queue_init(&claimed);
   keel__spin_lock(&q->lock);
   q->closed = true;
-  claim_some(&q->room_waiters, SIZE_MAX, &claimed); /* they will see closed */
+  keel__xwait_claim_n(&q->room_waiters, SIZE_MAX, &claimed); /* they will see closed */
   bool wake = processor_wants_wake(q);
   int rc = 0;
   bool wait = !q->exited && keel__task_self() && (rc = keel__check_cancel()) == 0;
@@ -234,7 +218,7 @@ int keel_batch_close(keel_batch_t *q) {
     keel__queue_insert_tail(&q->close_waiters, &bw.xw.wait.node);
   }
   keel__spin_unlock(&q->lock);
-  deliver_all(&claimed);
+  keel__xwait_deliver_claimed(&claimed);
   if (wake)
     processor_wake(q);
   return wait ? waiter_block(&bw) : rc;
@@ -364,9 +348,9 @@ static void finish_batch(keel_batch_t *q, size_t n, size_t slots) {
   keel__queue_init(&claimed);
   keel__spin_lock(&q->lock);
   q->done += slots;
-  claim_some(&q->room_waiters, slots, &claimed);
+  keel__xwait_claim_n(&q->room_waiters, slots, &claimed);
   keel__spin_unlock(&q->lock);
-  deliver_all(&claimed);
+  keel__xwait_deliver_claimed(&claimed);
 }
 
 static void *batch_thread(void *arg) {
@@ -384,8 +368,8 @@ static void *batch_thread(void *arg) {
   keel__queue_init(&claimed);
   keel__spin_lock(&q->lock);
   q->exited = true;
-  claim_some(&q->close_waiters, SIZE_MAX, &claimed);
+  keel__xwait_claim_n(&q->close_waiters, SIZE_MAX, &claimed);
   keel__spin_unlock(&q->lock);
-  deliver_all(&claimed);
+  keel__xwait_deliver_claimed(&claimed);
   return NULL;
 }

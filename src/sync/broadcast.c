@@ -58,27 +58,6 @@ int keel_broadcast_open(size_t elem_size, size_t capacity, keel_broadcast_t **ou
 
 /* ---- Waking ------------------------------------------------------------------ */
 
-/* Under the lock: claims every parked receiver, moving it to claimed, to
- * be delivered once the lock is released (a delivery may post to another
- * worker and wake it: not work to do under a spinlock). A claimed wait can
- * no longer be aborted, and its abort hook no longer touches its node. */
-static void claim_all(keel__queue_t *waiters, keel__queue_t *claimed) {
-  keel__xwait_t *xw;
-  while ((xw = keel__xwait_pop(waiters)))
-    keel__queue_insert_tail(claimed, &xw->wait.node);
-}
-
-/* Outside the lock: tells each claimed receiver to look again. A task may
- * run and return as soon as its wait is delivered, so its node leaves the
- * list first. */
-static void deliver_all(keel__queue_t *claimed) {
-  while (!keel__queue_empty(claimed)) {
-    keel__queue_t *n = claimed->next;
-    keel__queue_remove(n);
-    keel__xwait_deliver(keel__container_of(n, keel__xwait_t, wait.node), 0);
-  }
-}
-
 /* ---- Sending and closing ------------------------------------------------------ */
 
 static inline unsigned char *slot_of(keel_broadcast_t *b, uint64_t seq) {
@@ -97,9 +76,9 @@ int keel_broadcast_send(keel_broadcast_t *b, const void *item) {
   b->tail++;
   int receivers = b->receivers > INT_MAX ? INT_MAX : (int)b->receivers;
   if (!keel__queue_empty(&b->waiters))
-    claim_all(&b->waiters, &claimed);
+    keel__xwait_claim_n(&b->waiters, SIZE_MAX, &claimed);
   keel__spin_unlock(&b->lock);
-  deliver_all(&claimed);
+  keel__xwait_deliver_claimed(&claimed);
   return receivers;
 }
 
@@ -110,12 +89,12 @@ static bool close_impl(keel_broadcast_t *b, bool drop) {
   keel__queue_init(&claimed);
   keel__spin_lock(&b->lock);
   b->closed = true;
-  claim_all(&b->waiters, &claimed);
+  keel__xwait_claim_n(&b->waiters, SIZE_MAX, &claimed);
   if (drop)
     b->opener_gone = true;
   bool last = b->opener_gone && b->receivers == 0;
   keel__spin_unlock(&b->lock);
-  deliver_all(&claimed);
+  keel__xwait_deliver_claimed(&claimed);
   return last;
 }
 

@@ -97,22 +97,12 @@ static inline int chan_enter(keel_chan_t *c) {
   return KEEL__LIKELY(owned_here(c)) ? 0 : -EXDEV;
 }
 
-/* Delivers the wakes collected under the lock: claimed waits have left
- * their lists and cannot be aborted, so their nodes are free to borrow. */
-static void deliver_wakes(keel__queue_t *wakes) {
-  while (!keel__queue_empty(wakes)) {
-    keel__queue_t *n = wakes->next;
-    keel__queue_remove(n);
-    keel__xwait_deliver(keel__container_of(n, keel__xwait_t, wait.node), 0);
-  }
-}
-
 /* Ends an operation: releases a shared channel's lock, then wakes. */
 static inline void chan_leave(keel_chan_t *c, keel__queue_t *wakes) {
   if (is_shared(c)) {
     keel__spin_unlock(&c->lock);
     if (!keel__queue_empty(wakes))
-      deliver_wakes(wakes);
+      keel__xwait_deliver_claimed(wakes);
   }
 }
 

@@ -116,7 +116,7 @@ static void mutex_unlock_slow(keel_mutex_t *m) {
   keel__waitq_lock(&m->waiters);
   mutex_handoff(m, &wake);
   keel__waitq_unlock(&m->waiters);
-  keel__sync_deliver(&wake);
+  keel__xwait_deliver_claimed(&wake);
 }
 
 void keel_mutex_unlock(keel_mutex_t *m) {
@@ -259,7 +259,7 @@ static void rw_unlock_slow(keel_rwlock_t *l, uint64_t need) {
     atomic_fetch_sub_explicit(&l->state, RW_READER, memory_order_release);
   rw_dispatch(l, &wake);
   keel__waitq_unlock(&l->waiters);
-  keel__sync_deliver(&wake);
+  keel__xwait_deliver_claimed(&wake);
 }
 
 void keel_rwlock_unlock_read(keel_rwlock_t *l) {

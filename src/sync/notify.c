@@ -85,7 +85,7 @@ static void notify_one_slow(keel_notify_t *n) {
   if (keel__waitq_empty(&n->waiters)) /* and, if nobody took it, store it */
     atomic_store_explicit(&n->state, sw ? 0 : NOTIFY_PERMIT, memory_order_release);
   keel__waitq_unlock(&n->waiters);
-  keel__sync_deliver(&wake);
+  keel__xwait_deliver_claimed(&wake);
 }
 
 void keel_notify_one(keel_notify_t *n) {
@@ -118,5 +118,5 @@ void keel_notify_all(keel_notify_t *n) {
     keel__sync_claim(&wake, sw, WOKEN_BY_ALL);
   atomic_fetch_and_explicit(&n->state, ~NOTIFY_WAITERS, memory_order_release);
   keel__waitq_unlock(&n->waiters);
-  keel__sync_deliver(&wake);
+  keel__xwait_deliver_claimed(&wake);
 }

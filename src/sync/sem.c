@@ -102,7 +102,7 @@ static void sem_release_slow(keel_sem_t *s, uint64_t n) {
   atomic_fetch_add_explicit(&s->state, SEM_UNITS(n), memory_order_release);
   sem_dispatch(s, &wake);
   keel__waitq_unlock(&s->waiters);
-  keel__sync_deliver(&wake);
+  keel__xwait_deliver_claimed(&wake);
 }
 
 void keel_sem_release(keel_sem_t *s, uint64_t n) {

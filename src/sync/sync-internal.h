@@ -23,8 +23,7 @@ _Static_assert(sizeof(((keel_sync_waitq_t *)0)->lock) == sizeof(keel__spinlock_t
 
 typedef struct keel__sync_waiter {
   keel__xwait_t xw;
-  uint64_t need;  /* what it waits for (permits, reader or writer) */
-  ssize_t result; /* set when claimed, delivered once the lock is dropped */
+  uint64_t need; /* what it waits for (permits, reader or writer) */
 } keel__sync_waiter_t;
 
 /* Called under the lock after an aborted waiter left: re-run the hand-off,
@@ -66,25 +65,14 @@ static inline bool keel__waitq_empty(keel_sync_waitq_t *q) {
 
 /* Under the lock: takes sw off the list and claims it (a listed waiter is
  * always still parked: aborts and claims both happen under the lock);
- * it is delivered result by keel__sync_deliver. */
+ * it is delivered result by keel__xwait_deliver_claimed. */
 static inline void keel__sync_claim(keel__queue_t *wake, keel__sync_waiter_t *sw, ssize_t result) {
   keel__queue_remove(&sw->xw.wait.node);
   bool claimed = keel__xwait_claim(&sw->xw);
   assert(claimed);
   (void)claimed;
-  sw->result = result;
+  sw->xw.xresult = result; /* delivered once the lock is dropped */
   keel__queue_insert_tail(wake, &sw->xw.wait.node);
-}
-
-/* After dropping the lock: wakes the claimed waiters. Each may return
- * (and its wait vanish with its stack) as soon as it is delivered. */
-static inline void keel__sync_deliver(keel__queue_t *wake) {
-  while (!keel__queue_empty(wake)) {
-    keel__queue_t *n = wake->next;
-    keel__queue_remove(n);
-    keel__sync_waiter_t *sw = keel__container_of(n, keel__sync_waiter_t, xw.wait.node);
-    keel__xwait_deliver(&sw->xw, sw->result);
-  }
 }
 
 /* Abort hook body: as keel__xwait's, plus the object's left() under the
@@ -105,7 +93,7 @@ static inline void keel__sync_abort(keel__wait_t *w, int err, keel__sync_left_fn
   if (won)
     keel__wait_complete(w, err);
   /* Lost: a waker claimed it and its result is on the way. */
-  keel__sync_deliver(&wake);
+  keel__xwait_deliver_claimed(&wake);
 }
 
 /* Under the lock, about to wait: 0, -EINVAL outside a task, or the
@@ -126,7 +114,6 @@ static inline ssize_t keel__sync_park(keel_sync_waitq_t *q, keel__sync_waiter_t 
   sw->xw.wait.abort = abort;
   sw->xw.wait.data = obj;
   sw->need = need;
-  sw->result = 0;
   keel__queue_insert_tail(keel__waitq_list(q), &sw->xw.wait.node);
   keel__waitq_unlock(q);
   return keel__xwait_block(&sw->xw);

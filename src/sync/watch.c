@@ -57,27 +57,6 @@ int keel_watch_open(size_t elem_size, const void *initial, keel_watch_t **out) {
 
 /* ---- Waking (as in broadcast.c) ------------------------------------------------ */
 
-/* Under the lock: claims every parked receiver into claimed, delivered
- * once the lock is released (a delivery may post to another worker and
- * wake it). A claimed wait can no longer be aborted, and its abort hook no
- * longer touches its node. */
-static void claim_all(keel__queue_t *waiters, keel__queue_t *claimed) {
-  keel__xwait_t *xw;
-  while ((xw = keel__xwait_pop(waiters)))
-    keel__queue_insert_tail(claimed, &xw->wait.node);
-}
-
-/* Outside the lock: tells each claimed receiver to look again. A task may
- * run and return as soon as its wait is delivered, so its node leaves the
- * list first. */
-static void deliver_all(keel__queue_t *claimed) {
-  while (!keel__queue_empty(claimed)) {
-    keel__queue_t *n = claimed->next;
-    keel__queue_remove(n);
-    keel__xwait_deliver(keel__container_of(n, keel__xwait_t, wait.node), 0);
-  }
-}
-
 /* ---- Sending and closing ----------------------------------------------------------- */
 
 int keel_watch_send(keel_watch_t *w, const void *value) {
@@ -92,9 +71,9 @@ int keel_watch_send(keel_watch_t *w, const void *value) {
   w->version++;
   int receivers = w->receivers > INT_MAX ? INT_MAX : (int)w->receivers;
   if (!keel__queue_empty(&w->waiters))
-    claim_all(&w->waiters, &claimed);
+    keel__xwait_claim_n(&w->waiters, SIZE_MAX, &claimed);
   keel__spin_unlock(&w->lock);
-  deliver_all(&claimed);
+  keel__xwait_deliver_claimed(&claimed);
   return receivers;
 }
 
@@ -105,12 +84,12 @@ static bool close_impl(keel_watch_t *w, bool drop) {
   keel__queue_init(&claimed);
   keel__spin_lock(&w->lock);
   w->closed = true;
-  claim_all(&w->waiters, &claimed);
+  keel__xwait_claim_n(&w->waiters, SIZE_MAX, &claimed);
   if (drop)
     w->opener_gone = true;
   bool last = w->opener_gone && w->receivers == 0;
   keel__spin_unlock(&w->lock);
-  deliver_all(&claimed);
+  keel__xwait_deliver_claimed(&claimed);
   return last;
 }
 
