@@ -85,6 +85,18 @@ static inline int kt_run_guarded_lab(uint64_t seed, keel_task_fn fn, void *arg) 
   return kt_run_lab(seed, kt_guard_main, &body, NULL);
 }
 
+/* Spawns fn(arg) on worker (KEEL_WORKER_CURRENT or KEEL_WORKER(i)) in a
+ * scope of its own, so that it can be cancelled alone. NULL on failure. */
+static inline keel_scope_t *kt_spawn_in_scope(keel_task_fn fn, void *arg, int worker) {
+  keel_scope_t *s = keel_scope_open(NULL);
+  keel_spawn_opts_t o = {.name = "op", .on_worker = worker};
+  if (s && keel_spawn(s, fn, arg, &o) < 0) {
+    keel_scope_close(s);
+    return NULL;
+  }
+  return s;
+}
+
 /* Runs a guarded body on backend, then (one worker only) in lab mode over
  * seeds 1..KT_BODY_LAB_SEEDS, whose seeded scheduler tries other
  * interleavings of the same tasks. Returns the first failure. */

@@ -14,20 +14,9 @@ static void run_body(keel_task_fn fn, void *arg) {
   assert_int_equal(kt_run_guarded(BACKEND, 1, fn, arg), 0);
 }
 
-/* Lab mode: one worker, a virtual clock; skipped until it exists. */
+/* Lab mode: one worker and a virtual clock, so times are exact. */
 static void run_lab(keel_task_fn fn, void *arg) {
-  keel_config_t cfg;
-  keel_config_init(&cfg);
-  cfg.backend = KEEL_BACKEND_LAB;
-  cfg.workers = 1;
-  cfg.lab_seed = 9;
-  kt_body_t body = {fn, arg};
-  int rc = keel_run(&cfg, kt_guard_main, &body);
-  if (rc == -ENOSYS) {
-    printf("skipped: lab mode not available\n");
-    skip();
-  }
-  assert_int_equal(rc, 0);
+  assert_int_equal(kt_run_guarded_lab(9, fn, arg), 0);
 }
 
 static void test_new_rejects_bad_options(void **state) {

@@ -58,16 +58,6 @@ static int reserver_task(void *arg) {
   return 0;
 }
 
-/* Spawns fn(op) in a scope of its own (so it can be cancelled alone). */
-static keel_scope_t *spawn_in_scope(keel_task_fn fn, struct op *op) {
-  keel_scope_t *s = keel_scope_open(NULL);
-  if (s && keel_spawn(s, fn, op, NULL) < 0) {
-    keel_scope_close(s);
-    return NULL;
-  }
-  return s;
-}
-
 /* Each body runs on a real backend, then in lab mode over several seeds:
  * the seeded scheduler tries other interleavings of the same tasks. */
 #define LAB_SEEDS 32
@@ -87,7 +77,7 @@ static int block_body(void *arg) {
   CHECK_EQ(send_int(c, 2), 0);
   CHECK(keel_chan_is_full(c));
   struct op op = {.c = c, .value = 3};
-  keel_scope_t *s = spawn_in_scope(sender_task, &op);
+  keel_scope_t *s = kt_spawn_in_scope(sender_task, &op, KEEL_WORKER_CURRENT);
   CHECK(s);
   CHECK_RC(settle());
   CHECK(!op.done); /* full: the sender waits */
@@ -309,9 +299,9 @@ static int recv_cancel_body(void *arg) {
   keel_chan_t *c = open_chan(1, KEEL_CHAN_BLOCK, KEEL_CHAN_FIFO);
   CHECK(c);
   struct op r1 = {.c = c, .value = -1}, r2 = {.c = c, .value = -1};
-  keel_scope_t *s1 = spawn_in_scope(receiver_task, &r1);
+  keel_scope_t *s1 = kt_spawn_in_scope(receiver_task, &r1, KEEL_WORKER_CURRENT);
   CHECK_RC(settle());
-  keel_scope_t *s2 = spawn_in_scope(receiver_task, &r2);
+  keel_scope_t *s2 = kt_spawn_in_scope(receiver_task, &r2, KEEL_WORKER_CURRENT);
   CHECK(s1 && s2);
   CHECK_RC(settle());
   keel_scope_cancel(s1, KEEL_CANCEL_USER);
@@ -341,9 +331,9 @@ static int wake_then_cancel_body(void *arg) {
   keel_chan_t *c = open_chan(1, KEEL_CHAN_BLOCK, KEEL_CHAN_FIFO);
   CHECK(c);
   struct op r1 = {.c = c, .value = -1}, r2 = {.c = c, .value = -1};
-  keel_scope_t *s1 = spawn_in_scope(receiver_task, &r1);
+  keel_scope_t *s1 = kt_spawn_in_scope(receiver_task, &r1, KEEL_WORKER_CURRENT);
   CHECK_RC(settle());
-  keel_scope_t *s2 = spawn_in_scope(receiver_task, &r2);
+  keel_scope_t *s2 = kt_spawn_in_scope(receiver_task, &r2, KEEL_WORKER_CURRENT);
   CHECK(s1 && s2);
   CHECK_RC(settle());
   CHECK_EQ(send_int(c, 42), 0);            /* wakes r1 ... */
@@ -372,9 +362,9 @@ static int send_cancel_body(void *arg) {
   CHECK(c);
   CHECK_EQ(send_int(c, 1), 0);
   struct op s1o = {.c = c, .value = 10}, s2o = {.c = c, .value = 20};
-  keel_scope_t *s1 = spawn_in_scope(sender_task, &s1o);
+  keel_scope_t *s1 = kt_spawn_in_scope(sender_task, &s1o, KEEL_WORKER_CURRENT);
   CHECK_RC(settle());
-  keel_scope_t *s2 = spawn_in_scope(sender_task, &s2o);
+  keel_scope_t *s2 = kt_spawn_in_scope(sender_task, &s2o, KEEL_WORKER_CURRENT);
   CHECK(s1 && s2);
   CHECK_RC(settle());
   keel_scope_cancel(s1, KEEL_CANCEL_USER);
@@ -431,7 +421,7 @@ static int reserve_cancel_body(void *arg) {
   CHECK(c);
   CHECK_EQ(send_int(c, 1), 0);
   struct op r = {.c = c, .value = 5};
-  keel_scope_t *s = spawn_in_scope(reserver_task, &r);
+  keel_scope_t *s = kt_spawn_in_scope(reserver_task, &r, KEEL_WORKER_CURRENT);
   CHECK(s);
   CHECK_RC(settle());
   CHECK(!r.done);
@@ -464,7 +454,7 @@ static int reserve_abort_body(void *arg) {
   CHECK(keel_chan_is_empty(c));
   CHECK_EQ(try_send_int(c, 9), -EAGAIN);
   struct op snd = {.c = c, .value = 7};
-  keel_scope_t *s = spawn_in_scope(sender_task, &snd);
+  keel_scope_t *s = kt_spawn_in_scope(sender_task, &snd, KEEL_WORKER_CURRENT);
   CHECK(s);
   CHECK_RC(settle());
   CHECK(!snd.done);

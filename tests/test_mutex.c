@@ -34,16 +34,6 @@ static int locker_task(void *arg) {
   return 0;
 }
 
-static keel_scope_t *spawn_in_scope(keel_task_fn fn, void *arg, int worker) {
-  keel_scope_t *s = keel_scope_open(NULL);
-  keel_spawn_opts_t o = {.name = "op", .on_worker = worker};
-  if (s && keel_spawn(s, fn, arg, &o) < 0) {
-    keel_scope_close(s);
-    return NULL;
-  }
-  return s;
-}
-
 static void run_body(keel_task_fn fn, int workers) {
   assert_int_equal(kt_run_guarded_and_lab(BACKEND, workers, fn, NULL), 0);
 }
@@ -79,7 +69,7 @@ static int fifo_body(void *arg) {
   CHECK_EQ(keel_mutex_lock(&m), 0);
   for (int i = 0; i < 3; i++) {
     ops[i] = (struct op){.m = &m, .id = i, .order = order, .norder = &norder};
-    s[i] = spawn_in_scope(locker_task, &ops[i], KEEL_WORKER_CURRENT);
+    s[i] = kt_spawn_in_scope(locker_task, &ops[i], KEEL_WORKER_CURRENT);
     CHECK(s[i]);
     CHECK_RC(settle()); /* queued in this order */
   }
@@ -109,10 +99,10 @@ static int cancel_body(void *arg) {
   keel_mutex_init(&m);
   CHECK_EQ(keel_mutex_lock(&m), 0);
   struct op a = {.m = &m}, b = {.m = &m};
-  keel_scope_t *sa = spawn_in_scope(locker_task, &a, KEEL_WORKER_CURRENT);
+  keel_scope_t *sa = kt_spawn_in_scope(locker_task, &a, KEEL_WORKER_CURRENT);
   CHECK(sa);
   CHECK_RC(settle());
-  keel_scope_t *sb = spawn_in_scope(locker_task, &b, KEEL_WORKER_CURRENT);
+  keel_scope_t *sb = kt_spawn_in_scope(locker_task, &b, KEEL_WORKER_CURRENT);
   CHECK(sb);
   CHECK_RC(settle());
   keel_scope_cancel(sa, KEEL_CANCEL_USER);
@@ -167,9 +157,9 @@ static int handoff_cancel_body(void *arg) {
   CHECK_EQ(keel_mutex_lock(&m), 0);
   a = (struct op){.m = &m};
   b = (struct op){.m = &m};
-  keel_scope_t *sa = spawn_in_scope(locker_task, &a, KEEL_WORKER_CURRENT);
+  keel_scope_t *sa = kt_spawn_in_scope(locker_task, &a, KEEL_WORKER_CURRENT);
   CHECK_RC(settle());
-  keel_scope_t *sb = spawn_in_scope(locker_task, &b, KEEL_WORKER_CURRENT);
+  keel_scope_t *sb = kt_spawn_in_scope(locker_task, &b, KEEL_WORKER_CURRENT);
   CHECK(sa && sb);
   CHECK_RC(settle());
   keel_mutex_unlock(&m);                   /* hands it to a ... */
@@ -242,9 +232,9 @@ static int cross_cancel_body(void *arg) {
   keel_mutex_init(&m);
   CHECK_EQ(keel_mutex_lock(&m), 0);
   struct op a = {.m = &m}, b = {.m = &m};
-  keel_scope_t *sa = spawn_in_scope(locker_task, &a, KEEL_WORKER(1));
+  keel_scope_t *sa = kt_spawn_in_scope(locker_task, &a, KEEL_WORKER(1));
   CHECK_RC(keel_sleep_ms(20));
-  keel_scope_t *sb = spawn_in_scope(locker_task, &b, KEEL_WORKER(1));
+  keel_scope_t *sb = kt_spawn_in_scope(locker_task, &b, KEEL_WORKER(1));
   CHECK(sa && sb);
   CHECK_RC(keel_sleep_ms(20));
   keel_scope_cancel(sa, KEEL_CANCEL_USER);

@@ -47,15 +47,6 @@ static int receiver_task(void *arg) {
   return 0;
 }
 
-static keel_scope_t *spawn_in_scope(keel_task_fn fn, struct op *op) {
-  keel_scope_t *s = keel_scope_open(NULL);
-  if (s && keel_spawn(s, fn, op, NULL) < 0) {
-    keel_scope_close(s);
-    return NULL;
-  }
-  return s;
-}
-
 static void run_body(keel_task_fn fn) {
   assert_int_equal(kt_run_guarded_and_lab(BACKEND, 1, fn, NULL), 0);
 }
@@ -123,7 +114,7 @@ static int blocking_body(void *arg) {
   CHECK_EQ(send_key(c, 9, 9), 0);
   CHECK_EQ(keel_chan_try_send_key(c, 1, &(int){1}), -EAGAIN);
   struct op snd = {.c = c, .key = 1, .value = 1};
-  keel_scope_t *s = spawn_in_scope(sender_task, &snd);
+  keel_scope_t *s = kt_spawn_in_scope(sender_task, &snd, KEEL_WORKER_CURRENT);
   CHECK(s);
   CHECK_RC(settle());
   CHECK(!snd.done);
@@ -135,7 +126,7 @@ static int blocking_body(void *arg) {
   CHECK_RECV(c, 1);
   CHECK_RECV(c, 9);
   struct op rcv = {.c = c, .value = -1};
-  s = spawn_in_scope(receiver_task, &rcv);
+  s = kt_spawn_in_scope(receiver_task, &rcv, KEEL_WORKER_CURRENT);
   CHECK(s);
   CHECK_RC(settle());
   CHECK(!rcv.done);
@@ -195,9 +186,9 @@ static int cancel_body(void *arg) {
   keel_chan_t *c = open_pq(1, KEEL_CHAN_BLOCK);
   CHECK(c);
   struct op r1 = {.c = c, .value = -1}, r2 = {.c = c, .value = -1};
-  keel_scope_t *s1 = spawn_in_scope(receiver_task, &r1);
+  keel_scope_t *s1 = kt_spawn_in_scope(receiver_task, &r1, KEEL_WORKER_CURRENT);
   CHECK_RC(settle());
-  keel_scope_t *s2 = spawn_in_scope(receiver_task, &r2);
+  keel_scope_t *s2 = kt_spawn_in_scope(receiver_task, &r2, KEEL_WORKER_CURRENT);
   CHECK(s1 && s2);
   CHECK_RC(settle());
   keel_scope_cancel(s1, KEEL_CANCEL_USER);
@@ -211,7 +202,7 @@ static int cancel_body(void *arg) {
 
   CHECK_EQ(send_key(c, 8, 8), 0);
   struct op snd = {.c = c, .key = 1, .value = 1};
-  keel_scope_t *s = spawn_in_scope(sender_task, &snd);
+  keel_scope_t *s = kt_spawn_in_scope(sender_task, &snd, KEEL_WORKER_CURRENT);
   CHECK(s);
   CHECK_RC(settle());
   keel_scope_cancel(s, KEEL_CANCEL_USER);
