@@ -401,6 +401,7 @@ struct keel__worker {
   size_t stack_pool_len;
   size_t tasks;   /* live tasks on this worker */
   int run_budget; /* task runs left before the next poll */
+  int64_t inbox_last_ns; /* when messages last arrived (idle spinning) */
   void *altstack;
   stack_t prev_altstack;
   void *asan_fake_stack;
