@@ -111,18 +111,18 @@ static inline int64_t kt_clock_ns(void) { return keel_now_ns(); }
 /* As KT_FOR_EACH_BACKEND, then lab mode with seeds 1..KT_LAB_SEEDS (in
  * kt_seed): timing tests run exact and across interleavings there. */
 #define KT_LAB_SEEDS 16
-#define KT_FOR_EACH_BACKEND_AND_LAB(b)                                                           \
-  for (size_t kt_j_ = 0; kt_j_ < KT_NBACKENDS + KT_LAB_SEEDS; kt_j_++)                           \
-    for (keel_backend_t b = kt_j_ < KT_NBACKENDS                                                 \
-                                ? kt_backends[kt_j_]                                             \
-                                : (kt_seed = kt_j_ - KT_NBACKENDS + 1, KEEL_BACKEND_LAB);       \
-         b != (keel_backend_t)-1; b = (keel_backend_t)-1)                                        \
-      if (b == KEEL_BACKEND_URING && !kt_uring_available()) {                                    \
-        fprintf(stderr, "# io_uring unavailable here: skipping the io_uring case\n");            \
+#define KT_FOR_EACH_BACKEND_AND_LAB(b)                                                    \
+  for (size_t kt_j_ = 0; kt_j_ < KT_NBACKENDS + KT_LAB_SEEDS; kt_j_++)                    \
+    for (keel_backend_t b = kt_j_ < KT_NBACKENDS                                          \
+                                ? kt_backends[kt_j_]                                      \
+                                : (kt_seed = kt_j_ - KT_NBACKENDS + 1, KEEL_BACKEND_LAB); \
+         b != (keel_backend_t)-1; b = (keel_backend_t)-1)                                 \
+      if (b == KEEL_BACKEND_URING && !kt_uring_available()) {                             \
+        fprintf(stderr, "# io_uring unavailable here: skipping the io_uring case\n");     \
       } else
 
 static inline const char *kt_backend_name(keel_backend_t b) {
-  return b == KEEL_BACKEND_URING  ? "io_uring"
+  return b == KEEL_BACKEND_URING   ? "io_uring"
          : b == KEEL_BACKEND_EPOLL ? "epoll"
          : b == KEEL_BACKEND_LAB   ? "lab"
                                    : "auto";

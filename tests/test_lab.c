@@ -475,16 +475,11 @@ static void test_pipe_edges(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_virtual_clock),
-      cmocka_unit_test(test_sleeps_exact),
-      cmocka_unit_test(test_deadlines_exact),
-      cmocka_unit_test(test_shields_exact),
-      cmocka_unit_test(test_same_seed_same_run),
-      cmocka_unit_test(test_seed_sources),
-      cmocka_unit_test(test_real_io_unsupported),
-      cmocka_unit_test(test_failure_prints_seed),
-      cmocka_unit_test(test_deadlock_reported),
-      cmocka_unit_test(test_pipe_transfer_with_faults),
+      cmocka_unit_test(test_virtual_clock),       cmocka_unit_test(test_sleeps_exact),
+      cmocka_unit_test(test_deadlines_exact),     cmocka_unit_test(test_shields_exact),
+      cmocka_unit_test(test_same_seed_same_run),  cmocka_unit_test(test_seed_sources),
+      cmocka_unit_test(test_real_io_unsupported), cmocka_unit_test(test_failure_prints_seed),
+      cmocka_unit_test(test_deadlock_reported),   cmocka_unit_test(test_pipe_transfer_with_faults),
       cmocka_unit_test(test_pipe_edges),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

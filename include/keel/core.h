@@ -29,16 +29,16 @@ typedef enum keel_backend {
 /* ---- Runtime ---------------------------------------------------------- */
 
 typedef struct keel_config {
-  int workers;              /* 0: number of CPUs */
-  keel_backend_t backend;   /* AUTO: also honours KEEL_BACKEND=uring|epoll|auto */
-  size_t stack_size;        /* default task stack, 0: 64 KiB */
-  int64_t drain_timeout_ms; /* shutdown drain deadline, 0: 5000 */
-  bool handle_signals;      /* SIGINT/SIGTERM cancel the root scope (reason shutdown) */
-  unsigned uring_entries;   /* io_uring SQ size per worker, 0: 1024 */
-  const char *main_name;    /* name of the main task, NULL: "main" */
+  int workers;               /* 0: number of CPUs */
+  keel_backend_t backend;    /* AUTO: also honours KEEL_BACKEND=uring|epoll|auto */
+  size_t stack_size;         /* default task stack, 0: 64 KiB */
+  int64_t drain_timeout_ms;  /* shutdown drain deadline, 0: 5000 */
+  bool handle_signals;       /* SIGINT/SIGTERM cancel the root scope (reason shutdown) */
+  unsigned uring_entries;    /* io_uring SQ size per worker, 0: 1024 */
+  const char *main_name;     /* name of the main task, NULL: "main" */
   unsigned blocking_threads; /* blocking pool threads (keel/blocking.h), 0: default */
-  uint64_t lab_seed;        /* lab mode: the seed; 0: KEEL_SEED from the environment, else 1 */
-  uint64_t *lab_trace;      /* lab mode: if set, receives the trace hash when keel_run returns */
+  uint64_t lab_seed;         /* lab mode: the seed; 0: KEEL_SEED from the environment, else 1 */
+  uint64_t *lab_trace;       /* lab mode: if set, receives the trace hash when keel_run returns */
 } keel_config_t;
 
 /* Fills cfg with defaults. */

@@ -399,8 +399,8 @@ struct keel__worker {
   keel__msg_t stop_msg;
   keel__stack_t *stack_pool;
   size_t stack_pool_len;
-  size_t tasks;   /* live tasks on this worker */
-  int run_budget; /* task runs left before the next poll */
+  size_t tasks;          /* live tasks on this worker */
+  int run_budget;        /* task runs left before the next poll */
   int64_t inbox_last_ns; /* when messages last arrived (idle spinning) */
   void *altstack;
   stack_t prev_altstack;
@@ -408,7 +408,7 @@ struct keel__worker {
   void *tsan_sched_fiber;
   int init_result;
   struct keel__lab *lab; /* lab mode's virtual clock and trace; NULL otherwise */
-  uint64_t rng[2]; /* keel_random: xoroshiro128+, seeded per worker */
+  uint64_t rng[2];       /* keel_random: xoroshiro128+, seeded per worker */
   const void *sched_stack_lo;
   size_t sched_stack_size;
 };
@@ -432,11 +432,11 @@ struct keel_runtime {
   int signal_stop_fd;
   atomic_bool drain_armed; /* keel_shutdown started the drain deadline */
   keel__msg_t drain_msg;
-  keel__timer_t drain_timer; /* on worker 0 */
-  uint64_t lab_seed;                 /* lab mode's seed */
-  atomic_int foreign_posts;          /* keel__xwait_deliver calls from outside the workers */
-  pthread_mutex_t blocking_lock;     /* guards starting the blocking pool */
-  struct keel__blocking *blocking;   /* the blocking pool, started on first use */
+  keel__timer_t drain_timer;       /* on worker 0 */
+  uint64_t lab_seed;               /* lab mode's seed */
+  atomic_int foreign_posts;        /* keel__xwait_deliver calls from outside the workers */
+  pthread_mutex_t blocking_lock;   /* guards starting the blocking pool */
+  struct keel__blocking *blocking; /* the blocking pool, started on first use */
 };
 
 /* Stops the blocking pool's threads (if started) once every worker thread
@@ -462,7 +462,6 @@ void keel__task_park(void);
 void keel__runtime_quiescent(keel_runtime_t *rt);
 
 int64_t keel__now_ns(void);
-
 
 /* xoroshiro128+ state helpers (src/core/random.c). */
 void keel__rng_seed(uint64_t s[2], uint64_t seed);

@@ -40,9 +40,7 @@ struct pipe_pair {
   int open_ends;
 };
 
-static bool chance(unsigned permille) {
-  return permille > 0 && keel_random_below(1000) < permille;
-}
+static bool chance(unsigned permille) { return permille > 0 && keel_random_below(1000) < permille; }
 
 /* A short transfer moves a random part of what it could: 1..n bytes. */
 static size_t maybe_short(const pipe_pair_t *p, size_t n) {

@@ -27,8 +27,8 @@
 /* Every wait on the queue's lists (room, queued, close) is one of these. */
 typedef struct batch_waiter {
   keel__xwait_t xw;
-  size_t slot;        /* queued: free-running slot index of its item */
-  int64_t result;     /* queued: the entry's result */
+  size_t slot;    /* queued: free-running slot index of its item */
+  int64_t result; /* queued: the entry's result */
 } batch_waiter_t;
 
 struct keel_batch {
@@ -136,7 +136,9 @@ static void processor_wake(keel_batch_t *q) {
 
 /* ---- Waits ------------------------------------------------------------------------ */
 
-static void waiter_init(keel_batch_t *q, batch_waiter_t *bw) { keel__xwait_init(&bw->xw, &q->lock); }
+static void waiter_init(keel_batch_t *q, batch_waiter_t *bw) {
+  keel__xwait_init(&bw->xw, &q->lock);
+}
 
 /* For a claimed waiter; bw is not touched once the delivery is posted. */
 static void waiter_deliver(batch_waiter_t *bw) { keel__xwait_deliver(&bw->xw, 0); }
