@@ -101,7 +101,7 @@ int keel_ratelimit_acquire(keel_ratelimit_t *rl, uint64_t n) {
     int64_t wait = take_or_wait(rl, n, now);
     if (wait == 0)
       return 0;
-    if (wait > keel_deadline() - now)
+    if (wait >= keel_deadline() - now) /* a deadline has passed at now >= deadline */
       return -ETIMEDOUT; /* the tokens would come too late: fail now */
     rc = keel_sleep_until(now + wait);
     if (rc < 0)

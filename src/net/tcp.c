@@ -231,8 +231,12 @@ int keel_tcp_accept(keel_listener_t *l, keel_tcp_t **out) {
         return rc;
       continue;
     }
-    if (!accept_transient(fd))
+    /* Lab mode drives no descriptor: its -EOPNOTSUPP is final there. */
+    if (!accept_transient(fd) || l->io.worker->lab)
       return fd;
+    int rc = keel__check_cancel(); /* a storm of dead connections stays cancellable */
+    if (rc)
+      return rc;
   }
 }
 
