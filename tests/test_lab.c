@@ -401,6 +401,84 @@ static int parked_reader(void *arg) {
   return (int)keel_read(arg, &c, 1);
 }
 
+static int delayed_writer(void *arg) { return (int)keel_write(arg, "w", 1); }
+
+/* Starts fn(end) in a task of a new scope and lets it run until it parks. */
+static keel_scope_t *park_task(keel_task_fn fn, keel_stream_t *end, keel_task_t **h) {
+  keel_scope_t *sc = keel_scope_open(NULL);
+  keel_spawn_opts_t o = {.handle = h};
+  if (!sc || keel_spawn(sc, fn, end, &o) < 0 || keel_yield() < 0)
+    return NULL;
+  return sc;
+}
+
+static int finish_task(keel_scope_t *sc, keel_task_t *h) {
+  keel_scope_join(sc);
+  int rc = keel_task_outcome(h).error;
+  keel_scope_close(sc);
+  return rc;
+}
+
+/* Closing both ends under parked tasks: they wake with -EBADF and the pair
+ * is freed by the last one back (ASan checks the memory). */
+static int pipe_close_parked_body(void *arg) {
+  (void)arg;
+  keel_stream_t *a, *b;
+  keel_task_t *h;
+  keel_scope_t *sc;
+  char buf[4];
+  /* A reader woken by the peer's close resumes after its own end closed. */
+  CHECK_RC(keel_lab_pipe(NULL, &a, &b));
+  CHECK(sc = park_task(parked_reader, b, &h));
+  CHECK_RC(keel_close(a));
+  CHECK_RC(keel_close(b));
+  CHECK_EQ(finish_task(sc, h), -EBADF);
+  /* A reader on an end closed by its own task. */
+  CHECK_RC(keel_lab_pipe(NULL, &a, &b));
+  CHECK(sc = park_task(parked_reader, b, &h));
+  CHECK_RC(keel_close(b));
+  CHECK_RC(keel_close(a));
+  CHECK_EQ(finish_task(sc, h), -EBADF);
+  /* A writer inside an injected delay. */
+  keel_lab_faults_t f = {.delay_max_ns = 1000000000};
+  CHECK_RC(keel_lab_pipe(&f, &a, &b));
+  CHECK(sc = park_task(delayed_writer, a, &h));
+  CHECK_RC(keel_close(a));
+  CHECK_RC(keel_close(b));
+  CHECK_EQ(finish_task(sc, h), -EBADF);
+  /* A writer blocked on a full pipe. */
+  f = (keel_lab_faults_t){.capacity = 1};
+  CHECK_RC(keel_lab_pipe(&f, &a, &b));
+  CHECK_EQ(keel_write(a, "x", 1), 1);
+  CHECK(sc = park_task(delayed_writer, a, &h));
+  CHECK_RC(keel_close(b));
+  CHECK_RC(keel_close(a));
+  CHECK_EQ(finish_task(sc, h), -EBADF);
+  /* SHUT_RD: a parked reader and later reads see end of stream, the bytes
+   * queued are dropped and the peer's writes fail. */
+  CHECK_RC(keel_lab_pipe(NULL, &a, &b));
+  CHECK(sc = park_task(parked_reader, b, &h));
+  CHECK_RC(keel_stream_shutdown(b, SHUT_RD));
+  CHECK_EQ(finish_task(sc, h), 0);
+  CHECK_EQ(keel_read(b, buf, sizeof buf), 0);
+  CHECK_EQ(keel_write(a, "x", 1), -EPIPE);
+  CHECK_EQ(keel_write(b, "y", 1), 1); /* the other direction still works */
+  CHECK_EQ(keel_read(a, buf, sizeof buf), 1);
+  CHECK_RC(keel_close(a));
+  CHECK_RC(keel_close(b));
+  return 0;
+}
+
+static void test_pipe_close_parked(void **state) {
+  (void)state;
+  for (uint64_t seed = 1; seed <= 8; seed++)
+    assert_int_equal(kt_run_guarded_lab(seed, pipe_close_parked_body, NULL), 0);
+  KT_FOR_EACH_BACKEND(b) {
+    fprintf(stderr, "# %s\n", kt_backend_name(b));
+    assert_int_equal(kt_run_guarded(b, 1, pipe_close_parked_body, NULL), 0);
+  }
+}
+
 static int pipe_edges_body(void *arg) {
   (void)arg;
   keel_stream_t *a, *b;
@@ -480,7 +558,7 @@ int main(void) {
       cmocka_unit_test(test_same_seed_same_run),  cmocka_unit_test(test_seed_sources),
       cmocka_unit_test(test_real_io_unsupported), cmocka_unit_test(test_failure_prints_seed),
       cmocka_unit_test(test_deadlock_reported),   cmocka_unit_test(test_pipe_transfer_with_faults),
-      cmocka_unit_test(test_pipe_edges),
+      cmocka_unit_test(test_pipe_edges),          cmocka_unit_test(test_pipe_close_parked),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -38,6 +38,7 @@ struct pipe_pair {
   keel__worker_t *worker;
   bool reset;
   int open_ends;
+  int parked; /* tasks waiting inside an operation: they hold the pair */
 };
 
 static bool chance(unsigned permille) { return permille > 0 && keel_random_below(1000) < permille; }
@@ -76,11 +77,31 @@ static int op_begin(pipe_end_t *e) {
   return p->reset ? -ECONNRESET : 0;
 }
 
-static int park_on(keel__queue_t *list) {
+static void pair_release(pipe_pair_t *p) {
+  if (p->open_ends == 0 && p->parked == 0) {
+    free(p->dir[0].buf);
+    free(p);
+  }
+}
+
+/* Called by a task coming back from a wait: both ends may have closed while
+ * it was away, and the last one back frees the pair. */
+static int unpark(pipe_end_t *e, int rc) {
+  pipe_pair_t *p = e->pair;
+  p->parked--;
+  if (e->closed) {
+    pair_release(p);
+    return -EBADF;
+  }
+  return rc;
+}
+
+static int park_on(pipe_end_t *e, keel__queue_t *list) {
   keel__wait_t w;
   keel__wait_init(&w, keel__wait_abort_dequeue);
   keel__queue_insert_tail(list, &w.node);
-  return (int)keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
+  e->pair->parked++;
+  return unpark(e, (int)keel__wait_block(&w, KEEL_DEADLINE_NONE, 0));
 }
 
 static size_t iov_total(const struct iovec *iov, int iovcnt) {
@@ -140,9 +161,9 @@ static ssize_t pipe_readv(keel_stream_t *s, const struct iovec *iov, int iovcnt)
       keel__waiters_wake_all(&d->writers, 0);
       return (ssize_t)n;
     }
-    if (d->write_shut)
-      return 0;
-    rc = park_on(&d->readers);
+    if (d->write_shut || d->reader_gone)
+      return 0; /* end of stream, or this end shut its reading side */
+    rc = park_on(e, &d->readers);
     if (rc < 0)
       return rc;
   }
@@ -157,7 +178,9 @@ static ssize_t pipe_writev(keel_stream_t *s, const struct iovec *iov, int iovcnt
   if (rc < 0)
     return rc;
   if (p->faults.delay_max_ns > 0) {
+    p->parked++;
     rc = keel_sleep_ns((int64_t)keel_random_below((uint64_t)p->faults.delay_max_ns + 1));
+    rc = unpark(e, rc);
     if (rc < 0)
       return rc;
   }
@@ -172,7 +195,7 @@ static ssize_t pipe_writev(keel_stream_t *s, const struct iovec *iov, int iovcnt
       keel__waiters_wake_all(&d->readers, 0);
       return (ssize_t)n;
     }
-    rc = park_on(&d->writers);
+    rc = park_on(e, &d->writers);
     if (rc == 0)
       rc = op_begin(e);
     if (rc < 0)
@@ -196,6 +219,7 @@ static int pipe_shutdown(keel_stream_t *s, int how) {
     pipe_dir_t *in = &p->dir[!e->side];
     in->reader_gone = true;
     in->len = 0; /* unread bytes are discarded, as a socket does */
+    keel__waiters_wake_all(&in->readers, 0);
     keel__waiters_wake_all(&in->writers, 0);
   }
   return 0;
@@ -206,15 +230,13 @@ static int pipe_close(keel_stream_t *s) {
   pipe_pair_t *p = e->pair;
   if (keel__worker_current() != p->worker)
     return -EXDEV;
-  pipe_shutdown(s, SHUT_RDWR);
+  /* Tasks still parked on this end wake with -EBADF; the pair outlives them. */
   e->closed = true;
-  /* Tasks still parked on this end wake with -EBADF and touch nothing. */
   keel__waiters_wake_all(&p->dir[!e->side].readers, -EBADF);
   keel__waiters_wake_all(&p->dir[e->side].writers, -EBADF);
-  if (--p->open_ends == 0) {
-    free(p->dir[0].buf);
-    free(p);
-  }
+  pipe_shutdown(s, SHUT_RDWR);
+  p->open_ends--;
+  pair_release(p);
   return 0;
 }
 
