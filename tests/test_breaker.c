@@ -240,6 +240,116 @@ static void test_cancelled_probe_hands_over(void **state) {
   run_body(cancelled_probe_body, NULL);
 }
 
+/* A probe out longer than open_ns is replaced; its late verdict or its
+ * cancellation must neither close nor re-open the breaker while the new
+ * probe is out, or two probes would run at once. Lab mode: exact times. */
+struct timed_call {
+  struct call c;
+  int64_t start_at; /* virtual time the call starts */
+};
+static int timed_caller(void *arg) {
+  struct timed_call *t = arg;
+  if (keel_sleep_until(t->start_at) < 0)
+    return -1;
+  return caller_task(&t->c);
+}
+static int superseded_probe_body(void *arg) {
+  (void)arg;
+  keel_breaker_t *b;
+  CHECK_RC(keel_breaker_new(1, 100 * MS, &b));
+  int64_t t0 = keel_now_ns();
+  keel_breaker_record_failure(b); /* open until t0+100 */
+  /* P1: probe at +100, succeeds at +300 (lost, so replaceable, from +200).
+   * P2: probe at +250, fails at +400. */
+  struct timed_call p1 = {{.b = b, .result = 0, .ms = 200}, t0 + 100 * MS};
+  struct timed_call p2 = {{.b = b, .result = -EIO, .ms = 150}, t0 + 250 * MS};
+  keel_scope_t *s = keel_scope_open(NULL);
+  CHECK(s);
+  CHECK_RC(keel_spawn(s, timed_caller, &p1, NULL));
+  CHECK_RC(keel_spawn(s, timed_caller, &p2, NULL));
+  CHECK_RC(keel_sleep_until(t0 + 310 * MS));
+  CHECK_EQ(p1.c.rc, 0);                                    /* P1 ran and reported success */
+  CHECK_EQ(keel_breaker_state(b), KEEL_BREAKER_HALF_OPEN); /* ignored: P2 is out */
+  CHECK_EQ(keel_breaker_allow(b), -ECONNREFUSED);
+  CHECK_RC(keel_scope_join(s));
+  keel_scope_close(s);
+  CHECK_EQ(keel_now_ns(), t0 + 400 * MS);
+  CHECK_EQ(p2.c.rc, -EIO);
+  CHECK_EQ(keel_breaker_state(b), KEEL_BREAKER_OPEN); /* P2's failure counted */
+  CHECK_EQ(keel_breaker_allow(b), -ECONNREFUSED);
+
+  /* A replaced probe that is cancelled hands nothing over. */
+  struct timed_call p3 = {{.b = b, .result = 0, .ms = 100000}, t0 + 500 * MS};
+  struct timed_call p4 = {{.b = b, .result = 0, .ms = 100}, t0 + 610 * MS};
+  s = keel_scope_open(NULL);
+  CHECK(s);
+  keel_scope_t *s3 = keel_scope_open(NULL);
+  CHECK(s3);
+  CHECK_RC(keel_spawn(s3, timed_caller, &p3, NULL));
+  CHECK_RC(keel_spawn(s, timed_caller, &p4, NULL));
+  CHECK_RC(keel_sleep_until(t0 + 620 * MS));
+  CHECK_EQ(p3.c.calls, 1);
+  CHECK_EQ(p4.c.calls, 1); /* P3 was lost at +600: P4 probes */
+  keel_scope_cancel(s3, KEEL_CANCEL_USER);
+  keel_scope_close(s3);
+  CHECK_EQ(p3.c.rc, -ECANCELED);
+  CHECK_EQ(keel_breaker_state(b), KEEL_BREAKER_HALF_OPEN);
+  CHECK_EQ(keel_breaker_allow(b), -ECONNREFUSED); /* P4 is still the only probe */
+  keel_scope_close(s);
+  CHECK_EQ(p4.c.rc, 0);
+  CHECK_EQ(keel_breaker_state(b), KEEL_BREAKER_CLOSED);
+
+  /* A call allowed while closed that fails after the breaker opened and a
+   * probe went out does not re-open it. */
+  keel_breaker_t *b2;
+  CHECK_RC(keel_breaker_new(1, 50 * MS, &b2));
+  struct call slow = {.b = b2, .result = -EIO, .ms = 80};
+  s = keel_scope_open(NULL);
+  CHECK(s);
+  CHECK_RC(keel_spawn(s, caller_task, &slow, NULL));
+  CHECK_RC(keel_yield());
+  int64_t t1 = keel_now_ns();
+  keel_breaker_record_failure(b2); /* open until t1+50 */
+  CHECK_RC(keel_sleep_until(t1 + 60 * MS));
+  CHECK_EQ(keel_breaker_allow(b2), 0); /* the probe, out until t1+110 */
+  keel_scope_close(s);                 /* slow fails at t1+80 */
+  CHECK_EQ(slow.rc, -EIO);
+  CHECK_EQ(keel_breaker_state(b2), KEEL_BREAKER_HALF_OPEN);
+  keel_breaker_record_success(b2);
+  CHECK_EQ(keel_breaker_state(b2), KEEL_BREAKER_CLOSED);
+  keel_breaker_free(b2);
+  keel_breaker_free(b);
+  return 0;
+}
+static void test_replaced_probe_has_no_say(void **state) {
+  (void)state;
+  run_lab(superseded_probe_body, NULL);
+}
+
+/* open_ns near INT64_MAX: no overflow (UBSan), the breaker just stays open. */
+static int huge_open_body(void *arg) {
+  (void)arg;
+  keel_breaker_t *b;
+  CHECK_RC(keel_breaker_new(1, INT64_MAX, &b));
+  keel_breaker_record_failure(b);
+  CHECK_RC(keel_sleep_ms(1000));
+  CHECK_EQ(keel_breaker_allow(b), -ECONNREFUSED);
+  struct call c = {.b = b, .result = 0};
+  CHECK_EQ(keel_breaker_call(b, call_fn, &c), -ECONNREFUSED);
+  CHECK_EQ(keel_breaker_state(b), KEEL_BREAKER_OPEN);
+  keel_breaker_free(b);
+  CHECK_RC(keel_breaker_new(1, INT64_MAX - 1, &b));
+  CHECK_EQ(keel_breaker_allow(b), 0);
+  keel_breaker_record_failure(b);
+  CHECK_EQ(keel_breaker_allow(b), -ECONNREFUSED);
+  keel_breaker_free(b);
+  return 0;
+}
+static void test_huge_open_period(void **state) {
+  (void)state;
+  run_lab(huge_open_body, NULL);
+}
+
 /* ---- Two workers ---------------------------------------------------------------- */
 
 /* Every call is a probe (threshold 1, always failing, open 5 ms); callers
@@ -311,6 +421,8 @@ int main(void) {
       cmocka_unit_test(test_lost_probe_replaced),
       cmocka_unit_test(test_call_and_single_probe),
       cmocka_unit_test(test_cancelled_probe_hands_over),
+      cmocka_unit_test(test_replaced_probe_has_no_say),
+      cmocka_unit_test(test_huge_open_period),
       cmocka_unit_test(test_two_workers_one_probe_at_a_time),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

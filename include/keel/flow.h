@@ -172,15 +172,20 @@ void keel_breaker_free(keel_breaker_t *b);
  * -ECONNREFUSED (open, or the probe is out): the protected service is
  * treated as refusing, the same error a refused connect gives. */
 int keel_breaker_allow(keel_breaker_t *b);
-/* Report the outcome of an allowed call. Outcomes of calls allowed before
- * the breaker opened are ignored while it is open. */
+/* Report the outcome of an allowed call. These reports carry no identity:
+ * they are ignored while the breaker is open, and while it is half-open
+ * any of them is taken as the probe's verdict. keel_breaker_call tracks
+ * its calls and does better: prefer it. */
 void keel_breaker_record_success(keel_breaker_t *b);
 void keel_breaker_record_failure(keel_breaker_t *b);
 
 /* allow + fn(arg) + record. Returns fn's result, or -ECONNREFUSED without
  * calling fn. A negative result is a failure, except -ECANCELED when the
  * calling task was cancelled: that is no verdict on the service (a
- * cancelled probe lets the next caller probe at once). */
+ * cancelled probe lets the next caller probe at once). A call's verdict
+ * counts only if the breaker has not changed since it was allowed: a call
+ * allowed before the breaker opened, or a probe replaced as lost, neither
+ * closes nor re-opens it. */
 int keel_breaker_call(keel_breaker_t *b, keel_task_fn fn, void *arg);
 
 keel_breaker_state_t keel_breaker_state(keel_breaker_t *b);

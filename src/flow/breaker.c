@@ -3,7 +3,8 @@
  * its success, open again on its failure. A probe that never reports (its
  * task died, or the caller forgot) would keep the breaker half-open for
  * ever, so after open_ns without a verdict the next caller becomes the
- * probe. Any worker may use a breaker: a spinlock guards the state. */
+ * probe; the replaced probe's verdict, when it comes, is ignored. Any
+ * worker may use a breaker: a spinlock guards the state. */
 #include "keel/flow.h"
 
 #include <errno.h>
@@ -17,8 +18,19 @@ struct keel_breaker {
   unsigned threshold;
   unsigned failures; /* consecutive, while closed */
   int64_t open_ns;
-  int64_t since_ns; /* open: when it opened; half-open: when the probe went out */
+  int64_t until_ns; /* open: when a probe may go; half-open: when the probe counts as lost */
+  /* Bumped when the breaker opens and when a probe goes out. A call made
+   * through keel_breaker_call carries the epoch it was allowed in, and its
+   * report counts only in that epoch: a call allowed before the breaker
+   * opened, or a probe that was replaced, says nothing about now. */
+  uint64_t epoch;
 };
+
+#define UNTRACKED 0 /* a report through the public record functions */
+
+static int64_t after(int64_t now, int64_t ns) {
+  return ns > INT64_MAX - now ? INT64_MAX : now + ns;
+}
 
 int keel_breaker_new(unsigned failure_threshold, int64_t open_ns, keel_breaker_t **out) {
   *out = NULL;
@@ -31,84 +43,83 @@ int keel_breaker_new(unsigned failure_threshold, int64_t open_ns, keel_breaker_t
   b->state = KEEL_BREAKER_CLOSED;
   b->threshold = failure_threshold;
   b->open_ns = open_ns;
+  b->epoch = 1;
   *out = b;
   return 0;
 }
 
 void keel_breaker_free(keel_breaker_t *b) { free(b); }
 
-/* 0 (and *probe set when this caller is the half-open probe), or
- * -ECONNREFUSED. */
-static int allow(keel_breaker_t *b, bool *probe) {
+/* 0 with *ticket set to the epoch the call runs in, or -ECONNREFUSED. */
+static int allow(keel_breaker_t *b, uint64_t *ticket) {
   int64_t now = keel_now_ns();
   int rc = 0;
-  *probe = false;
   keel__spin_lock(&b->lock);
   if (b->state != KEEL_BREAKER_CLOSED) {
-    if (now - b->since_ns < b->open_ns) {
+    if (now < b->until_ns) {
       rc = -ECONNREFUSED; /* still open, or the probe is out */
     } else {
       b->state = KEEL_BREAKER_HALF_OPEN;
-      b->since_ns = now;
-      *probe = true;
+      b->until_ns = after(now, b->open_ns);
+      b->epoch++;
     }
   }
+  *ticket = b->epoch;
   keel__spin_unlock(&b->lock);
   return rc;
 }
 
 int keel_breaker_allow(keel_breaker_t *b) {
-  bool probe;
-  return allow(b, &probe);
+  uint64_t ticket;
+  return allow(b, &ticket);
 }
 
-void keel_breaker_record_success(keel_breaker_t *b) {
-  keel__spin_lock(&b->lock);
-  if (b->state != KEEL_BREAKER_OPEN) {
-    b->state = KEEL_BREAKER_CLOSED;
-    b->failures = 0;
-  }
-  keel__spin_unlock(&b->lock);
+static void open_locked(keel_breaker_t *b, int64_t now) {
+  b->state = KEEL_BREAKER_OPEN;
+  b->until_ns = after(now, b->open_ns);
+  b->failures = 0;
+  b->epoch++;
 }
 
-void keel_breaker_record_failure(keel_breaker_t *b) {
+static void record(keel_breaker_t *b, bool ok, uint64_t ticket) {
   int64_t now = keel_now_ns();
   keel__spin_lock(&b->lock);
-  if (b->state == KEEL_BREAKER_HALF_OPEN ||
-      (b->state == KEEL_BREAKER_CLOSED && ++b->failures >= b->threshold)) {
-    b->state = KEEL_BREAKER_OPEN;
-    b->since_ns = now;
-    b->failures = 0;
+  if ((ticket == UNTRACKED || ticket == b->epoch) && b->state != KEEL_BREAKER_OPEN) {
+    if (ok) {
+      b->state = KEEL_BREAKER_CLOSED;
+      b->failures = 0;
+    } else if (b->state == KEEL_BREAKER_HALF_OPEN || ++b->failures >= b->threshold) {
+      open_locked(b, now);
+    }
   }
   keel__spin_unlock(&b->lock);
 }
+
+void keel_breaker_record_success(keel_breaker_t *b) { record(b, true, UNTRACKED); }
+void keel_breaker_record_failure(keel_breaker_t *b) { record(b, false, UNTRACKED); }
 
 /* A probe whose caller was cancelled said nothing about the service: hand
- * the probe to the next caller at once. */
-static void release_probe(keel_breaker_t *b) {
+ * the probe to the next caller at once, unless it was replaced already. */
+static void release_probe(keel_breaker_t *b, uint64_t ticket) {
   int64_t now = keel_now_ns();
   keel__spin_lock(&b->lock);
-  if (b->state == KEEL_BREAKER_HALF_OPEN) {
+  if (b->state == KEEL_BREAKER_HALF_OPEN && ticket == b->epoch) {
     b->state = KEEL_BREAKER_OPEN;
-    b->since_ns = now - b->open_ns;
+    b->until_ns = now;
   }
   keel__spin_unlock(&b->lock);
 }
 
 int keel_breaker_call(keel_breaker_t *b, keel_task_fn fn, void *arg) {
-  bool probe;
-  int rc = allow(b, &probe);
+  uint64_t ticket;
+  int rc = allow(b, &ticket);
   if (rc < 0)
     return rc;
   rc = fn(arg);
-  if (rc >= 0) {
-    keel_breaker_record_success(b);
-  } else if (rc == -ECANCELED && keel_checkpoint() == -ECANCELED) {
-    if (probe)
-      release_probe(b);
-  } else {
-    keel_breaker_record_failure(b);
-  }
+  if (rc == -ECANCELED && keel_checkpoint() == -ECANCELED)
+    release_probe(b, ticket);
+  else
+    record(b, rc >= 0, ticket);
   return rc;
 }
 
