@@ -11,11 +11,10 @@
  * timer; the thread still posts the delivery), so the job holds two
  * references and the last side to drop one frees it.
  *
- * A delivered task also waits (briefly) for the thread to drop its
- * reference, i.e. to have finished keel__worker_post: otherwise the task
- * could finish, the runtime end and close the worker's wake descriptor
- * while the thread is still writing to it (pool threads are joined only
- * after the workers are destroyed). */
+ * A delivered task does not wait for the thread to finish posting: the
+ * post counts in the runtime's foreign_posts, and the runtime joins the
+ * pool threads and waits for that count to reach zero before it destroys
+ * the workers and their wake descriptors. */
 #include "keel/blocking.h"
 
 #include <assert.h>
