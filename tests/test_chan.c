@@ -268,6 +268,46 @@ static void test_close_wakes_blocked(void **state) {
   run_body(close_wakes_body);
 }
 
+/* Receivers wait on a closed, empty channel while a reservation made
+ * before close is outstanding. Committing it delivers the item to one and
+ * ends the other with -EPIPE: the last reservation settling wakes them all,
+ * whether it is committed or aborted. */
+static int commit_after_close_body(void *arg) {
+  (void)arg;
+  for (int abort_it = 0; abort_it < 2; abort_it++) {
+    keel_chan_t *c = open_chan(2, KEEL_CHAN_BLOCK, KEEL_CHAN_FIFO);
+    CHECK(c);
+    keel_chan_slot_t slot;
+    CHECK_EQ(keel_chan_reserve(c, &slot), 0);
+    CHECK_EQ(keel_chan_close(c), 0);
+    struct op r1 = {.c = c, .value = -1}, r2 = {.c = c, .value = -1};
+    keel_scope_t *s = keel_scope_open(NULL);
+    CHECK(s);
+    CHECK_RC(keel_spawn(s, receiver_task, &r1, NULL));
+    CHECK_RC(keel_spawn(s, receiver_task, &r2, NULL));
+    CHECK_RC(settle());
+    CHECK(!r1.done && !r2.done); /* the reservation may still be committed */
+    int v = 7;
+    if (abort_it)
+      CHECK_RC(keel_chan_abort(c, &slot));
+    else
+      CHECK_RC(keel_chan_commit(c, &slot, &v));
+    CHECK_RC(keel_scope_join(s));
+    keel_scope_close(s);
+    int got = (r1.rc == 0) + (r2.rc == 0), piped = (r1.rc == -EPIPE) + (r2.rc == -EPIPE);
+    CHECK_EQ(got, abort_it ? 0 : 1);
+    CHECK_EQ(piped, abort_it ? 2 : 1);
+    if (!abort_it)
+      CHECK_EQ(r1.rc == 0 ? r1.value : r2.value, 7);
+    keel_chan_free(c);
+  }
+  return 0;
+}
+static void test_commit_after_close_ends_receivers(void **state) {
+  (void)state;
+  run_body(commit_after_close_body);
+}
+
 /* ---- Try variants -------------------------------------------------------------------- */
 
 static int try_body(void *arg) {
@@ -595,6 +635,7 @@ int main(void) {
       cmocka_unit_test(test_deadline_timedout),
       cmocka_unit_test(test_reserve_cancelled_no_leak),
       cmocka_unit_test(test_reserve_abort_passes_room),
+      cmocka_unit_test(test_commit_after_close_ends_receivers),
       cmocka_unit_test(test_many_producers_consumers),
       cmocka_unit_test(test_other_worker_exdev),
   };

@@ -390,6 +390,10 @@ int keel_chan_commit_key(keel_chan_t *c, keel_chan_slot_t *slot, int64_t key, co
   slot->chan = NULL;
   c->reserved--;
   push(c, key, item, &wakes);
+  /* the last reservation settled: receivers beyond the one that takes this
+   * item would wait for ever on a closed channel */
+  if (c->closed && c->reserved == 0 && !keel__queue_empty(&c->recv_waiters))
+    wake_all(c, &c->recv_waiters, &wakes);
   chan_leave(c, &wakes);
   return 0;
 }
