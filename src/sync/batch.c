@@ -305,7 +305,9 @@ static bool wait_for_batch(keel_batch_t *q) {
     pthread_mutex_unlock(&q->sleep_lock);
     return false;
   }
-  int64_t until = mono_ns() + q->opts.batch_timeout_ns;
+  int64_t now = mono_ns();
+  int64_t until = q->opts.batch_timeout_ns > INT64_MAX - now ? INT64_MAX /* saturate */
+                                                             : now + q->opts.batch_timeout_ns;
   while (queued(q, &closed) < q->opts.max_batch && !closed && mono_ns() < until)
     processor_sleep(q, q->opts.max_batch, until);
   pthread_mutex_unlock(&q->sleep_lock);
