@@ -79,9 +79,20 @@ static keel__queue_t *nth_ready(keel__worker_t *w, size_t n_cancel, size_t pick)
   return node;
 }
 
+/* Where node sits among the ready tasks, or SIZE_MAX. */
+static size_t ready_index(keel__worker_t *w, const keel__queue_t *node) {
+  size_t i = 0;
+  const keel__queue_t *queues[2] = {&w->ready_cancel, &w->ready};
+  for (int k = 0; k < 2; k++)
+    for (const keel__queue_t *n = queues[k]->next; n != queues[k]; n = n->next, i++)
+      if (n == node)
+        return i;
+  return SIZE_MAX;
+}
+
 /* keel_yield promises the others a turn: a task that just yielded is not
- * drawn while another is ready (it is the last in the queues, since
- * yielding queued it). */
+ * drawn while another is ready, wherever it sits (timers and messages
+ * handled since may have queued tasks behind it). */
 keel_task_t *keel__lab_pop_ready(keel__worker_t *w) {
   size_t n_cancel = queue_len(&w->ready_cancel);
   size_t n = n_cancel + queue_len(&w->ready);
@@ -89,10 +100,11 @@ keel_task_t *keel__lab_pop_ready(keel__worker_t *w) {
     return NULL;
   keel_task_t *yielder = w->lab->yielder;
   w->lab->yielder = NULL;
-  size_t choices = n;
-  if (yielder && n > 1 && &yielder->ready_node == nth_ready(w, n_cancel, n - 1))
-    choices = n - 1;
+  size_t skip = yielder && n > 1 ? ready_index(w, &yielder->ready_node) : SIZE_MAX;
+  size_t choices = skip == SIZE_MAX ? n : n - 1;
   size_t pick = (size_t)(((__uint128_t)keel__rng_next(w->rng) * choices) >> 64);
+  if (pick >= skip)
+    pick++;
   keel__queue_t *node = nth_ready(w, n_cancel, pick);
   keel__queue_remove(node);
   keel_task_t *t = keel__container_of(node, keel_task_t, ready_node);
