@@ -102,7 +102,7 @@ int keel_ratelimit_acquire(keel_ratelimit_t *rl, uint64_t n) {
     if (wait == 0)
       return 0;
     if (wait >= keel_deadline() - now) /* a deadline has passed at now >= deadline */
-      return -ETIMEDOUT; /* the tokens would come too late: fail now */
+      return -ETIMEDOUT;               /* the tokens would come too late: fail now */
     rc = keel_sleep_until(now + wait);
     if (rc < 0)
       return rc;
