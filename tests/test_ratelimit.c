@@ -179,6 +179,73 @@ static void test_cancel_waiter(void **state) {
   run_body(cancel_body, NULL);
 }
 
+/* Waiters are served in the order they came (lab: exact times). 10
+ * tokens/s, burst 10, empty: a request for 10 at t0 is due at t0+1 s; one
+ * for 1 at t0+1 ms must wait behind it (t0+1.1 s), not take the first
+ * token to come back (t0+100 ms); try_acquire fails while they wait. A
+ * cancelled waiter's tokens go back: the one behind it still wakes at its
+ * time, and the tokens are there for the next caller. */
+struct timed_waiter {
+  keel_ratelimit_t *rl;
+  uint64_t n;
+  int64_t start_at, done_at;
+  int rc;
+};
+static int timed_waiter_task(void *arg) {
+  struct timed_waiter *w = arg;
+  CHECK_RC(keel_sleep_until(w->start_at));
+  w->rc = keel_ratelimit_acquire(w->rl, w->n);
+  w->done_at = keel_now_ns();
+  return 0;
+}
+static int fifo_body(void *arg) {
+  (void)arg;
+  keel_ratelimit_t *rl;
+  CHECK_RC(keel_ratelimit_new(10, 10, &rl));
+  CHECK_EQ(keel_ratelimit_try_acquire(rl, 10), 0);
+  int64_t t0 = keel_now_ns();
+  struct timed_waiter big = {rl, 10, t0, 0, 1}, small = {rl, 1, t0 + 1 * MS, 0, 1};
+  keel_scope_t *s = keel_scope_open(NULL);
+  CHECK(s);
+  CHECK_RC(keel_spawn(s, timed_waiter_task, &big, NULL));
+  CHECK_RC(keel_spawn(s, timed_waiter_task, &small, NULL));
+  CHECK_RC(keel_sleep_until(t0 + 500 * MS));
+  CHECK_EQ(keel_ratelimit_try_acquire(rl, 1), -EAGAIN); /* 5 tokens accrued, all owed */
+  CHECK_EQ(keel_ratelimit_available(rl), 0);
+  CHECK_RC(keel_scope_join(s));
+  keel_scope_close(s);
+  CHECK_EQ(big.rc, 0);
+  CHECK_EQ(small.rc, 0);
+  CHECK_EQ(big.done_at, t0 + 1000 * MS);
+  CHECK_EQ(small.done_at, t0 + 1100 * MS);
+  CHECK_EQ(keel_ratelimit_available(rl), 0);
+
+  /* Cancel a waiter owing 5 tokens: they come back. */
+  int64_t t1 = keel_now_ns();
+  struct timed_waiter a = {rl, 5, t1, 0, 1}, b = {rl, 1, t1 + 1 * MS, 0, 1};
+  keel_scope_t *sa = keel_scope_open(NULL);
+  s = keel_scope_open(NULL);
+  CHECK(sa && s);
+  CHECK_RC(keel_spawn(sa, timed_waiter_task, &a, NULL));
+  CHECK_RC(keel_spawn(s, timed_waiter_task, &b, NULL));
+  CHECK_RC(keel_sleep_until(t1 + 200 * MS)); /* a is due at +500, b at +600 */
+  keel_scope_cancel(sa, KEEL_CANCEL_USER);
+  keel_scope_close(sa);
+  CHECK_EQ(a.rc, -ECANCELED);
+  /* accrued 2 tokens, owed 6, given back 5: one token is there now */
+  CHECK_EQ(keel_ratelimit_available(rl), 1);
+  CHECK_EQ(keel_ratelimit_try_acquire(rl, 1), 0);
+  keel_scope_close(s);
+  CHECK_EQ(b.rc, 0);
+  CHECK_EQ(b.done_at, t1 + 600 * MS); /* it keeps its time */
+  keel_ratelimit_free(rl);
+  return 0;
+}
+static void test_lab_waiters_in_order(void **state) {
+  (void)state;
+  run_lab(fifo_body, NULL);
+}
+
 /* Two workers, four tasks each, share one bucket: the tokens granted can
  * never outrun burst + rate * elapsed. */
 #define RATE 2000
@@ -234,7 +301,7 @@ int main(void) {
       cmocka_unit_test(test_lab_refill_exact),        cmocka_unit_test(test_refill_real_time),
       cmocka_unit_test(test_partial_refill_capped),   cmocka_unit_test(test_lab_fractional_rate),
       cmocka_unit_test(test_deadline_fails_at_once),  cmocka_unit_test(test_cancel_waiter),
-      cmocka_unit_test(test_two_workers_share),
+      cmocka_unit_test(test_lab_waiters_in_order),    cmocka_unit_test(test_two_workers_share),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -121,9 +121,12 @@ int keel_retry(const keel_retry_opts_t *opts, keel_task_fn fn, void *arg);
 
 /* ---- Token-bucket rate limiter ---------------------------------------------
  * Usable from every worker (a spinlock guards it). Time is keel_now_ns(),
- * virtual in lab mode. Waiters are not queued: each computes when enough
- * tokens will exist, sleeps until then and tries again, so under heavy
- * contention a large request can be overtaken by small ones. */
+ * virtual in lab mode. Waiters are served in the order they came: a caller
+ * that must wait takes its tokens on credit and sleeps until the bucket has
+ * paid them back, so a large request is never overtaken by smaller ones
+ * that come after it, and try_acquire fails while anyone is waiting. A
+ * cancelled waiter returns its tokens; callers already waiting behind it
+ * keep their wake-up time. */
 
 typedef struct keel_ratelimit keel_ratelimit_t;
 
