@@ -18,6 +18,8 @@
 #include "keel/keel.h"
 
 #include <signal.h>
+#include <stdio.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -44,6 +46,38 @@
 #ifndef KT_SCALE
 #define KT_SCALE 1
 #endif
+
+#if KT_ASAN || KT_SCALE > 1
+#define KT_SANITIZED 1
+#else
+#define KT_SANITIZED 0
+#endif
+
+/* Caps the address space at what the process maps now plus 256 MiB, so a
+ * 1 GiB task stack cannot be mapped. The cap is process-wide: restore it
+ * at once with kt_as_limit_end. Returns false under ASan/TSan (their
+ * shadow memory needs the address space), where such a case is skipped. */
+#define KT_UNMAPPABLE_STACK ((size_t)1 << 30)
+static inline bool kt_as_limit_begin(struct rlimit *old) {
+  if (KT_SANITIZED || getrlimit(RLIMIT_AS, old) != 0)
+    return false;
+  long kb = -1;
+  char line[256];
+  FILE *f = fopen("/proc/self/status", "r");
+  while (f && fgets(line, sizeof line, f))
+    if (sscanf(line, "VmSize: %ld kB", &kb) == 1)
+      break;
+  if (f)
+    fclose(f);
+  if (kb < 0)
+    return false;
+  struct rlimit lim = *old;
+  lim.rlim_cur = ((rlim_t)kb + 256 * 1024) * 1024;
+  if (old->rlim_cur != RLIM_INFINITY && lim.rlim_cur > old->rlim_cur)
+    lim.rlim_cur = old->rlim_cur;
+  return setrlimit(RLIMIT_AS, &lim) == 0;
+}
+static inline void kt_as_limit_end(const struct rlimit *old) { setrlimit(RLIMIT_AS, old); }
 
 /* The test's own clock, independent of keel's. */
 static inline int64_t kt_mono_ns(void) {

@@ -192,6 +192,75 @@ static void test_failed_spawn_returns_slot(void **state) {
   run_body(failed_spawn_body, 1);
 }
 
+/* A task whose stack cannot be mapped: the spawn fails and the slot comes
+ * back (it used to be lost for good, and join/close then hung). */
+static int unmappable_body(void *arg) {
+  (void)arg;
+  atomic_int calls = 0;
+  keel_scope_t *parent = keel_scope_open(NULL);
+  CHECK(parent);
+  keel_pool_t *own, *in_parent;
+  CHECK_RC(keel_pool_open(NULL, 1, &own));
+  CHECK_RC(keel_pool_open(parent, 1, &in_parent));
+  struct rlimit old;
+  if (!kt_as_limit_begin(&old)) {
+    fprintf(stderr, "# address-space cap unavailable (sanitizer build): skipped\n");
+  } else {
+    keel_spawn_opts_t o = {.name = "huge", .stack_size = KT_UNMAPPABLE_STACK};
+    int rc1 = keel_pool_spawn(own, count_task, &calls, &o);
+    int rc2 = keel_pool_spawn(in_parent, count_task, &calls, &o);
+    kt_as_limit_end(&old);
+    CHECK_EQ(rc1, -ENOMEM);
+    CHECK_EQ(rc2, -ENOMEM);
+  }
+  CHECK_EQ(keel_pool_running(own), 0);
+  CHECK_EQ(keel_pool_running(in_parent), 0);
+  CHECK_RC(keel_pool_try_spawn(own, count_task, &calls, NULL));
+  CHECK_RC(keel_pool_try_spawn(in_parent, count_task, &calls, NULL));
+  CHECK_RC(keel_pool_join(own));
+  CHECK_RC(keel_pool_join(in_parent));
+  keel_pool_close(own);
+  keel_pool_close(in_parent);
+  keel_scope_close(parent);
+  CHECK_EQ(atomic_load(&calls), 2);
+  return 0;
+}
+static void test_unmappable_stack_returns_slot(void **state) {
+  (void)state;
+  run_body(unmappable_body, 1);
+}
+
+/* keel_pool_close in cleanup code whose shield deadline has passed still
+ * waits for the pool's tasks, parked: it used to retry without parking, so
+ * a pool task on the same worker never ran again. */
+static int sleeper_task(void *arg) {
+  atomic_int *done = arg;
+  int rc = keel_sleep_ms(50);
+  atomic_fetch_add(done, 1);
+  return rc;
+}
+static int expired_shield_body(void *arg) {
+  (void)arg;
+  atomic_int done = 0;
+  keel_scope_t *parent = keel_scope_open(NULL);
+  CHECK(parent);
+  keel_pool_t *p;
+  CHECK_RC(keel_pool_open(parent, 2, &p));
+  CHECK_RC(keel_pool_spawn(p, sleeper_task, &done, NULL));
+  CHECK_RC(keel_pool_spawn(p, sleeper_task, &done, NULL));
+  keel_shield_begin(keel_now_ns() + 10 * KEEL_NS_PER_MS);
+  CHECK_EQ(keel_sleep_ms(20), -ETIMEDOUT); /* the shield's deadline has passed */
+  keel_pool_close(p);
+  keel_shield_end();
+  CHECK_EQ(atomic_load(&done), 2);
+  keel_scope_close(parent);
+  return 0;
+}
+static void test_close_in_expired_shield_waits(void **state) {
+  (void)state;
+  run_body(expired_shield_body, 1);
+}
+
 static int parent_body(void *arg) {
   (void)arg;
   struct load l = {.running = 0};
@@ -235,6 +304,8 @@ int main(void) {
       cmocka_unit_test(test_cancelled_spawner_spawns_nothing),
       cmocka_unit_test(test_failed_spawn_returns_slot),
       cmocka_unit_test(test_parent_scope),
+      cmocka_unit_test(test_unmappable_stack_returns_slot),
+      cmocka_unit_test(test_close_in_expired_shield_waits),
       cmocka_unit_test(test_default_limit_cpus),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -540,6 +540,51 @@ static void test_stack_size_too_large(void **state) {
   assert_int_equal(keel_run(&cfg, return_arg_main, &v), -EINVAL);
 }
 
+/* A stack that cannot be mapped fails keel_spawn itself with -ENOMEM, on
+ * this worker and on another: a spawn that returns 0 always runs fn, so
+ * whoever wraps fn (a pool, a combinator) sees every task it started end. */
+struct unmappable {
+  int rc_here, rc_there, rc_after, live, ran;
+};
+static int unmappable_main(void *arg) {
+  struct unmappable *u = arg;
+  keel_scope_t *s = keel_scope_open(NULL);
+  if (!s)
+    return -ENOMEM;
+  struct rlimit old;
+  if (!kt_as_limit_begin(&old))
+    return 1; /* skipped */
+  keel_spawn_opts_t o = spawn_opts("huge", NULL);
+  o.stack_size = KT_UNMAPPABLE_STACK;
+  u->rc_here = keel_spawn(s, count_run_task, &u->ran, &o);
+  o.on_worker = KEEL_WORKER(1);
+  u->rc_there = keel_spawn(s, count_run_task, &u->ran, &o);
+  kt_as_limit_end(&old);
+  u->live = (int)keel_scope_live(s);
+  u->rc_after = keel_spawn(s, count_run_task, &u->ran, NULL);
+  int rc = keel_scope_join(s);
+  keel_scope_close(s);
+  return rc;
+}
+
+static void test_unmappable_stack_fails_spawn(void **state) {
+  (void)state;
+  KT_FOR_EACH_BACKEND(b) {
+    struct unmappable u = {1, 1, 1, -1, 0};
+    int rc = kt_run(b, 2, unmappable_main, &u);
+    if (rc == 1) {
+      fprintf(stderr, "# address-space cap unavailable (sanitizer build): skipped\n");
+      skip();
+    }
+    assert_int_equal(rc, 0);
+    assert_int_equal(u.rc_here, -ENOMEM);
+    assert_int_equal(u.rc_there, -ENOMEM);
+    assert_int_equal(u.live, 0);
+    assert_int_equal(u.rc_after, 0);
+    assert_int_equal(u.ran, 1); /* only the ordinary one */
+  }
+}
+
 #define SMALL_FRAME (8 * 1024)
 
 struct small_stack {
@@ -633,6 +678,7 @@ int main(void) {
       cmocka_unit_test(test_checkpoint),
       cmocka_unit_test(test_stack_overflow),
       cmocka_unit_test(test_stack_size_too_large),
+      cmocka_unit_test(test_unmappable_stack_fails_spawn),
       cmocka_unit_test(test_stack_size_too_small),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -184,8 +184,9 @@ typedef struct keel_spawn_opts {
 } keel_spawn_opts_t;
 
 /* Spawns fn(arg) as a task in scope. opts may be NULL.
- * Returns 0, -ENOMEM, -EINVAL (bad worker), or -ECANCELED if the scope is
- * already cancelled (the task is not started). */
+ * Returns 0 (fn will run, on any worker), -ENOMEM (no memory for the task
+ * or its stack), -EINVAL (bad worker, stack too large), or -ECANCELED if
+ * the scope is already cancelled (the task is not started). */
 int keel_spawn(keel_scope_t *scope, keel_task_fn fn, void *arg, const keel_spawn_opts_t *opts);
 
 /* Outcome of a task (KEEL_OUTCOME_RUNNING until it finishes). */

@@ -215,8 +215,11 @@ int keel_pool_try_spawn(keel_pool_t *p, keel_task_fn fn, void *arg, const keel_s
  * With a parent scope: 0, or -ECANCELED / -ETIMEDOUT (the tasks keep
  * running); spawns that come after the join wait behind it. */
 int keel_pool_join(keel_pool_t *p);
-/* Waits for the pool's tasks (whatever cancellation says) and frees the
- * pool. NULL is a no-op. */
+/* Waits for the pool's tasks and frees the pool; neither cancellation nor
+ * a deadline (a shield's included) cuts the wait short. NULL is a no-op.
+ * With a parent scope, call it from a task: outside one it can only free
+ * an idle pool, and otherwise logs an error and leaves the pool allocated
+ * rather than free it under running tasks. */
 void keel_pool_close(keel_pool_t *p);
 
 /* Slots: the limit, and tasks running now (a snapshot). */

@@ -115,6 +115,8 @@ typedef struct keel__stack {
 int keel__stack_alloc(keel__worker_t *w, size_t size, keel__stack_t **out);
 void keel__stack_release(keel__worker_t *w, keel__stack_t *s);
 void keel__stack_pool_destroy(keel__worker_t *w);
+/* Unmaps the stacks in the runtime's shared depot (after the workers). */
+void keel__stack_depot_destroy(keel_runtime_t *rt);
 /* Per-thread SIGSEGV alternate stack, and the process-wide handler that
  * names the task whose guard page was hit. */
 int keel__stack_guard_thread_init(keel__worker_t *w);
@@ -437,6 +439,12 @@ struct keel_runtime {
   atomic_int foreign_posts;        /* keel__xwait_deliver calls from outside the workers */
   pthread_mutex_t blocking_lock;   /* guards starting the blocking pool */
   struct keel__blocking *blocking; /* the blocking pool, started on first use */
+  /* Stacks between the workers' caches: a worker that frees more than it
+   * spawns (the target of cross-worker spawns) hands batches to one that
+   * spawns more than it frees. */
+  keel__spinlock_t depot_lock;
+  keel__stack_t *depot;
+  atomic_size_t depot_len; /* written under depot_lock; read without to skip an empty depot */
 };
 
 /* Stops the blocking pool's threads (if started) once every worker thread

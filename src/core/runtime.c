@@ -288,6 +288,7 @@ static int workers_join(keel_runtime_t *rt, int started) {
     keel__stack_guard_thread_exit(&rt->workers[0]);
     keel__worker_destroy(&rt->workers[0]);
   }
+  keel__stack_depot_destroy(rt);
   return rc;
 }
 
@@ -308,6 +309,7 @@ int keel_run(const keel_config_t *cfg, keel_task_fn main_fn, void *arg) {
   pthread_mutex_init(&rt->start_lock, NULL);
   pthread_cond_init(&rt->start_cond, NULL);
   pthread_mutex_init(&rt->blocking_lock, NULL);
+  atomic_flag_clear(&rt->depot_lock.flag);
   rt->root = keel__scope_new_root(rt);
   if (!rt->workers || !rt->root) {
     rc = -ENOMEM;

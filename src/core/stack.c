@@ -1,6 +1,14 @@
-/* Task stacks: mmap'd with a guard page, pooled per worker, and the
- * SIGSEGV handler that turns a guard-page hit into a message naming the
- * task instead of silent corruption. */
+/* Task stacks: mmap'd with a guard page, cached per worker with a shared
+ * depot between the caches, and the SIGSEGV handler that turns a
+ * guard-page hit into a message naming the task instead of silent
+ * corruption.
+ *
+ * A stack is allocated by the spawning worker (so keel_spawn can fail
+ * with -ENOMEM instead of a task that never runs) and freed by the worker
+ * the task ended on. When tasks are spawned onto another worker, one cache
+ * empties while the other fills: the full one moves half of its stacks to
+ * the depot, the empty one takes a batch from it, one lock per batch, and
+ * no stack is mapped or unmapped in the steady state. */
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -20,7 +28,9 @@ void __asan_unpoison_memory_region(void const volatile *addr, size_t size);
 #define UNPOISON(addr, size) ((void)(addr), (void)(size))
 #endif
 
-#define STACK_POOL_MAX 1024
+#define STACK_POOL_MAX 1024   /* per worker; then half goes to the depot */
+#define DEPOT_BATCH 64        /* taken from the depot at once */
+#define DEPOT_PER_WORKER 1024 /* the depot holds up to this times the workers */
 #define ALTSTACK_SIZE (64 * 1024)
 /* A frame larger than this below the guard page is still reported as an
  * overflow (a big local array can jump past the guard). */
@@ -33,13 +43,55 @@ static size_t page_size(void) {
   return page;
 }
 
+static size_t default_map_size(const keel__worker_t *w) {
+  return ((w->rt->cfg.stack_size + page_size() - 1) & ~(page_size() - 1)) + page_size();
+}
+
+/* Moves up to n stacks from the depot to w's empty cache. */
+static void depot_take(keel__worker_t *w, size_t n) {
+  keel_runtime_t *rt = w->rt;
+  keel__spin_lock(&rt->depot_lock);
+  size_t len = atomic_load_explicit(&rt->depot_len, memory_order_relaxed);
+  for (; n > 0 && rt->depot; n--, len--) {
+    keel__stack_t *s = rt->depot;
+    rt->depot = s->next;
+    s->next = w->stack_pool;
+    w->stack_pool = s;
+    w->stack_pool_len++;
+  }
+  atomic_store_explicit(&rt->depot_len, len, memory_order_relaxed);
+  keel__spin_unlock(&rt->depot_lock);
+}
+
+/* Moves half of w's full cache to the depot, as far as it has room. */
+static void depot_give(keel__worker_t *w) {
+  keel_runtime_t *rt = w->rt;
+  size_t max = (size_t)rt->nworkers * DEPOT_PER_WORKER;
+  keel__spin_lock(&rt->depot_lock);
+  size_t len = atomic_load_explicit(&rt->depot_len, memory_order_relaxed);
+  for (size_t n = STACK_POOL_MAX / 2; n > 0 && len < max; n--, len++) {
+    keel__stack_t *s = w->stack_pool;
+    w->stack_pool = s->next;
+    w->stack_pool_len--;
+    s->next = rt->depot;
+    rt->depot = s;
+  }
+  atomic_store_explicit(&rt->depot_len, len, memory_order_relaxed);
+  keel__spin_unlock(&rt->depot_lock);
+}
+
 int keel__stack_alloc(keel__worker_t *w, size_t size, keel__stack_t **out) {
   size_t page = page_size();
   size_t usable = (size + page - 1) & ~(page - 1);
+  if (!w->stack_pool && usable + page == default_map_size(w) &&
+      atomic_load_explicit(&w->rt->depot_len, memory_order_relaxed) > 0)
+    depot_take(w, DEPOT_BATCH);
   if (w->stack_pool && w->stack_pool->map_size == usable + page) {
     keel__stack_t *s = w->stack_pool;
     w->stack_pool = s->next;
     w->stack_pool_len--;
+    if (w->stack_pool) /* last written by the worker that freed it, perhaps another */
+      __builtin_prefetch(w->stack_pool);
     UNPOISON(s->lo, s->size); /* a finished task's frames left redzones */
     *out = s;
     return 0;
@@ -82,9 +134,13 @@ static void stack_unmap(keel__stack_t *s) {
 }
 
 void keel__stack_release(keel__worker_t *w, keel__stack_t *s) {
-  size_t default_map =
-      ((w->rt->cfg.stack_size + page_size() - 1) & ~(page_size() - 1)) + page_size();
-  if (s->map_size != default_map || w->stack_pool_len >= STACK_POOL_MAX) {
+  if (s->map_size != default_map_size(w)) {
+    stack_unmap(s);
+    return;
+  }
+  if (w->stack_pool_len >= STACK_POOL_MAX)
+    depot_give(w);
+  if (w->stack_pool_len >= STACK_POOL_MAX) { /* the depot is full too */
     stack_unmap(s);
     return;
   }
@@ -100,6 +156,15 @@ void keel__stack_pool_destroy(keel__worker_t *w) {
     stack_unmap(s);
   }
   w->stack_pool_len = 0;
+}
+
+void keel__stack_depot_destroy(keel_runtime_t *rt) {
+  while (rt->depot) {
+    keel__stack_t *s = rt->depot;
+    rt->depot = s->next;
+    stack_unmap(s);
+  }
+  atomic_store(&rt->depot_len, 0);
 }
 
 /* ---- Guard-page reporting ------------------------------------------------ */

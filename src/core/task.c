@@ -162,17 +162,8 @@ static void task_finish(keel_task_t *t, int rc) {
   keel__scope_task_done(t->scope, t);
 }
 
-/* Gives t a stack and makes it runnable on its own worker. */
+/* Makes t, whose stack keel_spawn allocated, runnable on its own worker. */
 static void task_start(keel__worker_t *w, keel_task_t *t) {
-  if (keel__stack_alloc(w, t->stack_size, &t->stack) != 0) {
-    /* Out of memory for a stack: the task finishes with -ENOMEM without
-     * running, so its scope still accounts for it. */
-    t->outcome = (keel_outcome_t){KEEL_OUTCOME_ERROR, -ENOMEM, KEEL_CANCEL_NONE};
-    keel_log(KEEL_LOG_ERROR, "no memory for the stack of task '%s'", t->name);
-    keel__scope_task_done(t->scope, t);
-    keel__task_unref(t);
-    return;
-  }
   keel__ctx_make(&t->ctx, t->stack->lo, t->stack->size, task_entry, t);
 #if KEEL_TSAN
   t->tsan_fiber = __tsan_create_fiber(0);
@@ -208,6 +199,14 @@ int keel_spawn(keel_scope_t *scope, keel_task_fn fn, void *arg, const keel_spawn
   keel_task_t *t = calloc(1, sizeof *t);
   if (!t)
     return -ENOMEM;
+  /* The stack comes from the spawner's worker (its cache), so a spawn that
+   * succeeds always runs fn: nothing can fail after keel_spawn returns 0.
+   * The stack goes back to the cache of the worker the task ends on. */
+  if (keel__stack_alloc(w, stack_size, &t->stack) != 0) {
+    keel_log(KEEL_LOG_ERROR, "no memory for a stack of %zu bytes", stack_size);
+    free(t);
+    return -ENOMEM;
+  }
   t->worker = target;
   t->fn = fn;
   t->arg = arg;
@@ -220,6 +219,7 @@ int keel_spawn(keel_scope_t *scope, keel_task_fn fn, void *arg, const keel_spawn
   keel__set_name(t->name, opts->name, "task");
   int rc = keel__scope_add_task(scope, t);
   if (rc != 0) {
+    keel__stack_release(w, t->stack);
     free(t);
     return rc;
   }

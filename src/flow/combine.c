@@ -25,8 +25,6 @@ typedef struct slot {
   void *arg;
   int index;
   int result;
-  bool spawned; /* keel_spawn took it */
-  bool ran;     /* its function started: a spawned task may not (no stack) */
 } slot_t;
 
 struct group {
@@ -49,7 +47,7 @@ static int group_init(group_t *g, const keel_branch_t *branches, size_t n) {
   if (!g->slots)
     return -ENOMEM;
   for (size_t i = 0; i < n; i++)
-    g->slots[i] = (slot_t){g, branches[i].fn, branches[i].arg, (int)i, -ECANCELED, false, false};
+    g->slots[i] = (slot_t){g, branches[i].fn, branches[i].arg, (int)i, -ECANCELED};
   return 0;
 }
 
@@ -63,7 +61,6 @@ static void group_free(group_t *g) {
 static int branch_main(void *arg) {
   slot_t *s = arg;
   group_t *g = s->group;
-  s->ran = true;
   int rc = s->fn(s->arg);
   s->result = rc;
   if (rc < 0 && g->first_failed < 0)
@@ -88,7 +85,6 @@ static int group_run(group_t *g, const keel_scope_opts_t *so, const char *name) 
   for (size_t i = 0; i < g->n; i++) {
     keel_spawn_opts_t o = {.name = name};
     int rc = keel_spawn(g->scope, branch_main, &g->slots[i], &o);
-    g->slots[i].spawned = rc == 0;
     if (rc < 0) {
       /* The rest never start. -ECANCELED means a branch already ended the
        * group, or the caller was cancelled (reported below): no error. */
@@ -104,14 +100,6 @@ static int group_run(group_t *g, const keel_scope_opts_t *so, const char *name) 
    * waits for every branch to finish. */
   keel_scope_close(g->scope);
   g->scope = NULL;
-  /* A task that could not get a stack ends without running its function. */
-  for (size_t i = 0; i < g->n; i++) {
-    if (g->slots[i].spawned && !g->slots[i].ran) {
-      g->slots[i].result = -ENOMEM;
-      if (g->first_failed < 0)
-        g->first_failed = (int)i;
-    }
-  }
   if (keel_checkpoint() == -ECANCELED)
     return -ECANCELED;
   return err;

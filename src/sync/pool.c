@@ -139,14 +139,18 @@ void keel_pool_close(keel_pool_t *p) {
   if (p->owns_scope) {
     keel_scope_close(p->scope);
   } else {
-    /* The tasks still use the pool: wait for them, cancelled or not. */
-    keel_shield_begin(KEEL_DEADLINE_NONE);
-    int rc;
-    do
-      rc = wait_idle(p);
-    while (rc < 0 && rc != -EINVAL);
-    keel_shield_end();
-    assert(rc == 0 && "keel_pool_close must wait for the pool's tasks: call it from a task");
+    /* The tasks still use the pool: wait for every permit, whatever
+     * cancellation or an expired shield deadline say. */
+    int rc = keel__sem_acquire_nocancel(&p->free_slots, p->limit);
+    if (rc < 0) {
+      /* Outside a task with pool tasks running: nothing can wait for them,
+       * and freeing would pull the pool from under them. */
+      keel_log(KEEL_LOG_ERROR,
+               "keel_pool_close outside a task while %zu pool tasks run: "
+               "the pool is left allocated",
+               keel_pool_running(p));
+      return;
+    }
   }
   keel_sem_destroy(&p->free_slots);
   free(p);

@@ -54,7 +54,7 @@ int keel_sem_try_acquire(keel_sem_t *s, uint64_t n) {
   return -EAGAIN;
 }
 
-static int sem_acquire_slow(keel_sem_t *s, uint64_t n) {
+static int sem_acquire_slow(keel_sem_t *s, uint64_t n, bool nocancel) {
   keel__waitq_lock(&s->waiters);
   uint64_t st = atomic_load_explicit(&s->state, memory_order_relaxed);
   for (;;) {
@@ -66,7 +66,7 @@ static int sem_acquire_slow(keel_sem_t *s, uint64_t n) {
       }
       continue;
     }
-    int err = keel__sync_may_wait();
+    int err = nocancel ? (keel__task_self() ? 0 : -EINVAL) : keel__sync_may_wait();
     if (err) {
       keel__waitq_unlock(&s->waiters);
       return err;
@@ -77,8 +77,8 @@ static int sem_acquire_slow(keel_sem_t *s, uint64_t n) {
       break;
   }
   keel__sync_waiter_t sw;
-  ssize_t rc = keel__sync_park(&s->waiters, &sw, n, s, sem_abort);
-  if (rc < 0)
+  ssize_t rc = keel__sync_park_ex(&s->waiters, &sw, n, s, sem_abort, nocancel);
+  if (rc < 0 || nocancel)
     return (int)rc;
   int err = keel__check_cancel(); /* handed the permits, then cancelled: pass them on */
   if (err) {
@@ -92,7 +92,14 @@ int keel_sem_acquire(keel_sem_t *s, uint64_t n) {
   int rc = keel_sem_try_acquire(s, n);
   if (KEEL__LIKELY(rc != -EAGAIN))
     return rc;
-  return sem_acquire_slow(s, n);
+  return sem_acquire_slow(s, n, false);
+}
+
+int keel__sem_acquire_nocancel(keel_sem_t *s, uint64_t n) {
+  int rc = keel_sem_try_acquire(s, n);
+  if (KEEL__LIKELY(rc != -EAGAIN))
+    return rc;
+  return sem_acquire_slow(s, n, true);
 }
 
 static void sem_release_slow(keel_sem_t *s, uint64_t n) {

@@ -108,9 +108,11 @@ static inline int keel__sync_may_wait(void) {
 /* Under q's lock: queues the current task as sw (needing `need`), drops
  * the lock and parks. Returns the delivered result, or -ECANCELED /
  * -ETIMEDOUT once it has left the list. */
-static inline ssize_t keel__sync_park(keel_sync_waitq_t *q, keel__sync_waiter_t *sw, uint64_t need,
-                                      void *obj, keel__wait_abort_fn abort) {
+static inline ssize_t keel__sync_park_ex(keel_sync_waitq_t *q, keel__sync_waiter_t *sw,
+                                         uint64_t need, void *obj, keel__wait_abort_fn abort,
+                                         bool nocancel) {
   keel__xwait_init(&sw->xw, keel__waitq_spin(q));
+  sw->xw.wait.shielded = nocancel; /* only the hand-off ends it */
   sw->xw.wait.abort = abort;
   sw->xw.wait.data = obj;
   sw->need = need;
@@ -118,5 +120,15 @@ static inline ssize_t keel__sync_park(keel_sync_waitq_t *q, keel__sync_waiter_t 
   keel__waitq_unlock(q);
   return keel__xwait_block(&sw->xw);
 }
+
+static inline ssize_t keel__sync_park(keel_sync_waitq_t *q, keel__sync_waiter_t *sw, uint64_t need,
+                                      void *obj, keel__wait_abort_fn abort) {
+  return keel__sync_park_ex(q, sw, need, obj, abort, false);
+}
+
+/* keel_sem_acquire that neither cancellation nor any deadline (a shield's
+ * included) interrupts: for cleanup that must wait, such as a pool's close
+ * waiting for its tasks. -EINVAL outside a task. */
+int keel__sem_acquire_nocancel(keel_sem_t *s, uint64_t n);
 
 #endif
