@@ -495,8 +495,26 @@ static void test_timeouts_lose_no_wakeup(void **state) {
   run_body(2, stress_body);
 }
 
+/* A recv that would wait outside a task: -EINVAL, cursor unmoved. */
+static void test_recv_outside_task(void **state) {
+  (void)state;
+  keel_broadcast_t *b;
+  keel_broadcast_rx_t *rx;
+  assert_int_equal(keel_broadcast_open(sizeof(int), 4, &b), 0);
+  assert_int_equal(keel_broadcast_subscribe(b, &rx), 0);
+  int v = 0;
+  assert_int_equal(keel_broadcast_recv(rx, &v, NULL), -EINVAL);
+  int sent = 7;
+  assert_int_equal(keel_broadcast_send(b, &sent), 1);
+  assert_int_equal(keel_broadcast_recv(rx, &v, NULL), 0);
+  assert_int_equal(v, 7);
+  keel_broadcast_unsubscribe(rx);
+  keel_broadcast_free(b);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_recv_outside_task),
       cmocka_unit_test(test_basics_and_subscribe_at_next),
       cmocka_unit_test(test_open_rejects_bad_options),
       cmocka_unit_test(test_every_receiver_gets_every_message),

@@ -494,8 +494,27 @@ static void test_changed_deadline(void **state) {
   run_body(1, deadline_body);
 }
 
+/* changed/recv that would wait outside a task: -EINVAL. */
+static void test_wait_outside_task(void **state) {
+  (void)state;
+  keel_watch_t *w;
+  keel_watch_rx_t *rx;
+  int v = 1;
+  assert_int_equal(keel_watch_open(sizeof(int), &v, &w), 0);
+  assert_int_equal(keel_watch_subscribe(w, &rx), 0);
+  assert_int_equal(keel_watch_changed(rx), -EINVAL);
+  assert_int_equal(keel_watch_recv(rx, &v), -EINVAL);
+  int next = 2;
+  keel_watch_send(w, &next);
+  assert_int_equal(keel_watch_recv(rx, &v), 0);
+  assert_int_equal(v, 2);
+  keel_watch_unsubscribe(rx);
+  keel_watch_free(w);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_wait_outside_task),
       cmocka_unit_test(test_latest_value_wins),
       cmocka_unit_test(test_open_rejects_zero_size),
       cmocka_unit_test(test_changed_semantics),

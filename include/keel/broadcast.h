@@ -53,7 +53,8 @@ void keel_broadcast_unsubscribe(keel_broadcast_rx_t *rx);
  *               messages it lost, and its cursor moved to the oldest
  *               message still kept, which the next recv returns at once;
  *   -EPIPE      closed, and every message still kept was received;
- *   -ECANCELED, -ETIMEDOUT  nothing was taken (the cursor did not move).
+ *   -ECANCELED, -ETIMEDOUT  nothing was taken (the cursor did not move);
+ *   -EINVAL     it would have to wait outside a task.
  * missed is only written on -EOVERFLOW. */
 int keel_broadcast_recv(keel_broadcast_rx_t *rx, void *item, uint64_t *missed);
 

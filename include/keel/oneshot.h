@@ -35,7 +35,8 @@ void keel_oneshot_drop_sender(keel_oneshot_t *o);
 /* Waits for the value and copies it out (task only; one receiving task).
  * Returns 0; -EPIPE if the sender end finished without sending, or the
  * value was already received; -ECANCELED or -ETIMEDOUT (nothing taken:
- * the value, if it comes, stays for a later recv). */
+ * the value, if it comes, stays for a later recv); -EINVAL if it would
+ * have to wait outside a task. */
 int keel_oneshot_recv(keel_oneshot_t *o, void *value);
 
 /* As keel_oneshot_recv but never blocks: -EAGAIN while nothing was sent

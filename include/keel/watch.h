@@ -56,7 +56,8 @@ int keel_watch_get(keel_watch_rx_t *rx, void *value);
 /* Waits until a version newer than the receiver's last seen one exists
  * (returns at once if one does); does not mark it seen (keel_watch_get
  * does). Task only. Returns 0; -EPIPE if closed and the receiver has seen
- * the last version; -ECANCELED or -ETIMEDOUT. */
+ * the last version; -ECANCELED or -ETIMEDOUT; -EINVAL if it would have to
+ * wait outside a task. */
 int keel_watch_changed(keel_watch_rx_t *rx);
 
 /* As keel_watch_changed but never blocks: 1 if a newer version exists,
@@ -65,7 +66,8 @@ int keel_watch_has_changed(keel_watch_rx_t *rx);
 
 /* keel_watch_changed, then keel_watch_get in the same step: waits for a
  * newer version, copies the latest value out and marks it seen. Task only.
- * Returns 0; -EPIPE, -ECANCELED or -ETIMEDOUT with nothing copied. */
+ * Returns 0; -EPIPE, -ECANCELED, -ETIMEDOUT or -EINVAL (outside a task)
+ * with nothing copied. */
 int keel_watch_recv(keel_watch_rx_t *rx, void *value);
 
 /* Receivers subscribed now. */

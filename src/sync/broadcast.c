@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "sync-internal.h"
 
 struct keel_broadcast {
   keel__spinlock_t lock;
@@ -168,7 +168,7 @@ static int recv_impl(keel_broadcast_rx_t *rx, void *item, uint64_t *missed, bool
     int rc = take(b, rx, item, missed);
     bool wait = rc == -EAGAIN && may_block;
     if (wait)
-      rc = keel__check_cancel();
+      rc = keel__sync_may_wait(); /* -EINVAL outside a task */
     if (!wait || rc < 0) {
       keel__spin_unlock(&b->lock);
       return rc;

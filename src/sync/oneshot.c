@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "sync-internal.h"
 
 struct keel_oneshot {
   keel__spinlock_t lock;
@@ -84,7 +84,7 @@ static int recv_impl(keel_oneshot_t *o, void *value, bool may_block) {
       keel__spin_unlock(&o->lock);
       return 0;
     }
-    int rc = o->sender_done ? -EPIPE : may_block ? keel__check_cancel() : -EAGAIN;
+    int rc = o->sender_done ? -EPIPE : may_block ? keel__sync_may_wait() : -EAGAIN;
     if (rc) {
       keel__spin_unlock(&o->lock);
       return rc;

@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "sync-internal.h"
 
 struct keel_watch {
   keel__spinlock_t lock;
@@ -168,7 +168,7 @@ static int find_newer(keel_watch_rx_t *rx, void *value, bool may_block) {
     } else if (w->closed) {
       rc = -EPIPE;
     } else if (may_block) {
-      rc = keel__check_cancel();
+      rc = keel__sync_may_wait(); /* -EINVAL outside a task */
       wait = rc == 0;
     }
     if (!wait) {
