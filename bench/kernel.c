@@ -34,7 +34,7 @@ typedef struct result {
   double target;
 } result_t;
 
-enum { R_SWITCH, R_SPAWN, R_SPAWN_BATCH, R_TIMER, R_COUNT };
+enum { R_SWITCH, R_SPAWN, R_SPAWN_BATCH, R_SPAWN_OTHER, R_TIMER, R_COUNT };
 
 typedef struct bench {
   bench_opts_t opts;
@@ -106,6 +106,32 @@ static double run_spawn(long tasks, int batch) {
   return (double)(now_ns() - start) / (double)tasks;
 }
 
+/* ns per spawn+join of tasks spawned onto worker 1 from worker 0, in
+ * batches of OTHER_BATCH: the fan-out of a dispatcher. Every stack is
+ * allocated on worker 0 and freed on worker 1, so this also measures
+ * the stacks' way back through the runtime's depot. */
+#define OTHER_BATCH 100
+static double run_spawn_other(long tasks) {
+  keel_spawn_opts_t on1 = {.name = "other", .on_worker = KEEL_WORKER(1)};
+  int64_t start = now_ns();
+  for (long done = 0; done < tasks; done += OTHER_BATCH) {
+    keel_scope_t *scope = keel_scope_open(NULL);
+    if (scope == NULL)
+      return -1;
+    int rc = 0;
+    for (int j = 0; j < OTHER_BATCH && rc == 0; j++)
+      rc = keel_spawn(scope, noop_task, NULL, &on1);
+    if (rc == 0)
+      rc = keel_scope_join(scope);
+    keel_scope_close(scope);
+    if (rc < 0)
+      return -1;
+  }
+  return (double)(now_ns() - start) / (double)tasks;
+}
+
+static int bench_other_main(void *arg);
+
 /* ---- Timer wheel ----------------------------------------------------------- */
 
 static void timer_noop(keel__timer_t *t) { (void)t; }
@@ -171,6 +197,14 @@ static int bench_main(void *arg) {
   return 0;
 }
 
+/* Run in a second runtime, with two workers. */
+static int bench_other_main(void *arg) {
+  bench_t *b = arg;
+  for (int run = 0; run < b->opts.runs; run++)
+    keep_best(&b->results[R_SPAWN_OTHER], run_spawn_other(200000 / b->opts.scale), run);
+  return 0;
+}
+
 static int bench_timer(bench_t *b) {
   timer_bench_t *tb = malloc(sizeof *tb);
   if (tb == NULL)
@@ -188,8 +222,9 @@ static const char *verdict(const result_t *r) {
 }
 
 static void print_text(const bench_t *b) {
-  printf("keel kernel micro-benchmarks (backend %s, 1 worker, best of %d)\n", b->backend_name,
-         b->opts.runs);
+  printf("keel kernel micro-benchmarks (backend %s, 1 worker; 2 for the other-worker case; best "
+         "of %d)\n",
+         b->backend_name, b->opts.runs);
   for (int i = 0; i < R_COUNT; i++) {
     const result_t *r = &b->results[i];
     char label[48];
@@ -249,6 +284,8 @@ int main(int argc, char **argv) {
       .results = {[R_SWITCH] = {"context switch", "context_switch_ns", 0, 20},
                   [R_SPAWN] = {"spawn+join", "spawn_join_ns", 0, 300},
                   [R_SPAWN_BATCH] = {"spawn+join (batch 1000)", "spawn_join_batch_ns", 0, 300},
+                  [R_SPAWN_OTHER] = {"spawn on other worker", "spawn_join_other_worker_ns", 0,
+                                     1000},
                   [R_TIMER] = {"timer start+stop", "timer_start_stop_ns", 0, 50}},
   };
   int rc = parse_args(argc, argv, &b.opts);
@@ -263,6 +300,12 @@ int main(int argc, char **argv) {
   rc = keel_run(&cfg, bench_main, &b);
   if (rc < 0) {
     fprintf(stderr, "kernel: cannot start the runtime: %s\n", keel_strerror(rc));
+    return 1;
+  }
+  cfg.workers = 2;
+  rc = keel_run(&cfg, bench_other_main, &b);
+  if (rc < 0) {
+    fprintf(stderr, "kernel: cannot start the two-worker runtime: %s\n", keel_strerror(rc));
     return 1;
   }
   if (bench_timer(&b) < 0) {
