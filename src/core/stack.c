@@ -67,6 +67,9 @@ static void depot_take(keel__worker_t *w, size_t n) {
 static void depot_give(keel__worker_t *w) {
   keel_runtime_t *rt = w->rt;
   size_t max = (size_t)rt->nworkers * DEPOT_PER_WORKER;
+  /* Full depot (and so a full cache after this): no lock per freed stack. */
+  if (atomic_load_explicit(&rt->depot_len, memory_order_relaxed) >= max)
+    return;
   keel__spin_lock(&rt->depot_lock);
   size_t len = atomic_load_explicit(&rt->depot_len, memory_order_relaxed);
   for (size_t n = STACK_POOL_MAX / 2; n > 0 && len < max; n--, len++) {
