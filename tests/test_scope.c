@@ -448,7 +448,7 @@ static void test_open_in_cancelled(void **state) {
     assert_int_equal(st.reason[0], KEEL_CANCEL_PARENT);
     assert_int_equal(st.rc[1], -ECANCELED);
     assert_int_equal(st.flag, 0);
-    assert_int_equal(st.rc[2], -ECANCELED);
+    assert_int_equal(st.rc[2], 0); /* empty: nothing failed or was cut short */
   }
 }
 

@@ -137,22 +137,33 @@ typedef struct keel_scope_opts {
 
 /* Opens a scope nested in the current task's scope (or the root scope
  * outside a task). opts may be NULL. Returns NULL on -ENOMEM.
- * A task that finishes with scopes still open joins them first. */
+ *
+ * Ownership: the task that opens a scope is its opener, and only the
+ * opener joins and closes it; any task may spawn into it, cancel it or set
+ * its deadline while the opener has not closed it. The pointer is valid
+ * until the opener closes the scope (or ends: a task that finishes with
+ * scopes still open closes them first, waiting for their tasks). */
 keel_scope_t *keel_scope_open(const keel_scope_opts_t *opts);
 
 /* Waits until every task spawned into the scope, and every scope nested in
  * it, has finished. If the joining task is cancelled while waiting, the
  * scope is cancelled (reason parent) and join keeps waiting for it to drain:
- * join never leaves orphans. Returns 0 when every child succeeded, otherwise
- * the error of the first child that failed (a negative errno; children that
- * were only cancelled count as success unless nothing else failed and the
- * scope itself was cancelled, then -ECANCELED or -ETIMEDOUT); -EBUSY if
- * another task is joining the same scope. A KEEL_SCOPE_SHIELD scope is not
- * cancelled by its joiner's cancellation: its own deadline bounds it. */
+ * join never leaves orphans. A KEEL_SCOPE_SHIELD scope is not cancelled by
+ * its joiner's cancellation: its own deadline bounds it.
+ * Returns 0 when every child succeeded (returned 0 or a positive value),
+ * even if the scope was cancelled or its deadline passed after they did;
+ * else the error of the first child that failed; else, when children were
+ * only cut short by cancellation, -ECANCELED, or -ETIMEDOUT if the first
+ * of them was cut short by a deadline. -EPERM if the caller is not the
+ * scope's opener (nothing is waited for), -EINVAL outside a task. A scope
+ * that was joined may be joined again (the same result) or reused: the
+ * opener may spawn into it again; other tasks then get -EPIPE. */
 int keel_scope_join(keel_scope_t *scope);
 
-/* Joins (if needed) and frees the scope and the handles of its tasks. */
-void keel_scope_close(keel_scope_t *scope);
+/* Joins (if needed) and frees the scope and the handles of its tasks.
+ * Returns what the join returned; -EPERM (and nothing is freed) if the
+ * caller is not the scope's opener. NULL: 0. */
+int keel_scope_close(keel_scope_t *scope);
 
 /* Cancels every task in the scope and nested scopes, on every worker.
  * Level-triggered: blocking points fail with -ECANCELED from now on. */
@@ -162,8 +173,15 @@ void keel_scope_cancel(keel_scope_t *scope, keel_cancel_reason_t reason);
  * now on; the nearest of a task's scopes' deadlines applies). */
 void keel_scope_set_deadline(keel_scope_t *scope, int64_t deadline_ns);
 
-/* Reason the scope was cancelled, or KEEL_CANCEL_NONE. */
+/* Reason the scope was cancelled: the one given to keel_scope_cancel,
+ * KEEL_CANCEL_PARENT if an enclosing scope (up to a shield scope) was
+ * cancelled, or KEEL_CANCEL_NONE. A scope under a cancelled one reads
+ * cancelled as soon as the enclosing one does. */
 keel_cancel_reason_t keel_scope_cancel_reason(const keel_scope_t *scope);
+/* The reason given where the cancellation began: for a scope under one
+ * cancelled by shutdown, KEEL_CANCEL_SHUTDOWN rather than PARENT. NONE if
+ * the scope is not cancelled. */
+keel_cancel_reason_t keel_scope_cancel_origin(const keel_scope_t *scope);
 /* Number of tasks and nested scopes not finished yet. */
 size_t keel_scope_live(const keel_scope_t *scope);
 /* The scope the current task runs in. */
@@ -185,8 +203,10 @@ typedef struct keel_spawn_opts {
 
 /* Spawns fn(arg) as a task in scope. opts may be NULL.
  * Returns 0 (fn will run, on any worker), -ENOMEM (no memory for the task
- * or its stack), -EINVAL (bad worker, stack too large), or -ECANCELED if
- * the scope is already cancelled (the task is not started). */
+ * or its stack), -EINVAL (bad worker, stack too large, outside a task),
+ * -ECANCELED if the scope, or a scope it is nested in, is already
+ * cancelled (the task is not started), or -EPIPE if the scope was joined
+ * and the caller is not its opener. */
 int keel_spawn(keel_scope_t *scope, keel_task_fn fn, void *arg, const keel_spawn_opts_t *opts);
 
 /* Outcome of a task (KEEL_OUTCOME_RUNNING until it finishes). */
@@ -194,20 +214,38 @@ keel_outcome_t keel_task_outcome(const keel_task_t *task);
 const char *keel_task_name(const keel_task_t *task);
 keel_task_t *keel_task_current(void);
 
-/* Per-task deadline (absolute ns), combined with the scopes' by min.
- * Returns the previous value so callers can restore it. Cheap: use it for
- * idle timeouts around a single read. */
+/* Per-task deadline (absolute ns; <= 0: none), combined with the scopes'
+ * by min. Returns the previous value so callers can restore it. Cheap: use
+ * it for idle timeouts around a single read. Inside a shield it sets a
+ * deadline for the rest of the shield (combined with the shield's own);
+ * keel_shield_end restores the one from before the shield. */
 int64_t keel_task_set_deadline(int64_t deadline_ns);
 
 /* The effective deadline of the current task (KEEL_DEADLINE_NONE if none). */
 int64_t keel_deadline(void);
 
-/* Reason the current task is cancelled (KEEL_CANCEL_NONE if it is not). */
+/* Why the current task's blocking points fail now: the reason its own
+ * scope was cancelled with (KEEL_CANCEL_PARENT for an enclosing scope),
+ * KEEL_CANCEL_TIMEOUT once its effective deadline has passed, or
+ * KEEL_CANCEL_NONE. Inside a shield, only the shield's deadline (and a
+ * per-task deadline set inside it) counts: NONE until it passes. */
 keel_cancel_reason_t keel_cancelled(void);
 
+/* Where the current task's cancellation began, shield or not: the reason
+ * given to the outermost keel_scope_cancel that reaches the task (so a
+ * task can tell a shutdown from a user cancel however deep it runs),
+ * KEEL_CANCEL_TIMEOUT if no scope was cancelled but a scope or task
+ * deadline (outside any shield) has passed, else KEEL_CANCEL_NONE.
+ * Cleanup code in a shield reads this to learn why it is cleaning up. */
+keel_cancel_reason_t keel_cancel_origin(void);
+
 /* Shields: between begin and end the task ignores cancellation of its
- * scopes and their deadlines; only the shield's own deadline (absolute,
- * required: cleanup must be bounded) applies. Shields nest. */
+ * scopes and their deadlines; only the shield's own deadline applies (and
+ * a per-task deadline set inside the shield). Cleanup must be bounded: a
+ * deadline_ns <= 0 gives the runtime's drain_timeout_ms from now (5 s by
+ * default); KEEL_DEADLINE_NONE asks for an unbounded shield explicitly. A
+ * nested shield never outlasts the one around it. Shields nest up to 8
+ * deep; unbalanced shields abort. */
 void keel_shield_begin(int64_t deadline_ns);
 void keel_shield_end(void);
 

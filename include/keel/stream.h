@@ -29,7 +29,9 @@ struct keel_stream {
  *
  * Reads up to len bytes. Returns the count (> 0), 0 at end of stream, or a
  * negative errno: -ECANCELED, -ETIMEDOUT, -ECONNRESET, ... If the task is
- * cancelled while bytes arrive, the bytes are returned, never dropped. */
+ * cancelled while bytes arrive, the bytes are returned, never dropped.
+ * 0 always means end of stream: a read of 0 bytes (len 0, or iovecs that
+ * are all empty, or iovcnt outside 1..IOV_MAX) is -EINVAL. */
 ssize_t keel_read(keel_stream_t *s, void *buf, size_t len);
 ssize_t keel_readv(keel_stream_t *s, const struct iovec *iov, int iovcnt);
 

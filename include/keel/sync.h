@@ -210,13 +210,16 @@ int keel_pool_spawn(keel_pool_t *p, keel_task_fn fn, void *arg, const keel_spawn
 int keel_pool_try_spawn(keel_pool_t *p, keel_task_fn fn, void *arg, const keel_spawn_opts_t *opts);
 
 /* Waits until no pool task runs. With its own scope: keel_scope_join on it
- * (its result; cancellation of the joiner cancels the pool's tasks; as
- * with any joined scope, only the opener may spawn into it afterwards).
+ * (its result; only the task that opened the pool may join it, others get
+ * -EPERM; cancellation of the joiner cancels the pool's tasks; as with any
+ * joined scope, only the opener may spawn into it afterwards: -EPIPE).
  * With a parent scope: 0, or -ECANCELED / -ETIMEDOUT (the tasks keep
  * running); spawns that come after the join wait behind it. */
 int keel_pool_join(keel_pool_t *p);
 /* Waits for the pool's tasks and frees the pool; neither cancellation nor
  * a deadline (a shield's included) cuts the wait short. NULL is a no-op.
+ * With its own scope, only the task that opened the pool closes it (from
+ * another task it logs an error and leaves the pool open).
  * With a parent scope, call it from a task: outside one it can only free
  * an idle pool, and otherwise logs an error and leaves the pool allocated
  * rather than free it under running tasks. */

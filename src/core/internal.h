@@ -260,10 +260,11 @@ struct keel_task {
   void *arg;
   atomic_int refs; /* running + handle + pending interrupt message */
   int state;
-  keel__wait_t *wait; /* when BLOCKED */
-  int64_t deadline_ns;
+  keel__wait_t *wait;  /* when BLOCKED */
+  int64_t deadline_ns; /* per task; inside a shield, set within the shield */
   int shield_depth;
   int64_t shield_deadline[KEEL__SHIELD_MAX];
+  int64_t shield_saved_deadline[KEEL__SHIELD_MAX]; /* deadline_ns before each shield */
   keel_outcome_t outcome;
   keel__queue_t open_scopes; /* scopes this task opened and has not closed */
   keel__msg_t start_msg;     /* spawn onto another worker */
@@ -298,20 +299,36 @@ struct keel_scope {
   keel_task_t *opener;
   keel__spinlock_t lock;
   size_t live; /* live tasks + nested scopes, under lock */
+  /* The reason the scope was cancelled (KEEL_CANCEL_PARENT: an enclosing
+   * scope was); a scope whose ancestor is cancelled counts as cancelled
+   * even before the mark reaches it (keel__scope_cancelled). */
   _Atomic int cancel_reason;
   _Atomic int64_t deadline_ns;
   unsigned flags;
   bool is_root;
+  /* Under lock. Set in the same critical section that sees the last unit
+   * finish with the opener joining (or finds none left), so no task can
+   * slip in between; cleared when the opener spawns into it again. */
   bool joined;
-  int first_error;
-  keel__wait_t *join_wait; /* the parked joiner, under lock */
+  int first_error;         /* of the first child that failed, under lock */
+  int first_cancel;        /* -ECANCELED/-ETIMEDOUT of the first child cut short */
+  keel__wait_t *join_wait; /* the opener parked in join, under lock */
   keel__wait_t *join_wake; /* the joiner join_msg wakes */
   keel__msg_t join_msg;    /* wakes a joiner on another worker */
   keel_runtime_t *rt;
   char name[KEEL__NAME_MAX];
 };
 
+/* Puts t in s for a spawn by the current task: -ECANCELED if s (or a scope
+ * it is nested in) is cancelled, -EPIPE if s was joined and the caller is
+ * not its opener. */
 int keel__scope_add_task(keel_scope_t *s, keel_task_t *t);
+/* The reason s counts as cancelled: its own mark, KEEL_CANCEL_PARENT when
+ * only an enclosing scope (up to a shield) is cancelled, or NONE. */
+keel_cancel_reason_t keel__scope_cancelled(const keel_scope_t *s);
+/* Where the cancellation s is under began: the first reason up the chain
+ * that is not KEEL_CANCEL_PARENT (PARENT if there is none), or NONE. */
+keel_cancel_reason_t keel__scope_cancel_origin(const keel_scope_t *s);
 void keel__scope_task_done(keel_scope_t *s, keel_task_t *t);
 keel_scope_t *keel__scope_new_root(keel_runtime_t *rt);
 void keel__scope_free(keel_scope_t *s);
@@ -464,6 +481,9 @@ static inline keel_task_t *keel__task_self(void) {
 int keel__worker_init(keel__worker_t *w, keel_runtime_t *rt, int id);
 void keel__worker_destroy(keel__worker_t *w);
 void keel__worker_loop(keel__worker_t *w);
+/* Runs every message in w's inbox, in posting order (w's own thread, not
+ * from a task). */
+void keel__worker_drain_inbox(keel__worker_t *w);
 /* Switches from the current task back to the scheduler. */
 void keel__task_park(void);
 /* Called when the root scope becomes quiescent: stops every worker. */

@@ -66,8 +66,9 @@ keel_scope_t *keel_scope_open(const keel_scope_opts_t *opts) {
 }
 
 /* Spawning into a scope that was joined opens it again: it counts in its
- * parent until the next join. Only its opener does this, so the scope is
- * not otherwise shared yet. */
+ * parent until the next join. Only its opener does this (others get
+ * -EPIPE), and only the opener joins, so nothing else changes `joined`
+ * meanwhile. The parent's lock is taken first, as everywhere. */
 static void scope_reattach(keel_scope_t *s) {
   keel_scope_t *p = s->parent;
   keel__spin_lock(&p->lock);
@@ -75,15 +76,51 @@ static void scope_reattach(keel_scope_t *s) {
   keel__queue_insert_tail(&p->children, &s->child_node);
   if (atomic_load(&p->cancel_reason) && !(s->flags & KEEL_SCOPE_SHIELD))
     atomic_store(&s->cancel_reason, KEEL_CANCEL_PARENT);
-  keel__spin_unlock(&p->lock);
+  keel__spin_lock(&s->lock);
   s->joined = false;
+  keel__spin_unlock(&s->lock);
+  keel__spin_unlock(&p->lock);
+}
+
+keel_cancel_reason_t keel__scope_cancelled(const keel_scope_t *s) {
+  for (const keel_scope_t *c = s; c; c = c->parent) {
+    int r = atomic_load_explicit(&c->cancel_reason, memory_order_acquire);
+    if (r)
+      return c == s ? (keel_cancel_reason_t)r : KEEL_CANCEL_PARENT;
+    if (c->flags & KEEL_SCOPE_SHIELD)
+      break;
+  }
+  return KEEL_CANCEL_NONE;
+}
+
+keel_cancel_reason_t keel__scope_cancel_origin(const keel_scope_t *s) {
+  keel_cancel_reason_t found = KEEL_CANCEL_NONE;
+  for (const keel_scope_t *c = s; c; c = c->parent) {
+    int r = atomic_load_explicit(&c->cancel_reason, memory_order_acquire);
+    if (r && r != KEEL_CANCEL_PARENT)
+      return (keel_cancel_reason_t)r;
+    if (r)
+      found = KEEL_CANCEL_PARENT;
+    if (c->flags & KEEL_SCOPE_SHIELD)
+      break;
+  }
+  return found;
 }
 
 int keel__scope_add_task(keel_scope_t *s, keel_task_t *t) {
-  if (s->joined && s->parent)
-    scope_reattach(s);
+  keel_task_t *self = keel__task_self();
   keel__spin_lock(&s->lock);
-  if (atomic_load(&s->cancel_reason)) {
+  if (s->joined) {
+    keel__spin_unlock(&s->lock);
+    if (self != s->opener || !s->parent)
+      return -EPIPE;
+    scope_reattach(s);
+    keel__spin_lock(&s->lock);
+  }
+  /* The whole chain: a canceller marks nested scopes only after it marked
+   * the scope it was asked to cancel, and a spawner that already saw that
+   * must not start a task here. */
+  if (keel__scope_cancelled(s)) {
     keel__spin_unlock(&s->lock);
     return -ECANCELED;
   }
@@ -117,6 +154,8 @@ static quiescence_t unit_done_locked(keel_scope_t *s) {
   q.last = true;
   q.root_of = s->is_root ? s->rt : NULL;
   q.joiner = s->join_wait;
+  if (q.joiner)
+    s->joined = true; /* from here on only the opener may add to it */
   s->join_wait = NULL;
   return q;
 }
@@ -159,6 +198,8 @@ void keel__scope_task_done(keel_scope_t *s, keel_task_t *t) {
     keel__queue_insert_tail(&s->finished, &t->scope_node);
   if (failed && s->first_error == 0)
     s->first_error = t->outcome.error;
+  if (t->outcome.kind == KEEL_OUTCOME_CANCELLED && s->first_cancel == 0)
+    s->first_cancel = t->outcome.reason == KEEL_CANCEL_TIMEOUT ? -ETIMEDOUT : -ECANCELED;
   quiescence_t q = unit_done_locked(s);
   keel__spin_unlock(&s->lock);
   quiescent(s, q);
@@ -166,21 +207,35 @@ void keel__scope_task_done(keel_scope_t *s, keel_task_t *t) {
 
 /* ---- Cancellation and deadlines ------------------------------------------- */
 
-/* Under s->lock: every task of s and of its nested scopes (shields
- * excepted) re-reads its cancellation state and deadline. With cancel set,
- * each nested scope is first marked cancelled (reason parent); one that
- * already was had its tasks reached then. */
-static void reach_locked(keel_scope_t *s, bool cancel) {
-  for (keel__queue_t *q = s->tasks.next; q != &s->tasks; q = q->next)
-    keel__task_interrupt(keel__container_of(q, keel_task_t, scope_node));
+/* Under s->lock: marks every nested scope of s (shields and what is under
+ * them excepted) cancelled with reason parent, before any task is told:
+ * a task woken by the cancellation finds its whole subtree cancelled. A
+ * nested scope already cancelled had its subtree marked then (and scopes
+ * opened since inherit the mark). */
+static void mark_nested_locked(keel_scope_t *s) {
   for (keel__queue_t *q = s->children.next; q != &s->children; q = q->next) {
     keel_scope_t *c = keel__container_of(q, keel_scope_t, child_node);
     if (c->flags & KEEL_SCOPE_SHIELD)
       continue;
     int none = KEEL_CANCEL_NONE;
     keel__spin_lock(&c->lock);
-    if (!cancel || atomic_compare_exchange_strong(&c->cancel_reason, &none, KEEL_CANCEL_PARENT))
-      reach_locked(c, cancel);
+    if (atomic_compare_exchange_strong(&c->cancel_reason, &none, KEEL_CANCEL_PARENT))
+      mark_nested_locked(c);
+    keel__spin_unlock(&c->lock);
+  }
+}
+
+/* Under s->lock: every task of s and of its nested scopes (shields
+ * excepted) re-reads its cancellation state and deadline. */
+static void reach_locked(keel_scope_t *s) {
+  for (keel__queue_t *q = s->tasks.next; q != &s->tasks; q = q->next)
+    keel__task_interrupt(keel__container_of(q, keel_task_t, scope_node));
+  for (keel__queue_t *q = s->children.next; q != &s->children; q = q->next) {
+    keel_scope_t *c = keel__container_of(q, keel_scope_t, child_node);
+    if (c->flags & KEEL_SCOPE_SHIELD)
+      continue;
+    keel__spin_lock(&c->lock);
+    reach_locked(c);
     keel__spin_unlock(&c->lock);
   }
 }
@@ -190,20 +245,26 @@ void keel_scope_cancel(keel_scope_t *s, keel_cancel_reason_t reason) {
     reason = KEEL_CANCEL_USER;
   int none = KEEL_CANCEL_NONE;
   keel__spin_lock(&s->lock);
-  if (atomic_compare_exchange_strong(&s->cancel_reason, &none, (int)reason))
-    reach_locked(s, true);
+  if (atomic_compare_exchange_strong(&s->cancel_reason, &none, (int)reason)) {
+    mark_nested_locked(s);
+    reach_locked(s);
+  }
   keel__spin_unlock(&s->lock);
 }
 
 void keel_scope_set_deadline(keel_scope_t *s, int64_t deadline_ns) {
   atomic_store(&s->deadline_ns, deadline_ns > 0 ? deadline_ns : KEEL_DEADLINE_NONE);
   keel__spin_lock(&s->lock);
-  reach_locked(s, false);
+  reach_locked(s);
   keel__spin_unlock(&s->lock);
 }
 
 keel_cancel_reason_t keel_scope_cancel_reason(const keel_scope_t *s) {
-  return (keel_cancel_reason_t)atomic_load(&s->cancel_reason);
+  return keel__scope_cancelled(s);
+}
+
+keel_cancel_reason_t keel_scope_cancel_origin(const keel_scope_t *s) {
+  return keel__scope_cancel_origin(s);
 }
 
 size_t keel_scope_live(const keel_scope_t *s) {
@@ -227,21 +288,20 @@ static void join_abort(keel__wait_t *w, int err) {
   keel_scope_cancel(w->data, err == -ETIMEDOUT ? KEEL_CANCEL_TIMEOUT : KEEL_CANCEL_PARENT);
 }
 
+/* After the join: the first failure, else how the first child that was
+ * cut short ended, else 0. Neither a passed deadline nor a cancellation
+ * that cut nothing short is an error: every child succeeded. */
 static int join_result(keel_scope_t *s) {
-  if (s->first_error)
-    return s->first_error;
-  int r = atomic_load(&s->cancel_reason);
-  if (r)
-    return r == KEEL_CANCEL_TIMEOUT ? -ETIMEDOUT : -ECANCELED;
-  int64_t d = atomic_load(&s->deadline_ns);
-  if (d != KEEL_DEADLINE_NONE && keel__now_ns() >= d)
-    return -ETIMEDOUT;
-  return 0;
+  keel__spin_lock(&s->lock);
+  int rc = s->first_error ? s->first_error : s->first_cancel;
+  keel__spin_unlock(&s->lock);
+  return rc;
 }
 
 /* A shield scope is out of reach of its joiner's cancellation: its own
- * deadline bounds it. Any other scope is cancelled when its joiner is. */
-static int join_wait_children(keel_scope_t *s) {
+ * deadline bounds it. Any other scope is cancelled when its joiner is.
+ * Returns with s joined. */
+static void join_wait_children(keel_scope_t *s) {
   keel__wait_t w;
   keel__wait_init(&w, join_abort);
   w.data = s;
@@ -254,30 +314,35 @@ static int join_wait_children(keel_scope_t *s) {
   }
   keel__spin_lock(&s->lock);
   if (s->live == 0) {
+    s->joined = true;
     keel__spin_unlock(&s->lock);
-    return 0;
+    return;
   }
-  if (s->join_wait) { /* another task is joining it already */
-    keel__spin_unlock(&s->lock);
-    return -EBUSY;
-  }
-  s->join_wait = &w;
+  s->join_wait = &w; /* the last unit to finish sets joined and wakes us */
   keel__spin_unlock(&s->lock);
   keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
-  return 0;
+}
+
+/* Only the task that opened a scope joins and closes it: it alone knows
+ * when no more work will be put in it, and a task inside the scope would
+ * wait for itself. */
+static int check_opener(keel_scope_t *s) {
+  keel_task_t *t = keel__task_self();
+  if (!t)
+    return -EINVAL;
+  return t == s->opener ? 0 : -EPERM;
 }
 
 int keel_scope_join(keel_scope_t *s) {
-  if (s->joined)
-    return join_result(s);
-  if (!keel__task_self())
-    return -EINVAL;
-  int rc = join_wait_children(s);
+  int rc = check_opener(s);
   if (rc < 0)
     return rc;
   keel__spin_lock(&s->lock);
-  s->joined = true;
+  bool joined = s->joined;
   keel__spin_unlock(&s->lock);
+  if (joined)
+    return join_result(s);
+  join_wait_children(s);
   keel_scope_t *p = s->parent;
   keel__spin_lock(&p->lock);
   keel__queue_remove(&s->child_node);
@@ -286,12 +351,16 @@ int keel_scope_join(keel_scope_t *s) {
   return join_result(s);
 }
 
-void keel_scope_close(keel_scope_t *s) {
+int keel_scope_close(keel_scope_t *s) {
   if (!s)
-    return;
-  keel_scope_join(s);
+    return 0;
+  int rc = check_opener(s);
+  if (rc < 0)
+    return rc;
+  rc = keel_scope_join(s);
   keel__queue_remove(&s->opener_node);
   keel__scope_free(s);
+  return rc;
 }
 
 void keel__scope_free(keel_scope_t *s) {

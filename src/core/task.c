@@ -72,7 +72,10 @@ static bool park_direct(keel__worker_t *w, keel_task_t *t) {
   (void)t;
   return false;
 #else
-  if (t->state == KEEL__TASK_DONE || w->run_budget <= 0)
+  /* Messages from other workers (a cancellation, a wake-up) wait for at
+   * most the task running now: the scheduler reads them between runs. */
+  if (t->state == KEEL__TASK_DONE || w->run_budget <= 0 ||
+      atomic_load_explicit(&w->inbox, memory_order_relaxed) != NULL)
     return false;
   keel_task_t *next = pop_ready(w);
   if (!next)
@@ -106,10 +109,14 @@ void keel__task_park(void) {
 }
 
 /* Runs ready tasks, cancelled ones first, at most budget of them (tasks
- * handed the worker directly by park_direct count against it too). */
+ * handed the worker directly by park_direct count against it too). The
+ * inbox is read before each run, so a message from another worker waits
+ * for one task run at most, not for the whole budget. */
 void keel__worker_run_ready(keel__worker_t *w, int budget) {
   w->run_budget = budget;
   while (w->run_budget-- > 0) {
+    if (atomic_load_explicit(&w->inbox, memory_order_relaxed) != NULL)
+      keel__worker_drain_inbox(w);
     keel_task_t *t = pop_ready(w);
     if (!t)
       break;
@@ -140,7 +147,10 @@ static keel_outcome_t outcome_of(keel_task_t *t, int rc) {
   keel_outcome_t o = {KEEL_OUTCOME_OK, rc, KEEL_CANCEL_NONE};
   if (rc == 0)
     return o;
-  t->shield_depth = 0;
+  if (t->shield_depth > 0) { /* shields left open: judge by the scopes */
+    t->deadline_ns = t->shield_saved_deadline[0];
+    t->shield_depth = 0;
+  }
   keel_cancel_reason_t reason = KEEL_CANCEL_NONE;
   int err = keel__task_cancel_err(t, &reason);
   if ((rc == -ECANCELED || rc == -ETIMEDOUT) && err) {
@@ -186,10 +196,10 @@ int keel_spawn(keel_scope_t *scope, keel_task_fn fn, void *arg, const keel_spawn
     return -EINVAL;
   keel__worker_t *target = w;
   if (opts->on_worker != KEEL_WORKER_CURRENT) {
-    int index = opts->on_worker - KEEL_WORKER(0);
-    if (index < 0 || index >= w->rt->nworkers)
+    /* KEEL_WORKER(i) is i + 1: compare before subtracting (no overflow). */
+    if (opts->on_worker < KEEL_WORKER(0) || opts->on_worker > w->rt->nworkers)
       return -EINVAL;
-    target = &w->rt->workers[index];
+    target = &w->rt->workers[opts->on_worker - KEEL_WORKER(0)];
   }
   size_t stack_size = opts->stack_size ? opts->stack_size : w->rt->cfg.stack_size;
   if (stack_size > KEEL__STACK_MAX)
@@ -256,9 +266,16 @@ void keel__task_ready(keel_task_t *t) {
 
 /* ---- Cancellation state ------------------------------------------------------ */
 
+/* Inside a shield: the shield's deadline, or a nearer one the task set
+ * inside it. */
+static int64_t shield_deadline(const keel_task_t *t) {
+  int64_t d = t->shield_deadline[t->shield_depth - 1];
+  return t->deadline_ns < d ? t->deadline_ns : d;
+}
+
 int64_t keel__task_deadline(keel_task_t *t) {
   if (t->shield_depth > 0)
-    return t->shield_deadline[t->shield_depth - 1];
+    return shield_deadline(t);
   int64_t d = t->deadline_ns;
   for (keel_scope_t *s = t->scope; s; s = s->parent) {
     int64_t sd = atomic_load_explicit(&s->deadline_ns, memory_order_relaxed);
@@ -270,15 +287,28 @@ int64_t keel__task_deadline(keel_task_t *t) {
   return d;
 }
 
+/* One walk up the scopes (to a shield scope) for both the cancellation
+ * and the deadline: a task under a cancelled scope is cancelled even
+ * before the canceller has marked the scopes in between. */
 int keel__task_cancel_err(keel_task_t *t, keel_cancel_reason_t *reason) {
-  if (t->shield_depth == 0) {
-    int r = atomic_load_explicit(&t->scope->cancel_reason, memory_order_relaxed);
-    if (r) {
-      *reason = (keel_cancel_reason_t)r;
-      return r == KEEL_CANCEL_TIMEOUT ? -ETIMEDOUT : -ECANCELED;
+  int64_t d;
+  if (t->shield_depth > 0) {
+    d = shield_deadline(t);
+  } else {
+    d = t->deadline_ns;
+    for (keel_scope_t *s = t->scope; s; s = s->parent) {
+      int r = atomic_load_explicit(&s->cancel_reason, memory_order_acquire);
+      if (r) {
+        *reason = s == t->scope ? (keel_cancel_reason_t)r : KEEL_CANCEL_PARENT;
+        return *reason == KEEL_CANCEL_TIMEOUT ? -ETIMEDOUT : -ECANCELED;
+      }
+      int64_t sd = atomic_load_explicit(&s->deadline_ns, memory_order_relaxed);
+      if (sd < d)
+        d = sd;
+      if (s->flags & KEEL_SCOPE_SHIELD)
+        break;
     }
   }
-  int64_t d = keel__task_deadline(t);
   if (d != KEEL_DEADLINE_NONE && keel__now_ns() >= d) {
     *reason = KEEL_CANCEL_TIMEOUT;
     return -ETIMEDOUT;
@@ -408,21 +438,49 @@ keel_cancel_reason_t keel_cancelled(void) {
   return reason;
 }
 
+keel_cancel_reason_t keel_cancel_origin(void) {
+  keel_task_t *t = keel__task_self();
+  if (!t)
+    return KEEL_CANCEL_NONE;
+  keel_cancel_reason_t r = keel__scope_cancel_origin(t->scope);
+  if (r != KEEL_CANCEL_NONE)
+    return r;
+  /* Not cancelled: the deadlines outside any shield. */
+  int64_t d = t->shield_depth > 0 ? t->shield_saved_deadline[0] : t->deadline_ns;
+  for (keel_scope_t *s = t->scope; s; s = s->parent) {
+    int64_t sd = atomic_load_explicit(&s->deadline_ns, memory_order_relaxed);
+    if (sd < d)
+      d = sd;
+    if (s->flags & KEEL_SCOPE_SHIELD)
+      break;
+  }
+  return d != KEEL_DEADLINE_NONE && keel__now_ns() >= d ? KEEL_CANCEL_TIMEOUT : KEEL_CANCEL_NONE;
+}
+
 void keel_shield_begin(int64_t deadline_ns) {
   keel_task_t *t = keel__task_self();
   if (!t)
     return;
   if (t->shield_depth >= KEEL__SHIELD_MAX)
-    abort(); /* programmer error: unbalanced shields */
-  if (deadline_ns <= 0)
-    deadline_ns = KEEL_DEADLINE_NONE;
-  if (t->shield_depth > 0 && t->shield_deadline[t->shield_depth - 1] < deadline_ns)
-    deadline_ns = t->shield_deadline[t->shield_depth - 1];
+    abort();              /* programmer error: unbalanced shields */
+  if (deadline_ns <= 0) { /* cleanup is bounded: the drain budget */
+    int64_t now = keel__now_ns();
+    int64_t budget = t->worker->rt->cfg.drain_timeout_ms * KEEL_NS_PER_MS;
+    deadline_ns = budget > INT64_MAX - now ? KEEL_DEADLINE_NONE : now + budget;
+  }
+  if (t->shield_depth > 0 && shield_deadline(t) < deadline_ns)
+    deadline_ns = shield_deadline(t);
+  t->shield_saved_deadline[t->shield_depth] = t->deadline_ns;
   t->shield_deadline[t->shield_depth++] = deadline_ns;
+  /* A per-task deadline from before the shield belongs to the work the
+   * shield protects from cancellation: it comes back at the end. */
+  t->deadline_ns = KEEL_DEADLINE_NONE;
 }
 
 void keel_shield_end(void) {
   keel_task_t *t = keel__task_self();
-  if (t && t->shield_depth > 0)
+  if (t && t->shield_depth > 0) {
     t->shield_depth--;
+    t->deadline_ns = t->shield_saved_deadline[t->shield_depth];
+  }
 }

@@ -70,7 +70,7 @@ void keel__worker_post(keel__worker_t *w, keel__msg_t *m) {
     w->ops->wake(w);
 }
 
-static void drain_inbox(keel__worker_t *w) {
+void keel__worker_drain_inbox(keel__worker_t *w) {
   if (atomic_load_explicit(&w->inbox, memory_order_relaxed) == NULL)
     return;
   keel__msg_t *m = atomic_exchange(&w->inbox, NULL);
@@ -129,7 +129,7 @@ static bool idle_spin(keel__worker_t *w, int64_t timeout_ns) {
 void keel__worker_loop(keel__worker_t *w) {
   while (!w->stop) {
     keel__worker_run_ready(w, RUN_BUDGET);
-    drain_inbox(w);
+    keel__worker_drain_inbox(w);
     if (w->stop)
       break;
     int64_t timeout = poll_timeout_ns(w);
@@ -144,5 +144,5 @@ void keel__worker_loop(keel__worker_t *w) {
     atomic_store_explicit(&w->sleeping, false, memory_order_relaxed);
     keel__wheel_advance(&w->wheel, keel__tick_floor(w, keel__now_ns()));
   }
-  drain_inbox(w); /* messages that raced the stop still release their references */
+  keel__worker_drain_inbox(w); /* messages that raced the stop still release their references */
 }

@@ -1,14 +1,26 @@
 /* The stream interface: thin dispatch plus the loops every stream shares. */
 #include <errno.h>
+#include <limits.h>
 
 #include "internal.h"
 #include "keel/stream.h"
 
+/* A read of nothing would return 0, which means end of stream: refused,
+ * so that 0 always does. */
 ssize_t keel_readv(keel_stream_t *s, const struct iovec *iov, int iovcnt) {
+  if (iovcnt <= 0 || iovcnt > IOV_MAX)
+    return -EINVAL;
+  size_t total = 0;
+  for (int i = 0; i < iovcnt && total == 0; i++)
+    total = iov[i].iov_len;
+  if (total == 0)
+    return -EINVAL;
   return s->ops->readv(s, iov, iovcnt);
 }
 
 ssize_t keel_read(keel_stream_t *s, void *buf, size_t len) {
+  if (len == 0)
+    return -EINVAL;
   struct iovec iov = {buf, len};
   return s->ops->readv(s, &iov, 1);
 }

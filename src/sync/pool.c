@@ -137,6 +137,12 @@ void keel_pool_close(keel_pool_t *p) {
   if (!p)
     return;
   if (p->owns_scope) {
+    if (p->scope->opener != keel__task_self()) {
+      /* Only the opener may close the pool's scope (keel_scope_close). */
+      keel_log(KEEL_LOG_ERROR, "keel_pool_close from a task other than the pool's opener: "
+                               "the pool is left open");
+      return;
+    }
     keel_scope_close(p->scope);
   } else {
     /* The tasks still use the pool: wait for every permit, whatever
