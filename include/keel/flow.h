@@ -121,12 +121,13 @@ int keel_retry(const keel_retry_opts_t *opts, keel_task_fn fn, void *arg);
 
 /* ---- Token-bucket rate limiter ---------------------------------------------
  * Usable from every worker (a spinlock guards it). Time is keel_now_ns(),
- * virtual in lab mode. Waiters are served in the order they came: a caller
- * that must wait takes its tokens on credit and sleeps until the bucket has
- * paid them back, so a large request is never overtaken by smaller ones
- * that come after it, and try_acquire fails while anyone is waiting. A
- * cancelled waiter returns its tokens; callers already waiting behind it
- * keep their wake-up time. */
+ * virtual in lab mode. Callers that must wait are served in the order they
+ * came, each as soon as the tokens for it and for everyone ahead of it have
+ * accrued: a large request is never overtaken by smaller ones that come
+ * after it, and while anyone waits, try_acquire fails and available says 0
+ * (what accrues belongs to the waiters). A waiter that is cancelled or
+ * times out has taken nothing and leaves the line: those behind it move up
+ * at once. */
 
 typedef struct keel_ratelimit keel_ratelimit_t;
 
@@ -140,14 +141,18 @@ int keel_ratelimit_new(uint64_t rate_per_sec, uint64_t burst, keel_ratelimit_t *
 /* Frees it. No task may be using it. NULL is a no-op. */
 void keel_ratelimit_free(keel_ratelimit_t *rl);
 
-/* Takes n tokens, waiting until they exist. Returns 0; -ECANCELED; -ETIMEDOUT
- * at once (without waiting) when the tokens would come after the task's
- * deadline; -EINVAL when n > burst (never satisfiable) or outside a task.
- * n == 0 returns 0. */
+/* Takes n tokens, waiting in line until they exist. Returns 0 (taken);
+ * -ECANCELED (cancelled while waiting: nothing taken); -ETIMEDOUT at once,
+ * taking nothing and without joining the line, when the tokens could only
+ * come at or after the task's deadline with the callers already waiting
+ * served first (later, if the deadline moves nearer while it waits);
+ * -EINVAL when n > burst (never satisfiable) or outside a task. n == 0
+ * returns 0. */
 int keel_ratelimit_acquire(keel_ratelimit_t *rl, uint64_t n);
-/* Takes n tokens if they exist now: 0, -EAGAIN, or -EINVAL (n > burst). */
+/* Takes n tokens if they exist now and nobody is waiting: 0, -EAGAIN, or
+ * -EINVAL (n > burst). */
 int keel_ratelimit_try_acquire(keel_ratelimit_t *rl, uint64_t n);
-/* Whole tokens available now. */
+/* Whole tokens a caller could take now: 0 while anyone waits. */
 uint64_t keel_ratelimit_available(keel_ratelimit_t *rl);
 
 /* ---- Circuit breaker ---------------------------------------------------------
