@@ -18,26 +18,39 @@ static int run_pool(keel_backend_t backend, unsigned threads, keel_task_fn fn, v
   return keel_run(&cfg, kt_guard_main, &body);
 }
 
+/* How late a wake-up may be on a loaded machine (every core busy, a
+ * sanitizer's slowdown). */
+#define LATE_MS 2000
+
 /* What the pool functions did, counted across threads. */
 static atomic_int fn_started, fn_finished, disposed, disposed_with_output;
+
+/* Held jobs wait until the test opens the gate (10 s at most, and not at
+ * all once a check has failed), so what a task does while its function is
+ * still running is seen without racing a sleep on a loaded machine. */
+static atomic_bool gate_open;
 
 static void reset_counts(void) {
   atomic_store(&fn_started, 0);
   atomic_store(&fn_finished, 0);
   atomic_store(&disposed, 0);
   atomic_store(&disposed_with_output, 0);
+  atomic_store(&gate_open, false);
 }
 
-/* A job: input, a sleep, and an output the caller must free. */
+/* A job: input, a sleep or the gate, and an output the caller must free. */
 struct job {
   int in;
   int sleep_ms;
-  int *out; /* malloc'd by the function */
+  bool held; /* waits for the gate */
+  int *out;  /* malloc'd by the function */
 };
 
 static void job_fn(void *data) {
   struct job *j = data;
   atomic_fetch_add(&fn_started, 1);
+  for (int i = 0; j->held && i < 10000 && !atomic_load(&gate_open) && !atomic_load(&kt_failed); i++)
+    usleep(1000);
   if (j->sleep_ms)
     usleep((useconds_t)j->sleep_ms * 1000);
   j->out = malloc(sizeof *j->out);
@@ -109,14 +122,19 @@ static void test_results_many_tasks(void **state) {
 
 /* ---- Cancellation and deadlines ------------------------------------------------- */
 
+/* A task whose job is held by the gate, or sleeps sleep_ms. */
 struct slow {
+  int sleep_ms;
   int rc;
   int64_t returned_ns;
 };
 
+static atomic_int submitting; /* slow tasks that reached keel_blocking_run */
+
 static int slow_task(void *arg) {
   struct slow *s = arg;
-  struct job j = {.in = 1, .sleep_ms = 200};
+  struct job j = {.in = 1, .sleep_ms = s->sleep_ms, .held = s->sleep_ms == 0};
+  atomic_fetch_add(&submitting, 1);
   s->rc = keel_blocking_run(job_fn, &j, sizeof j, job_dispose);
   s->returned_ns = kt_mono_ns();
   if (s->rc == 0) /* not expected: free what we received */
@@ -146,9 +164,12 @@ static int cancel_body(void *arg) {
   keel_scope_close(scope);
   int64_t took_ms = (s.returned_ns - t0) / KEEL_NS_PER_MS;
   CHECK_EQ(s.rc, -ECANCELED);
-  if (took_ms > 100) /* the function sleeps 200 ms: the task must not wait */
+  /* the task returned while the gate still held its function: it did not
+   * wait for it (keel_run will) */
+  CHECK_EQ(atomic_load(&fn_finished), 0);
+  if (took_ms >= LATE_MS)
     KT_FAIL("cancelled task returned after %lld ms", (long long)took_ms);
-  CHECK_EQ(atomic_load(&fn_finished), 0); /* still running: keel_run waits */
+  atomic_store(&gate_open, true);
   return 0;
 }
 
@@ -181,8 +202,10 @@ static int deadline_body(void *arg) {
   keel_scope_close(scope);
   int64_t took_ms = (s.returned_ns - t0) / KEEL_NS_PER_MS;
   CHECK_EQ(s.rc, -ETIMEDOUT);
-  if (took_ms < 25 || took_ms > 130)
+  CHECK_EQ(atomic_load(&fn_finished), 0); /* returned while its function was held */
+  if (took_ms < 30 || took_ms >= 30 + LATE_MS)
     KT_FAIL("deadline of 30 ms returned after %lld ms", (long long)took_ms);
+  atomic_store(&gate_open, true);
   return 0;
 }
 
@@ -201,21 +224,29 @@ static void test_deadline_returns_at_once_dispose_once(void **state) {
 
 #define QUEUED 4
 
-/* One pool thread: the first job runs, the others queue behind it. Every
- * task is cancelled and main returns at once, leaving keel_run's shutdown
- * to wait for the running function and dispose of everything. */
+#define QUEUED_SLEEP_MS 1000
+
+/* One pool thread: the first job runs, held by the gate, the others (which
+ * would sleep 1 s each) queue behind it. Every task is cancelled and main
+ * returns, leaving keel_run's shutdown to wait for the running function
+ * and dispose of everything. */
 static int abandon_body(void *arg) {
   (void)arg;
   static struct slow s[QUEUED + 1];
   memset(s, 0, sizeof s);
+  atomic_store(&submitting, 0);
   keel_scope_t *scope = keel_scope_open(NULL);
   CHECK(scope);
   for (int i = 0; i <= QUEUED; i++) {
+    s[i].sleep_ms = i == 0 ? 0 : QUEUED_SLEEP_MS;
     keel_spawn_opts_t o = {.name = "abandoned", .on_worker = KEEL_WORKER(i % 2)};
     CHECK_RC(keel_spawn(scope, slow_task, &s[i], &o));
     if (i == 0)
       CHECK_RC(await_started(1));
   }
+  for (int i = 0; i < 5000 && atomic_load(&submitting) < QUEUED + 1; i++)
+    CHECK_RC(keel_sleep_ms(1));
+  CHECK_EQ(atomic_load(&submitting), QUEUED + 1);
   CHECK_RC(keel_sleep_ms(10)); /* the rest are queued */
   keel_scope_cancel(scope, KEEL_CANCEL_USER);
   keel_scope_join(scope);
@@ -223,6 +254,7 @@ static int abandon_body(void *arg) {
   for (int i = 0; i <= QUEUED; i++)
     CHECK_EQ(s[i].rc, -ECANCELED);
   CHECK_EQ(atomic_load(&fn_finished), 0);
+  atomic_store(&gate_open, true);
   return 0;
 }
 
@@ -238,7 +270,7 @@ static void test_queued_skipped_shutdown_disposes(void **state) {
     assert_int_equal(atomic_load(&fn_finished), 1);
     assert_int_equal(atomic_load(&disposed), QUEUED + 1);
     assert_int_equal(atomic_load(&disposed_with_output), 1);
-    assert_true(took_ms < 5 * 200); /* skipped jobs did not sleep */
+    assert_true(took_ms < QUEUED * QUEUED_SLEEP_MS); /* skipped jobs did not sleep */
   }
 }
 
