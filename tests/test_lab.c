@@ -24,7 +24,8 @@ static int clock_body(void *arg) {
   CHECK_EQ(keel_now_ns(), t0 + 3600 * KEEL_NS_PER_SEC);
   CHECK_EQ(keel_sleep_ns(1), 0);
   CHECK_EQ(keel_now_ns(), t0 + 3600 * KEEL_NS_PER_SEC + 1);
-  CHECK(kt_mono_ns() - real0 < KEEL_NS_PER_SEC); /* an hour of sleep, instantly */
+  /* an hour of sleep, at once: even a loaded machine takes far less than 10 s */
+  CHECK(kt_mono_ns() - real0 < 10 * KEEL_NS_PER_SEC);
   return 0;
 }
 
