@@ -47,8 +47,19 @@ void keel_config_init(keel_config_t *cfg);
 /* Starts the runtime, runs main_fn(arg) as a task in the root scope on
  * worker 0 (the calling thread) and returns when the root scope is
  * quiescent: every task on every worker has finished.
+ * With cfg->handle_signals, the first SIGINT or SIGTERM cancels the root
+ * scope with reason shutdown and starts the drain deadline (drain_timeout_ms:
+ * tasks still running then end the process); a second one ends the process
+ * at once. That holds whichever thread receives the signal: keel blocks
+ * both in its own threads and installs a handler (SA_RESTART) for threads
+ * the application created before keel_run with them unblocked, where it
+ * may still interrupt a call that SA_RESTART does not restart (EINTR). When
+ * keel_run returns, the dispositions and the calling thread's signal mask
+ * are those it found. Only one runtime at a time handles the signals.
  * Returns main_fn's return value, or a negative errno if the runtime could
- * not start (-EINVAL bad config, -ENOSYS backend unavailable, -ENOMEM). */
+ * not start (-EINVAL bad config, -ENOSYS backend unavailable, -ENOMEM,
+ * -EBUSY handle_signals while another runtime in the process handles
+ * them). */
 int keel_run(const keel_config_t *cfg, keel_task_fn main_fn, void *arg);
 
 /* Name of the backend the current worker uses ("io_uring" or "epoll"). */

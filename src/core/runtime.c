@@ -1,6 +1,7 @@
 /* The runtime: configuration, backend choice, worker threads, the root
  * scope, signal-driven shutdown. */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -8,7 +9,6 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/eventfd.h>
-#include <sys/signalfd.h>
 #include <unistd.h>
 
 #include <liburing.h>
@@ -109,10 +109,51 @@ static int main_task(void *arg) {
 
 /* ---- Signals ---------------------------------------------------------------------- */
 
-/* A thread of the runtime's own waits for SIGINT/SIGTERM (blocked in every
- * other thread) so no handler runs on a worker's stack: the first signal
- * cancels the root scope with reason shutdown, a second one (or the drain
- * deadline passing) ends the process. */
+/* With handle_signals, the first SIGINT/SIGTERM cancels the root scope with
+ * reason shutdown and starts the drain deadline; a second one (or the
+ * deadline passing) ends the process. The signals stay blocked in the
+ * runtime's own threads, so no handler runs on a task's stack and no loop
+ * call is interrupted. Where they are not blocked, a handler runs: in the
+ * runtime's signal thread, or in a thread the application created before
+ * keel_run (there, a process-directed SIGTERM would otherwise kill the
+ * process). Wherever it runs, the handler only forwards the signal number
+ * down a pipe to the signal thread, which does the rest. */
+
+/* Signal dispositions are process-wide, so the handler can find the pipe
+ * only through a process-wide variable: keel's one global, justified by
+ * that. It holds no loop state, only the pipe's write end, and says that a
+ * runtime has the signals (one at a time: another keel_run with
+ * handle_signals gets -EBUSY). writers counts handlers between reading fd
+ * and their write: the pipe is closed only after them, so a handler never
+ * writes to a descriptor number reused meanwhile. */
+enum { SIGNALS_FREE = -1, SIGNALS_CLAIMED = -2 };
+static struct {
+  _Atomic int fd; /* the pipe's write end, or SIGNALS_FREE / SIGNALS_CLAIMED */
+  atomic_int writers;
+} signal_forward = {SIGNALS_FREE, 0};
+
+static const int handled_signals[2] = {SIGINT, SIGTERM};
+
+static void handled_set(sigset_t *set) {
+  sigemptyset(set);
+  for (int i = 0; i < 2; i++)
+    sigaddset(set, handled_signals[i]);
+}
+
+/* Async-signal-safe: lock-free atomics and write(2). */
+static void forward_signal(int sig) {
+  int saved_errno = errno;
+  atomic_fetch_add(&signal_forward.writers, 1);
+  int fd = atomic_load(&signal_forward.fd);
+  if (fd >= 0) {
+    unsigned char signo = (unsigned char)sig;
+    ssize_t n = write(fd, &signo, 1); /* full (non-blocking): signals enough are on the way */
+    (void)n;
+  }
+  atomic_fetch_sub(&signal_forward.writers, 1);
+  errno = saved_errno;
+}
+
 static void drain_expired(keel_runtime_t *rt) {
   keel_log(KEEL_LOG_ERROR, "drain deadline of %lld ms passed with tasks still running:",
            (long long)rt->cfg.drain_timeout_ms);
@@ -122,29 +163,33 @@ static void drain_expired(keel_runtime_t *rt) {
 
 static void *signal_thread(void *arg) {
   keel_runtime_t *rt = arg;
-  int sfd = rt->signal_fd;
+  /* The runtime's one thread with the signals unblocked: a signal sent to
+   * the process always finds a thread to run the handler. */
+  sigset_t set;
+  handled_set(&set);
+  pthread_sigmask(SIG_UNBLOCK, &set, NULL);
   int64_t deadline = KEEL_DEADLINE_NONE;
   for (;;) {
-    struct pollfd fds[2] = {{sfd, POLLIN, 0}, {rt->signal_stop_fd, POLLIN, 0}};
+    struct pollfd fds[2] = {{rt->signal_fd, POLLIN, 0}, {rt->signal_stop_fd, POLLIN, 0}};
     int timeout = -1;
     if (deadline != KEEL_DEADLINE_NONE) {
       int64_t left = deadline - keel__now_ns();
       timeout = left <= 0 ? 0 : (int)keel__ns_to_ms_ceil(left);
     }
-    int n = poll(fds, 2, timeout);
+    int n = poll(fds, 2, timeout); /* -1, EINTR: the handler ran on this thread */
     if (fds[1].revents)
       break;
     if (n == 0 && deadline != KEEL_DEADLINE_NONE && keel__now_ns() >= deadline)
       drain_expired(rt);
-    struct signalfd_siginfo si;
-    if (n <= 0 || read(sfd, &si, sizeof si) != (ssize_t)sizeof si)
+    unsigned char signo;
+    if (n <= 0 || read(rt->signal_fd, &signo, 1) != 1)
       continue;
     if (deadline != KEEL_DEADLINE_NONE) {
-      keel_log(KEEL_LOG_WARN, "second %s: exiting now", strsignal((int)si.ssi_signo));
-      _exit(128 + (int)si.ssi_signo);
+      keel_log(KEEL_LOG_WARN, "second %s: exiting now", strsignal(signo));
+      _exit(128 + signo);
     }
-    keel_log(KEEL_LOG_INFO, "%s: shutting down (drain deadline %lld ms)",
-             strsignal((int)si.ssi_signo), (long long)rt->cfg.drain_timeout_ms);
+    keel_log(KEEL_LOG_INFO, "%s: shutting down (drain deadline %lld ms)", strsignal(signo),
+             (long long)rt->cfg.drain_timeout_ms);
     deadline = keel__now_ns() + rt->cfg.drain_timeout_ms * KEEL_NS_PER_MS;
     atomic_store(&rt->shutting_down, 1);
     keel_scope_cancel(rt->root, KEEL_CANCEL_SHUTDOWN);
@@ -152,50 +197,79 @@ static void *signal_thread(void *arg) {
   return NULL;
 }
 
+/* Installs the forwarding handler, keeping the dispositions it replaces.
+ * An ignored SIGINT (a shell's background job) is taken over as well. */
+static void handlers_install(keel_runtime_t *rt) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = forward_signal;
+  sa.sa_flags = SA_RESTART; /* the application's threads' calls go on after it */
+  handled_set(&sa.sa_mask);
+  for (int i = 0; i < 2; i++)
+    sigaction(handled_signals[i], &sa, &rt->signal_prev[i]);
+}
+
+/* Puts the previous dispositions back (from now on a signal does what it
+ * did before keel_run), then waits out handlers still writing, so the pipe
+ * may be closed. */
+static void handlers_restore(keel_runtime_t *rt) {
+  for (int i = 0; i < 2; i++)
+    sigaction(handled_signals[i], &rt->signal_prev[i], NULL);
+  atomic_store(&signal_forward.fd, SIGNALS_CLAIMED);
+  while (atomic_load(&signal_forward.writers) > 0)
+    sched_yield();
+}
+
 static int signals_start(keel_runtime_t *rt, sigset_t *old_mask) {
+  int expect = SIGNALS_FREE;
+  if (!atomic_compare_exchange_strong(&signal_forward.fd, &expect, SIGNALS_CLAIMED))
+    return -EBUSY;
   sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  /* A shell starts background jobs with SIGINT ignored, and an ignored
-   * signal never reaches a signalfd: take the default disposition (safe,
-   * the signals stay blocked in every thread). */
-  signal(SIGINT, SIG_DFL);
-  signal(SIGTERM, SIG_DFL);
+  handled_set(&set);
   pthread_sigmask(SIG_BLOCK, &set, old_mask);
   int rc = 0;
-  rt->signal_fd = signalfd(-1, &set, SFD_CLOEXEC);
-  if (rt->signal_fd < 0) {
+  int pipe_fds[2];
+  if (pipe2(pipe_fds, O_CLOEXEC | O_NONBLOCK) != 0) {
     rc = -errno;
-    goto fail_signalfd;
+    goto fail_pipe;
   }
+  rt->signal_fd = pipe_fds[0];
+  rt->signal_wr_fd = pipe_fds[1];
   rt->signal_stop_fd = eventfd(0, EFD_CLOEXEC);
   if (rt->signal_stop_fd < 0) {
     rc = -errno;
     goto fail_eventfd;
   }
+  atomic_store(&signal_forward.fd, rt->signal_wr_fd);
+  handlers_install(rt);
   rc = -pthread_create(&rt->signal_thread, NULL, signal_thread, rt);
   if (rc < 0)
     goto fail_thread;
   rt->have_signal_thread = true;
   return 0;
 fail_thread:
+  handlers_restore(rt);
   close(rt->signal_stop_fd);
 fail_eventfd:
+  close(rt->signal_wr_fd);
   close(rt->signal_fd);
-fail_signalfd:
+fail_pipe:
   pthread_sigmask(SIG_SETMASK, old_mask, NULL);
+  atomic_store(&signal_forward.fd, SIGNALS_FREE);
   return rc;
 }
 
 static void signals_stop(keel_runtime_t *rt, const sigset_t *old_mask) {
   if (rt->have_signal_thread) {
+    handlers_restore(rt);
     uint64_t one = 1;
     ssize_t rc = write(rt->signal_stop_fd, &one, sizeof one);
     (void)rc;
     pthread_join(rt->signal_thread, NULL);
     close(rt->signal_stop_fd);
+    close(rt->signal_wr_fd);
     close(rt->signal_fd);
+    atomic_store(&signal_forward.fd, SIGNALS_FREE);
   }
   pthread_sigmask(SIG_SETMASK, old_mask, NULL);
 }
