@@ -21,6 +21,9 @@
 #if KEEL_VALGRIND
 #include <valgrind/valgrind.h>
 #endif
+#if KEEL_TSAN
+void __tsan_destroy_fiber(void *fiber);
+#endif
 #if KEEL_ASAN
 void __asan_unpoison_memory_region(void const volatile *addr, size_t size);
 #define UNPOISON(addr, size) __asan_unpoison_memory_region((addr), (size))
@@ -117,6 +120,7 @@ int keel__stack_alloc(keel__worker_t *w, size_t size, keel__stack_t **out) {
   s->map_size = map_size;
   s->lo = map + page;
   s->size = (size_t)((char *)s - s->lo);
+  s->tsan_fiber = NULL;
 #if KEEL_VALGRIND
   s->valgrind_id = VALGRIND_STACK_REGISTER(s->lo, s->lo + s->size);
 #else
@@ -133,6 +137,10 @@ static void stack_unmap(keel__stack_t *s) {
   /* ASan's shadow outlives the mapping: whatever is mapped here next
    * would inherit this stack's redzones. */
   UNPOISON(s->lo, s->size);
+#if KEEL_TSAN
+  if (s->tsan_fiber)
+    __tsan_destroy_fiber(s->tsan_fiber);
+#endif
   munmap(s->map, s->map_size);
 }
 

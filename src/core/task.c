@@ -15,8 +15,8 @@ void __sanitizer_finish_switch_fiber(void *fake_stack_save, const void **bottom_
 #if KEEL_TSAN
 void *__tsan_get_current_fiber(void);
 void *__tsan_create_fiber(unsigned flags);
-void __tsan_destroy_fiber(void *fiber);
 void __tsan_switch_to_fiber(void *fiber, unsigned flags);
+void __tsan_func_exit(void);
 #endif
 
 /* ---- Switching ------------------------------------------------------------ */
@@ -39,10 +39,7 @@ static void switch_to_task(keel__worker_t *w, keel_task_t *t) {
   if (w->dead) {
     keel_task_t *dead = w->dead;
     w->dead = NULL;
-#if KEEL_TSAN
-    __tsan_destroy_fiber(dead->tsan_fiber);
-#endif
-    keel__stack_release(w, dead->stack);
+    keel__stack_release(w, dead->stack); /* with its ThreadSanitizer fiber */
     dead->stack = NULL;
     w->tasks--;
     keel__task_unref(dead); /* the running reference */
@@ -139,7 +136,16 @@ static void task_entry(void *arg) {
   task_finish(t, rc);
   t->state = KEEL__TASK_DONE;
   t->worker->dead = t;
+#if KEEL_TSAN
+  /* The fiber is kept with the stack for the next task: leave its shadow
+   * call stack empty, as if this frame had returned, or every task run on
+   * it would leave a frame behind until the shadow stack overflows. */
+  __tsan_func_exit();
+  __tsan_switch_to_fiber(t->worker->tsan_sched_fiber, 0);
+  keel__ctx_switch(&t->ctx, &t->worker->sched_ctx);
+#else
   keel__task_park();
+#endif
   __builtin_unreachable();
 }
 
@@ -176,7 +182,9 @@ static void task_finish(keel_task_t *t, int rc) {
 static void task_start(keel__worker_t *w, keel_task_t *t) {
   keel__ctx_make(&t->ctx, t->stack->lo, t->stack->size, task_entry, t);
 #if KEEL_TSAN
-  t->tsan_fiber = __tsan_create_fiber(0);
+  if (!t->stack->tsan_fiber)
+    t->stack->tsan_fiber = __tsan_create_fiber(0);
+  t->tsan_fiber = t->stack->tsan_fiber;
 #endif
   w->tasks++;
   t->state = KEEL__TASK_NEW;
