@@ -120,9 +120,10 @@ static int main_task(void *arg) {
  * down a pipe to the signal thread, which does the rest. */
 
 /* Signal dispositions are process-wide, so the handler can find the pipe
- * only through a process-wide variable: keel's one global, justified by
- * that. It holds no loop state, only the pipe's write end, and says that a
- * runtime has the signals (one at a time: another keel_run with
+ * only through a process-wide variable: an exception to keeping all state
+ * in the runtime's structs, justified by that (as the guard-page handler's
+ * in stack.c). It holds no loop state, only the pipe's write end, and says
+ * that a runtime has the signals (one at a time: another keel_run with
  * handle_signals gets -EBUSY). writers counts handlers between reading fd
  * and their write: the pipe is closed only after them, so a handler never
  * writes to a descriptor number reused meanwhile. */
@@ -147,7 +148,7 @@ static void forward_signal(int sig) {
   int fd = atomic_load(&signal_forward.fd);
   if (fd >= 0) {
     unsigned char signo = (unsigned char)sig;
-    ssize_t n = write(fd, &signo, 1); /* full (non-blocking): signals enough are on the way */
+    ssize_t n = write(fd, &signo, 1); /* a full pipe holds more than the thread acts on */
     (void)n;
   }
   atomic_fetch_sub(&signal_forward.writers, 1);
