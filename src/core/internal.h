@@ -454,7 +454,7 @@ struct keel_runtime {
   int signal_wr_fd; /* its write end */
   int signal_stop_fd;
   struct sigaction signal_prev[2]; /* SIGINT's and SIGTERM's dispositions before keel_run */
-  atomic_bool drain_armed; /* keel_shutdown started the drain deadline */
+  atomic_bool drain_armed;         /* keel_shutdown started the drain deadline */
   keel__msg_t drain_msg;
   keel__timer_t drain_timer;       /* on worker 0 */
   uint64_t lab_seed;               /* lab mode's seed */
