@@ -146,8 +146,8 @@ typedef struct keel_scope_opts {
   const char *name;
 } keel_scope_opts_t;
 
-/* Opens a scope nested in the current task's scope (or the root scope
- * outside a task). opts may be NULL. Returns NULL on -ENOMEM.
+/* Opens a scope nested in the current task's scope. opts may be NULL.
+ * Returns NULL outside a task or when out of memory.
  *
  * Ownership: the task that opens a scope is its opener, and only the
  * opener joins and closes it; any task may spawn into it, cancel it or set
