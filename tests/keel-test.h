@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -17,9 +18,13 @@
 
 #include "keel/keel.h"
 
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <signal.h>
-#include <stdio.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -100,24 +105,190 @@ static inline int kt_wait_child(pid_t pid, int timeout_ms, int *status) {
   return 0;
 }
 
-/* True when io_uring can be set up here (kernel, seccomp). */
-static inline int kt_uring_available(void) {
-  struct io_uring ring;
-  if (io_uring_queue_init(4, &ring, 0) < 0)
-    return 0;
-  io_uring_queue_exit(&ring);
-  return 1;
+/* ---- The backend matrix -----------------------------------------------------
+ * A test binary that runs on several backends is registered once per
+ * backend in tests/meson.build (name-uring, name-epoll, name-lab), each
+ * entry with KT_BACKEND naming its backend; run by hand, without
+ * KT_BACKEND, it runs on every backend. KT_BACKEND may also list several,
+ * comma-separated. A selected backend that cannot run here makes the
+ * binary exit 77 (skipped) with the reason: at once when nothing else is
+ * selected, else at the end if nothing failed (kt_exit_status). */
+
+#define KT_SKIP_EXIT 77
+#define KT_BACKEND_NONE ((keel_backend_t)-1)
+
+static inline const char *kt_backend_name(keel_backend_t b) {
+  return b == KEEL_BACKEND_URING   ? "io_uring"
+         : b == KEEL_BACKEND_EPOLL ? "epoll"
+         : b == KEEL_BACKEND_LAB   ? "lab"
+                                   : "auto";
 }
 
-static const keel_backend_t kt_backends[] = {KEEL_BACKEND_URING, KEEL_BACKEND_EPOLL};
-#define KT_NBACKENDS 2
+/* Set when a selected io_uring could not be set up, so the exit status
+ * says that its cases did not run. */
+static bool kt_uring_missing;
 
-/* Runs fn(arg) as the main task of a runtime with the given backend and
- * workers; returns fn's result. Skips (returns 0 and prints why) when the
- * backend is io_uring and io_uring is not available. */
+/* True when io_uring can be set up here (kernel, seccomp); if not, why
+ * goes to *why when not NULL. Probes every time: a seccomp filter installed
+ * since (a forked child's) must count. */
+static inline bool kt_uring_probe(const char **why) {
+  struct io_uring ring;
+  int rc = io_uring_queue_init(4, &ring, 0);
+  if (rc < 0) {
+    if (why)
+      *why = strerror(-rc);
+    return false;
+  }
+  io_uring_queue_exit(&ring);
+  return true;
+}
+static inline bool kt_uring_available(void) { return kt_uring_probe(NULL); }
+
+#ifndef __NR_io_uring_setup
+#define __NR_io_uring_setup 425 /* the same on every architecture */
+#endif
+#if defined(__x86_64__)
+#define KT_AUDIT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define KT_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#else
+#define KT_AUDIT_ARCH 0 /* unknown here: no filter */
+#endif
+
+/* Makes io_uring_setup fail with ENOSYS for this process, the threads it
+ * creates later and the programs it executes, as an old kernel or a
+ * container's seccomp profile would. 0, or -ENOTSUP / -errno. */
+static inline int kt_deny_io_uring_setup(void) {
+  if (KT_AUDIT_ARCH == 0)
+    return -ENOTSUP;
+  struct sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, KT_AUDIT_ARCH, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog prog = {.len = sizeof filter / sizeof filter[0], .filter = filter};
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+    return -errno;
+  if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+    return -errno;
+  return 0;
+}
+
+/* Bit (1 << backend) per backend KT_BACKEND selects; 0 until read. */
+static unsigned kt_selected_mask;
+
+static inline unsigned kt_parse_backends(const char *list) {
+  if (list == NULL || *list == '\0')
+    return 1u << KEEL_BACKEND_URING | 1u << KEEL_BACKEND_EPOLL | 1u << KEEL_BACKEND_LAB;
+  static const struct {
+    const char *name;
+    keel_backend_t backend;
+  } names[] = {{"uring", KEEL_BACKEND_URING},
+               {"io_uring", KEEL_BACKEND_URING},
+               {"epoll", KEEL_BACKEND_EPOLL},
+               {"lab", KEEL_BACKEND_LAB}};
+  unsigned mask = 0;
+  for (const char *p = list; *p;) {
+    size_t len = strcspn(p, ",");
+    size_t i = 0;
+    while (i < sizeof names / sizeof names[0] &&
+           !(strlen(names[i].name) == len && strncmp(p, names[i].name, len) == 0))
+      i++;
+    if (i == sizeof names / sizeof names[0]) {
+      fprintf(stderr, "KT_BACKEND=%s: \"%.*s\" is not uring, epoll or lab\n", list, (int)len, p);
+      exit(2);
+    }
+    mask |= 1u << names[i].backend;
+    p += len + (p[len] == ',');
+  }
+  return mask;
+}
+
+/* Reads KT_BACKEND once and checks that io_uring, if selected, can be set
+ * up here; if it cannot and nothing else is selected, prints why and exits
+ * 77 before any test runs. Call first in main; the iterators below call it
+ * too. */
+static inline void kt_select_backends(void) {
+  if (kt_selected_mask != 0)
+    return;
+  unsigned mask = kt_parse_backends(getenv("KT_BACKEND"));
+  const char *why = NULL;
+  if ((mask & 1u << KEEL_BACKEND_URING) && !kt_uring_probe(&why)) {
+    fprintf(stderr, "# io_uring unavailable here (io_uring_queue_init: %s): not tested\n", why);
+    kt_uring_missing = true;
+    mask &= ~(1u << KEEL_BACKEND_URING);
+    if (mask == 0) {
+      fprintf(stderr, "# skipped: KT_BACKEND selects io_uring only\n");
+      exit(KT_SKIP_EXIT);
+    }
+  }
+  kt_selected_mask = mask;
+}
+
+/* True when the tests run on backend b (selected, and able to run here). */
+static inline bool kt_backend_selected(keel_backend_t b) {
+  kt_select_backends();
+  return (kt_selected_mask & 1u << b) != 0;
+}
+
+/* main's exit status from cmocka's count of failed tests: 1 if any failed,
+ * else 77 (skipped) if a selected io_uring could not run, else 0. */
+static inline int kt_exit_status(int failed) {
+  if (failed)
+    return 1;
+  if (kt_uring_missing) {
+    fprintf(stderr, "# io_uring was unavailable: its cases did not run (exit %d: skipped)\n",
+            KT_SKIP_EXIT);
+    return KT_SKIP_EXIT;
+  }
+  return 0;
+}
+
 /* The seed kt_run gives a lab runtime (KT_FOR_EACH_BACKEND_AND_LAB sets it). */
 static uint64_t kt_seed = 1;
 
+/* The selected real backend after prev (KT_BACKEND_NONE: the first), then
+ * with_lab, lab mode once per seed 1..KT_LAB_SEEDS (in kt_seed). */
+#define KT_LAB_SEEDS 16
+static inline keel_backend_t kt_backend_next(keel_backend_t prev, bool with_lab) {
+  static const keel_backend_t order[] = {KEEL_BACKEND_URING, KEEL_BACKEND_EPOLL, KEEL_BACKEND_LAB};
+  if (prev == KEEL_BACKEND_LAB && kt_seed < KT_LAB_SEEDS) {
+    kt_seed++;
+    return KEEL_BACKEND_LAB;
+  }
+  size_t i = 0;
+  if (prev != KT_BACKEND_NONE)
+    while (i < 3 && order[i++] != prev)
+      ;
+  for (; i < 3; i++) {
+    if (order[i] == KEEL_BACKEND_LAB && !with_lab)
+      break;
+    if (kt_backend_selected(order[i])) {
+      kt_seed = 1;
+      return order[i];
+    }
+  }
+  return KT_BACKEND_NONE;
+}
+
+/* Iterates b over the selected real backends (KT_BACKEND, all by default). */
+#define KT_FOR_EACH_BACKEND(b)                                                           \
+  for (keel_backend_t b = kt_backend_next(KT_BACKEND_NONE, false); b != KT_BACKEND_NONE; \
+       b = kt_backend_next(b, false))
+
+/* As KT_FOR_EACH_BACKEND, then lab mode if selected, with seeds
+ * 1..KT_LAB_SEEDS in kt_seed: timing tests run exact and across
+ * interleavings there. */
+#define KT_FOR_EACH_BACKEND_AND_LAB(b)                                                  \
+  for (keel_backend_t b = kt_backend_next(KT_BACKEND_NONE, true); b != KT_BACKEND_NONE; \
+       b = kt_backend_next(b, true))
+
+/* Runs fn(arg) as the main task of a runtime with the given backend and
+ * workers (lab mode: seed kt_seed); returns fn's result. */
 static inline int kt_run(keel_backend_t backend, int workers, keel_task_fn fn, void *arg) {
   keel_config_t cfg;
   keel_config_init(&cfg);
@@ -133,34 +304,6 @@ static inline int kt_run(keel_backend_t backend, int workers, keel_task_fn fn, v
 /* The clock timing tests measure with: real on the real backends, virtual
  * in lab mode (keel_now_ns is either, by where it is called). */
 static inline int64_t kt_clock_ns(void) { return keel_now_ns(); }
-
-/* Iterates b over both backends, skipping io_uring when unavailable. */
-#define KT_FOR_EACH_BACKEND(b)                                                                   \
-  for (size_t kt_i_ = 0; kt_i_ < KT_NBACKENDS; kt_i_++)                                          \
-    for (keel_backend_t b = kt_backends[kt_i_]; b != (keel_backend_t)-1; b = (keel_backend_t)-1) \
-      if (b == KEEL_BACKEND_URING && !kt_uring_available()) {                                    \
-        fprintf(stderr, "# io_uring unavailable here: skipping the io_uring case\n");            \
-      } else
-
-/* As KT_FOR_EACH_BACKEND, then lab mode with seeds 1..KT_LAB_SEEDS (in
- * kt_seed): timing tests run exact and across interleavings there. */
-#define KT_LAB_SEEDS 16
-#define KT_FOR_EACH_BACKEND_AND_LAB(b)                                                    \
-  for (size_t kt_j_ = 0; kt_j_ < KT_NBACKENDS + KT_LAB_SEEDS; kt_j_++)                    \
-    for (keel_backend_t b = kt_j_ < KT_NBACKENDS                                          \
-                                ? kt_backends[kt_j_]                                      \
-                                : (kt_seed = kt_j_ - KT_NBACKENDS + 1, KEEL_BACKEND_LAB); \
-         b != (keel_backend_t)-1; b = (keel_backend_t)-1)                                 \
-      if (b == KEEL_BACKEND_URING && !kt_uring_available()) {                             \
-        fprintf(stderr, "# io_uring unavailable here: skipping the io_uring case\n");     \
-      } else
-
-static inline const char *kt_backend_name(keel_backend_t b) {
-  return b == KEEL_BACKEND_URING   ? "io_uring"
-         : b == KEEL_BACKEND_EPOLL ? "epoll"
-         : b == KEEL_BACKEND_LAB   ? "lab"
-                                   : "auto";
-}
 
 /* Runs fn(arg) as the main task of a lab runtime with the given seed; the
  * trace hash goes to *trace if not NULL. A failing run prints its seed so

@@ -97,12 +97,49 @@ static inline keel_scope_t *kt_spawn_in_scope(keel_task_fn fn, void *arg, int wo
   return s;
 }
 
-/* Runs a guarded body on backend, then (one worker only) in lab mode over
- * seeds 1..KT_BODY_LAB_SEEDS, whose seeded scheduler tries other
- * interleavings of the same tasks. Returns the first failure. */
+/* ---- Running a body on the selected backends ----------------------------- */
+
 #ifndef KT_BODY_LAB_SEEDS
 #define KT_BODY_LAB_SEEDS 16
 #endif
+
+/* Where a body can run: a real backend, lab mode, or both. */
+enum { KT_ON_REAL = 1, KT_ON_LAB = 2 };
+
+/* Runs the guarded body fn(arg) on the backends that KT_BACKEND selects
+ * and `where` allows: each real one with `workers` workers, and lab mode
+ * once per seed from first_seed to last_seed. The cmocka test fails at the
+ * first failing run; it is skipped (cmocka's skip) when none was run. */
+static inline void kt_run_where(unsigned where, keel_task_fn fn, void *arg, int workers,
+                                uint64_t first_seed, uint64_t last_seed) {
+  int runs = 0;
+  if (where & KT_ON_REAL) {
+    KT_FOR_EACH_BACKEND(b) {
+      int rc = kt_run_guarded(b, workers, fn, arg);
+      if (rc != 0)
+        fail_msg("%s, %d worker(s): %d (%s)", kt_backend_name(b), workers, rc, keel_strerror(rc));
+      runs++;
+    }
+  }
+  if ((where & KT_ON_LAB) && kt_backend_selected(KEEL_BACKEND_LAB)) {
+    for (uint64_t seed = first_seed; seed <= last_seed; seed++) {
+      int rc = kt_run_guarded_lab(seed, fn, arg);
+      if (rc != 0)
+        fail_msg("lab mode, seed %llu: %d (%s)", (unsigned long long)seed, rc, keel_strerror(rc));
+      runs++;
+    }
+  }
+  if (runs == 0) {
+    fprintf(stderr, "# not for the backends selected here (%s%s%s)\n",
+            where & KT_ON_REAL ? "real backends" : "",
+            where == (KT_ON_REAL | KT_ON_LAB) ? ", " : "", where & KT_ON_LAB ? "lab mode" : "");
+    skip();
+  }
+}
+
+/* Runs a guarded body on backend, then (one worker only) in lab mode over
+ * seeds 1..KT_BODY_LAB_SEEDS, whose seeded scheduler tries other
+ * interleavings of the same tasks. Returns the first failure. */
 static inline int kt_run_guarded_and_lab(keel_backend_t backend, int workers, keel_task_fn fn,
                                          void *arg) {
   int rc = kt_run_guarded(backend, workers, fn, arg);
@@ -110,6 +147,45 @@ static inline int kt_run_guarded_and_lab(keel_backend_t backend, int workers, ke
     rc = kt_run_guarded_lab(seed, fn, arg);
   return rc;
 }
+
+/* The usual case: the selected real backend with `workers` workers and,
+ * for one worker, lab mode over seeds 1..KT_BODY_LAB_SEEDS, whose seeded
+ * scheduler tries other interleavings of the same tasks. */
+static inline void kt_run_body(keel_task_fn fn, void *arg, int workers) {
+  kt_run_where(workers == 1 ? KT_ON_REAL | KT_ON_LAB : KT_ON_REAL, fn, arg, workers, 1,
+               KT_BODY_LAB_SEEDS);
+}
+
+/* Real backends only: bodies with real threads, which lab mode's virtual
+ * clock does not wait for (it would reach the guard's deadline first). */
+static inline void kt_run_real_body(keel_task_fn fn, void *arg, int workers) {
+  kt_run_where(KT_ON_REAL, fn, arg, workers, 1, 0);
+}
+
+/* Lab mode only, one seed: bodies that check exact virtual times. */
+static inline void kt_run_lab_body(keel_task_fn fn, void *arg, uint64_t seed) {
+  kt_run_where(KT_ON_LAB, fn, arg, 1, seed, seed);
+}
+
+/* ---- Time on a loaded machine --------------------------------------------
+ * Real time runs on with other work on every core (and 3-10x slower code
+ * under sanitizers): a real-time upper bound allows kt_late_ns() on top of
+ * what it expects. In lab mode time is exact and stands still while tasks
+ * run, so the same check is exact there. */
+#define KT_LATE_NS (2 * KEEL_NS_PER_SEC)
+static inline int64_t kt_late_ns(void) { return keel_lab_active() ? 0 : KT_LATE_NS; }
+
+/* True while less than span_ns has passed since t0 (keel_now_ns): a check
+ * that holds only if no more time passed than that is made only then. In
+ * lab mode only sleeps and waits move the clock, so there it is exact. */
+static inline bool kt_within(int64_t t0, int64_t span_ns) { return keel_now_ns() - t0 < span_ns; }
+
+#define CHECK_BETWEEN(v, lo, hi)                                                              \
+  do {                                                                                        \
+    long long v_ = (long long)(v), lo_ = (long long)(lo), hi_ = (long long)(hi);              \
+    if (v_ < lo_ || v_ > hi_)                                                                 \
+      KT_FAIL("%s in [%s, %s] failed: %lld not in [%lld, %lld]", #v, #lo, #hi, v_, lo_, hi_); \
+  } while (0)
 
 /* Listens on an ephemeral loopback port; the address goes to addr as text
  * ("127.0.0.1:PORT") for keel_tcp_connect. */

@@ -321,6 +321,7 @@ static void test_listener_closed_during_backoff(void **state) {
 }
 
 int main(void) {
+  kt_select_backends();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_accept_emfile),
       cmocka_unit_test(test_listener_closed_during_backoff),
@@ -328,5 +329,5 @@ int main(void) {
   const char *filter = getenv("KT_FILTER"); /* e.g. KT_FILTER=test_foo: run one case */
   if (filter && *filter)
     cmocka_set_test_filter(filter);
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -1,32 +1,13 @@
 /* Backend selection: forced by config, by KEEL_BACKEND, and the fallback to
  * epoll when io_uring cannot be set up (a seccomp filter makes
  * io_uring_setup fail with ENOSYS in a child process). */
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 
 #include "keel-test.h"
-
-#ifndef __NR_io_uring_setup
-#define __NR_io_uring_setup 425 /* the same on every architecture */
-#endif
-
-#if defined(__x86_64__)
-#define KT_AUDIT_ARCH AUDIT_ARCH_X86_64
-#elif defined(__aarch64__)
-#define KT_AUDIT_ARCH AUDIT_ARCH_AARCH64
-#else
-#define KT_AUDIT_ARCH 0 /* unknown here: the seccomp cases skip */
-#endif
-
-#define KT_SKIP_EXIT 77
 
 #define KT_GUARD_MS 20000 /* no test body may take longer */
 #include "kt-guard.h"
@@ -119,28 +100,6 @@ static void test_auto_prefers_uring(void **state) {
 
 /* ---- io_uring_setup denied: a child process under seccomp --------------------- */
 
-/* Makes io_uring_setup fail with ENOSYS for this process and the threads it
- * creates later, as an old kernel or a container's seccomp profile would. */
-static int deny_io_uring_setup(void) {
-  if (KT_AUDIT_ARCH == 0)
-    return -ENOTSUP;
-  struct sock_filter filter[] = {
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, KT_AUDIT_ARCH, 1, 0),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-  };
-  struct sock_fprog prog = {.len = sizeof filter / sizeof filter[0], .filter = filter};
-  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
-    return -errno;
-  if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
-    return -errno;
-  return 0;
-}
-
 typedef struct child_run {
   int status; /* waitpid status */
   char *err;  /* the child's stderr, NUL-terminated */
@@ -227,7 +186,7 @@ static int fallback_body(void *arg) {
 static int child_prepare(void) {
   unsetenv("KEEL_BACKEND");
   unsetenv("KEEL_LOG");
-  int rc = deny_io_uring_setup();
+  int rc = kt_deny_io_uring_setup();
   if (rc < 0) {
     printf("# cannot install the seccomp filter: %s\n", strerror(-rc));
     return KT_SKIP_EXIT;
@@ -307,8 +266,9 @@ int main(void) {
       cmocka_unit_test(test_fallback_to_epoll),
       cmocka_unit_test(test_forced_uring_unavailable),
   };
+  kt_select_backends();
   const char *filter = getenv("KT_FILTER"); /* e.g. KT_FILTER=test_foo: run one case */
   if (filter && *filter)
     cmocka_set_test_filter(filter);
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

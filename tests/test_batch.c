@@ -525,6 +525,7 @@ static void test_open_rejects_bad_options(void **state) {
 }
 
 int main(void) {
+  kt_select_backends();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fsync_per_batch),
       cmocka_unit_test(test_partial_batch_after_timeout),
@@ -533,5 +534,5 @@ int main(void) {
       cmocka_unit_test(test_cancel_queued_removes_item),
       cmocka_unit_test(test_open_rejects_bad_options),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

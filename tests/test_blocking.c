@@ -314,6 +314,7 @@ static void test_nothing_submitted(void **state) {
 }
 
 int main(void) {
+  kt_select_backends();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_results_many_tasks),
       cmocka_unit_test(test_cancel_returns_at_once_dispose_once),
@@ -321,5 +322,5 @@ int main(void) {
       cmocka_unit_test(test_queued_skipped_shutdown_disposes),
       cmocka_unit_test(test_nothing_submitted),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

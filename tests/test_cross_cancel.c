@@ -103,8 +103,9 @@ static void test_cross_worker_cancel_during_io(void **state) {
 }
 
 int main(void) {
+  kt_select_backends();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_cross_worker_cancel_during_io),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -524,6 +524,7 @@ static void test_shield_scope_join_not_cancelled(void **state) {
 }
 
 int main(void) {
+  kt_select_backends();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_scope_deadline),
       cmocka_unit_test(test_set_deadline_and_past_deadline),
@@ -539,5 +540,5 @@ int main(void) {
       cmocka_unit_test(test_later_deadline_reaches_blocked_task),
       cmocka_unit_test(test_shield_scope_join_not_cancelled),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

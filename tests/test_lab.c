@@ -31,7 +31,7 @@ static int clock_body(void *arg) {
 
 static void test_virtual_clock(void **state) {
   (void)state;
-  assert_int_equal(kt_run_guarded_lab(1, clock_body, NULL), 0);
+  kt_run_lab_body(clock_body, NULL, 1);
 }
 
 /* ---- Sleeps, deadlines and shields to the nanosecond, across seeds ----------- */
@@ -71,7 +71,7 @@ static int sleeps_body(void *arg) {
 static void test_sleeps_exact(void **state) {
   (void)state;
   for (uint64_t seed = 1; seed <= SEEDS; seed++)
-    assert_int_equal(kt_run_guarded_lab(seed, sleeps_body, NULL), 0);
+    kt_run_lab_body(sleeps_body, NULL, seed);
 }
 
 static int sleep_hour(void *arg) {
@@ -120,7 +120,7 @@ static int deadline_body(void *arg) {
 static void test_deadlines_exact(void **state) {
   (void)state;
   for (uint64_t seed = 1; seed <= SEEDS; seed++)
-    assert_int_equal(kt_run_guarded_lab(seed, deadline_body, NULL), 0);
+    kt_run_lab_body(deadline_body, NULL, seed);
 }
 
 typedef struct shielded {
@@ -162,7 +162,7 @@ static int shield_body(void *arg) {
 static void test_shields_exact(void **state) {
   (void)state;
   for (uint64_t seed = 1; seed <= SEEDS; seed++)
-    assert_int_equal(kt_run_guarded_lab(seed, shield_body, NULL), 0);
+    kt_run_lab_body(shield_body, NULL, seed);
 }
 
 /* ---- The seeded scheduler ------------------------------------------------------ */
@@ -206,8 +206,15 @@ static int race_body(void *arg) {
   return rc;
 }
 
+/* The tests of lab mode itself run in the lab entry only. */
+static void skip_unless_lab(void) {
+  if (!kt_backend_selected(KEEL_BACKEND_LAB))
+    skip();
+}
+
 static void test_same_seed_same_run(void **state) {
   (void)state;
+  skip_unless_lab();
   race_log_t logs[20];
   uint64_t traces[20];
   int distinct = 0;
@@ -240,6 +247,7 @@ static int seed_body(void *arg) {
 
 static void test_seed_sources(void **state) {
   (void)state;
+  skip_unless_lab();
   uint64_t seen = 0;
   keel_config_t cfg;
   keel_config_init(&cfg);
@@ -275,7 +283,7 @@ static int real_io_body(void *arg) {
 
 static void test_real_io_unsupported(void **state) {
   (void)state;
-  assert_int_equal(kt_run_guarded_lab(1, real_io_body, NULL), 0);
+  kt_run_lab_body(real_io_body, NULL, 1);
 }
 
 /* ---- Reports ------------------------------------------------------------------- */
@@ -296,6 +304,7 @@ static int child_failing_run(void) {
 
 static void test_failure_prints_seed(void **state) {
   (void)state;
+  skip_unless_lab();
   int status;
   char *err = kt_run_child(child_failing_run, 10, &status, NULL);
   assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
@@ -330,6 +339,7 @@ static int child_deadlock(void) {
 
 static void test_deadlock_reported(void **state) {
   (void)state;
+  skip_unless_lab();
   int status;
   char *err = kt_run_child(child_deadlock, 3, &status, NULL);
   assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM);
@@ -358,10 +368,13 @@ static int pipe_writer(void *arg) {
   return 0;
 }
 
+/* Delays of up to a millisecond in lab mode; in real time, 20 us. */
 static int pipe_transfer_body(void *arg) {
-  const keel_lab_faults_t *f = arg;
+  keel_lab_faults_t f = *(const keel_lab_faults_t *)arg;
+  if (!keel_lab_active())
+    f.delay_max_ns = 20000;
   keel_stream_t *a, *b;
-  CHECK_RC(keel_lab_pipe(f, &a, &b));
+  CHECK_RC(keel_lab_pipe(&f, &a, &b));
   keel_scope_t *sc = keel_scope_open(NULL);
   CHECK(sc);
   CHECK_RC(keel_spawn(sc, pipe_writer, a, NULL));
@@ -388,13 +401,7 @@ static int pipe_transfer_body(void *arg) {
 static void test_pipe_transfer_with_faults(void **state) {
   (void)state;
   keel_lab_faults_t f = {.capacity = 4096, .short_permille = 400, .delay_max_ns = KEEL_NS_PER_MS};
-  for (uint64_t seed = 1; seed <= 16; seed++)
-    assert_int_equal(kt_run_guarded_lab(seed, pipe_transfer_body, &f), 0);
-  f.delay_max_ns = 20000; /* real time on the real backends: keep it short */
-  KT_FOR_EACH_BACKEND(b) {
-    fprintf(stderr, "# %s\n", kt_backend_name(b));
-    assert_int_equal(kt_run_guarded(b, 1, pipe_transfer_body, &f), 0);
-  }
+  kt_run_body(pipe_transfer_body, &f, 1);
 }
 
 static int parked_reader(void *arg) {
@@ -472,12 +479,7 @@ static int pipe_close_parked_body(void *arg) {
 
 static void test_pipe_close_parked(void **state) {
   (void)state;
-  for (uint64_t seed = 1; seed <= 8; seed++)
-    assert_int_equal(kt_run_guarded_lab(seed, pipe_close_parked_body, NULL), 0);
-  KT_FOR_EACH_BACKEND(b) {
-    fprintf(stderr, "# %s\n", kt_backend_name(b));
-    assert_int_equal(kt_run_guarded(b, 1, pipe_close_parked_body, NULL), 0);
-  }
+  kt_run_body(pipe_close_parked_body, NULL, 1);
 }
 
 static int pipe_edges_body(void *arg) {
@@ -544,15 +546,11 @@ static int pipe_edges_body(void *arg) {
 
 static void test_pipe_edges(void **state) {
   (void)state;
-  for (uint64_t seed = 1; seed <= 8; seed++)
-    assert_int_equal(kt_run_guarded_lab(seed, pipe_edges_body, NULL), 0);
-  KT_FOR_EACH_BACKEND(b) {
-    fprintf(stderr, "# %s\n", kt_backend_name(b));
-    assert_int_equal(kt_run_guarded(b, 1, pipe_edges_body, NULL), 0);
-  }
+  kt_run_body(pipe_edges_body, NULL, 1);
 }
 
 int main(void) {
+  kt_select_backends();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_virtual_clock),       cmocka_unit_test(test_sleeps_exact),
       cmocka_unit_test(test_deadlines_exact),     cmocka_unit_test(test_shields_exact),
@@ -561,5 +559,5 @@ int main(void) {
       cmocka_unit_test(test_deadlock_reported),   cmocka_unit_test(test_pipe_transfer_with_faults),
       cmocka_unit_test(test_pipe_edges),          cmocka_unit_test(test_pipe_close_parked),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

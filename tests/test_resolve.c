@@ -240,10 +240,11 @@ static void test_cancel_during_resolution(void **state) {
 }
 
 int main(void) {
+  kt_select_backends();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_connect_localhost),
       cmocka_unit_test(test_errors),
       cmocka_unit_test(test_cancel_during_resolution),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

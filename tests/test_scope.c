@@ -610,6 +610,7 @@ static void test_join_races_last_child(void **state) {
 }
 
 int main(void) {
+  kt_select_backends();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_nested),
       cmocka_unit_test(test_join_waits_for_grandchildren),
@@ -623,5 +624,5 @@ int main(void) {
       cmocka_unit_test(test_cancel_other_worker),
       cmocka_unit_test(test_join_races_last_child),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

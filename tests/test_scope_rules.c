@@ -474,6 +474,7 @@ static void test_spawn_bad_worker(void **state) {
 }
 
 int main(void) {
+  kt_select_backends();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_close_while_joined),
       cmocka_unit_test(test_opener_returns_while_joined),
@@ -487,5 +488,5 @@ int main(void) {
   };
   if (getenv("KT_FILTER"))
     cmocka_set_test_filter(getenv("KT_FILTER"));
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

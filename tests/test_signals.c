@@ -201,11 +201,12 @@ static void test_second_runtime_busy(void **state) {
 }
 
 int main(void) {
+  kt_select_backends();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_sigterm_to_app_thread),
       cmocka_unit_test(test_sigterm_to_process),
       cmocka_unit_test(test_sigint_to_app_thread),
       cmocka_unit_test(test_second_runtime_busy),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

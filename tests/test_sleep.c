@@ -272,10 +272,11 @@ static void test_yield(void **state) {
 }
 
 int main(void) {
+  kt_select_backends();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_accuracy),      cmocka_unit_test(test_zero_negative_past),
       cmocka_unit_test(test_many_sleepers), cmocka_unit_test(test_far_sleep_cancelled),
       cmocka_unit_test(test_yield),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -669,6 +669,7 @@ static void test_stack_size_too_small(void **state) {
 }
 
 int main(void) {
+  kt_select_backends();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_context_switch),
       cmocka_unit_test(test_spawn_join),
@@ -684,5 +685,5 @@ int main(void) {
       cmocka_unit_test(test_unmappable_stack_fails_spawn),
       cmocka_unit_test(test_stack_size_too_small),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -643,6 +643,7 @@ static void test_python_peer(void **state) {
 }
 
 int main(void) {
+  kt_select_backends();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_addr_parse),  cmocka_unit_test(test_addresses),
       cmocka_unit_test(test_ipv6),        cmocka_unit_test(test_bulk_echo),
@@ -652,5 +653,5 @@ int main(void) {
   const char *filter = getenv("KT_FILTER"); /* e.g. KT_FILTER=test_foo: run one case */
   if (filter && *filter)
     cmocka_set_test_filter(filter);
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

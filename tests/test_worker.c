@@ -655,6 +655,7 @@ static void test_shutdown_drain_deadline(void **state) {
 }
 
 int main(void) {
+  kt_select_backends();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_worker_count_and_ids),
       cmocka_unit_test(test_round_robin),
@@ -666,5 +667,5 @@ int main(void) {
       cmocka_unit_test(test_drain_deadline_exits),
       cmocka_unit_test(test_shutdown_drain_deadline),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -646,6 +646,7 @@ static void test_open_flags(void **state) {
 }
 
 int main(void) {
+  kt_select_backends();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_stream_two_workers_none_lost),
       cmocka_unit_test(test_close_remote_receivers_drain_then_epipe),
@@ -658,5 +659,5 @@ int main(void) {
       cmocka_unit_test(test_plain_thread_sender),
       cmocka_unit_test(test_open_flags),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }
