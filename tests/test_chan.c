@@ -2,9 +2,8 @@
  * deadlines of blocked senders/receivers/reservers, two-phase send, many
  * producers and consumers, use from another worker. */
 #define KT_GUARD_MS 20000
+#define KT_BODY_LAB_SEEDS 32 /* lab mode: many interleavings of each body */
 #include "kt-guard.h"
-
-#define BACKEND KEEL_BACKEND_EPOLL
 
 /* Lets every ready task run until it blocks. */
 static int settle(void) { return keel_sleep_ms(5); }
@@ -58,15 +57,6 @@ static int reserver_task(void *arg) {
   return 0;
 }
 
-/* Each body runs on a real backend, then in lab mode over several seeds:
- * the seeded scheduler tries other interleavings of the same tasks. */
-#define LAB_SEEDS 32
-static void run_body(keel_task_fn fn) {
-  assert_int_equal(kt_run_guarded(BACKEND, 1, fn, NULL), 0);
-  for (uint64_t seed = 1; seed <= LAB_SEEDS; seed++)
-    assert_int_equal(kt_run_guarded_lab(seed, fn, NULL), 0);
-}
-
 /* ---- Overflow policies ------------------------------------------------------ */
 
 static int block_body(void *arg) {
@@ -94,7 +84,7 @@ static int block_body(void *arg) {
 }
 static void test_policy_block(void **state) {
   (void)state;
-  run_body(block_body);
+  kt_run_body(block_body, NULL, 1);
 }
 
 static int drop_newest_body(void *arg) {
@@ -114,7 +104,7 @@ static int drop_newest_body(void *arg) {
 }
 static void test_policy_drop_newest(void **state) {
   (void)state;
-  run_body(drop_newest_body);
+  kt_run_body(drop_newest_body, NULL, 1);
 }
 
 static int drop_oldest_body(void *arg) {
@@ -134,7 +124,7 @@ static int drop_oldest_body(void *arg) {
 }
 static void test_policy_drop_oldest(void **state) {
   (void)state;
-  run_body(drop_oldest_body);
+  kt_run_body(drop_oldest_body, NULL, 1);
 }
 
 static int grow_body(void *arg) {
@@ -157,7 +147,7 @@ static int grow_body(void *arg) {
 }
 static void test_policy_grow(void **state) {
   (void)state;
-  run_body(grow_body);
+  kt_run_body(grow_body, NULL, 1);
 }
 
 /* ---- LIFO --------------------------------------------------------------------- */
@@ -188,7 +178,7 @@ static int lifo_body(void *arg) {
 }
 static void test_lifo_order(void **state) {
   (void)state;
-  run_body(lifo_body);
+  kt_run_body(lifo_body, NULL, 1);
 }
 
 static void test_open_rejects_bad_options(void **state) {
@@ -234,7 +224,7 @@ static int close_drain_body(void *arg) {
 }
 static void test_close_drains_then_epipe(void **state) {
   (void)state;
-  run_body(close_drain_body);
+  kt_run_body(close_drain_body, NULL, 1);
 }
 
 static int close_wakes_body(void *arg) {
@@ -265,7 +255,7 @@ static int close_wakes_body(void *arg) {
 }
 static void test_close_wakes_blocked(void **state) {
   (void)state;
-  run_body(close_wakes_body);
+  kt_run_body(close_wakes_body, NULL, 1);
 }
 
 /* Receivers wait on a closed, empty channel while a reservation made
@@ -305,7 +295,7 @@ static int commit_after_close_body(void *arg) {
 }
 static void test_commit_after_close_ends_receivers(void **state) {
   (void)state;
-  run_body(commit_after_close_body);
+  kt_run_body(commit_after_close_body, NULL, 1);
 }
 
 /* ---- Try variants -------------------------------------------------------------------- */
@@ -327,7 +317,7 @@ static int try_body(void *arg) {
 }
 static void test_try_variants_eagain(void **state) {
   (void)state;
-  run_body(try_body);
+  kt_run_body(try_body, NULL, 1);
 }
 
 /* ---- Cancellation and deadlines ----------------------------------------------------- */
@@ -361,7 +351,7 @@ static int recv_cancel_body(void *arg) {
 }
 static void test_recv_cancelled_leaves_waiters(void **state) {
   (void)state;
-  run_body(recv_cancel_body);
+  kt_run_body(recv_cancel_body, NULL, 1);
 }
 
 /* The wake for an item lands on a receiver cancelled before it runs: the
@@ -393,7 +383,7 @@ static int wake_then_cancel_body(void *arg) {
 }
 static void test_wake_then_cancel_not_lost(void **state) {
   (void)state;
-  run_body(wake_then_cancel_body);
+  kt_run_body(wake_then_cancel_body, NULL, 1);
 }
 
 static int send_cancel_body(void *arg) {
@@ -423,7 +413,7 @@ static int send_cancel_body(void *arg) {
 }
 static void test_send_cancelled_leaves_waiters(void **state) {
   (void)state;
-  run_body(send_cancel_body);
+  kt_run_body(send_cancel_body, NULL, 1);
 }
 
 static int deadline_body(void *arg) {
@@ -431,10 +421,10 @@ static int deadline_body(void *arg) {
   keel_chan_t *c = open_chan(1, KEEL_CHAN_BLOCK, KEEL_CHAN_FIFO);
   CHECK(c);
   int v = -1;
-  int64_t prev = keel_task_set_deadline(keel_now_ns() + 20 * KEEL_NS_PER_MS);
   int64_t t0 = kt_clock_ns();
+  int64_t prev = keel_task_set_deadline(t0 + 20 * KEEL_NS_PER_MS);
   CHECK_EQ(keel_chan_recv(c, &v), -ETIMEDOUT);
-  CHECK(kt_clock_ns() - t0 >= 15 * KEEL_NS_PER_MS);
+  CHECK_BETWEEN(kt_clock_ns() - t0, 20 * KEEL_NS_PER_MS, 20 * KEEL_NS_PER_MS + kt_late_ns());
   keel_task_set_deadline(prev);
   CHECK_EQ(send_int(c, 1), 0);
   keel_task_set_deadline(keel_now_ns() + 20 * KEEL_NS_PER_MS);
@@ -450,7 +440,7 @@ static int deadline_body(void *arg) {
 }
 static void test_deadline_timedout(void **state) {
   (void)state;
-  run_body(deadline_body);
+  kt_run_body(deadline_body, NULL, 1);
 }
 
 /* ---- Two-phase send ------------------------------------------------------------------ */
@@ -481,7 +471,7 @@ static int reserve_cancel_body(void *arg) {
 }
 static void test_reserve_cancelled_no_leak(void **state) {
   (void)state;
-  run_body(reserve_cancel_body);
+  kt_run_body(reserve_cancel_body, NULL, 1);
 }
 
 static int reserve_abort_body(void *arg) {
@@ -513,7 +503,7 @@ static int reserve_abort_body(void *arg) {
 }
 static void test_reserve_abort_passes_room(void **state) {
   (void)state;
-  run_body(reserve_abort_body);
+  kt_run_body(reserve_abort_body, NULL, 1);
 }
 
 /* ---- Many producers and consumers ------------------------------------------------------ */
@@ -580,7 +570,7 @@ static int mpmc_body(void *arg) {
 }
 static void test_many_producers_consumers(void **state) {
   (void)state;
-  run_body(mpmc_body);
+  kt_run_body(mpmc_body, NULL, 1);
 }
 
 /* ---- Another worker ------------------------------------------------------------------------ */
@@ -615,10 +605,11 @@ static int exdev_body(void *arg) {
 }
 static void test_other_worker_exdev(void **state) {
   (void)state;
-  assert_int_equal(kt_run_guarded(BACKEND, 2, exdev_body, NULL), 0);
+  kt_run_body(exdev_body, NULL, 2);
 }
 
 int main(void) {
+  kt_select_backends();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_policy_block),
       cmocka_unit_test(test_policy_drop_newest),
@@ -639,5 +630,5 @@ int main(void) {
       cmocka_unit_test(test_many_producers_consumers),
       cmocka_unit_test(test_other_worker_exdev),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -6,16 +6,16 @@
 #define KT_GUARD_MS 20000
 #include "kt-guard.h"
 
-#define BACKEND KEEL_BACKEND_EPOLL
-
 static int settle(void) { return keel_sleep_ms(5); }
 
-/* fn: counts its calls, sleeps sleep_ms, then fails with fail_rc on the
- * calls listed in fail_first (a count), else returns ok_rc. */
+/* fn: counts its calls, sleeps sleep_ms, waits while held is set (so a
+ * test decides when it ends, whatever the machine's load), then fails with
+ * fail_rc on the calls listed in fail_first (a count), else returns ok_rc. */
 struct init {
   keel_once_t once;
   atomic_int calls;
   int sleep_ms;
+  atomic_bool held;
   int fail_first;
   int fail_rc;
   int ok_rc;
@@ -24,11 +24,11 @@ struct init {
 static int init_fn(void *arg) {
   struct init *in = arg;
   int call = atomic_fetch_add(&in->calls, 1);
-  if (in->sleep_ms) {
-    int rc = keel_sleep_ms(in->sleep_ms);
-    if (rc < 0)
-      return rc; /* cancelled mid-fn */
-  }
+  int rc = in->sleep_ms ? keel_sleep_ms(in->sleep_ms) : 0;
+  while (rc == 0 && atomic_load(&in->held))
+    rc = keel_sleep_ms(1);
+  if (rc < 0)
+    return rc; /* cancelled mid-fn */
   return call < in->fail_first ? in->fail_rc : in->ok_rc;
 }
 
@@ -55,10 +55,6 @@ static keel_scope_t *spawn_caller(struct op *op, int worker) {
   return sc;
 }
 
-static void run_body(keel_task_fn fn, int workers) {
-  assert_int_equal(kt_run_guarded_and_lab(BACKEND, workers, fn, NULL), 0);
-}
-
 static int basic_body(void *arg) {
   (void)arg;
   struct init in = {.ok_rc = 7};
@@ -72,7 +68,7 @@ static int basic_body(void *arg) {
 }
 static void test_runs_once(void **state) {
   (void)state;
-  run_body(basic_body, 1);
+  kt_run_body(basic_body, NULL, 1);
 }
 
 static int static_calls;
@@ -91,7 +87,7 @@ static int static_body(void *arg) {
 }
 static void test_static_initialiser(void **state) {
   (void)state;
-  run_body(static_body, 1);
+  kt_run_body(static_body, NULL, 1);
 }
 
 #define CALLERS 6
@@ -115,7 +111,7 @@ static int concurrent_body(void *arg) {
 }
 static void test_concurrent_callers_wait(void **state) {
   (void)state;
-  run_body(concurrent_body, 2);
+  kt_run_body(concurrent_body, NULL, 2);
 }
 
 /* The first run fails while two others wait: one of them runs fn again. */
@@ -141,12 +137,12 @@ static int failure_body(void *arg) {
 }
 static void test_failure_retries(void **state) {
   (void)state;
-  run_body(failure_body, 2);
+  kt_run_body(failure_body, NULL, 2);
 }
 
 static int runner_cancel_body(void *arg) {
   (void)arg;
-  struct init in = {.ok_rc = 9, .sleep_ms = 30};
+  struct init in = {.ok_rc = 9, .held = true};
   keel_once_init(&in.once);
   struct op a = {.in = &in}, b = {.in = &in};
   keel_scope_t *sa = spawn_caller(&a, KEEL_WORKER_CURRENT);
@@ -157,6 +153,7 @@ static int runner_cancel_body(void *arg) {
   keel_scope_cancel(sa, KEEL_CANCEL_USER); /* a is inside fn */
   keel_scope_close(sa);
   CHECK_EQ(a.rc, -ECANCELED);
+  atomic_store(&in.held, false); /* b, running fn now, may finish */
   keel_scope_close(sb);
   CHECK_EQ(b.rc, 9);
   CHECK_EQ(atomic_load(&in.calls), 2);
@@ -164,12 +161,12 @@ static int runner_cancel_body(void *arg) {
 }
 static void test_runner_cancelled_retries(void **state) {
   (void)state;
-  run_body(runner_cancel_body, 1);
+  kt_run_body(runner_cancel_body, NULL, 1);
 }
 
 static int waiter_cancel_body(void *arg) {
   (void)arg;
-  struct init in = {.ok_rc = 4, .sleep_ms = 80};
+  struct init in = {.ok_rc = 4, .held = true};
   keel_once_init(&in.once);
   struct op a = {.in = &in}, b = {.in = &in};
   keel_scope_t *sa = spawn_caller(&a, KEEL_WORKER_CURRENT);
@@ -184,6 +181,7 @@ static int waiter_cancel_body(void *arg) {
   CHECK_EQ(keel_once(&in.once, init_fn, &in), -ETIMEDOUT);
   keel_task_set_deadline(prev);
   CHECK(!keel_once_done(&in.once));
+  atomic_store(&in.held, false);
   keel_scope_close(sa);
   CHECK_EQ(a.rc, 4);
   CHECK_EQ(keel_once(&in.once, init_fn, &in), 4);
@@ -192,7 +190,7 @@ static int waiter_cancel_body(void *arg) {
 }
 static void test_waiter_cancel_and_deadline(void **state) {
   (void)state;
-  run_body(waiter_cancel_body, 2);
+  kt_run_body(waiter_cancel_body, NULL, 2);
 }
 
 static keel_once_t self_once;
@@ -212,10 +210,11 @@ static int deadlock_body(void *arg) {
 }
 static void test_recursive_edeadlk(void **state) {
   (void)state;
-  run_body(deadlock_body, 1);
+  kt_run_body(deadlock_body, NULL, 1);
 }
 
 int main(void) {
+  kt_select_backends();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_runs_once),
       cmocka_unit_test(test_static_initialiser),
@@ -225,5 +224,5 @@ int main(void) {
       cmocka_unit_test(test_waiter_cancel_and_deadline),
       cmocka_unit_test(test_recursive_edeadlk),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

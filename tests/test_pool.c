@@ -6,12 +6,6 @@
 #define KT_GUARD_MS 20000
 #include "kt-guard.h"
 
-#define BACKEND KEEL_BACKEND_EPOLL
-
-static void run_body(keel_task_fn fn, int workers) {
-  assert_int_equal(kt_run_guarded_and_lab(BACKEND, workers, fn, NULL), 0);
-}
-
 /* Work that counts how many run at once. */
 struct load {
   keel_pool_t *pool;
@@ -69,7 +63,7 @@ static int limit_body(void *arg) {
 }
 static void test_never_more_than_limit(void **state) {
   (void)state;
-  run_body(limit_body, 2);
+  kt_run_body(limit_body, NULL, 2);
 }
 
 /* A task that holds its slot until notified. */
@@ -130,7 +124,7 @@ static int waits_body(void *arg) {
 }
 static void test_spawn_waits_for_a_slot(void **state) {
   (void)state;
-  run_body(waits_body, 2);
+  kt_run_body(waits_body, NULL, 2);
 }
 
 static int cancel_body(void *arg) {
@@ -165,7 +159,7 @@ static int cancel_body(void *arg) {
 }
 static void test_cancelled_spawner_spawns_nothing(void **state) {
   (void)state;
-  run_body(cancel_body, 2);
+  kt_run_body(cancel_body, NULL, 2);
 }
 
 static int failed_spawn_body(void *arg) {
@@ -189,7 +183,7 @@ static int failed_spawn_body(void *arg) {
 }
 static void test_failed_spawn_returns_slot(void **state) {
   (void)state;
-  run_body(failed_spawn_body, 1);
+  kt_run_body(failed_spawn_body, NULL, 1);
 }
 
 /* A task whose stack cannot be mapped: the spawn fails and the slot comes
@@ -227,7 +221,7 @@ static int unmappable_body(void *arg) {
 }
 static void test_unmappable_stack_returns_slot(void **state) {
   (void)state;
-  run_body(unmappable_body, 1);
+  kt_run_body(unmappable_body, NULL, 1);
 }
 
 /* keel_pool_close in cleanup code whose shield deadline has passed still
@@ -258,7 +252,7 @@ static int expired_shield_body(void *arg) {
 }
 static void test_close_in_expired_shield_waits(void **state) {
   (void)state;
-  run_body(expired_shield_body, 1);
+  kt_run_body(expired_shield_body, NULL, 1);
 }
 
 static int parent_body(void *arg) {
@@ -281,7 +275,7 @@ static int parent_body(void *arg) {
 }
 static void test_parent_scope(void **state) {
   (void)state;
-  run_body(parent_body, 1);
+  kt_run_body(parent_body, NULL, 1);
 }
 
 static int default_limit_body(void *arg) {
@@ -294,10 +288,11 @@ static int default_limit_body(void *arg) {
 }
 static void test_default_limit_cpus(void **state) {
   (void)state;
-  run_body(default_limit_body, 1);
+  kt_run_body(default_limit_body, NULL, 1);
 }
 
 int main(void) {
+  kt_select_backends();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_never_more_than_limit),
       cmocka_unit_test(test_spawn_waits_for_a_slot),
@@ -308,5 +303,5 @@ int main(void) {
       cmocka_unit_test(test_close_in_expired_shield_waits),
       cmocka_unit_test(test_default_limit_cpus),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

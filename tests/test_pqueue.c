@@ -1,11 +1,9 @@
 /* Priority channels (KEEL_CHAN_PRIORITY): smallest key first, FIFO among
  * equal keys, blocking senders and receivers, close, cancellation, GROW,
  * two-phase sends with a key, odd item sizes, and a random stress against
- * a sorted reference. No I/O: one backend. */
+ * a sorted reference. */
 #define KT_GUARD_MS 20000
 #include "kt-guard.h"
-
-#define BACKEND KEEL_BACKEND_EPOLL
 
 static int settle(void) { return keel_sleep_ms(5); }
 
@@ -47,10 +45,6 @@ static int receiver_task(void *arg) {
   return 0;
 }
 
-static void run_body(keel_task_fn fn) {
-  assert_int_equal(kt_run_guarded_and_lab(BACKEND, 1, fn, NULL), 0);
-}
-
 /* ---- Order ---------------------------------------------------------------------- */
 
 static int order_body(void *arg) {
@@ -79,7 +73,7 @@ static int order_body(void *arg) {
 }
 static void test_smallest_key_first(void **state) {
   (void)state;
-  run_body(order_body);
+  kt_run_body(order_body, NULL, 1);
 }
 
 static int ties_body(void *arg) {
@@ -98,7 +92,7 @@ static int ties_body(void *arg) {
 }
 static void test_equal_keys_fifo(void **state) {
   (void)state;
-  run_body(ties_body);
+  kt_run_body(ties_body, NULL, 1);
 }
 
 /* ---- Blocking, close, cancellation -------------------------------------------------- */
@@ -141,7 +135,7 @@ static int blocking_body(void *arg) {
 }
 static void test_blocking_send_recv(void **state) {
   (void)state;
-  run_body(blocking_body);
+  kt_run_body(blocking_body, NULL, 1);
 }
 
 /* Close: a blocked sender gets -EPIPE; what is queued drains in key order,
@@ -176,7 +170,7 @@ static int close_body(void *arg) {
 }
 static void test_close_drains_in_key_order(void **state) {
   (void)state;
-  run_body(close_body);
+  kt_run_body(close_body, NULL, 1);
 }
 
 /* A cancelled receiver leaves the list (the next one gets the item); a
@@ -215,7 +209,7 @@ static int cancel_body(void *arg) {
 }
 static void test_cancel_blocked(void **state) {
   (void)state;
-  run_body(cancel_body);
+  kt_run_body(cancel_body, NULL, 1);
 }
 
 /* ---- GROW, two-phase sends, options -------------------------------------------------- */
@@ -235,7 +229,7 @@ static int grow_body(void *arg) {
 }
 static void test_grow(void **state) {
   (void)state;
-  run_body(grow_body);
+  kt_run_body(grow_body, NULL, 1);
 }
 
 static int reserve_body(void *arg) {
@@ -262,7 +256,7 @@ static int reserve_body(void *arg) {
 }
 static void test_reserve_commit_key(void **state) {
   (void)state;
-  run_body(reserve_body);
+  kt_run_body(reserve_body, NULL, 1);
 }
 
 /* Items of a size that is not a multiple of 8 stay intact through the
@@ -295,7 +289,7 @@ static int odd_size_body(void *arg) {
 }
 static void test_odd_item_size(void **state) {
   (void)state;
-  run_body(odd_size_body);
+  kt_run_body(odd_size_body, NULL, 1);
 }
 
 static void test_open_rejects_drop_policies(void **state) {
@@ -381,10 +375,11 @@ static int stress_body(void *arg) {
 }
 static void test_random_stress_vs_reference(void **state) {
   (void)state;
-  run_body(stress_body);
+  kt_run_body(stress_body, NULL, 1);
 }
 
 int main(void) {
+  kt_select_backends();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_smallest_key_first),
       cmocka_unit_test(test_equal_keys_fifo),
@@ -397,5 +392,5 @@ int main(void) {
       cmocka_unit_test(test_open_rejects_drop_policies),
       cmocka_unit_test(test_random_stress_vs_reference),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }
