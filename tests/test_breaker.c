@@ -1,23 +1,17 @@
 /* Circuit breaker: consecutive failures open it (a success resets the
  * count), open refuses with -ECONNREFUSED for exactly open_ns (lab mode:
- * exact virtual ns; real time: with tolerance), exactly one half-open probe
- * (also among concurrent callers), the probe's success closes and its
- * failure re-opens, a lost probe is replaced, a cancelled probe hands over
- * at once, keel_breaker_call, and probes never overlap across two workers. */
+ * exact virtual ns; real time: checked while the machine keeps up), exactly
+ * one half-open probe (also among concurrent callers), the probe's success
+ * closes and its failure re-opens, a lost probe is replaced, a cancelled
+ * probe hands over at once, keel_breaker_call, and probes never overlap
+ * across two workers. */
 #define KT_GUARD_MS 20000
 #include "kt-guard.h"
 
-#define BACKEND KEEL_BACKEND_EPOLL
 #define MS KEEL_NS_PER_MS
 
-static void run_body(keel_task_fn fn, void *arg) {
-  assert_int_equal(kt_run_guarded(BACKEND, 1, fn, arg), 0);
-}
-
-/* Lab mode: one worker and a virtual clock, so times are exact. */
-static void run_lab(keel_task_fn fn, void *arg) {
-  assert_int_equal(kt_run_guarded_lab(9, fn, arg), 0);
-}
+/* The lab seed of the bodies that check exact virtual times. */
+#define LAB_SEED 9
 
 static void test_new_rejects_bad_options(void **state) {
   (void)state;
@@ -33,14 +27,14 @@ static void test_new_rejects_bad_options(void **state) {
 
 /* allow() must refuse until end_ns; checked only if the call certainly
  * came before it (in real time it may come late, and then be let through:
- * got_probe says so, and the caller does not ask for the probe again). */
-#define CHECK_REFUSED_BEFORE(b, end_ns, got_probe) \
-  do {                                             \
-    int rc_ = keel_breaker_allow(b);               \
-    if (keel_now_ns() < (end_ns))                  \
-      CHECK_EQ(rc_, -ECONNREFUSED);                \
-    got_probe = rc_ == 0;                          \
-  } while (0)
+ * *got_probe says so, and the caller does not ask for the probe again). */
+static int refused_before(keel_breaker_t *b, int64_t end_ns, bool *got_probe) {
+  int rc = keel_breaker_allow(b);
+  if (keel_now_ns() < end_ns)
+    CHECK_EQ(rc, -ECONNREFUSED);
+  *got_probe = rc == 0;
+  return 0;
+}
 
 static void fail_times(keel_breaker_t *b, int n) {
   for (int i = 0; i < n; i++)
@@ -71,13 +65,15 @@ static int threshold_body(void *arg) {
 }
 static void test_opens_after_consecutive_failures(void **state) {
   (void)state;
-  run_body(threshold_body, NULL);
+  kt_run_body(threshold_body, NULL, 1);
 }
 
-/* The open period, the single probe, re-opening and closing. slack 0:
- * exact (lab); else the real-time tolerance. Open period 100 ms. */
+/* The open period, the single probe, re-opening and closing; open period
+ * 100 ms. Lab mode asks 1 ns before each end (exact); real time asks a
+ * margin before it, and checks the refusal if it still came in time. */
 static int cycle_body(void *arg) {
-  int64_t slack = *(int64_t *)arg;
+  (void)arg;
+  const int64_t slack = keel_lab_active() ? 0 : 30 * MS;
   const int64_t open_ns = 100 * MS;
   keel_breaker_t *b;
   CHECK_RC(keel_breaker_new(2, open_ns, &b));
@@ -87,19 +83,19 @@ static int cycle_body(void *arg) {
   keel_breaker_record_failure(b); /* a late call's failure: no longer open */
   CHECK_RC(keel_sleep_until(opened + open_ns - 1 - slack));
   bool got_probe;
-  CHECK_REFUSED_BEFORE(b, opened + open_ns, got_probe); /* 1 ns before the end (lab) */
+  CHECK_RC(refused_before(b, opened + open_ns, &got_probe)); /* 1 ns before the end (lab) */
   CHECK_RC(keel_sleep_until(opened + open_ns));
   if (!got_probe)
     CHECK_EQ(keel_breaker_allow(b), 0); /* the probe */
   CHECK_EQ(keel_breaker_state(b), KEEL_BREAKER_HALF_OPEN);
   CHECK_EQ(keel_breaker_allow(b), -ECONNREFUSED); /* only one */
   CHECK_RC(keel_sleep_ms(10));
-  CHECK_REFUSED_BEFORE(b, opened + 2 * open_ns, got_probe); /* the probe is not lost yet */
-  keel_breaker_record_failure(b);                           /* the probe failed: open again */
+  CHECK_RC(refused_before(b, opened + 2 * open_ns, &got_probe)); /* the probe is not lost yet */
+  keel_breaker_record_failure(b);                                /* the probe failed: open again */
   int64_t reopened = keel_now_ns();
   CHECK_EQ(keel_breaker_state(b), KEEL_BREAKER_OPEN);
   CHECK_RC(keel_sleep_until(reopened + open_ns - 1 - slack));
-  CHECK_REFUSED_BEFORE(b, reopened + open_ns, got_probe);
+  CHECK_RC(refused_before(b, reopened + open_ns, &got_probe));
   CHECK_RC(keel_sleep_until(reopened + open_ns));
   if (!got_probe)
     CHECK_EQ(keel_breaker_allow(b), 0);
@@ -112,15 +108,9 @@ static int cycle_body(void *arg) {
   keel_breaker_free(b);
   return 0;
 }
-static void test_lab_open_period_exact(void **state) {
-  (void)state;
-  int64_t slack = 0;
-  run_lab(cycle_body, &slack);
-}
 static void test_open_half_open_cycle(void **state) {
   (void)state;
-  int64_t slack = 30 * MS;
-  run_body(cycle_body, &slack);
+  kt_run_body(cycle_body, NULL, 1);
 }
 
 /* A probe that never reports is replaced after open_ns. */
@@ -133,18 +123,18 @@ static int lost_probe_body(void *arg) {
   bool got_probe;
   int64_t t = keel_now_ns();
   CHECK_EQ(keel_breaker_allow(b), 0); /* this probe is lost */
-  CHECK_REFUSED_BEFORE(b, t + 20 * MS, got_probe);
+  CHECK_RC(refused_before(b, t + 20 * MS, &got_probe));
   CHECK_RC(keel_sleep_ms(25));
   t = keel_now_ns();
   CHECK_EQ(keel_breaker_allow(b), 0); /* the lost probe is replaced */
-  CHECK_REFUSED_BEFORE(b, t + 20 * MS, got_probe);
+  CHECK_RC(refused_before(b, t + 20 * MS, &got_probe));
   (void)got_probe; /* a late call was let through as the next probe: fine here */
   keel_breaker_free(b);
   return 0;
 }
 static void test_lost_probe_replaced(void **state) {
   (void)state;
-  run_body(lost_probe_body, NULL);
+  kt_run_body(lost_probe_body, NULL, 1);
 }
 
 /* ---- keel_breaker_call --------------------------------------------------------- */
@@ -186,7 +176,9 @@ static int call_body(void *arg) {
   CHECK_EQ(c.calls, 3); /* refused: fn not called */
   CHECK_RC(keel_sleep_ms(110));
 
-  /* Five concurrent callers when half-open: one probe runs, four refused. */
+  /* Five concurrent callers when half-open: one probe runs, four refused
+   * (in real time: if all of them asked before the probe counted as lost). */
+  int64_t asked = keel_now_ns();
   struct call cs[5];
   keel_scope_t *s = keel_scope_open(NULL);
   CHECK(s);
@@ -200,15 +192,18 @@ static int call_body(void *arg) {
     ran += cs[i].calls;
     refused += cs[i].rc == -ECONNREFUSED;
   }
-  CHECK_EQ(ran, 1);
-  CHECK_EQ(refused, 4);
+  if (kt_within(asked, 100 * MS)) {
+    CHECK_EQ(ran, 1);
+    CHECK_EQ(refused, 4);
+  }
+  CHECK(ran >= 1);
   CHECK_EQ(keel_breaker_state(b), KEEL_BREAKER_CLOSED); /* the probe succeeded */
   keel_breaker_free(b);
   return 0;
 }
 static void test_call_and_single_probe(void **state) {
   (void)state;
-  run_body(call_body, NULL);
+  kt_run_body(call_body, NULL, 1);
 }
 
 /* The probe's caller is cancelled: no verdict, and the next caller may
@@ -230,14 +225,16 @@ static int cancelled_probe_body(void *arg) {
   CHECK_EQ(probe.rc, -ECANCELED);
   CHECK_EQ(probe.calls, 1);
   CHECK(keel_breaker_state(b) != KEEL_BREAKER_CLOSED); /* no success recorded */
-  CHECK_EQ(keel_breaker_allow(b), 0);                  /* the next probe, at once */
-  CHECK_EQ(keel_breaker_allow(b), -ECONNREFUSED);
+  int64_t t = keel_now_ns();
+  CHECK_EQ(keel_breaker_allow(b), 0); /* the next probe, at once */
+  bool got_probe;
+  CHECK_RC(refused_before(b, t + 20 * MS, &got_probe));
   keel_breaker_free(b);
   return 0;
 }
 static void test_cancelled_probe_hands_over(void **state) {
   (void)state;
-  run_body(cancelled_probe_body, NULL);
+  kt_run_body(cancelled_probe_body, NULL, 1);
 }
 
 /* A probe out longer than open_ns is replaced; its late verdict or its
@@ -323,7 +320,7 @@ static int superseded_probe_body(void *arg) {
 }
 static void test_replaced_probe_has_no_say(void **state) {
   (void)state;
-  run_lab(superseded_probe_body, NULL);
+  kt_run_lab_body(superseded_probe_body, NULL, LAB_SEED);
 }
 
 /* open_ns near INT64_MAX: no overflow (UBSan), the breaker just stays open. */
@@ -347,15 +344,17 @@ static int huge_open_body(void *arg) {
 }
 static void test_huge_open_period(void **state) {
   (void)state;
-  run_lab(huge_open_body, NULL);
+  kt_run_lab_body(huge_open_body, NULL, LAB_SEED);
 }
 
 /* ---- Two workers ---------------------------------------------------------------- */
 
 /* Every call is a probe (threshold 1, always failing, open 5 ms); callers
  * on both workers hammer it for a while. A probe may only start while
- * another is out once that one is lost (out for open_ns): starts closer
- * together than half of that mean two probes were let through. */
+ * another is out once that one is lost (out for open_ns): a probe starting
+ * within half of that after the previous one asked (a time taken before
+ * its keel_breaker_call, so a caller delayed on its way in cannot make it
+ * look later) means two probes were let through. */
 #define HAMMER_OPEN_NS (5 * MS)
 #define HAMMER_NS (5000 * MS) /* at most; it stops after three probes */
 struct hammer {
@@ -364,13 +363,18 @@ struct hammer {
   atomic_int inflight;
   atomic_int probes;
   atomic_int overlaps;
-  _Atomic int64_t last_start;
+  _Atomic int64_t last_asked; /* when the latest probe's caller asked */
+};
+struct hammer_call {
+  struct hammer *h;
+  int64_t asked;
 };
 static int probe_fn(void *arg) {
-  struct hammer *h = arg;
+  struct hammer_call *c = arg;
+  struct hammer *h = c->h;
   int64_t now = keel_now_ns();
   int before = atomic_fetch_add(&h->inflight, 1);
-  int64_t prev = atomic_exchange(&h->last_start, now);
+  int64_t prev = atomic_exchange(&h->last_asked, c->asked);
   if (before > 0 && now - prev < HAMMER_OPEN_NS / 2)
     atomic_fetch_add(&h->overlaps, 1);
   atomic_fetch_add(&h->probes, 1);
@@ -381,7 +385,8 @@ static int probe_fn(void *arg) {
 static int hammer_task(void *arg) {
   struct hammer *h = arg;
   while (atomic_load(&h->probes) < 3 && kt_mono_ns() < h->until) {
-    int rc = keel_breaker_call(h->b, probe_fn, h);
+    struct hammer_call c = {h, keel_now_ns()};
+    int rc = keel_breaker_call(h->b, probe_fn, &c);
     CHECK(rc == -EIO || rc == -ECONNREFUSED);
     CHECK_RC(keel_yield());
   }
@@ -409,14 +414,14 @@ static int hammer_body(void *arg) {
 }
 static void test_two_workers_one_probe_at_a_time(void **state) {
   (void)state;
-  assert_int_equal(kt_run_guarded(BACKEND, 2, hammer_body, NULL), 0);
+  kt_run_body(hammer_body, NULL, 2);
 }
 
 int main(void) {
+  kt_select_backends();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_new_rejects_bad_options),
       cmocka_unit_test(test_opens_after_consecutive_failures),
-      cmocka_unit_test(test_lab_open_period_exact),
       cmocka_unit_test(test_open_half_open_cycle),
       cmocka_unit_test(test_lost_probe_replaced),
       cmocka_unit_test(test_call_and_single_probe),
@@ -425,5 +430,5 @@ int main(void) {
       cmocka_unit_test(test_huge_open_period),
       cmocka_unit_test(test_two_workers_one_probe_at_a_time),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }
