@@ -137,17 +137,6 @@ static inline void kt_run_where(unsigned where, keel_task_fn fn, void *arg, int 
   }
 }
 
-/* Runs a guarded body on backend, then (one worker only) in lab mode over
- * seeds 1..KT_BODY_LAB_SEEDS, whose seeded scheduler tries other
- * interleavings of the same tasks. Returns the first failure. */
-static inline int kt_run_guarded_and_lab(keel_backend_t backend, int workers, keel_task_fn fn,
-                                         void *arg) {
-  int rc = kt_run_guarded(backend, workers, fn, arg);
-  for (uint64_t seed = 1; rc == 0 && workers == 1 && seed <= KT_BODY_LAB_SEEDS; seed++)
-    rc = kt_run_guarded_lab(seed, fn, arg);
-  return rc;
-}
-
 /* The usual case: the selected real backend with `workers` workers and,
  * for one worker, lab mode over seeds 1..KT_BODY_LAB_SEEDS, whose seeded
  * scheduler tries other interleavings of the same tasks. */
