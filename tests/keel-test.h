@@ -275,16 +275,31 @@ static inline keel_backend_t kt_backend_next(keel_backend_t prev, bool with_lab)
   return KT_BACKEND_NONE;
 }
 
-/* Iterates b over the selected real backends (KT_BACKEND, all by default). */
-#define KT_FOR_EACH_BACKEND(b)                                                           \
-  for (keel_backend_t b = kt_backend_next(KT_BACKEND_NONE, false); b != KT_BACKEND_NONE; \
+/* The first backend for a loop over them; when the selection leaves the
+ * loop nothing to run (a real-backend case in the lab entry), the cmocka
+ * test is skipped with the reason, so that it never passes having run
+ * nothing. */
+static inline keel_backend_t kt_backend_first(bool with_lab) {
+  keel_backend_t b = kt_backend_next(KT_BACKEND_NONE, with_lab);
+  if (b == KT_BACKEND_NONE) {
+    fprintf(stderr, "# this case runs on %s only: not in this entry\n",
+            with_lab ? "io_uring, epoll and lab mode" : "io_uring and epoll");
+    skip();
+  }
+  return b;
+}
+
+/* Iterates b over the selected real backends (KT_BACKEND, all by default);
+ * skips the test if none is selected. */
+#define KT_FOR_EACH_BACKEND(b)                                           \
+  for (keel_backend_t b = kt_backend_first(false); b != KT_BACKEND_NONE; \
        b = kt_backend_next(b, false))
 
 /* As KT_FOR_EACH_BACKEND, then lab mode if selected, with seeds
  * 1..KT_LAB_SEEDS in kt_seed: timing tests run exact and across
  * interleavings there. */
-#define KT_FOR_EACH_BACKEND_AND_LAB(b)                                                  \
-  for (keel_backend_t b = kt_backend_next(KT_BACKEND_NONE, true); b != KT_BACKEND_NONE; \
+#define KT_FOR_EACH_BACKEND_AND_LAB(b)                                  \
+  for (keel_backend_t b = kt_backend_first(true); b != KT_BACKEND_NONE; \
        b = kt_backend_next(b, true))
 
 /* Runs fn(arg) as the main task of a runtime with the given backend and

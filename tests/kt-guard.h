@@ -114,7 +114,8 @@ static inline void kt_run_where(unsigned where, keel_task_fn fn, void *arg, int 
                                 uint64_t first_seed, uint64_t last_seed) {
   int runs = 0;
   if (where & KT_ON_REAL) {
-    KT_FOR_EACH_BACKEND(b) {
+    for (keel_backend_t b = kt_backend_next(KT_BACKEND_NONE, false); b != KT_BACKEND_NONE;
+         b = kt_backend_next(b, false)) {
       int rc = kt_run_guarded(b, workers, fn, arg);
       if (rc != 0)
         fail_msg("%s, %d worker(s): %d (%s)", kt_backend_name(b), workers, rc, keel_strerror(rc));

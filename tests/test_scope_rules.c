@@ -392,7 +392,7 @@ static int self_join_main(void *arg) {
 
 static void test_self_join(void **state) {
   (void)state;
-  KT_FOR_EACH_BACKEND(b) {
+  KT_FOR_EACH_BACKEND_AND_LAB(b) {
     int rc[3] = {1, 1, 1};
     assert_int_equal(kt_run(b, 1, self_join_main, rc), 0);
     assert_int_equal(rc[0], -EPERM);
