@@ -393,6 +393,8 @@ static int line_body(void *arg) {
 
 static void test_lab_line_moves_up_on_cancel(void **state) {
   (void)state;
+  if (!kt_backend_selected(KEEL_BACKEND_LAB))
+    skip();
   for (size_t k = 0; k < sizeof line_cases / sizeof line_cases[0]; k++)
     for (uint64_t seed = 1; seed <= LINE_LAB_SEEDS; seed++) {
       struct line_run run = {&line_cases[k], 0};
@@ -519,6 +521,8 @@ static int churn_body(void *arg) {
 
 static void test_lab_churn_keeps_order(void **state) {
   (void)state;
+  if (!kt_backend_selected(KEEL_BACKEND_LAB))
+    skip();
   for (uint64_t seed = 1; seed <= CHURN_LAB_SEEDS; seed++)
     if (kt_run_guarded_lab(seed, churn_body, NULL) != 0)
       fail_msg("lab, seed %llu", (unsigned long long)seed);
