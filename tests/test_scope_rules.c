@@ -26,11 +26,21 @@ struct close_join {
   int join_rc, close_rc, opener_rc;
 };
 
-static int sleep_1s_child(void *arg) {
+/* Sleeps until its scope is cancelled: S stays busy while J tries it. */
+static int sleeping_child(void *arg) {
   struct close_join *cj = arg;
-  keel_sleep_ms(1000);
+  keel_sleep_ms(60000);
   atomic_store(&cj->child_done, 1);
   return 0;
+}
+
+/* Lets J try S: J returns at once unless it may wait in S's join (then it
+ * would still be parked after 5 s), and S's child is then cancelled so
+ * that closing S need not wait a minute. */
+static void let_joiner_try(struct close_join *cj, keel_scope_t *s) {
+  wait_flag(&cj->joiner_in, 60000);
+  wait_flag(&cj->joiner_out, 5000);
+  keel_scope_cancel(s, KEEL_CANCEL_USER);
 }
 
 static int joiner_task(void *arg) {
@@ -51,15 +61,14 @@ static int close_while_joined_main(void *arg) {
   struct close_join *cj = arg;
   keel_scope_t *s = keel_scope_open(NULL);
   keel_spawn_opts_t w1 = {.name = "child", .on_worker = KEEL_WORKER(1)};
-  if (!s || keel_spawn(s, sleep_1s_child, cj, &w1) < 0)
+  if (!s || keel_spawn(s, sleeping_child, cj, &w1) < 0)
     return -ENOMEM;
   keel_scope_t *js = keel_scope_open(NULL);
   keel_spawn_opts_t jo = {.name = "joiner", .on_worker = KEEL_WORKER(1)};
   if (!js || keel_spawn(js, joiner_task, cj, &jo) < 0)
     return -ENOMEM;
   atomic_store(&cj->scope, s);
-  wait_flag(&cj->joiner_in, 10000);
-  wait_flag(&cj->joiner_out, 300); /* parked for good if it may join */
+  let_joiner_try(cj, s);
   cj->opener_rc = keel_scope_close(s);
   int done = atomic_load(&cj->child_done);
   keel_scope_close(js);
@@ -73,7 +82,7 @@ static void test_close_while_joined(void **state) {
     assert_int_equal(kt_run(b, 2, close_while_joined_main, &cj), 0);
     assert_int_equal(cj.join_rc, -EPERM);
     assert_int_equal(cj.close_rc, -EPERM);
-    assert_int_equal(cj.opener_rc, 0);
+    assert_int_equal(cj.opener_rc, 0); /* the child returned 0 */
   }
 }
 
@@ -83,11 +92,10 @@ static int returning_opener(void *arg) {
   struct close_join *cj = arg;
   keel_scope_t *s = keel_scope_open(NULL);
   keel_spawn_opts_t w1 = {.name = "child", .on_worker = KEEL_WORKER(1)};
-  if (!s || keel_spawn(s, sleep_1s_child, cj, &w1) < 0)
+  if (!s || keel_spawn(s, sleeping_child, cj, &w1) < 0)
     return -ENOMEM;
   atomic_store(&cj->scope, s);
-  wait_flag(&cj->joiner_in, 10000);
-  wait_flag(&cj->joiner_out, 300);
+  let_joiner_try(cj, s);
   return 0; /* S still open */
 }
 
