@@ -341,7 +341,9 @@ static void test_deadlock_reported(void **state) {
   (void)state;
   skip_unless_lab();
   int status;
-  char *err = kt_run_child(child_deadlock, 3, &status, NULL);
+  /* The report comes after one real second of stall; the alarm leaves a
+   * loaded (and sanitized) machine time to start the runtime first. */
+  char *err = kt_run_child(child_deadlock, 6, &status, NULL);
   assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM);
   assert_non_null(strstr(err, "every task is blocked"));
   assert_non_null(strstr(err, "stuck-reader"));
