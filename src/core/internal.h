@@ -424,6 +424,7 @@ struct keel__worker {
   size_t tasks;          /* live tasks on this worker */
   int run_budget;        /* task runs left before the next poll */
   int64_t inbox_last_ns; /* when messages last arrived (idle spinning) */
+  bool inbox_fresh;      /* messages drained since inbox_last_ns was set */
   void *altstack;
   stack_t prev_altstack;
   void *asan_fake_stack;

@@ -75,8 +75,8 @@ void keel__worker_drain_inbox(keel__worker_t *w) {
     return;
   keel__msg_t *m = atomic_exchange(&w->inbox, NULL);
   keel__msg_t *fifo = NULL;
-  w->inbox_last_ns = keel__now_ns();
-  while (m) { /* reverse into posting order */
+  w->inbox_fresh = true; /* dated in idle_spin: no clock read per drain */
+  while (m) {            /* reverse into posting order */
     keel__msg_t *next = m->next;
     m->next = fifo;
     fifo = m;
@@ -110,11 +110,15 @@ static int64_t poll_timeout_ns(keel__worker_t *w) {
 #define IDLE_SPIN_RECENT_NS 1000000
 
 static bool idle_spin(keel__worker_t *w, int64_t timeout_ns) {
-  if (w->lab || w->inbox_last_ns == 0)
+  if (w->lab || (!w->inbox_fresh && w->inbox_last_ns == 0))
     return false;
   int64_t now = keel__now_ns();
-  if (now - w->inbox_last_ns > IDLE_SPIN_RECENT_NS)
+  if (w->inbox_fresh) { /* messages came since the last time we got here */
+    w->inbox_fresh = false;
+    w->inbox_last_ns = now;
+  } else if (now - w->inbox_last_ns > IDLE_SPIN_RECENT_NS) {
     return false;
+  }
   int64_t limit = timeout_ns > 0 && timeout_ns < IDLE_SPIN_NS ? timeout_ns : IDLE_SPIN_NS;
   int64_t until = now + limit;
   for (unsigned i = 1;; i++) {
