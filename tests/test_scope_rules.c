@@ -273,8 +273,13 @@ static int return_ecanceled_when_cancelled(void *arg) {
 }
 
 struct join_results {
-  int after_deadline, timed_out, cancelled_ok, cancelled_cut, empty_cancelled;
+  int after_deadline, timed_out, cancelled_ok, cancelled_cut, empty_cancelled, positive;
 };
+
+static int return_7(void *arg) {
+  (void)arg;
+  return 7; /* a count: success */
+}
 
 static int join_results_main(void *arg) {
   struct join_results *jr = arg;
@@ -311,19 +316,31 @@ static int join_results_main(void *arg) {
     return -ENOMEM;
   keel_scope_cancel(s, KEEL_CANCEL_USER);
   jr->empty_cancelled = keel_scope_close(s);
+  /* A positive return is success, and does not fail its siblings. */
+  s = keel_scope_open(&(keel_scope_opts_t){.flags = KEEL_SCOPE_FAIL_FAST});
+  keel_task_t *h;
+  if (!s || keel_spawn(s, return_7, NULL, &(keel_spawn_opts_t){.handle = &h}) < 0 ||
+      keel_spawn(s, return_0, NULL, NULL) < 0)
+    return -ENOMEM;
+  jr->positive = keel_scope_join(s);
+  if (keel_task_outcome(h).kind != KEEL_OUTCOME_OK || keel_task_outcome(h).error != 7 ||
+      keel_scope_cancel_reason(s) != KEEL_CANCEL_NONE)
+    jr->positive = -EPROTO;
+  keel_scope_close(s);
   return 0;
 }
 
 static void test_join_results(void **state) {
   (void)state;
   KT_FOR_EACH_BACKEND_AND_LAB(b) {
-    struct join_results jr = {1, 1, 1, 1, 1};
+    struct join_results jr = {1, 1, 1, 1, 1, 1};
     assert_int_equal(kt_run(b, 1, join_results_main, &jr), 0);
     assert_int_equal(jr.after_deadline, 0);
     assert_int_equal(jr.timed_out, -ETIMEDOUT);
     assert_int_equal(jr.cancelled_ok, 0);
     assert_int_equal(jr.cancelled_cut, -ECANCELED);
     assert_int_equal(jr.empty_cancelled, 0);
+    assert_int_equal(jr.positive, 0);
   }
 }
 
@@ -413,6 +430,7 @@ static void test_self_join(void **state) {
 
 struct origin {
   keel_cancel_reason_t seen[3], origin[3];
+  bool shutting_down[2];
 };
 
 static int origin_task(void *arg) {
@@ -435,7 +453,9 @@ static int origin_main(void *arg) {
   if (!p || keel_spawn(p, origin_task, o, NULL) < 0)
     return -ENOMEM;
   keel_sleep_ms(5);
+  o->shutting_down[0] = keel_shutting_down();
   keel_shutdown();
+  o->shutting_down[1] = keel_shutting_down();
   keel_scope_close(p);
   o->seen[2] = keel_cancelled();
   o->origin[2] = keel_cancel_origin();
@@ -445,7 +465,7 @@ static int origin_main(void *arg) {
 static void test_cancel_origin(void **state) {
   (void)state;
   KT_FOR_EACH_BACKEND_AND_LAB(b) {
-    struct origin o = {{-1, -1, -1}, {-1, -1, -1}};
+    struct origin o = {{-1, -1, -1}, {-1, -1, -1}, {true, false}};
     assert_int_equal(kt_run(b, 1, origin_main, &o), 0);
     assert_int_equal(o.seen[0], KEEL_CANCEL_PARENT);
     assert_int_equal(o.origin[0], KEEL_CANCEL_SHUTDOWN);
@@ -453,6 +473,8 @@ static void test_cancel_origin(void **state) {
     assert_int_equal(o.origin[1], KEEL_CANCEL_SHUTDOWN);
     assert_int_equal(o.seen[2], KEEL_CANCEL_SHUTDOWN); /* main runs in the root */
     assert_int_equal(o.origin[2], KEEL_CANCEL_SHUTDOWN);
+    assert_false(o.shutting_down[0]);
+    assert_true(o.shutting_down[1]);
   }
 }
 

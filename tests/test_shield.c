@@ -11,9 +11,15 @@ struct shield_case {
   keel_backend_t backend;
   int sleep_rc, after_rc;
   int64_t slept_ns, deadline_in_shield, deadline_after, default_bound;
-  int64_t nested_bound, task_deadline_before;
+  int64_t nested_bound, task_deadline_before, helper_slept_ns;
+  int helper_join_rc;
   keel_cancel_reason_t seen_in, origin_in, seen_late;
 };
+
+static int sleep_helper(void *arg) {
+  (void)arg;
+  return keel_sleep_ms(5000);
+}
 
 static int cleanup_task(void *arg) {
   struct shield_case *c = arg;
@@ -35,6 +41,17 @@ static int cleanup_task(void *arg) {
   c->nested_bound = keel_deadline() - now;
   keel_shield_end();
   c->seen_late = keel_cancelled(); /* the shield's per-task deadline passed */
+  keel_shield_end();
+  /* Helpers in a scope opened inside the shield are bound by the per-task
+   * deadline set in it too. */
+  keel_shield_begin(keel_now_ns() + 10000 * MS);
+  keel_task_set_deadline(keel_now_ns() + 30 * MS);
+  keel_scope_t *helpers = keel_scope_open(NULL);
+  int64_t h0 = keel_now_ns();
+  if (!helpers || keel_spawn(helpers, sleep_helper, NULL, NULL) < 0)
+    return -ENOMEM;
+  c->helper_join_rc = keel_scope_close(helpers);
+  c->helper_slept_ns = keel_now_ns() - h0;
   keel_shield_end();
   /* The deadline from before the shield is back. */
   c->task_deadline_before = keel_task_set_deadline(0) == before;
@@ -89,6 +106,11 @@ static void test_shield_deadlines(void **state) {
       assert_true(c.default_bound >= 5000 * MS && c.default_bound < 6000 * MS);
     }
     assert_int_equal(c.seen_late, KEEL_CANCEL_TIMEOUT);
+    assert_int_equal(c.helper_join_rc, -ETIMEDOUT);
+    if (lab)
+      assert_int_equal(c.helper_slept_ns, 30 * MS);
+    else
+      assert_true(c.helper_slept_ns >= 25 * MS && c.helper_slept_ns < 30 * MS + KT_LATE_NS);
     assert_int_equal(c.task_deadline_before, 1);
     assert_int_equal(c.after_rc, -ECANCELED);
   }

@@ -7,8 +7,10 @@
  * dispositions and the signal mask it found; a second runtime that wants
  * the signals while one has them gets -EBUSY. Each case runs in a forked
  * child, on io_uring and epoll. */
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/wait.h>
 
 #include "keel-test.h"
 
@@ -135,6 +137,113 @@ static void test_sigint_to_app_thread(void **state) {
   run_signal_case(SIGINT, false);
 }
 
+/* ---- Signals aimed at keel's own threads, and forked children --------------------------- */
+
+/* raise() from a task aims at that worker's thread, where keel blocks the
+ * signal: it is not handled, and must not kill the process when keel_run
+ * restores the mask after a clean end. */
+static int raising_main(void *arg) {
+  (void)arg;
+  raise(SIGTERM);
+  return keel_sleep_ms(50) == 0 ? 0 : 2; /* not handled: no shutdown */
+}
+
+static int raise_child(void) {
+  keel_config_t cfg;
+  child_config(&cfg);
+  int rc = keel_run(&cfg, raising_main, NULL);
+  if (rc != 0) {
+    printf("child: keel_run returned %d\n", rc);
+    return 11;
+  }
+  return 0;
+}
+
+static void test_raise_in_task(void **state) {
+  (void)state;
+  KT_FOR_EACH_BACKEND(b) {
+    child_backend = b;
+    int status = 0;
+    char *err = kt_run_child(raise_child, CHILD_ALARM_S, &status, NULL);
+    if (WIFSIGNALED(status))
+      fail_msg("[%s] raise(SIGTERM) in a task killed the process after keel_run: %s",
+               kt_backend_name(b), strsignal(WTERMSIG(status)));
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+      fail_msg("[%s] the child exited with %d", kt_backend_name(b), WEXITSTATUS(status));
+    if (!strstr(err, "not handled"))
+      fail_msg("[%s] no warning about the unhandled signal: %s", kt_backend_name(b), err);
+    free(err);
+  }
+}
+
+/* A child forked (without exec) while the runtime runs inherits its
+ * handler: SIGTERM to the child must end the child, not shut down the
+ * parent's runtime. */
+static int forking_main(void *arg) {
+  (void)arg;
+  pid_t pid = fork();
+  if (pid == 0) {
+    /* Off the test's pipes (its reader waits for their end), and gone in
+     * 15 s whatever happens to the parent. */
+    int devnull = open("/dev/null", O_RDWR);
+    dup2(devnull, STDOUT_FILENO);
+    dup2(devnull, STDERR_FILENO);
+    alarm(15);
+    sigset_t term;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    pthread_sigmask(SIG_UNBLOCK, &term, NULL); /* forked from a worker: blocked */
+    for (;;)
+      pause();
+  }
+  if (pid < 0)
+    return 2;
+  kill(pid, SIGTERM);
+  int status = 0;
+  int64_t until = kt_mono_ns() + 10 * KEEL_NS_PER_SEC;
+  while (waitpid(pid, &status, WNOHANG) == 0) {
+    if (kt_mono_ns() > until) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      printf("child: the grandchild survived SIGTERM\n");
+      return 3;
+    }
+    keel_sleep_ms(1);
+  }
+  if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGTERM) {
+    printf("child: the grandchild ended with status %#x\n", (unsigned)status);
+    return 4;
+  }
+  /* The parent's runtime must not have been told. */
+  if (keel_sleep_ms(100) != 0 || keel_shutting_down()) {
+    printf("child: the grandchild's SIGTERM shut the parent's runtime down\n");
+    return 5;
+  }
+  return 0;
+}
+
+static int fork_child(void) {
+  keel_config_t cfg;
+  child_config(&cfg);
+  int rc = keel_run(&cfg, forking_main, NULL);
+  if (rc != 0) {
+    printf("child: keel_run returned %d\n", rc);
+    return 11;
+  }
+  return 0;
+}
+
+static void test_forked_child_signal(void **state) {
+  (void)state;
+  KT_FOR_EACH_BACKEND(b) {
+    child_backend = b;
+    int status = 0;
+    free(kt_run_child(fork_child, CHILD_ALARM_S, &status, NULL));
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+      fail_msg("[%s] the child ended with status %#x", kt_backend_name(b), (unsigned)status);
+  }
+}
+
 /* ---- One runtime at a time handles the signals -------------------------------- */
 
 static atomic_int first_ready, first_release;
@@ -203,10 +312,9 @@ static void test_second_runtime_busy(void **state) {
 int main(void) {
   kt_select_backends();
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_sigterm_to_app_thread),
-      cmocka_unit_test(test_sigterm_to_process),
-      cmocka_unit_test(test_sigint_to_app_thread),
-      cmocka_unit_test(test_second_runtime_busy),
+      cmocka_unit_test(test_sigterm_to_app_thread), cmocka_unit_test(test_sigterm_to_process),
+      cmocka_unit_test(test_sigint_to_app_thread),  cmocka_unit_test(test_second_runtime_busy),
+      cmocka_unit_test(test_raise_in_task),         cmocka_unit_test(test_forked_child_signal),
   };
   return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

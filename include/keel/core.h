@@ -14,7 +14,8 @@ typedef struct keel_runtime keel_runtime_t;
 typedef struct keel_task keel_task_t;
 typedef struct keel_scope keel_scope_t;
 
-/* A task body: returns 0 on success or a negative errno. */
+/* A task body: returns 0 (or any value >= 0) on success, or a negative
+ * errno. */
 typedef int (*keel_task_fn)(void *arg);
 
 /* ---- Backends -------------------------------------------------------- */
@@ -53,9 +54,14 @@ void keel_config_init(keel_config_t *cfg);
  * at once. That holds whichever thread receives the signal: keel blocks
  * both in its own threads and installs a handler (SA_RESTART) for threads
  * the application created before keel_run with them unblocked, where it
- * may still interrupt a call that SA_RESTART does not restart (EINTR). When
- * keel_run returns, the dispositions and the calling thread's signal mask
- * are those it found. Only one runtime at a time handles the signals.
+ * may still interrupt a call that SA_RESTART does not restart (EINTR). A
+ * signal aimed at one of keel's own threads (raise or pthread_kill from a
+ * task) is not handled: it is logged and dropped when keel_run returns;
+ * use keel_shutdown, or kill(getpid(), ...). When keel_run returns, the
+ * SIGINT/SIGTERM dispositions and the calling thread's signal mask are
+ * those it found (SIGPIPE stays ignored: a peer's reset is an error code).
+ * Only one runtime at a time handles the signals; a child forked without
+ * exec gets the default actions back.
  * Returns main_fn's return value, or a negative errno if the runtime could
  * not start (-EINVAL bad config, -ENOSYS backend unavailable, -ENOMEM,
  * -EBUSY handle_signals while another runtime in the process handles
@@ -74,6 +80,10 @@ void keel_dump_tasks(void);
 /* Cancels the root scope with reason shutdown (what SIGINT/SIGTERM do).
  * Callable from any task on any worker. */
 void keel_shutdown(void);
+/* True once keel_shutdown or a handled signal has started the drain (any
+ * thread of the runtime; false outside one). A server reads it to tell
+ * its peers it is going away, whatever its own scopes' reasons say. */
+bool keel_shutting_down(void);
 
 /* ---- Time -------------------------------------------------------------- */
 
@@ -129,7 +139,7 @@ typedef enum keel_outcome_kind {
 
 typedef struct keel_outcome {
   keel_outcome_kind_t kind;
-  int error;                   /* task's return value (negative errno) */
+  int error;                   /* the task's return value (a negative errno if ERROR) */
   keel_cancel_reason_t reason; /* for KEEL_OUTCOME_CANCELLED */
 } keel_outcome_t;
 
@@ -167,8 +177,9 @@ keel_scope_t *keel_scope_open(const keel_scope_opts_t *opts);
  * only cut short by cancellation, -ECANCELED, or -ETIMEDOUT if the first
  * of them was cut short by a deadline. -EPERM if the caller is not the
  * scope's opener (nothing is waited for), -EINVAL outside a task. A scope
- * that was joined may be joined again (the same result) or reused: the
- * opener may spawn into it again; other tasks then get -EPIPE. */
+ * that was joined may be joined again (the same result) or reused: other
+ * tasks get -EPIPE from keel_spawn until the opener spawns into it again,
+ * which opens it to everyone; the next join reports on what ran since. */
 int keel_scope_join(keel_scope_t *scope);
 
 /* Joins (if needed) and frees the scope and the handles of its tasks.
@@ -214,7 +225,7 @@ typedef struct keel_spawn_opts {
 
 /* Spawns fn(arg) as a task in scope. opts may be NULL.
  * Returns 0 (fn will run, on any worker), -ENOMEM (no memory for the task
- * or its stack), -EINVAL (bad worker, stack too large, outside a task),
+ * or its stack), -EINVAL (bad worker, stack too large, not on a worker),
  * -ECANCELED if the scope, or a scope it is nested in, is already
  * cancelled (the task is not started), or -EPIPE if the scope was joined
  * and the caller is not its opener. */
@@ -242,12 +253,16 @@ int64_t keel_deadline(void);
  * per-task deadline set inside it) counts: NONE until it passes. */
 keel_cancel_reason_t keel_cancelled(void);
 
-/* Where the current task's cancellation began, shield or not: the reason
- * given to the outermost keel_scope_cancel that reaches the task (so a
- * task can tell a shutdown from a user cancel however deep it runs),
+/* Where the current task's cancellation began, inside a keel_shield_begin
+ * or not: the reason given to the nearest keel_scope_cancel up its scopes
+ * (to a shield scope) that is not KEEL_CANCEL_PARENT — so a task deep in
+ * nested scopes reads KEEL_CANCEL_SHUTDOWN for a shutdown, USER for a
+ * user's cancel, FAIL_FAST for a sibling's failure — or
  * KEEL_CANCEL_TIMEOUT if no scope was cancelled but a scope or task
  * deadline (outside any shield) has passed, else KEEL_CANCEL_NONE.
- * Cleanup code in a shield reads this to learn why it is cleaning up. */
+ * Cleanup code in a shield reads this to learn why it is cleaning up; a
+ * task in a KEEL_SCOPE_SHIELD scope is not being cancelled and reads
+ * NONE (keel_shutting_down says whether the runtime is draining). */
 keel_cancel_reason_t keel_cancel_origin(void);
 
 /* Shields: between begin and end the task ignores cancellation of its

@@ -131,7 +131,8 @@ enum { SIGNALS_FREE = -1, SIGNALS_CLAIMED = -2 };
 static struct {
   _Atomic int fd; /* the pipe's write end, or SIGNALS_FREE / SIGNALS_CLAIMED */
   atomic_int writers;
-} signal_forward = {SIGNALS_FREE, 0};
+  _Atomic pid_t pid; /* the process whose runtime it is (not a fork of it) */
+} signal_forward = {SIGNALS_FREE, 0, 0};
 
 static const int handled_signals[2] = {SIGINT, SIGTERM};
 
@@ -141,9 +142,21 @@ static void handled_set(sigset_t *set) {
     sigaddset(set, handled_signals[i]);
 }
 
-/* Async-signal-safe: lock-free atomics and write(2). */
+/* Async-signal-safe: lock-free atomics, getpid, sigaction, raise and
+ * write(2). A child forked without exec inherits the handler and the pipe:
+ * there the signal does what it would without keel (the default action,
+ * once the handler returns), and never reaches the parent's runtime. */
 static void forward_signal(int sig) {
   int saved_errno = errno;
+  if (getpid() != atomic_load(&signal_forward.pid)) {
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigaction(sig, &dfl, NULL);
+    raise(sig); /* blocked in the handler: delivered when it returns */
+    errno = saved_errno;
+    return;
+  }
   atomic_fetch_add(&signal_forward.writers, 1);
   int fd = atomic_load(&signal_forward.fd);
   if (fd >= 0) {
@@ -155,7 +168,11 @@ static void forward_signal(int sig) {
   errno = saved_errno;
 }
 
+/* The drain deadline passed: ends the process unless the drain has just
+ * finished (the workers are stopping; keel_run is about to return). */
 static void drain_expired(keel_runtime_t *rt) {
+  if (keel_scope_live(rt->root) == 0)
+    return;
   keel_log(KEEL_LOG_ERROR, "drain deadline of %lld ms passed with tasks still running:",
            (long long)rt->cfg.drain_timeout_ms);
   keel__scope_dump(rt->root, 1);
@@ -180,8 +197,11 @@ static void *signal_thread(void *arg) {
     int n = poll(fds, 2, timeout); /* -1, EINTR: the handler ran on this thread */
     if (fds[1].revents)
       break;
-    if (n == 0 && deadline != KEEL_DEADLINE_NONE && keel__now_ns() >= deadline)
+    if (n == 0 && deadline != KEEL_DEADLINE_NONE && keel__now_ns() >= deadline) {
       drain_expired(rt);
+      deadline = KEEL_DEADLINE_NONE; /* drained in time after all */
+      continue;
+    }
     unsigned char signo;
     if (n <= 0 || read(rt->signal_fd, &signo, 1) != 1)
       continue;
@@ -225,6 +245,7 @@ static int signals_start(keel_runtime_t *rt, sigset_t *old_mask) {
   int expect = SIGNALS_FREE;
   if (!atomic_compare_exchange_strong(&signal_forward.fd, &expect, SIGNALS_CLAIMED))
     return -EBUSY;
+  atomic_store(&signal_forward.pid, getpid());
   sigset_t set;
   handled_set(&set);
   pthread_sigmask(SIG_BLOCK, &set, old_mask);
@@ -260,8 +281,26 @@ fail_pipe:
   return rc;
 }
 
+/* A signal sent to one of keel's threads rather than to the process
+ * (raise or pthread_kill from a task) stays pending there, blocked: on the
+ * calling thread it would be delivered with the restored disposition as
+ * soon as its mask is, and kill the process after a clean shutdown. It is
+ * taken here, and said. */
+static void signals_take_pending(void) {
+  sigset_t set;
+  handled_set(&set);
+  struct timespec now = {0, 0};
+  int sig;
+  while ((sig = sigtimedwait(&set, NULL, &now)) > 0)
+    keel_log(KEEL_LOG_WARN,
+             "%s was sent to a keel thread, not to the process: not handled "
+             "(use kill(getpid(), ...) or keel_shutdown)",
+             strsignal(sig));
+}
+
 static void signals_stop(keel_runtime_t *rt, const sigset_t *old_mask) {
   if (rt->have_signal_thread) {
+    signals_take_pending();
     handlers_restore(rt);
     uint64_t one = 1;
     ssize_t rc = write(rt->signal_stop_fd, &one, sizeof one);
@@ -447,6 +486,11 @@ int keel_worker_id(void) {
  * their own in the signal thread, which also covers stuck workers). */
 static void drain_timer_cb(keel__timer_t *t) {
   drain_expired(keel__container_of(t, keel_runtime_t, drain_timer));
+}
+
+bool keel_shutting_down(void) {
+  keel__worker_t *w = keel__tls_worker;
+  return w && atomic_load_explicit(&w->rt->shutting_down, memory_order_relaxed);
 }
 
 static void drain_arm_msg(keel__worker_t *w, keel__msg_t *m) {

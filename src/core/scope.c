@@ -48,7 +48,7 @@ keel_scope_t *keel_scope_open(const keel_scope_opts_t *opts) {
   int64_t bound = t->deadline_ns;
   if (t->shield_depth > 0) {
     s->flags |= KEEL_SCOPE_SHIELD;
-    bound = t->shield_deadline[t->shield_depth - 1];
+    bound = keel__task_deadline(t); /* the shield's, or a nearer one set inside it */
   } else if (s->flags & KEEL_SCOPE_SHIELD) {
     bound = KEEL_DEADLINE_NONE;
   }
@@ -78,6 +78,8 @@ static void scope_reattach(keel_scope_t *s) {
     atomic_store(&s->cancel_reason, KEEL_CANCEL_PARENT);
   keel__spin_lock(&s->lock);
   s->joined = false;
+  s->first_error = 0; /* the next join reports on what runs from now on */
+  s->first_cancel = 0;
   keel__spin_unlock(&s->lock);
   keel__spin_unlock(&p->lock);
 }

@@ -151,7 +151,7 @@ static void task_entry(void *arg) {
 
 static keel_outcome_t outcome_of(keel_task_t *t, int rc) {
   keel_outcome_t o = {KEEL_OUTCOME_OK, rc, KEEL_CANCEL_NONE};
-  if (rc == 0)
+  if (rc >= 0) /* a count or a flag: success */
     return o;
   if (t->shield_depth > 0) { /* shields left open: judge by the scopes */
     t->deadline_ns = t->shield_saved_deadline[0];

@@ -99,15 +99,21 @@ static units_t wait_for(const keel_ratelimit_t *rl, units_t tokens) {
  * first caller in line becomes the head, claimed into wake to be told so;
  * with nobody in line, the line is empty and the cap applies again. */
 static void next_head_locked(keel_ratelimit_t *rl, keel__queue_t *wake) {
-  if (rl->level > rl->capacity)
-    rl->level = rl->capacity;
   keel__sync_waiter_t *next = keel__waitq_head(&rl->line);
   if (!next) {
     rl->head_need = 0;
+    if (rl->level > rl->capacity)
+      rl->level = rl->capacity;
     return;
   }
   rl->queued -= next->need;
   rl->head_need = next->need;
+  /* Keep what the line still needs (a head that woke late left tokens
+   * for those behind it); only what nobody waits for is capped away. */
+  units_t line = ((units_t)rl->head_need + rl->queued) * UNITS_PER_TOKEN;
+  units_t cap = line > rl->capacity ? line : rl->capacity;
+  if (rl->level > cap)
+    rl->level = cap;
   keel__sync_claim(wake, next, 0);
 }
 
