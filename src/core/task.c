@@ -281,11 +281,10 @@ static int64_t shield_deadline(const keel_task_t *t) {
   return t->deadline_ns < d ? t->deadline_ns : d;
 }
 
-int64_t keel__task_deadline(keel_task_t *t) {
-  if (t->shield_depth > 0)
-    return shield_deadline(t);
-  int64_t d = t->deadline_ns;
-  for (keel_scope_t *s = t->scope; s; s = s->parent) {
+/* The nearest of d and the deadlines of s and the scopes around it, up to
+ * a shield scope. */
+static int64_t scopes_deadline(const keel_scope_t *s, int64_t d) {
+  for (; s; s = s->parent) {
     int64_t sd = atomic_load_explicit(&s->deadline_ns, memory_order_relaxed);
     if (sd < d)
       d = sd;
@@ -293,6 +292,12 @@ int64_t keel__task_deadline(keel_task_t *t) {
       break;
   }
   return d;
+}
+
+int64_t keel__task_deadline(keel_task_t *t) {
+  if (t->shield_depth > 0)
+    return shield_deadline(t);
+  return scopes_deadline(t->scope, t->deadline_ns);
 }
 
 /* One walk up the scopes (to a shield scope) for both the cancellation
@@ -454,14 +459,8 @@ keel_cancel_reason_t keel_cancel_origin(void) {
   if (r != KEEL_CANCEL_NONE)
     return r;
   /* Not cancelled: the deadlines outside any shield. */
-  int64_t d = t->shield_depth > 0 ? t->shield_saved_deadline[0] : t->deadline_ns;
-  for (keel_scope_t *s = t->scope; s; s = s->parent) {
-    int64_t sd = atomic_load_explicit(&s->deadline_ns, memory_order_relaxed);
-    if (sd < d)
-      d = sd;
-    if (s->flags & KEEL_SCOPE_SHIELD)
-      break;
-  }
+  int64_t d =
+      scopes_deadline(t->scope, t->shield_depth > 0 ? t->shield_saved_deadline[0] : t->deadline_ns);
   return d != KEEL_DEADLINE_NONE && keel__now_ns() >= d ? KEEL_CANCEL_TIMEOUT : KEEL_CANCEL_NONE;
 }
 
