@@ -235,6 +235,14 @@ static int fork_child(void) {
 
 static void test_forked_child_signal(void **state) {
   (void)state;
+#if KT_SCALE > 1
+  /* Under ThreadSanitizer the forked child's SIGTERM never takes its
+   * default action: TSan keeps its own handler installed and drops a
+   * signal raised inside a handler after the handler set SIG_DFL (the
+   * child was seen in pause() with SIGTERM unblocked and still caught). */
+  fprintf(stderr, "# ThreadSanitizer does not deliver the default action here: skipped\n");
+  skip();
+#endif
   KT_FOR_EACH_BACKEND(b) {
     child_backend = b;
     int status = 0;
