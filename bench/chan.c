@@ -48,7 +48,7 @@ static double bench_same_task(void) {
     sum += v;
   }
   double ns = (double)(mono_ns() - t0) / (double)iterations;
-  keel_chan_free(c);
+  keel_chan_close(c);
   return sum == iterations * (iterations - 1) / 2 ? ns : -1;
 }
 
@@ -59,7 +59,7 @@ static int producer(void *arg) {
     if (rc != 0)
       return rc;
   }
-  return keel_chan_close(c);
+  return keel_chan_shutdown(c);
 }
 
 static int consumer(void *arg) {
@@ -76,8 +76,8 @@ static size_t stream_capacity = 64;
 
 static double bench_two_tasks(void) {
   keel_chan_t *c = open_int_chan(stream_capacity);
-  keel_scope_t *s = keel_scope_open(NULL);
-  if (!c || !s)
+  keel_scope_t *s = NULL;
+  if (keel_scope_open(NULL, &s) < 0 || !c)
     return -1;
   keel_spawn_opts_t on = {.name = "consumer", .on_worker = KEEL_WORKER(consumer_worker)};
   int64_t t0 = mono_ns();
@@ -86,7 +86,7 @@ static double bench_two_tasks(void) {
   int rc = keel_scope_join(s);
   double ns = (double)(mono_ns() - t0) / (double)iterations;
   keel_scope_close(s);
-  keel_chan_free(c);
+  keel_chan_close(c);
   return rc == 0 ? ns : -1;
 }
 

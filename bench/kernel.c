@@ -61,8 +61,8 @@ static int yielder(void *arg) {
 /* ns per keel_yield with exactly two ready tasks: each yield hands the
  * worker to the other task. */
 static double run_switch(long yields_per_task) {
-  keel_scope_t *scope = keel_scope_open(NULL);
-  if (scope == NULL)
+  keel_scope_t *scope = NULL;
+  if (keel_scope_open(NULL, &scope) < 0)
     return -1;
   int64_t start = now_ns();
   int rc = keel_spawn(scope, yielder, &yields_per_task, NULL);
@@ -89,8 +89,8 @@ static int noop_task(void *arg) {
 static double run_spawn(long tasks, int batch) {
   int64_t start = now_ns();
   for (long done = 0; done < tasks; done += BATCH) {
-    keel_scope_t *scope = keel_scope_open(NULL);
-    if (scope == NULL)
+    keel_scope_t *scope = NULL;
+    if (keel_scope_open(NULL, &scope) < 0)
       return -1;
     int rc = 0;
     for (int i = 0; i < BATCH && rc == 0; i += batch) {
@@ -115,8 +115,8 @@ static double run_spawn_other(long tasks) {
   keel_spawn_opts_t on1 = {.name = "other", .on_worker = KEEL_WORKER(1)};
   int64_t start = now_ns();
   for (long done = 0; done < tasks; done += OTHER_BATCH) {
-    keel_scope_t *scope = keel_scope_open(NULL);
-    if (scope == NULL)
+    keel_scope_t *scope = NULL;
+    if (keel_scope_open(NULL, &scope) < 0)
       return -1;
     int rc = 0;
     for (int j = 0; j < OTHER_BATCH && rc == 0; j++)

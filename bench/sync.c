@@ -107,8 +107,8 @@ static int handoff_worker; /* the second task's worker: 0 or 1 */
 static double bench_handoff(void) {
   struct handoff h = {.rounds = iterations / 20, .count = 0};
   keel_mutex_init(&h.m);
-  keel_scope_t *s = keel_scope_open(NULL);
-  if (!s)
+  keel_scope_t *s = NULL;
+  if (keel_scope_open(NULL, &s) < 0)
     return -1;
   keel_spawn_opts_t on = {.name = "other", .on_worker = KEEL_WORKER(handoff_worker)};
   int64_t t0 = mono_ns();

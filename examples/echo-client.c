@@ -230,9 +230,10 @@ static int main_task(void *arg) {
   keel_scope_opts_t so = {.name = "conns"};
   if (cl->duration_ns > 0)
     so.deadline_ns = cl->deadline_ns = start + cl->duration_ns;
-  keel_scope_t *scope = keel_scope_open(&so);
-  if (scope == NULL) {
-    fprintf(stderr, "echo-client: %s\n", keel_strerror(-ENOMEM));
+  keel_scope_t *scope = NULL;
+  int rc = keel_scope_open(&so, &scope);
+  if (rc < 0) {
+    fprintf(stderr, "echo-client: %s\n", keel_strerror(rc));
     return 1;
   }
   uint64_t spawn_errors = 0;

@@ -147,9 +147,7 @@ static void announce(server_t *srv, keel_listener_t *l) {
  * and on shutdown close the listener first, then drain the connections. */
 static int accept_task(void *arg) {
   server_t *srv = arg;
-  keel_listen_opts_t lo;
-  keel_listen_opts_init(&lo);
-  lo.reuseport = true;
+  keel_listen_opts_t lo = {0};
   keel_listener_t *l;
   int rc = keel_tcp_listen(srv->hostport, &lo, &l);
   if (rc < 0) {
@@ -158,10 +156,11 @@ static int accept_task(void *arg) {
     return rc;
   }
   keel_scope_opts_t co = {.name = "conns"};
-  keel_scope_t *conns = keel_scope_open(&co);
-  if (conns == NULL) {
+  keel_scope_t *conns = NULL;
+  rc = keel_scope_open(&co, &conns);
+  if (rc < 0) {
     keel_listener_close(l);
-    return -ENOMEM;
+    return rc;
   }
   if (keel_worker_id() == 0)
     keel_listener_addr(l, &srv->bound);
@@ -212,12 +211,13 @@ static int spawn_accept_tasks(server_t *srv, keel_scope_t *scope) {
 static int main_task(void *arg) {
   server_t *srv = arg;
   keel_scope_opts_t opts = {.flags = KEEL_SCOPE_FAIL_FAST, .name = "accept"};
-  keel_scope_t *scope = keel_scope_open(&opts);
-  if (scope == NULL) {
-    fprintf(stderr, "echo-server: %s\n", keel_strerror(-ENOMEM));
+  keel_scope_t *scope = NULL;
+  int rc = keel_scope_open(&opts, &scope);
+  if (rc < 0) {
+    fprintf(stderr, "echo-server: %s\n", keel_strerror(rc));
     return 1;
   }
-  int rc = spawn_accept_tasks(srv, scope);
+  rc = spawn_accept_tasks(srv, scope);
   int join = keel_scope_join(scope);
   keel_scope_close(scope);
   /* A shutdown shows up as -ECANCELED (the scope was cancelled); anything

@@ -63,9 +63,9 @@ static inline int kt_guard_main(void *arg) {
   keel_scope_opts_t o = {.deadline_ns = keel_now_ns() + KT_GUARD_MS * KEEL_NS_PER_MS,
                          .name = "guard"};
   atomic_store(&kt_failed, 0);
-  kt_guard_scope = keel_scope_open(&o);
-  if (!kt_guard_scope)
-    return -ENOMEM;
+  int orc = keel_scope_open(&o, &kt_guard_scope);
+  if (orc < 0)
+    return orc;
   int rc = keel_spawn(kt_guard_scope, body->fn, body->arg, NULL);
   int join_rc = keel_scope_join(kt_guard_scope);
   keel_scope_close(kt_guard_scope);
@@ -88,7 +88,8 @@ static inline int kt_run_guarded_lab(uint64_t seed, keel_task_fn fn, void *arg) 
 /* Spawns fn(arg) on worker (KEEL_WORKER_CURRENT or KEEL_WORKER(i)) in a
  * scope of its own, so that it can be cancelled alone. NULL on failure. */
 static inline keel_scope_t *kt_spawn_in_scope(keel_task_fn fn, void *arg, int worker) {
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   keel_spawn_opts_t o = {.name = "op", .on_worker = worker};
   if (s && keel_spawn(s, fn, arg, &o) < 0) {
     keel_scope_close(s);
@@ -180,8 +181,7 @@ static inline bool kt_within(int64_t t0, int64_t span_ns) { return keel_now_ns()
 /* Listens on an ephemeral loopback port; the address goes to addr as text
  * ("127.0.0.1:PORT") for keel_tcp_connect. */
 static inline int kt_listen_loopback(keel_listener_t **out, char *addr, size_t len) {
-  keel_listen_opts_t o;
-  keel_listen_opts_init(&o);
+  keel_listen_opts_t o = {0};
   CHECK_RC(keel_tcp_listen("127.0.0.1:0", &o, out));
   keel_addr_t a;
   CHECK_RC(keel_listener_addr(*out, &a));

@@ -47,7 +47,7 @@ static int producer(void *arg) {
   for (int i = 0; i < ITEMS; i++)
     if (keel_chan_send(r->chan, &i) < 0)
       return -EIO;
-  keel_chan_close(r->chan);
+  keel_chan_shutdown(r->chan);
   return 0;
 }
 
@@ -87,7 +87,8 @@ static int main_task(void *arg) {
   keel_lab_faults_t f = {.capacity = 512, .short_permille = 300, .delay_max_ns = 50000};
   if (keel_chan_open(&co, &r->chan) < 0 || keel_lab_pipe(&f, &r->a, &r->b) < 0)
     return -ENOMEM;
-  keel_scope_t *sc = keel_scope_open(NULL);
+  keel_scope_t *sc = NULL;
+  (void)keel_scope_open(NULL, &sc);
   if (!sc)
     return -ENOMEM;
   spinner_t sp[SPINNERS];
@@ -101,7 +102,7 @@ static int main_task(void *arg) {
   keel_spawn(sc, pipe_reader, r, NULL);
   int rc = keel_scope_join(sc);
   keel_scope_close(sc);
-  keel_chan_free(r->chan);
+  keel_chan_close(r->chan);
   keel_close(r->a);
   keel_close(r->b);
   return rc < 0 ? rc : r->failures ? -EIO : 0;

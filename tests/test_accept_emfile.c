@@ -137,8 +137,7 @@ static int emfile_period(void) {
 
 static int emfile_body(void *arg) {
   (void)arg;
-  keel_listen_opts_t o;
-  keel_listen_opts_init(&o);
+  keel_listen_opts_t o = {0};
   CHECK_RC(keel_tcp_listen("127.0.0.1:0", &o, &srv.listener));
   keel_addr_t a;
   CHECK_RC(keel_listener_addr(srv.listener, &a));
@@ -154,7 +153,8 @@ static int emfile_body(void *arg) {
   printf("# RLIMIT_NOFILE lowered to %llu\n", (unsigned long long)rl.rlim_cur);
   CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0);
 
-  keel_scope_t *server = keel_scope_open(NULL);
+  keel_scope_t *server = NULL;
+  (void)keel_scope_open(NULL, &server);
   CHECK(server != NULL);
   CHECK_RC(keel_spawn(server, accept_loop_task, NULL, NULL));
   CHECK_RC(emfile_period());
@@ -252,8 +252,7 @@ static int backoff_acceptor_task(void *arg) {
 static int backoff_close_body(void *arg) {
   (void)arg;
   backoff_close_t bc = {.result = 1};
-  keel_listen_opts_t o;
-  keel_listen_opts_init(&o);
+  keel_listen_opts_t o = {0};
   CHECK_RC(keel_tcp_listen("127.0.0.1:0", &o, &bc.listener));
   keel_addr_t a;
   CHECK_RC(keel_listener_addr(bc.listener, &a));
@@ -270,7 +269,8 @@ static int backoff_close_body(void *arg) {
   CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0);
 
   keel_scope_opts_t so = {.deadline_ns = in_ms(5000), .name = "acceptor"};
-  keel_scope_t *s = keel_scope_open(&so);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(&so, &s);
   CHECK(s != NULL);
   CHECK_RC(keel_spawn(s, backoff_acceptor_task, &bc, NULL));
   CHECK_RC(keel_sleep_ms(CLOSE_AT_MS));

@@ -27,7 +27,8 @@ static int name_is_task(void *arg) {
 static int backend_name_body(void *arg) {
   CHECK_RC(name_is_task(arg));
   CHECK_EQ(keel_worker_count(), 2);
-  keel_scope_t *scope = keel_scope_open(NULL);
+  keel_scope_t *scope = NULL;
+  (void)keel_scope_open(NULL, &scope);
   CHECK(scope != NULL);
   keel_spawn_opts_t on1 = {.name = "on-worker-1", .on_worker = KEEL_WORKER(1)};
   CHECK_RC(keel_spawn(scope, name_is_task, arg, &on1));
@@ -166,7 +167,8 @@ static int fallback_body(void *arg) {
   char addr[KEEL_ADDRSTRLEN];
   CHECK_RC(kt_listen_loopback(&l, addr, sizeof addr));
   keel_scope_opts_t so = {.deadline_ns = keel_now_ns() + 5 * KEEL_NS_PER_SEC};
-  keel_scope_t *scope = keel_scope_open(&so);
+  keel_scope_t *scope = NULL;
+  (void)keel_scope_open(&so, &scope);
   CHECK(scope != NULL);
   CHECK_RC(keel_spawn(scope, echo_once_task, l, NULL));
   keel_tcp_t *c;

@@ -21,7 +21,8 @@ static int waiter_task(void *arg) {
 }
 
 static keel_scope_t *spawn_waiter(struct op *op, int worker) {
-  keel_scope_t *sc = keel_scope_open(NULL);
+  keel_scope_t *sc = NULL;
+  (void)keel_scope_open(NULL, &sc);
   keel_spawn_opts_t o = {.name = "party", .on_worker = worker};
   if (sc && keel_spawn(sc, waiter_task, op, &o) < 0) {
     keel_scope_close(sc);
@@ -57,7 +58,8 @@ static int generations_body(void *arg) {
   static struct gens g;
   memset(&g, 0, sizeof g);
   CHECK_RC(keel_barrier_init(&g.b, PARTIES));
-  keel_scope_t *sc = keel_scope_open(NULL);
+  keel_scope_t *sc = NULL;
+  (void)keel_scope_open(NULL, &sc);
   CHECK(sc);
   for (int i = 0; i < PARTIES; i++) {
     keel_spawn_opts_t o = {.name = "party", .on_worker = KEEL_WORKER(i % 2)};

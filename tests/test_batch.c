@@ -61,7 +61,7 @@ static int await_pending(keel_batch_t *q, size_t n) {
  * check has cancelled the guard scope, so queued submitters leave, and
  * opened the test's gate (kt_failed), so taken ones get their results; the
  * steps' open scopes are joined when their task returns. So no submitter
- * is left when keel_batch_free runs, and no thread outlives the test. */
+ * is left when keel_batch_close runs, and no thread outlives the test. */
 struct steps {
   int (*fn)(keel_batch_t *q, void *arg);
   keel_batch_t *q;
@@ -75,12 +75,13 @@ static int steps_task(void *arg) {
 
 static int run_steps(keel_batch_t *q, int (*fn)(keel_batch_t *q, void *arg), void *arg) {
   struct steps st = {fn, q, arg};
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   int rc = s ? keel_spawn(s, steps_task, &st, NULL) : -ENOMEM;
   int join_rc = s ? keel_scope_join(s) : 0;
   if (s)
     keel_scope_close(s);
-  keel_batch_free(q);
+  keel_batch_close(q);
   return rc < 0 ? rc : join_rc;
 }
 
@@ -124,7 +125,8 @@ static int fsync_steps(keel_batch_t *q, void *arg) {
   struct log_file *lf = arg;
   static struct sub subs[WRITERS];
   static char recs[WRITERS][REC_SIZE];
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   for (int i = 0; i < WRITERS; i++) {
     snprintf(recs[i], REC_SIZE, "record %02d", i);
@@ -134,7 +136,7 @@ static int fsync_steps(keel_batch_t *q, void *arg) {
   }
   CHECK_EQ(keel_scope_join(s), 0);
   keel_scope_close(s);
-  CHECK_EQ(keel_batch_close(q), 0);
+  CHECK_EQ(keel_batch_shutdown(q), 0);
   /* each submitter got its own record's offset; the file holds them all */
   struct stat st;
   CHECK_EQ(fstat(lf->fd, &st), 0);
@@ -244,7 +246,8 @@ static int await_process(struct gated *g, int n) {
 static int partial_steps(keel_batch_t *q, void *arg) {
   struct gated *g = arg;
   static struct sub subs[PARTIAL];
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   for (int i = 0; i < PARTIAL; i++) {
     subs[i] = (struct sub){.q = q, .item = &ids[i]};
@@ -269,7 +272,7 @@ static int partial_steps(keel_batch_t *q, void *arg) {
   if (longest_ns < PARTIAL_TIMEOUT_MS * KEEL_NS_PER_MS)
     KT_FAIL("the longest submit took %.3f ms, under the %d ms batch timeout",
             (double)longest_ns / 1e6, PARTIAL_TIMEOUT_MS);
-  CHECK_EQ(keel_batch_close(q), 0);
+  CHECK_EQ(keel_batch_shutdown(q), 0);
   return 0;
 }
 
@@ -295,7 +298,8 @@ static void test_partial_batch_after_timeout(void **state) {
 static int drain_steps(keel_batch_t *q, void *arg) {
   struct gated *g = arg;
   static struct sub subs[DRAINED];
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   for (int i = 0; i < DRAINED; i++) {
     subs[i] = (struct sub){.q = q, .item = &ids[i]};
@@ -304,7 +308,7 @@ static int drain_steps(keel_batch_t *q, void *arg) {
   CHECK_RC(await_pending(q, DRAINED));
   CHECK_EQ(atomic_load(&g->in_process), 0);
   int64_t t0 = kt_mono_ns();
-  CHECK_EQ(keel_batch_close(q), 0); /* returns once drained */
+  CHECK_EQ(keel_batch_shutdown(q), 0); /* returns once drained */
   /* a close that did not wake the processor would wait for ever: allow
    * for a loaded machine */
   CHECK((kt_mono_ns() - t0) / KEEL_NS_PER_MS < 5000);
@@ -320,7 +324,7 @@ static int drain_steps(keel_batch_t *q, void *arg) {
   int64_t r = -1;
   CHECK_EQ(keel_batch_submit(q, &ids[0], &r), -EPIPE);
   CHECK_EQ(r, -1);
-  CHECK_EQ(keel_batch_close(q), 0); /* twice is fine */
+  CHECK_EQ(keel_batch_shutdown(q), 0); /* twice is fine */
   return 0;
 }
 
@@ -349,7 +353,8 @@ static void test_close_drains(void **state) {
 static int backpressure_steps(keel_batch_t *q, void *arg) {
   struct gated *g = arg;
   static struct sub subs[BP_SUBS];
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   /* the first item is taken into a batch the gate holds */
   subs[0] = (struct sub){.q = q, .item = &ids[0]};
@@ -360,7 +365,8 @@ static int backpressure_steps(keel_batch_t *q, void *arg) {
     CHECK_RC(spawn_sub(s, &subs[i], i % 2));
   }
   /* the last waiter for room is cancelled */
-  keel_scope_t *cs = keel_scope_open(NULL);
+  keel_scope_t *cs = NULL;
+  (void)keel_scope_open(NULL, &cs);
   CHECK(cs);
   subs[BP_SUBS - 1] = (struct sub){.q = q, .item = &ids[BP_SUBS - 1]};
   CHECK_RC(spawn_sub(cs, &subs[BP_SUBS - 1], 1));
@@ -388,7 +394,7 @@ static int backpressure_steps(keel_batch_t *q, void *arg) {
   CHECK_EQ(atomic_load(&g->batch_size[0]), 1);
   for (int i = 0; i < atomic_load(&g->in_process) && i < IDS; i++)
     CHECK(atomic_load(&g->batch_size[i]) <= BP_CAP);
-  CHECK_EQ(keel_batch_close(q), 0);
+  CHECK_EQ(keel_batch_shutdown(q), 0);
   return 0;
 }
 
@@ -413,7 +419,12 @@ static void test_back_pressure(void **state) {
 static int cancel_steps(keel_batch_t *q, void *arg) {
   struct gated *g = arg;
   static struct sub a, b, c, d, e;
-  keel_scope_t *sa = keel_scope_open(NULL), *s = keel_scope_open(NULL), *sc = keel_scope_open(NULL);
+  keel_scope_t *sa = NULL;
+  (void)keel_scope_open(NULL, &sa);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
+  keel_scope_t *sc = NULL;
+  (void)keel_scope_open(NULL, &sc);
   CHECK(sa && s && sc);
   a = (struct sub){.q = q, .item = &ids[0]};
   CHECK_RC(spawn_sub(sa, &a, 1));
@@ -461,7 +472,7 @@ static int cancel_steps(keel_batch_t *q, void *arg) {
   CHECK_EQ(atomic_load(&g->seen[1]), 1);
   CHECK_EQ(atomic_load(&g->seen[3]), 1);
   CHECK_EQ(atomic_load(&g->batch_size[1]), 2); /* b and d */
-  CHECK_EQ(keel_batch_close(q), 0);
+  CHECK_EQ(keel_batch_shutdown(q), 0);
   CHECK_EQ(keel_batch_pending(q), 0);
   return 0;
 }
@@ -517,11 +528,11 @@ static void test_open_rejects_bad_options(void **state) {
   assert_int_equal(keel_batch_open(&ok, &q), 0);
   int v = 1;
   assert_int_equal(keel_batch_submit(q, &v, NULL), -EINVAL);
-  assert_int_equal(keel_batch_close(q), 0);
-  keel_batch_free(q);
+  assert_int_equal(keel_batch_shutdown(q), 0);
+  keel_batch_close(q);
   assert_int_equal(keel_batch_open(&ok, &q), 0);
-  keel_batch_free(q); /* free closes an open queue */
-  keel_batch_free(NULL);
+  keel_batch_close(q); /* free closes an open queue */
+  keel_batch_close(NULL);
 }
 
 int main(void) {

@@ -98,7 +98,8 @@ static int by_pointer_task(void *arg) {
 
 static int many_body(void *arg) {
   (void)arg;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   for (int i = 0; i < MANY; i++) {
     keel_spawn_opts_t o = {.name = "submitter", .on_worker = KEEL_WORKER(i % 2)};
@@ -153,7 +154,8 @@ static int await_started(int n) {
 static int cancel_body(void *arg) {
   (void)arg;
   struct slow s = {0};
-  keel_scope_t *scope = keel_scope_open(NULL);
+  keel_scope_t *scope = NULL;
+  (void)keel_scope_open(NULL, &scope);
   CHECK(scope);
   keel_spawn_opts_t o = {.name = "slow", .on_worker = KEEL_WORKER(1)};
   CHECK_RC(keel_spawn(scope, slow_task, &s, &o));
@@ -194,7 +196,8 @@ static int deadline_task(void *arg) {
 static int deadline_body(void *arg) {
   (void)arg;
   struct slow s = {0};
-  keel_scope_t *scope = keel_scope_open(NULL);
+  keel_scope_t *scope = NULL;
+  (void)keel_scope_open(NULL, &scope);
   CHECK(scope);
   int64_t t0 = kt_mono_ns();
   CHECK_RC(keel_spawn(scope, deadline_task, &s, NULL));
@@ -235,7 +238,8 @@ static int abandon_body(void *arg) {
   static struct slow s[QUEUED + 1];
   memset(s, 0, sizeof s);
   atomic_store(&submitting, 0);
-  keel_scope_t *scope = keel_scope_open(NULL);
+  keel_scope_t *scope = NULL;
+  (void)keel_scope_open(NULL, &scope);
   CHECK(scope);
   for (int i = 0; i <= QUEUED; i++) {
     s[i].sleep_ms = i == 0 ? 0 : QUEUED_SLEEP_MS;
@@ -288,7 +292,8 @@ static int cancelled_first_task(void *arg) {
 
 static int nothing_body(void *arg) {
   (void)arg;
-  keel_scope_t *scope = keel_scope_open(NULL);
+  keel_scope_t *scope = NULL;
+  (void)keel_scope_open(NULL, &scope);
   CHECK(scope);
   CHECK_RC(keel_spawn(scope, cancelled_first_task, NULL, NULL));
   keel_scope_join(scope);

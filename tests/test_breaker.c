@@ -16,13 +16,13 @@
 static void test_new_rejects_bad_options(void **state) {
   (void)state;
   keel_breaker_t *b = (keel_breaker_t *)&b;
-  assert_int_equal(keel_breaker_new(0, MS, &b), -EINVAL);
+  assert_int_equal(keel_breaker_open(0, MS, &b), -EINVAL);
   assert_null(b);
-  assert_int_equal(keel_breaker_new(1, -1, &b), -EINVAL);
-  assert_int_equal(keel_breaker_new(1, 0, &b), 0);
+  assert_int_equal(keel_breaker_open(1, -1, &b), -EINVAL);
+  assert_int_equal(keel_breaker_open(1, 0, &b), 0);
   assert_int_equal(keel_breaker_state(b), KEEL_BREAKER_CLOSED);
-  keel_breaker_free(b);
-  keel_breaker_free(NULL);
+  keel_breaker_close(b);
+  keel_breaker_close(NULL);
 }
 
 /* allow() must refuse until end_ns; checked only if the call certainly
@@ -44,7 +44,7 @@ static void fail_times(keel_breaker_t *b, int n) {
 static int threshold_body(void *arg) {
   (void)arg;
   keel_breaker_t *b;
-  CHECK_RC(keel_breaker_new(3, 10000 * MS, &b));
+  CHECK_RC(keel_breaker_open(3, 10000 * MS, &b));
   fail_times(b, 2);
   CHECK_EQ(keel_breaker_failures(b), 2);
   keel_breaker_record_success(b); /* only consecutive failures count */
@@ -60,7 +60,7 @@ static int threshold_body(void *arg) {
   keel_breaker_record_failure(b);
   CHECK_EQ(keel_breaker_state(b), KEEL_BREAKER_OPEN);
   CHECK_EQ(keel_breaker_allow(b), -ECONNREFUSED);
-  keel_breaker_free(b);
+  keel_breaker_close(b);
   return 0;
 }
 static void test_opens_after_consecutive_failures(void **state) {
@@ -76,7 +76,7 @@ static int cycle_body(void *arg) {
   const int64_t slack = keel_lab_active() ? 0 : 30 * MS;
   const int64_t open_ns = 100 * MS;
   keel_breaker_t *b;
-  CHECK_RC(keel_breaker_new(2, open_ns, &b));
+  CHECK_RC(keel_breaker_open(2, open_ns, &b));
   fail_times(b, 2);
   int64_t opened = keel_now_ns();
   CHECK_RC(keel_sleep_until(opened + open_ns / 2));
@@ -105,7 +105,7 @@ static int cycle_body(void *arg) {
   CHECK_EQ(keel_breaker_allow(b), 0);
   keel_breaker_record_failure(b); /* the count started again from 0 */
   CHECK_EQ(keel_breaker_state(b), KEEL_BREAKER_CLOSED);
-  keel_breaker_free(b);
+  keel_breaker_close(b);
   return 0;
 }
 static void test_open_half_open_cycle(void **state) {
@@ -117,7 +117,7 @@ static void test_open_half_open_cycle(void **state) {
 static int lost_probe_body(void *arg) {
   (void)arg;
   keel_breaker_t *b;
-  CHECK_RC(keel_breaker_new(1, 20 * MS, &b));
+  CHECK_RC(keel_breaker_open(1, 20 * MS, &b));
   keel_breaker_record_failure(b);
   CHECK_RC(keel_sleep_ms(25));
   bool got_probe;
@@ -129,7 +129,7 @@ static int lost_probe_body(void *arg) {
   CHECK_EQ(keel_breaker_allow(b), 0); /* the lost probe is replaced */
   CHECK_RC(refused_before(b, t + 20 * MS, &got_probe));
   (void)got_probe; /* a late call was let through as the next probe: fine here */
-  keel_breaker_free(b);
+  keel_breaker_close(b);
   return 0;
 }
 static void test_lost_probe_replaced(void **state) {
@@ -165,7 +165,7 @@ static int caller_task(void *arg) {
 static int call_body(void *arg) {
   (void)arg;
   keel_breaker_t *b;
-  CHECK_RC(keel_breaker_new(2, 100 * MS, &b));
+  CHECK_RC(keel_breaker_open(2, 100 * MS, &b));
   struct call c = {.b = b, .result = 5};
   CHECK_EQ(keel_breaker_call(b, call_fn, &c), 5);
   c.result = -EIO;
@@ -180,7 +180,8 @@ static int call_body(void *arg) {
    * (in real time: if all of them asked before the probe counted as lost). */
   int64_t asked = keel_now_ns();
   struct call cs[5];
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   for (int i = 0; i < 5; i++) {
     cs[i] = (struct call){.b = b, .result = 1, .ms = 1};
@@ -198,7 +199,7 @@ static int call_body(void *arg) {
   }
   CHECK(ran >= 1);
   CHECK_EQ(keel_breaker_state(b), KEEL_BREAKER_CLOSED); /* the probe succeeded */
-  keel_breaker_free(b);
+  keel_breaker_close(b);
   return 0;
 }
 static void test_call_and_single_probe(void **state) {
@@ -211,11 +212,12 @@ static void test_call_and_single_probe(void **state) {
 static int cancelled_probe_body(void *arg) {
   (void)arg;
   keel_breaker_t *b;
-  CHECK_RC(keel_breaker_new(1, 20 * MS, &b));
+  CHECK_RC(keel_breaker_open(1, 20 * MS, &b));
   keel_breaker_record_failure(b);
   CHECK_RC(keel_sleep_ms(25));
   struct call probe = {.b = b, .result = 0, .ms = 100000};
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   CHECK_RC(keel_spawn(s, caller_task, &probe, NULL));
   CHECK_RC(keel_sleep_ms(2));
@@ -229,7 +231,7 @@ static int cancelled_probe_body(void *arg) {
   CHECK_EQ(keel_breaker_allow(b), 0); /* the next probe, at once */
   bool got_probe;
   CHECK_RC(refused_before(b, t + 20 * MS, &got_probe));
-  keel_breaker_free(b);
+  keel_breaker_close(b);
   return 0;
 }
 static void test_cancelled_probe_hands_over(void **state) {
@@ -253,14 +255,15 @@ static int timed_caller(void *arg) {
 static int superseded_probe_body(void *arg) {
   (void)arg;
   keel_breaker_t *b;
-  CHECK_RC(keel_breaker_new(1, 100 * MS, &b));
+  CHECK_RC(keel_breaker_open(1, 100 * MS, &b));
   int64_t t0 = keel_now_ns();
   keel_breaker_record_failure(b); /* open until t0+100 */
   /* P1: probe at +100, succeeds at +300 (lost, so replaceable, from +200).
    * P2: probe at +250, fails at +400. */
   struct timed_call p1 = {{.b = b, .result = 0, .ms = 200}, t0 + 100 * MS};
   struct timed_call p2 = {{.b = b, .result = -EIO, .ms = 150}, t0 + 250 * MS};
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   CHECK_RC(keel_spawn(s, timed_caller, &p1, NULL));
   CHECK_RC(keel_spawn(s, timed_caller, &p2, NULL));
@@ -278,9 +281,10 @@ static int superseded_probe_body(void *arg) {
   /* A replaced probe that is cancelled hands nothing over. */
   struct timed_call p3 = {{.b = b, .result = 0, .ms = 100000}, t0 + 500 * MS};
   struct timed_call p4 = {{.b = b, .result = 0, .ms = 100}, t0 + 610 * MS};
-  s = keel_scope_open(NULL);
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
-  keel_scope_t *s3 = keel_scope_open(NULL);
+  keel_scope_t *s3 = NULL;
+  (void)keel_scope_open(NULL, &s3);
   CHECK(s3);
   CHECK_RC(keel_spawn(s3, timed_caller, &p3, NULL));
   CHECK_RC(keel_spawn(s, timed_caller, &p4, NULL));
@@ -299,9 +303,9 @@ static int superseded_probe_body(void *arg) {
   /* A call allowed while closed that fails after the breaker opened and a
    * probe went out does not re-open it. */
   keel_breaker_t *b2;
-  CHECK_RC(keel_breaker_new(1, 50 * MS, &b2));
+  CHECK_RC(keel_breaker_open(1, 50 * MS, &b2));
   struct call slow = {.b = b2, .result = -EIO, .ms = 80};
-  s = keel_scope_open(NULL);
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   CHECK_RC(keel_spawn(s, caller_task, &slow, NULL));
   CHECK_RC(keel_yield());
@@ -314,8 +318,8 @@ static int superseded_probe_body(void *arg) {
   CHECK_EQ(keel_breaker_state(b2), KEEL_BREAKER_HALF_OPEN);
   keel_breaker_record_success(b2);
   CHECK_EQ(keel_breaker_state(b2), KEEL_BREAKER_CLOSED);
-  keel_breaker_free(b2);
-  keel_breaker_free(b);
+  keel_breaker_close(b2);
+  keel_breaker_close(b);
   return 0;
 }
 static void test_replaced_probe_has_no_say(void **state) {
@@ -327,19 +331,19 @@ static void test_replaced_probe_has_no_say(void **state) {
 static int huge_open_body(void *arg) {
   (void)arg;
   keel_breaker_t *b;
-  CHECK_RC(keel_breaker_new(1, INT64_MAX, &b));
+  CHECK_RC(keel_breaker_open(1, INT64_MAX, &b));
   keel_breaker_record_failure(b);
   CHECK_RC(keel_sleep_ms(1000));
   CHECK_EQ(keel_breaker_allow(b), -ECONNREFUSED);
   struct call c = {.b = b, .result = 0};
   CHECK_EQ(keel_breaker_call(b, call_fn, &c), -ECONNREFUSED);
   CHECK_EQ(keel_breaker_state(b), KEEL_BREAKER_OPEN);
-  keel_breaker_free(b);
-  CHECK_RC(keel_breaker_new(1, INT64_MAX - 1, &b));
+  keel_breaker_close(b);
+  CHECK_RC(keel_breaker_open(1, INT64_MAX - 1, &b));
   CHECK_EQ(keel_breaker_allow(b), 0);
   keel_breaker_record_failure(b);
   CHECK_EQ(keel_breaker_allow(b), -ECONNREFUSED);
-  keel_breaker_free(b);
+  keel_breaker_close(b);
   return 0;
 }
 static void test_huge_open_period(void **state) {
@@ -395,10 +399,11 @@ static int hammer_task(void *arg) {
 static int hammer_body(void *arg) {
   (void)arg;
   struct hammer h = {.b = NULL};
-  CHECK_RC(keel_breaker_new(1, HAMMER_OPEN_NS, &h.b));
+  CHECK_RC(keel_breaker_open(1, HAMMER_OPEN_NS, &h.b));
   keel_breaker_record_failure(h.b);
   h.until = kt_mono_ns() + HAMMER_NS;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   for (int w = 0; w < 2; w++)
     for (int i = 0; i < 3; i++) {
@@ -409,7 +414,7 @@ static int hammer_body(void *arg) {
   keel_scope_close(s);
   CHECK(atomic_load(&h.probes) >= 3);
   CHECK_EQ(atomic_load(&h.overlaps), 0);
-  keel_breaker_free(h.b);
+  keel_breaker_close(h.b);
   return 0;
 }
 static void test_two_workers_one_probe_at_a_time(void **state) {

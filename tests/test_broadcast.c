@@ -26,7 +26,8 @@ static keel_broadcast_rx_t *subscribe(keel_broadcast_t *b) {
 
 /* Spawns fn(arg) on worker `worker` in a scope of its own (cancellable alone). */
 static keel_scope_t *spawn_on(int worker, keel_task_fn fn, void *arg) {
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   keel_spawn_opts_t so = {.name = "peer", .on_worker = KEEL_WORKER(worker)};
   if (s && keel_spawn(s, fn, arg, &so) < 0) {
     keel_scope_close(s);
@@ -84,7 +85,7 @@ static int basics_body(void *arg) {
   CHECK_EQ(keel_broadcast_send(b, &(int){3}), 1);
   CHECK_RECV(r1, 3);
   keel_broadcast_unsubscribe(r1);
-  keel_broadcast_free(b);
+  keel_broadcast_close(b);
   return 0;
 }
 static void test_basics_and_subscribe_at_next(void **state) {
@@ -101,7 +102,7 @@ static void test_open_rejects_bad_options(void **state) {
   assert_int_equal(keel_broadcast_open(SIZE_MAX / 2, 4, &b), -EINVAL);
   assert_int_equal(keel_broadcast_open(4, 4, &b), 0);
   assert_int_equal(keel_broadcast_capacity(b), 4);
-  keel_broadcast_free(b);
+  keel_broadcast_close(b);
 }
 
 /* ---- Every receiver gets every message ------------------------------------------- */
@@ -148,7 +149,7 @@ static int fanout_sender(void *arg) {
         CHECK_RC(keel_yield());
     CHECK_EQ(keel_broadcast_send(f->b, &i), FANOUT_RX);
   }
-  CHECK_EQ(keel_broadcast_close(f->b), 0);
+  CHECK_EQ(keel_broadcast_shutdown(f->b), 0);
   return 0;
 }
 
@@ -159,7 +160,8 @@ static int fanout_body(void *arg) {
   CHECK(f.b);
   for (int r = 0; r < FANOUT_RX; r++)
     CHECK((f.rx[r] = subscribe(f.b)));
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   struct fanout_rx me[FANOUT_RX];
   for (int r = 0; r < FANOUT_RX; r++) {
@@ -175,7 +177,7 @@ static int fanout_body(void *arg) {
     CHECK_EQ(f.received[r], f.messages);
     CHECK_EQ(f.rc[r], -EPIPE);
   }
-  keel_broadcast_free(f.b);
+  keel_broadcast_close(f.b);
   return 0;
 }
 static void test_every_receiver_gets_every_message(void **state) {
@@ -190,7 +192,8 @@ static int wake_all_body(void *arg) {
   keel_broadcast_t *b = open_int(4);
   CHECK(b);
   struct rx_op ops[N];
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   for (int i = 0; i < N; i++) {
     ops[i] = (struct rx_op){.rx = subscribe(b), .value = -1};
@@ -209,7 +212,7 @@ static int wake_all_body(void *arg) {
     CHECK_EQ(ops[i].value, 5);
     keel_broadcast_unsubscribe(ops[i].rx);
   }
-  keel_broadcast_free(b);
+  keel_broadcast_close(b);
   return 0;
 }
 static void test_send_wakes_every_waiter(void **state) {
@@ -253,7 +256,7 @@ static int lag_body(void *arg) {
   CHECK_RECV(fresh, 2 * CAP + 8);
   keel_broadcast_unsubscribe(slow);
   keel_broadcast_unsubscribe(fresh);
-  keel_broadcast_free(b);
+  keel_broadcast_close(b);
   return 0;
 }
 static void test_lagging_receiver_learns_missed(void **state) {
@@ -279,8 +282,8 @@ static int close_body(void *arg) {
   CHECK(s);
   CHECK_RC(settle());
   CHECK(!atomic_load(&op.done));
-  CHECK_EQ(keel_broadcast_close(b), 0);
-  CHECK_EQ(keel_broadcast_close(b), 0);
+  CHECK_EQ(keel_broadcast_shutdown(b), 0);
+  CHECK_EQ(keel_broadcast_shutdown(b), 0);
   CHECK_RC(keel_scope_join(s));
   keel_scope_close(s);
   CHECK_EQ(op.rc, -EPIPE);
@@ -296,7 +299,7 @@ static int close_body(void *arg) {
   CHECK_EQ(keel_broadcast_try_recv(rx, &v, NULL), -EPIPE);
   keel_broadcast_unsubscribe(rx);
   keel_broadcast_unsubscribe(waiter);
-  keel_broadcast_free(b);
+  keel_broadcast_close(b);
   return 0;
 }
 static void test_close_drains_then_epipe(void **state) {
@@ -327,7 +330,7 @@ static int free_first_body(void *arg) {
   CHECK(s);
   for (int i = 0; i < 3; i++)
     CHECK_EQ(keel_broadcast_send(b, &i), 1);
-  keel_broadcast_free(b);
+  keel_broadcast_close(b);
   CHECK_EQ(keel_scope_join(s), 0);
   keel_scope_close(s);
   return 0;
@@ -366,7 +369,7 @@ static int cancel_body(void *arg) {
   CHECK_RECV(r1, 42);
   keel_broadcast_unsubscribe(r1);
   keel_broadcast_unsubscribe(r2);
-  keel_broadcast_free(b);
+  keel_broadcast_close(b);
   return 0;
 }
 static void test_recv_cancelled(void **state) {
@@ -389,7 +392,7 @@ static int deadline_body(void *arg) {
   CHECK_EQ(keel_broadcast_send(b, &(int){7}), 1);
   CHECK_RECV(rx, 7);
   keel_broadcast_unsubscribe(rx);
-  keel_broadcast_free(b);
+  keel_broadcast_close(b);
   return 0;
 }
 static void test_recv_deadline(void **state) {
@@ -458,7 +461,7 @@ static int stress_sender(void *arg) {
       CHECK_RC(keel_sleep_ms(1));
     CHECK_RC(keel_broadcast_send(st->b, &i));
   }
-  keel_broadcast_close(st->b);
+  keel_broadcast_shutdown(st->b);
   return 0;
 }
 
@@ -469,7 +472,8 @@ static int stress_body(void *arg) {
   CHECK(st.b);
   for (int r = 0; r < 2; r++)
     CHECK((st.rx[r] = subscribe(st.b)));
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   struct stress_rx me[2] = {{&st, 0}, {&st, 1}};
   for (int r = 0; r < 2; r++) {
@@ -481,7 +485,7 @@ static int stress_body(void *arg) {
   CHECK_EQ(keel_scope_join(s), 0);
   keel_scope_close(s);
   printf("# %d messages; recv timeouts: %d, %d\n", st.messages, st.timeouts[0], st.timeouts[1]);
-  keel_broadcast_free(st.b);
+  keel_broadcast_close(st.b);
   return 0;
 }
 static void test_timeouts_lose_no_wakeup(void **state) {
@@ -503,7 +507,7 @@ static void test_recv_outside_task(void **state) {
   assert_int_equal(keel_broadcast_recv(rx, &v, NULL), 0);
   assert_int_equal(v, 7);
   keel_broadcast_unsubscribe(rx);
-  keel_broadcast_free(b);
+  keel_broadcast_close(b);
 }
 
 int main(void) {

@@ -44,12 +44,14 @@ static int victim_task(void *arg) {
 static int latency_main(void *arg) {
   struct busy *b = arg;
   keel_spawn_opts_t w1 = {.name = "victim", .on_worker = KEEL_WORKER(1)};
-  keel_scope_t *v = keel_scope_open(NULL);
+  keel_scope_t *v = NULL;
+  (void)keel_scope_open(NULL, &v);
   if (!v || keel_spawn(v, victim_task, b, &w1) < 0)
     return -ENOMEM;
   while (!atomic_load(&b->victim_asleep))
     keel_sleep_ms(1);
-  keel_scope_t *busy = keel_scope_open(NULL);
+  keel_scope_t *busy = NULL;
+  (void)keel_scope_open(NULL, &busy);
   if (!busy)
     return -ENOMEM;
   w1.name = "busy";

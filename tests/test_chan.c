@@ -79,7 +79,7 @@ static int block_body(void *arg) {
   CHECK_RECV(c, 2);
   CHECK_RECV(c, 3);
   CHECK(keel_chan_is_empty(c));
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_policy_block(void **state) {
@@ -99,7 +99,7 @@ static int drop_newest_body(void *arg) {
   CHECK_EQ(keel_chan_len(c), 2);
   CHECK_RECV(c, 1);
   CHECK_RECV(c, 2);
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_policy_drop_newest(void **state) {
@@ -119,7 +119,7 @@ static int drop_oldest_body(void *arg) {
   CHECK_EQ(keel_chan_len(c), 2);
   CHECK_RECV(c, 3);
   CHECK_RECV(c, 4);
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_policy_drop_oldest(void **state) {
@@ -142,7 +142,7 @@ static int grow_body(void *arg) {
   CHECK_EQ(keel_chan_dropped(c), 0);
   for (int i = 1; i < 100; i++)
     CHECK_RECV(c, i);
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_policy_grow(void **state) {
@@ -165,7 +165,7 @@ static int lifo_body(void *arg) {
   CHECK_RECV(c, 9);
   CHECK_RECV(c, 2);
   CHECK_RECV(c, 1);
-  keel_chan_free(c);
+  keel_chan_close(c);
 
   c = open_chan(1, KEEL_CHAN_GROW, KEEL_CHAN_LIFO);
   CHECK(c);
@@ -173,7 +173,7 @@ static int lifo_body(void *arg) {
     CHECK_EQ(send_int(c, i), 0);
   for (int i = 49; i >= 0; i--)
     CHECK_RECV(c, i);
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_lifo_order(void **state) {
@@ -198,7 +198,7 @@ static void test_open_rejects_bad_options(void **state) {
   assert_int_equal(keel_chan_open(&o, &c), -EINVAL);
   o.elem_size = 4;
   assert_int_equal(keel_chan_open(&o, &c), 0);
-  keel_chan_free(c);
+  keel_chan_close(c);
 }
 
 /* ---- Close ------------------------------------------------------------------------ */
@@ -209,7 +209,7 @@ static int close_drain_body(void *arg) {
   CHECK(c);
   CHECK_EQ(send_int(c, 1), 0);
   CHECK_EQ(send_int(c, 2), 0);
-  CHECK_EQ(keel_chan_close(c), 0);
+  CHECK_EQ(keel_chan_shutdown(c), 0);
   CHECK_EQ(send_int(c, 3), -EPIPE);
   CHECK_EQ(try_send_int(c, 3), -EPIPE);
   keel_chan_slot_t slot;
@@ -219,7 +219,7 @@ static int close_drain_body(void *arg) {
   int v;
   CHECK_EQ(keel_chan_recv(c, &v), -EPIPE);
   CHECK_EQ(keel_chan_try_recv(c, &v), -EPIPE);
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_close_drains_then_epipe(void **state) {
@@ -234,23 +234,24 @@ static int close_wakes_body(void *arg) {
   CHECK(full && empty);
   CHECK_EQ(send_int(full, 1), 0);
   struct op snd = {.c = full, .value = 2}, rsv = {.c = full, .value = 3}, rcv = {.c = empty};
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   CHECK_RC(keel_spawn(s, sender_task, &snd, NULL));
   CHECK_RC(keel_spawn(s, reserver_task, &rsv, NULL));
   CHECK_RC(keel_spawn(s, receiver_task, &rcv, NULL));
   CHECK_RC(settle());
   CHECK(!snd.done && !rsv.done && !rcv.done);
-  CHECK_EQ(keel_chan_close(full), 0);
-  CHECK_EQ(keel_chan_close(empty), 0);
+  CHECK_EQ(keel_chan_shutdown(full), 0);
+  CHECK_EQ(keel_chan_shutdown(empty), 0);
   CHECK_RC(keel_scope_join(s));
   keel_scope_close(s);
   CHECK_EQ(snd.rc, -EPIPE);
   CHECK_EQ(rsv.rc, -EPIPE);
   CHECK_EQ(rcv.rc, -EPIPE);
   CHECK_RECV(full, 1); /* the item sent before close is still delivered */
-  keel_chan_free(full);
-  keel_chan_free(empty);
+  keel_chan_close(full);
+  keel_chan_close(empty);
   return 0;
 }
 static void test_close_wakes_blocked(void **state) {
@@ -269,9 +270,10 @@ static int commit_after_close_body(void *arg) {
     CHECK(c);
     keel_chan_slot_t slot;
     CHECK_EQ(keel_chan_reserve(c, &slot), 0);
-    CHECK_EQ(keel_chan_close(c), 0);
+    CHECK_EQ(keel_chan_shutdown(c), 0);
     struct op r1 = {.c = c, .value = -1}, r2 = {.c = c, .value = -1};
-    keel_scope_t *s = keel_scope_open(NULL);
+    keel_scope_t *s = NULL;
+    (void)keel_scope_open(NULL, &s);
     CHECK(s);
     CHECK_RC(keel_spawn(s, receiver_task, &r1, NULL));
     CHECK_RC(keel_spawn(s, receiver_task, &r2, NULL));
@@ -289,7 +291,7 @@ static int commit_after_close_body(void *arg) {
     CHECK_EQ(piped, abort_it ? 2 : 1);
     if (!abort_it)
       CHECK_EQ(r1.rc == 0 ? r1.value : r2.value, 7);
-    keel_chan_free(c);
+    keel_chan_close(c);
   }
   return 0;
 }
@@ -312,7 +314,7 @@ static int try_body(void *arg) {
   CHECK_EQ(keel_chan_try_recv(c, &v), 0);
   CHECK_EQ(v, 7);
   CHECK_EQ(keel_chan_try_recv(c, &v), -EAGAIN);
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_try_variants_eagain(void **state) {
@@ -346,7 +348,7 @@ static int recv_cancel_body(void *arg) {
   CHECK_EQ(r2.value, 42);
   keel_scope_close(s2);
   CHECK(keel_chan_is_empty(c));
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_recv_cancelled_leaves_waiters(void **state) {
@@ -370,7 +372,7 @@ static int wake_then_cancel_body(void *arg) {
   keel_scope_cancel(s1, KEEL_CANCEL_USER); /* ... which is cancelled before it runs */
   CHECK_RC(settle());
   CHECK(keel_chan_is_empty(c)); /* someone took it, while the other still waits */
-  keel_chan_close(c);           /* ends whichever receiver did not get the item */
+  keel_chan_shutdown(c);        /* ends whichever receiver did not get the item */
   keel_scope_join(s1);
   keel_scope_join(s2);
   keel_scope_close(s1);
@@ -378,7 +380,7 @@ static int wake_then_cancel_body(void *arg) {
   int got = (r1.rc == 0 && r1.value == 42) + (r2.rc == 0 && r2.value == 42);
   CHECK_EQ(got, 1);
   CHECK(keel_chan_is_empty(c));
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_wake_then_cancel_not_lost(void **state) {
@@ -408,7 +410,7 @@ static int send_cancel_body(void *arg) {
   keel_scope_close(s2);
   CHECK_RECV(c, 20);
   CHECK(keel_chan_is_empty(c));
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_send_cancelled_leaves_waiters(void **state) {
@@ -435,7 +437,7 @@ static int deadline_body(void *arg) {
   CHECK_EQ(keel_chan_len(c), 1); /* nothing sent by the timed-out send */
   CHECK_RECV(c, 1);
   CHECK_EQ(try_send_int(c, 3), 0); /* and nothing reserved */
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_deadline_timedout(void **state) {
@@ -466,7 +468,7 @@ static int reserve_cancel_body(void *arg) {
   CHECK_EQ(try_send_int(c, 2), 0);
   CHECK_EQ(try_send_int(c, 3), -EAGAIN);
   CHECK_RECV(c, 2);
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_reserve_cancelled_no_leak(void **state) {
@@ -498,7 +500,7 @@ static int reserve_abort_body(void *arg) {
   CHECK_EQ(keel_chan_reserve(c, &slot), 0);
   keel_chan_commit(c, &slot, &(int){8});
   CHECK_RECV(c, 8);
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_reserve_abort_passes_room(void **state) {
@@ -549,7 +551,10 @@ static int mpmc_body(void *arg) {
   CHECK(m);
   m->c = open_chan(64, KEEL_CHAN_BLOCK, KEEL_CHAN_FIFO);
   CHECK(m->c);
-  keel_scope_t *cons = keel_scope_open(NULL), *prod = keel_scope_open(NULL);
+  keel_scope_t *cons = NULL;
+  (void)keel_scope_open(NULL, &cons);
+  keel_scope_t *prod = NULL;
+  (void)keel_scope_open(NULL, &prod);
   CHECK(cons && prod);
   for (int i = 0; i < CONSUMERS; i++)
     CHECK_RC(keel_spawn(cons, consumer_task, m, NULL));
@@ -557,14 +562,14 @@ static int mpmc_body(void *arg) {
     CHECK_RC(keel_spawn(prod, producer_task, m, NULL));
   CHECK_EQ(keel_scope_join(prod), 0);
   keel_scope_close(prod);
-  CHECK_EQ(keel_chan_close(m->c), 0);
+  CHECK_EQ(keel_chan_shutdown(m->c), 0);
   CHECK_EQ(keel_scope_join(cons), 0);
   keel_scope_close(cons);
   CHECK_EQ(m->received, ITEMS);
   for (int i = 0; i < ITEMS; i++)
     if (m->seen[i] != 1)
       KT_FAIL("item %d seen %d times", i, m->seen[i]);
-  keel_chan_free(m->c);
+  keel_chan_close(m->c);
   free(m);
   return 0;
 }
@@ -584,7 +589,7 @@ static int other_worker_task(void *arg) {
   CHECK_EQ(keel_chan_recv(c, &v), -EXDEV);
   CHECK_EQ(keel_chan_try_recv(c, &v), -EXDEV);
   CHECK_EQ(keel_chan_reserve(c, &slot), -EXDEV);
-  CHECK_EQ(keel_chan_close(c), -EXDEV);
+  CHECK_EQ(keel_chan_shutdown(c), -EXDEV);
   return 0;
 }
 
@@ -593,14 +598,15 @@ static int exdev_body(void *arg) {
   keel_chan_t *c = open_chan(4, KEEL_CHAN_BLOCK, KEEL_CHAN_FIFO);
   CHECK(c);
   CHECK_EQ(send_int(c, 1), 0);
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   keel_spawn_opts_t so = {.name = "other", .on_worker = KEEL_WORKER(1)};
   CHECK_RC(keel_spawn(s, other_worker_task, c, &so));
   CHECK_EQ(keel_scope_join(s), 0);
   keel_scope_close(s);
   CHECK_RECV(c, 1); /* still usable on its own worker */
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_other_worker_exdev(void **state) {

@@ -53,7 +53,8 @@ static int busy_worker_task(void *arg) {
   keel_listener_t *l;
   char addr[KEEL_ADDRSTRLEN];
   CHECK_RC(kt_listen_loopback(&l, addr, sizeof addr));
-  keel_scope_t *sc = keel_scope_open(NULL);
+  keel_scope_t *sc = NULL;
+  (void)keel_scope_open(NULL, &sc);
   CHECK(sc != NULL);
   for (int i = 0; i < PAIRS; i++) {
     keel_tcp_t *client, *server;
@@ -79,7 +80,8 @@ static int cross_cancel_main(void *arg) {
   (void)arg;
   for (int run = 0; run < RUNS; run++) {
     atomic_int started = 0;
-    keel_scope_t *sc = keel_scope_open(NULL);
+    keel_scope_t *sc = NULL;
+    (void)keel_scope_open(NULL, &sc);
     CHECK(sc != NULL);
     keel_spawn_opts_t so = {.name = "busy", .on_worker = KEEL_WORKER(1)};
     CHECK_RC(keel_spawn(sc, busy_worker_task, &started, &so));

@@ -52,7 +52,8 @@ struct st {
  * cancel_after_ms >= 0 cancels the scope (user) after that long. */
 static int run_in_scope(struct st *st, keel_task_fn fn, int64_t deadline_ns, int cancel_after_ms) {
   keel_scope_opts_t so = {.deadline_ns = deadline_ns};
-  keel_scope_t *s = keel_scope_open(&so);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(&so, &s);
   if (!s)
     return -ENOMEM;
   keel_task_t *h = NULL;
@@ -103,7 +104,8 @@ static void test_scope_deadline(void **state) {
 /* keel_scope_set_deadline, and a deadline already past when the scope opens. */
 static int set_deadline_main(void *arg) {
   struct st *st = arg;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   st->t0 = kt_clock_ns();
@@ -144,7 +146,8 @@ static int nested_sleeper_task(void *arg) {
 static int open_nested_task(void *arg) {
   struct st *st = arg;
   keel_scope_opts_t so = {.deadline_ns = st->nested_dl};
-  keel_scope_t *n = keel_scope_open(&so);
+  keel_scope_t *n = NULL;
+  (void)keel_scope_open(&so, &n);
   if (!n)
     return -ENOMEM;
   st->rc[1] = keel_spawn(n, nested_sleeper_task, st, NULL);
@@ -322,7 +325,8 @@ static int shield_spawn_task(void *arg) {
   st->rc[0] = keel_sleep_ms(10000); /* cancelled */
   st->t0 = kt_clock_ns();
   keel_shield_begin(in_ms(1000));
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   st->rc[1] = s ? keel_spawn(s, flush_helper, st, NULL) : -ENOMEM;
   st->rc[2] = s ? keel_scope_join(s) : -ENOMEM;
   keel_scope_close(s);
@@ -456,7 +460,8 @@ static int extend_sleeper(void *arg) {
 static int extend_main(void *arg) {
   struct st *st = arg;
   keel_scope_opts_t so = {.deadline_ns = in_ms(1000)};
-  keel_scope_t *s = keel_scope_open(&so);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(&so, &s);
   if (!s)
     return -ENOMEM;
   keel_task_t *h = NULL;
@@ -498,7 +503,8 @@ static int shield_scope_task(void *arg) {
   struct st *st = arg;
   st->rc[0] = keel_sleep_ms(10000); /* cancelled */
   keel_scope_opts_t so = {.flags = KEEL_SCOPE_SHIELD, .deadline_ns = in_ms(1000)};
-  keel_scope_t *s = keel_scope_open(&so);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(&so, &s);
   if (!s)
     return -ENOMEM;
   st->rc[2] = keel_spawn(s, shield_scope_child, st, NULL);

@@ -182,7 +182,8 @@ static int caller_cancelled_body(void *arg) {
   (void)arg;
   struct joiner j;
   memset(&j, 0, sizeof j);
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   keel_spawn_opts_t o = {.name = "joiner", .on_worker = KEEL_WORKER(1)};
   CHECK_RC(keel_spawn(s, joiner_task, &j, &o));

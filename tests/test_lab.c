@@ -52,7 +52,8 @@ static int sleeps_body(void *arg) {
   (void)arg;
   enum { N = 12 };
   sleeper_t s[N];
-  keel_scope_t *sc = keel_scope_open(NULL);
+  keel_scope_t *sc = NULL;
+  (void)keel_scope_open(NULL, &sc);
   CHECK(sc);
   int64_t t0 = keel_now_ns();
   for (int i = 0; i < N; i++) {
@@ -85,7 +86,8 @@ static int sleep_hour(void *arg) {
 static int nested_sleeper(void *arg) {
   int64_t *ended = arg;
   keel_scope_opts_t io = {.deadline_ns = keel_now_ns() + 9 * KEEL_NS_PER_MS};
-  keel_scope_t *inner = keel_scope_open(&io);
+  keel_scope_t *inner = NULL;
+  (void)keel_scope_open(&io, &inner);
   if (!inner)
     return -ENOMEM;
   keel_spawn(inner, sleep_hour, ended, NULL);
@@ -100,7 +102,8 @@ static int deadline_body(void *arg) {
   int64_t outer_d = t0 + 5 * KEEL_NS_PER_MS + 3;
   /* The nearer of nested deadlines wins, exactly. */
   keel_scope_opts_t oo = {.deadline_ns = outer_d};
-  keel_scope_t *outer = keel_scope_open(&oo);
+  keel_scope_t *outer = NULL;
+  (void)keel_scope_open(&oo, &outer);
   CHECK(outer);
   int64_t ended = 0;
   CHECK_RC(keel_spawn(outer, nested_sleeper, &ended, NULL));
@@ -144,7 +147,8 @@ static int shielded_task(void *arg) {
 static int shield_body(void *arg) {
   (void)arg;
   shielded_t s = {0};
-  keel_scope_t *sc = keel_scope_open(NULL);
+  keel_scope_t *sc = NULL;
+  (void)keel_scope_open(NULL, &sc);
   CHECK(sc);
   CHECK_RC(keel_spawn(sc, shielded_task, &s, NULL));
   CHECK_EQ(keel_sleep_ms(1), 0);
@@ -194,7 +198,8 @@ static int racer_task(void *arg) {
 static int race_body(void *arg) {
   race_log_t *log = arg;
   racer_t r[RACERS];
-  keel_scope_t *sc = keel_scope_open(NULL);
+  keel_scope_t *sc = NULL;
+  (void)keel_scope_open(NULL, &sc);
   if (!sc)
     return -ENOMEM;
   for (int i = 0; i < RACERS; i++) {
@@ -322,7 +327,8 @@ static int deadlock_main(void *arg) {
   keel_stream_t *a, *b;
   if (keel_lab_pipe(NULL, &a, &b) < 0)
     return 1;
-  keel_scope_t *sc = keel_scope_open(NULL);
+  keel_scope_t *sc = NULL;
+  (void)keel_scope_open(NULL, &sc);
   keel_spawn_opts_t o = {.name = "stuck-reader"};
   keel_spawn(sc, stuck_reader, a, &o);
   keel_scope_join(sc); /* never returns: nothing will write */
@@ -377,7 +383,8 @@ static int pipe_transfer_body(void *arg) {
     f.delay_max_ns = 20000;
   keel_stream_t *a, *b;
   CHECK_RC(keel_lab_pipe(&f, &a, &b));
-  keel_scope_t *sc = keel_scope_open(NULL);
+  keel_scope_t *sc = NULL;
+  (void)keel_scope_open(NULL, &sc);
   CHECK(sc);
   CHECK_RC(keel_spawn(sc, pipe_writer, a, NULL));
   unsigned char buf[5000];
@@ -415,7 +422,8 @@ static int delayed_writer(void *arg) { return (int)keel_write(arg, "w", 1); }
 
 /* Starts fn(end) in a task of a new scope and lets it run until it parks. */
 static keel_scope_t *park_task(keel_task_fn fn, keel_stream_t *end, keel_task_t **h) {
-  keel_scope_t *sc = keel_scope_open(NULL);
+  keel_scope_t *sc = NULL;
+  (void)keel_scope_open(NULL, &sc);
   keel_spawn_opts_t o = {.handle = h};
   if (!sc || keel_spawn(sc, fn, end, &o) < 0 || keel_yield() < 0)
     return NULL;
@@ -504,7 +512,8 @@ static int pipe_edges_body(void *arg) {
   CHECK_RC(keel_close(a));
   /* A read cancelled while parked takes nothing: the bytes wait for the next. */
   CHECK_RC(keel_lab_pipe(NULL, &a, &b));
-  keel_scope_t *sc = keel_scope_open(NULL);
+  keel_scope_t *sc = NULL;
+  (void)keel_scope_open(NULL, &sc);
   keel_task_t *h = NULL;
   keel_spawn_opts_t o = {.handle = &h};
   CHECK_RC(keel_spawn(sc, parked_reader, b, &o));
@@ -524,7 +533,7 @@ static int pipe_edges_body(void *arg) {
     CHECK_EQ(keel_now_ns(), t0 + 12345);
   keel_task_set_deadline(prev);
   /* A reset fails every later call on both ends, and wakes parked ones. */
-  sc = keel_scope_open(NULL);
+  (void)keel_scope_open(NULL, &sc);
   o.handle = &h;
   CHECK_RC(keel_spawn(sc, parked_reader, b, &o));
   CHECK_RC(keel_yield());

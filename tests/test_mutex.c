@@ -135,7 +135,8 @@ static int deadline_body(void *arg) {
   struct op a = {.m = &m};
   CHECK_EQ(keel_mutex_lock(&m), 0);
   int64_t t0 = kt_clock_ns();
-  keel_scope_t *sa = keel_scope_open(&(keel_scope_opts_t){.deadline_ns = t0 + 20 * KEEL_NS_PER_MS});
+  keel_scope_t *sa = NULL;
+  (void)keel_scope_open(&(keel_scope_opts_t){.deadline_ns = t0 + 20 * KEEL_NS_PER_MS}, &sa);
   CHECK(sa);
   CHECK_RC(keel_spawn(sa, locker_task, &a, NULL));
   keel_scope_close(sa);
@@ -212,7 +213,8 @@ static int hammer_body(void *arg) {
   (void)arg;
   struct hammer h = {.counter = 0};
   keel_mutex_init(&h.m);
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   for (int i = 0; i < 2 * HAMMER_TASKS; i++) {
     keel_spawn_opts_t o = {.name = "hammer", .on_worker = KEEL_WORKER(i % 2)};
@@ -272,7 +274,8 @@ static int misuse_main(void *arg) {
   (void)arg;
   keel_mutex_init(&misuse_m);
   keel_mutex_lock(&misuse_m);
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   keel_spawn(s, misuse_unlocker, NULL, NULL);
   keel_scope_close(s);
   return 0;

@@ -25,7 +25,8 @@ static int waiter_task(void *arg) {
 }
 
 static keel_scope_t *spawn_waiter(struct op *op, int worker) {
-  keel_scope_t *sc = keel_scope_open(NULL);
+  keel_scope_t *sc = NULL;
+  (void)keel_scope_open(NULL, &sc);
   keel_spawn_opts_t o = {.name = "waiter", .on_worker = worker};
   if (sc && keel_spawn(sc, waiter_task, op, &o) < 0) {
     keel_scope_close(sc);
@@ -239,7 +240,8 @@ static int pingpong_body(void *arg) {
   struct pingpong pp = {.pongs = 0};
   keel_notify_init(&pp.ping);
   keel_notify_init(&pp.pong);
-  keel_scope_t *sc = keel_scope_open(NULL);
+  keel_scope_t *sc = NULL;
+  (void)keel_scope_open(NULL, &sc);
   CHECK(sc);
   keel_spawn_opts_t o = {.name = "ponger", .on_worker = KEEL_WORKER(1)};
   CHECK_RC(keel_spawn(sc, ponger, &pp, &o));

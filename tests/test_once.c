@@ -46,7 +46,8 @@ static int caller_task(void *arg) {
 }
 
 static keel_scope_t *spawn_caller(struct op *op, int worker) {
-  keel_scope_t *sc = keel_scope_open(NULL);
+  keel_scope_t *sc = NULL;
+  (void)keel_scope_open(NULL, &sc);
   keel_spawn_opts_t o = {.name = "caller", .on_worker = worker};
   if (sc && keel_spawn(sc, caller_task, op, &o) < 0) {
     keel_scope_close(sc);

@@ -16,7 +16,8 @@ static keel_oneshot_t *open_int(void) {
 
 /* Spawns fn(arg) on worker `worker` in a scope of its own (cancellable alone). */
 static keel_scope_t *spawn_on(int worker, keel_task_fn fn, void *arg) {
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   keel_spawn_opts_t so = {.name = "peer", .on_worker = KEEL_WORKER(worker)};
   if (s && keel_spawn(s, fn, arg, &so) < 0) {
     keel_scope_close(s);

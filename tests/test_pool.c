@@ -44,7 +44,8 @@ static int limit_body(void *arg) {
   struct load l = {.running = 0};
   CHECK_RC(keel_pool_open(NULL, LIMIT, &l.pool));
   CHECK_EQ(keel_pool_limit(l.pool), LIMIT);
-  keel_scope_t *sc = keel_scope_open(NULL);
+  keel_scope_t *sc = NULL;
+  (void)keel_scope_open(NULL, &sc);
   CHECK(sc);
   for (int i = 0; i < 2; i++) {
     keel_spawn_opts_t o = {.name = "spawner", .on_worker = KEEL_WORKER(i)};
@@ -89,7 +90,8 @@ static int one_spawn_task(void *arg) {
 }
 
 static keel_scope_t *spawn_spawner(struct spawner *sp, int worker) {
-  keel_scope_t *sc = keel_scope_open(NULL);
+  keel_scope_t *sc = NULL;
+  (void)keel_scope_open(NULL, &sc);
   keel_spawn_opts_t o = {.name = "spawner", .on_worker = worker};
   if (sc && keel_spawn(sc, one_spawn_task, sp, &o) < 0) {
     keel_scope_close(sc);
@@ -144,7 +146,8 @@ static int cancel_body(void *arg) {
   CHECK_EQ(a.rc, -ECANCELED);
   /* A deadline: the same, with -ETIMEDOUT. */
   keel_scope_opts_t so = {.deadline_ns = keel_now_ns() + 20 * KEEL_NS_PER_MS};
-  keel_scope_t *sb = keel_scope_open(&so);
+  keel_scope_t *sb = NULL;
+  (void)keel_scope_open(&so, &sb);
   CHECK(sb);
   CHECK_RC(keel_spawn(sb, one_spawn_task, &b, NULL));
   keel_scope_close(sb);
@@ -166,7 +169,8 @@ static int failed_spawn_body(void *arg) {
   (void)arg;
   keel_pool_t *p;
   atomic_int calls = 0;
-  keel_scope_t *parent = keel_scope_open(NULL);
+  keel_scope_t *parent = NULL;
+  (void)keel_scope_open(NULL, &parent);
   CHECK(parent);
   CHECK_RC(keel_pool_open(parent, 1, &p));
   CHECK(keel_pool_scope(p) == parent);
@@ -191,7 +195,8 @@ static void test_failed_spawn_returns_slot(void **state) {
 static int unmappable_body(void *arg) {
   (void)arg;
   atomic_int calls = 0;
-  keel_scope_t *parent = keel_scope_open(NULL);
+  keel_scope_t *parent = NULL;
+  (void)keel_scope_open(NULL, &parent);
   CHECK(parent);
   keel_pool_t *own, *in_parent;
   CHECK_RC(keel_pool_open(NULL, 1, &own));
@@ -236,7 +241,8 @@ static int sleeper_task(void *arg) {
 static int expired_shield_body(void *arg) {
   (void)arg;
   atomic_int done = 0;
-  keel_scope_t *parent = keel_scope_open(NULL);
+  keel_scope_t *parent = NULL;
+  (void)keel_scope_open(NULL, &parent);
   CHECK(parent);
   keel_pool_t *p;
   CHECK_RC(keel_pool_open(parent, 2, &p));
@@ -258,7 +264,8 @@ static void test_close_in_expired_shield_waits(void **state) {
 static int parent_body(void *arg) {
   (void)arg;
   struct load l = {.running = 0};
-  keel_scope_t *parent = keel_scope_open(NULL);
+  keel_scope_t *parent = NULL;
+  (void)keel_scope_open(NULL, &parent);
   CHECK(parent);
   CHECK_RC(keel_pool_open(parent, 2, &l.pool));
   for (int i = 0; i < 10; i++)

@@ -68,7 +68,7 @@ static int order_body(void *arg) {
   CHECK_RECV(c, 50);
   CHECK_RECV(c, 200);
   CHECK(keel_chan_is_empty(c));
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_smallest_key_first(void **state) {
@@ -87,7 +87,7 @@ static int ties_body(void *arg) {
     for (int i = 0; i < 300; i++)
       if ((i * 7) % 3 == key)
         CHECK_RECV(c, i);
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_equal_keys_fifo(void **state) {
@@ -130,7 +130,7 @@ static int blocking_body(void *arg) {
   CHECK_EQ(rcv.rc, 0);
   CHECK_EQ(rcv.value, 3);
   keel_scope_close(s);
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_blocking_send_recv(void **state) {
@@ -148,13 +148,14 @@ static int close_body(void *arg) {
   CHECK_EQ(send_key(c, 2, 2), 0);
   CHECK_EQ(send_key(c, 1, 1), 0);
   struct op snd = {.c = c, .key = 0, .value = 0}, rcv = {.c = empty};
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   CHECK_RC(keel_spawn(s, sender_task, &snd, NULL));
   CHECK_RC(keel_spawn(s, receiver_task, &rcv, NULL));
   CHECK_RC(settle());
-  CHECK_EQ(keel_chan_close(c), 0);
-  CHECK_EQ(keel_chan_close(empty), 0);
+  CHECK_EQ(keel_chan_shutdown(c), 0);
+  CHECK_EQ(keel_chan_shutdown(empty), 0);
   CHECK_EQ(keel_scope_join(s), 0);
   keel_scope_close(s);
   CHECK_EQ(snd.rc, -EPIPE);
@@ -164,8 +165,8 @@ static int close_body(void *arg) {
   CHECK_RECV(c, 2);
   int v;
   CHECK_EQ(keel_chan_recv(c, &v), -EPIPE);
-  keel_chan_free(c);
-  keel_chan_free(empty);
+  keel_chan_close(c);
+  keel_chan_close(empty);
   return 0;
 }
 static void test_close_drains_in_key_order(void **state) {
@@ -204,7 +205,7 @@ static int cancel_body(void *arg) {
   CHECK_EQ(snd.rc, -ECANCELED);
   CHECK_RECV(c, 8);
   CHECK(keel_chan_is_empty(c));
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_cancel_blocked(void **state) {
@@ -224,7 +225,7 @@ static int grow_body(void *arg) {
   CHECK_EQ(keel_chan_len(c), 1000);
   for (int i = 999; i >= 0; i--)
     CHECK_RECV(c, i);
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_grow(void **state) {
@@ -251,7 +252,7 @@ static int reserve_body(void *arg) {
   CHECK_EQ(send_key(c, -1, -1), 0);
   CHECK_RECV(c, -1);
   CHECK_RECV(c, 0);
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_reserve_commit_key(void **state) {
@@ -284,7 +285,7 @@ static int odd_size_body(void *arg) {
     CHECK_EQ(keel_chan_recv(c, &it), 0);
     CHECK(memcmp(it.text, want.text, sizeof it.text) == 0);
   }
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_odd_item_size(void **state) {
@@ -309,7 +310,7 @@ static void test_open_rejects_drop_policies(void **state) {
   assert_int_equal(keel_chan_open(&o, &c), -EINVAL);
   o.elem_size = 4;
   assert_int_equal(keel_chan_open(&o, &c), 0);
-  keel_chan_free(c);
+  keel_chan_close(c);
 }
 
 /* ---- Random stress against a reference ---------------------------------------------- */
@@ -370,7 +371,7 @@ static int stress_body(void *arg) {
   }
   CHECK(keel_chan_is_empty(c));
   free(r);
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_random_stress_vs_reference(void **state) {

@@ -86,7 +86,7 @@ static int first_success_body(void *arg) {
   CHECK_EQ(b[0].got, -ECANCELED);
   CHECK_EQ(b[3].got, -ECANCELED);
   CHECK_EQ(b[4].got, -ECANCELED);
-  keel_chan_free(a.chan);
+  keel_chan_close(a.chan);
   return 0;
 }
 static void test_first_success_wins_losers_drained(void **state) {
@@ -112,7 +112,7 @@ static int slow_cleanup_body(void *arg) {
   CHECK_BETWEEN(kt_clock_ns() - t0, 31 * MS, 31 * MS + kt_late_ns()); /* the win, then 30 ms */
   CHECK_EQ(winner, 0);
   CHECK_EQ(a.cleaned, 2);
-  keel_chan_free(a.chan);
+  keel_chan_close(a.chan);
   return 0;
 }
 static void test_losers_cleanup_awaited(void **state) {
@@ -135,7 +135,7 @@ static int first_done_body(void *arg) {
   CHECK_EQ(keel_race(kb, 3, KEEL_RACE_FIRST_DONE, &winner), -EIO);
   CHECK_EQ(winner, 1);
   CHECK_EQ(a.cleaned, 2);
-  keel_chan_free(a.chan);
+  keel_chan_close(a.chan);
   return 0;
 }
 static void test_first_done_error_wins(void **state) {
@@ -247,13 +247,14 @@ static int racer_task(void *arg) {
   make_branches(&r->arena, b, kb, 3);
   r->rc = keel_race(kb, 3, 0, &r->winner);
   r->cleaned_at_return = r->arena.cleaned;
-  keel_chan_free(r->arena.chan);
+  keel_chan_close(r->arena.chan);
   return 0;
 }
 static int caller_cancelled_body(void *arg) {
   (void)arg;
   struct racer r = {.rc = 1, .winner = 5};
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   keel_spawn_opts_t o = {.name = "racer", .on_worker = KEEL_WORKER(1)};
   CHECK_RC(keel_spawn(s, racer_task, &r, &o));

@@ -14,15 +14,15 @@
 static void test_new_rejects_bad_options(void **state) {
   (void)state;
   keel_ratelimit_t *rl = (keel_ratelimit_t *)&rl;
-  assert_int_equal(keel_ratelimit_new(0, 1, &rl), -EINVAL);
+  assert_int_equal(keel_ratelimit_open(0, 1, &rl), -EINVAL);
   assert_null(rl);
-  assert_int_equal(keel_ratelimit_new(1, 0, &rl), -EINVAL);
-  assert_int_equal(keel_ratelimit_new(KEEL_RATELIMIT_MAX_RATE + 1, 1, &rl), -EINVAL);
-  assert_int_equal(keel_ratelimit_new(1, KEEL_RATELIMIT_MAX_BURST + 1, &rl), -EINVAL);
-  assert_int_equal(keel_ratelimit_new(KEEL_RATELIMIT_MAX_RATE, KEEL_RATELIMIT_MAX_BURST, &rl), 0);
+  assert_int_equal(keel_ratelimit_open(1, 0, &rl), -EINVAL);
+  assert_int_equal(keel_ratelimit_open(KEEL_RATELIMIT_MAX_RATE + 1, 1, &rl), -EINVAL);
+  assert_int_equal(keel_ratelimit_open(1, KEEL_RATELIMIT_MAX_BURST + 1, &rl), -EINVAL);
+  assert_int_equal(keel_ratelimit_open(KEEL_RATELIMIT_MAX_RATE, KEEL_RATELIMIT_MAX_BURST, &rl), 0);
   assert_int_equal(keel_ratelimit_acquire(rl, 1), -EINVAL); /* outside a task */
-  keel_ratelimit_free(rl);
-  keel_ratelimit_free(NULL);
+  keel_ratelimit_close(rl);
+  keel_ratelimit_close(NULL);
 }
 
 /* 1 token/s: none comes back during the test, unless a loaded machine holds
@@ -31,7 +31,7 @@ static int try_body(void *arg) {
   (void)arg;
   keel_ratelimit_t *rl;
   int64_t t0 = keel_now_ns();
-  CHECK_RC(keel_ratelimit_new(1, 3, &rl));
+  CHECK_RC(keel_ratelimit_open(1, 3, &rl));
   CHECK_EQ(keel_ratelimit_available(rl), 3);
   CHECK_EQ(keel_ratelimit_try_acquire(rl, 0), 0);
   CHECK_EQ(keel_ratelimit_try_acquire(rl, 4), -EINVAL);
@@ -48,7 +48,7 @@ static int try_body(void *arg) {
     CHECK_EQ(available, 0);
   }
   CHECK_EQ(keel_ratelimit_acquire(rl, 0), 0);
-  keel_ratelimit_free(rl);
+  keel_ratelimit_close(rl);
   return 0;
 }
 static void test_try_acquire(void **state) {
@@ -63,7 +63,7 @@ static int refill_body(void *arg) {
   int64_t slack = kt_late_ns();
   keel_ratelimit_t *rl;
   int64_t t0 = keel_now_ns();
-  CHECK_RC(keel_ratelimit_new(10, 2, &rl));
+  CHECK_RC(keel_ratelimit_open(10, 2, &rl));
   CHECK_EQ(keel_ratelimit_acquire(rl, 2), 0);
   CHECK_BETWEEN(keel_now_ns() - t0, 0, slack); /* the bucket starts full */
   CHECK_EQ(keel_ratelimit_acquire(rl, 1), 0);
@@ -81,7 +81,7 @@ static int refill_body(void *arg) {
   rc = keel_ratelimit_try_acquire(rl, 1);
   if (kt_within(t1, 100 * MS))
     CHECK_EQ(rc, -EAGAIN);
-  keel_ratelimit_free(rl);
+  keel_ratelimit_close(rl);
   return 0;
 }
 static void test_refill(void **state) {
@@ -93,7 +93,7 @@ static void test_refill(void **state) {
 static int capped_body(void *arg) {
   (void)arg;
   keel_ratelimit_t *rl;
-  CHECK_RC(keel_ratelimit_new(10, 3, &rl)); /* full after 300 ms */
+  CHECK_RC(keel_ratelimit_open(10, 3, &rl)); /* full after 300 ms */
   CHECK_EQ(keel_ratelimit_try_acquire(rl, 1), 0);
   CHECK_RC(keel_sleep_ms(250)); /* 2 + 2.5 tokens, capped at 3 */
   CHECK_EQ(keel_ratelimit_available(rl), 3);
@@ -102,7 +102,7 @@ static int capped_body(void *arg) {
   int rc = keel_ratelimit_try_acquire(rl, 1);
   if (kt_within(t0, 100 * MS)) /* none has come back yet */
     CHECK_EQ(rc, -EAGAIN);
-  keel_ratelimit_free(rl);
+  keel_ratelimit_close(rl);
   return 0;
 }
 static void test_partial_refill_capped(void **state) {
@@ -115,7 +115,7 @@ static void test_partial_refill_capped(void **state) {
 static int fraction_body(void *arg) {
   (void)arg;
   keel_ratelimit_t *rl;
-  CHECK_RC(keel_ratelimit_new(3, 3, &rl));
+  CHECK_RC(keel_ratelimit_open(3, 3, &rl));
   int64_t t0 = keel_now_ns();
   CHECK_EQ(keel_ratelimit_acquire(rl, 3), 0);
   CHECK_EQ(keel_ratelimit_acquire(rl, 1), 0);
@@ -123,7 +123,7 @@ static int fraction_body(void *arg) {
   CHECK_EQ(keel_ratelimit_acquire(rl, 1), 0);
   CHECK_EQ(keel_ratelimit_acquire(rl, 1), 0);
   CHECK_EQ(keel_now_ns() - t0, KEEL_NS_PER_SEC);
-  keel_ratelimit_free(rl);
+  keel_ratelimit_close(rl);
   return 0;
 }
 static void test_lab_fractional_rate(void **state) {
@@ -137,14 +137,14 @@ static void test_lab_fractional_rate(void **state) {
 static int deadline_body(void *arg) {
   (void)arg;
   keel_ratelimit_t *rl;
-  CHECK_RC(keel_ratelimit_new(1, 10, &rl));
+  CHECK_RC(keel_ratelimit_open(1, 10, &rl));
   CHECK_EQ(keel_ratelimit_acquire(rl, 10), 0);
   int64_t t0 = kt_clock_ns();
   int64_t prev = keel_task_set_deadline(t0 + 2 * kt_late_ns() + 50 * MS);
   CHECK_EQ(keel_ratelimit_acquire(rl, 10), -ETIMEDOUT);
   CHECK_BETWEEN(kt_clock_ns() - t0, 0, kt_late_ns()); /* failed at once */
   keel_task_set_deadline(prev);
-  keel_ratelimit_free(rl);
+  keel_ratelimit_close(rl);
   return 0;
 }
 static void test_deadline_fails_at_once(void **state) {
@@ -166,10 +166,11 @@ static int waiter_task(void *arg) {
 static int cancel_body(void *arg) {
   (void)arg;
   struct waiter w = {NULL, 1};
-  CHECK_RC(keel_ratelimit_new(1, 10, &w.rl));
+  CHECK_RC(keel_ratelimit_open(1, 10, &w.rl));
   CHECK_EQ(keel_ratelimit_try_acquire(w.rl, 10), 0);
   int64_t emptied = keel_now_ns();
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   CHECK_RC(keel_spawn(s, waiter_task, &w, NULL));
   CHECK_RC(keel_sleep_ms(5));
@@ -182,7 +183,7 @@ static int cancel_body(void *arg) {
   uint64_t available = keel_ratelimit_available(w.rl);
   if (kt_within(emptied, KEEL_NS_PER_SEC)) /* the cancelled waiter took nothing */
     CHECK_EQ(available, 0);
-  keel_ratelimit_free(w.rl);
+  keel_ratelimit_close(w.rl);
   return 0;
 }
 static void test_cancel_waiter(void **state) {
@@ -212,11 +213,12 @@ static int timed_waiter_task(void *arg) {
 static int fifo_body(void *arg) {
   (void)arg;
   keel_ratelimit_t *rl;
-  CHECK_RC(keel_ratelimit_new(10, 10, &rl));
+  CHECK_RC(keel_ratelimit_open(10, 10, &rl));
   CHECK_EQ(keel_ratelimit_try_acquire(rl, 10), 0);
   int64_t t0 = keel_now_ns();
   struct timed_waiter big = {rl, 10, t0, 0, 1}, small = {rl, 1, t0 + 1 * MS, 0, 1};
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   CHECK_RC(keel_spawn(s, timed_waiter_task, &big, NULL));
   CHECK_RC(keel_spawn(s, timed_waiter_task, &small, NULL));
@@ -235,8 +237,9 @@ static int fifo_body(void *arg) {
    * the 2 tokens accrued, not at +600. */
   int64_t t1 = keel_now_ns();
   struct timed_waiter a = {rl, 5, t1, 0, 1}, b = {rl, 1, t1 + 1 * MS, 0, 1};
-  keel_scope_t *sa = keel_scope_open(NULL);
-  s = keel_scope_open(NULL);
+  keel_scope_t *sa = NULL;
+  (void)keel_scope_open(NULL, &sa);
+  (void)keel_scope_open(NULL, &s);
   CHECK(sa && s);
   CHECK_RC(keel_spawn(sa, timed_waiter_task, &a, NULL));
   CHECK_RC(keel_spawn(s, timed_waiter_task, &b, NULL));
@@ -249,7 +252,7 @@ static int fifo_body(void *arg) {
   CHECK_EQ(b.done_at, t1 + 200 * MS);
   CHECK_EQ(keel_ratelimit_available(rl), 1); /* the other accrued token */
   CHECK_EQ(keel_ratelimit_try_acquire(rl, 1), 0);
-  keel_ratelimit_free(rl);
+  keel_ratelimit_close(rl);
   return 0;
 }
 static void test_lab_waiters_in_order(void **state) {
@@ -278,9 +281,10 @@ static int consumer(void *arg) {
 static int shared_body(void *arg) {
   (void)arg;
   struct shared sh = {NULL, 0};
-  CHECK_RC(keel_ratelimit_new(RATE, BURST, &sh.rl));
+  CHECK_RC(keel_ratelimit_open(RATE, BURST, &sh.rl));
   int64_t t0 = kt_mono_ns();
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   for (int w = 0; w < 2; w++)
     for (int i = 0; i < TASKS_PER_WORKER; i++) {
@@ -298,7 +302,7 @@ static int shared_body(void *arg) {
     KT_FAIL("granted %d tokens in %lld ns, the rate allows that only after %lld ns", total,
             (long long)took, (long long)min_ns);
   CHECK(took < min_ns + 5000 * MS);
-  keel_ratelimit_free(sh.rl);
+  keel_ratelimit_close(sh.rl);
   return 0;
 }
 static void test_two_workers_share(void **state) {
@@ -346,7 +350,7 @@ static int line_body(void *arg) {
   const struct line_case *c = run->c;
   static const uint64_t need[LINE_N] = {10, 10, 5};
   keel_ratelimit_t *rl;
-  CHECK_RC(keel_ratelimit_new(10, 10, &rl));
+  CHECK_RC(keel_ratelimit_open(10, 10, &rl));
   int64_t t0 = keel_now_ns(); /* read before the bucket empties: lower bounds hold */
   CHECK_EQ(keel_ratelimit_try_acquire(rl, 10), 0);
   struct timed_waiter w[LINE_N];
@@ -387,7 +391,7 @@ static int line_body(void *arg) {
   if (d_at < t0 + 2100 * MS || d_at > t0 + d_want + run->slack)
     KT_FAIL("%s: D served at t0%+lld ns, expected t0+2.1 s (slack %lld)", c->name,
             (long long)(d_at - t0), (long long)run->slack);
-  keel_ratelimit_free(rl);
+  keel_ratelimit_close(rl);
   return 0;
 }
 
@@ -492,7 +496,7 @@ static int churn_check(const struct churner *x, int n) {
 static int churn_body(void *arg) {
   (void)arg;
   struct churn ch = {0};
-  CHECK_RC(keel_ratelimit_new(CHURN_RATE, CHURN_BURST, &ch.rl));
+  CHECK_RC(keel_ratelimit_open(CHURN_RATE, CHURN_BURST, &ch.rl));
   ch.t0 = keel_now_ns();
   struct churner x[CHURN_TASKS];
   keel_scope_t *s[CHURN_TASKS];
@@ -515,7 +519,7 @@ static int churn_body(void *arg) {
   CHECK_RC(keel_sleep_ms(CHURN_BURST * 1000 / CHURN_RATE));
   CHECK_EQ(keel_ratelimit_available(ch.rl), CHURN_BURST);
   CHECK_EQ(keel_ratelimit_try_acquire(ch.rl, CHURN_BURST), 0);
-  keel_ratelimit_free(ch.rl);
+  keel_ratelimit_close(ch.rl);
   return 0;
 }
 
@@ -559,11 +563,12 @@ static int xwaiter_task(void *arg) {
 static int xorder_body(void *arg) {
   (void)arg;
   struct xorder xo = {NULL, 0, 0};
-  CHECK_RC(keel_ratelimit_new(10, 2, &xo.rl));
+  CHECK_RC(keel_ratelimit_open(10, 2, &xo.rl));
   int64_t t0 = keel_now_ns();
   CHECK_EQ(keel_ratelimit_try_acquire(xo.rl, 2), 0);
   struct xwaiter w[XORDER_N];
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   for (int i = 0; i < XORDER_N; i++) {
     w[i] = (struct xwaiter){&xo, i, 1, -1, 0};
@@ -577,7 +582,7 @@ static int xorder_body(void *arg) {
     CHECK_EQ(w[i].served, i);
     CHECK(w[i].done_at >= t0 + (i + 1) * 200 * MS); /* never ahead of the rate */
   }
-  keel_ratelimit_free(xo.rl);
+  keel_ratelimit_close(xo.rl);
   return 0;
 }
 static void test_two_workers_in_order(void **state) {
@@ -651,7 +656,7 @@ static int race_body(void *arg) {
   (void)arg;
   struct race r = {NULL, 0};
   int64_t t0 = kt_mono_ns();
-  CHECK_RC(keel_ratelimit_new(RACE_RATE, RACE_BURST, &r.rl));
+  CHECK_RC(keel_ratelimit_open(RACE_RATE, RACE_BURST, &r.rl));
   for (int round = 0; round < RACE_ROUNDS; round++)
     CHECK_RC(race_round(&r));
   int64_t took = kt_mono_ns() - t0;
@@ -662,7 +667,7 @@ static int race_body(void *arg) {
   CHECK_RC(keel_sleep_ms(10)); /* burst comes back in 2 ms */
   CHECK_EQ(keel_ratelimit_available(r.rl), RACE_BURST);
   CHECK_EQ(keel_ratelimit_try_acquire(r.rl, RACE_BURST), 0);
-  keel_ratelimit_free(r.rl);
+  keel_ratelimit_close(r.rl);
   return 0;
 }
 static void test_two_workers_cancel_race(void **state) {

@@ -42,7 +42,8 @@ static int accept_one(void *arg) {
 /* Connects to hostport from a task on worker 1 and exchanges a byte with
  * an acceptor on l. */
 static int connect_and_echo(keel_listener_t *l, const char *hostport) {
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   CHECK_RC(keel_spawn(s, accept_one, l, NULL));
   keel_tcp_t *c = NULL;
@@ -185,7 +186,8 @@ static int stuck_body(void *arg) {
   snprintf(numeric, sizeof numeric, "127.0.0.1:%d", port_of(l));
   atomic_store(&blocker_release, false);
   atomic_store(&blocker_running, false);
-  keel_scope_t *bs = keel_scope_open(NULL);
+  keel_scope_t *bs = NULL;
+  (void)keel_scope_open(NULL, &bs);
   CHECK(bs);
   CHECK_RC(keel_spawn(bs, blocker_task, NULL, NULL));
   for (int i = 0; i < 2000 && !atomic_load(&blocker_running); i++)
@@ -199,7 +201,8 @@ static int stuck_body(void *arg) {
 
   /* by name: queued behind the blocker; cancel it */
   struct stuck can = {.hostport = byname};
-  keel_scope_t *cs = keel_scope_open(NULL);
+  keel_scope_t *cs = NULL;
+  (void)keel_scope_open(NULL, &cs);
   CHECK(cs);
   keel_spawn_opts_t o = {.name = "resolving", .on_worker = KEEL_WORKER(1)};
   CHECK_RC(keel_spawn(cs, stuck_connect_task, &can, &o));

@@ -248,7 +248,8 @@ static int retry_cancel_in_attempt(void *arg) {
 static int cancel_in_sleep_body(void *arg) {
   (void)arg;
   struct retrier r = {.rc = 1};
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   int64_t t0 = kt_clock_ns();
   CHECK_RC(keel_spawn(s, retry_cancel_in_sleep, &r, NULL));
@@ -268,7 +269,8 @@ static void test_cancellation_in_sleep(void **state) {
 static int cancel_in_attempt_body(void *arg) {
   (void)arg;
   struct retrier r2 = {.rc = 1};
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   keel_spawn_opts_t so = {.on_worker = KEEL_WORKER(1)};
   CHECK_RC(keel_spawn(s, retry_cancel_in_attempt, &r2, &so));
@@ -308,14 +310,16 @@ static int bad_opts_body(void *arg) {
   (void)arg;
   struct trace t = {0};
   keel_retry_opts_t o;
-  opts_for(&o, &t, 0, MS, MS);
-  CHECK_EQ(keel_retry(&o, attempt_fn, &t), -EINVAL);
   opts_for(&o, &t, 3, -1, MS);
   CHECK_EQ(keel_retry(&o, attempt_fn, &t), -EINVAL);
   opts_for(&o, &t, 3, MS, MS);
   CHECK_EQ(keel_retry(&o, NULL, &t), -EINVAL);
-  CHECK_EQ(keel_retry(NULL, attempt_fn, &t), -EINVAL);
   CHECK_EQ(t.attempts, 0);
+  /* Zero fields are defaults: 0 attempts means 5. */
+  opts_for(&o, &t, 0, MS, MS);
+  CHECK_EQ(keel_retry(&o, attempt_fn, &t), -EIO);
+  CHECK_EQ(t.attempts, 5);
+  t.attempts = 0;
   /* A total deadline already passed: nothing runs. */
   o.deadline_ns = keel_now_ns() - 1;
   CHECK_EQ(keel_retry(&o, attempt_fn, &t), -ETIMEDOUT);

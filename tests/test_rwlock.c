@@ -39,7 +39,8 @@ static int lock_task(void *arg) {
 }
 
 static keel_scope_t *spawn_op(struct op *op, int worker) {
-  keel_scope_t *sc = keel_scope_open(NULL);
+  keel_scope_t *sc = NULL;
+  (void)keel_scope_open(NULL, &sc);
   keel_spawn_opts_t o = {.name = op->write ? "writer" : "reader", .on_worker = worker};
   if (sc && keel_spawn(sc, lock_task, op, &o) < 0) {
     keel_scope_close(sc);
@@ -127,7 +128,8 @@ static int stream_body(void *arg) {
   (void)arg;
   struct stream st = {.reads = 0};
   keel_rwlock_init(&st.l);
-  keel_scope_t *sc = keel_scope_open(NULL);
+  keel_scope_t *sc = NULL;
+  (void)keel_scope_open(NULL, &sc);
   CHECK(sc);
   for (int i = 0; i < 6; i++) {
     keel_spawn_opts_t o = {.name = "reader", .on_worker = KEEL_WORKER(i % 2)};
@@ -219,7 +221,8 @@ static int deadline_body(void *arg) {
   CHECK_EQ(keel_rwlock_write_lock(&l), 0);
   int64_t t0 = kt_clock_ns();
   keel_scope_opts_t so = {.deadline_ns = t0 + 20 * KEEL_NS_PER_MS};
-  keel_scope_t *sc = keel_scope_open(&so);
+  keel_scope_t *sc = NULL;
+  (void)keel_scope_open(&so, &sc);
   CHECK(sc);
   CHECK_RC(keel_spawn(sc, lock_task, &r, NULL));
   CHECK_RC(keel_spawn(sc, lock_task, &w, NULL));
@@ -310,7 +313,8 @@ static int two_workers_body(void *arg) {
   (void)arg;
   struct pair p = {.a = 0};
   keel_rwlock_init(&p.l);
-  keel_scope_t *sc = keel_scope_open(NULL);
+  keel_scope_t *sc = NULL;
+  (void)keel_scope_open(NULL, &sc);
   CHECK(sc);
   for (int i = 0; i < 8; i++) {
     keel_spawn_opts_t o = {.name = "rw", .on_worker = KEEL_WORKER(i % 2)};

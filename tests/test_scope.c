@@ -55,7 +55,7 @@ static int record_scope_task(void *arg) {
 static int opener_task(void *arg) {
   struct st *st = arg;
   st->rc[0] = keel_scope_current() == st->outer;
-  st->nested = keel_scope_open(NULL);
+  (void)keel_scope_open(NULL, &st->nested);
   if (!st->nested)
     return -ENOMEM;
   st->spawn_rc = keel_spawn(st->nested, record_scope_task, st, NULL);
@@ -66,7 +66,7 @@ static int opener_task(void *arg) {
 
 static int nested_main(void *arg) {
   struct st *st = arg;
-  st->outer = keel_scope_open(NULL);
+  (void)keel_scope_open(NULL, &st->outer);
   if (!st->outer)
     return -ENOMEM;
   int rc = keel_spawn(st->outer, opener_task, st, NULL);
@@ -97,7 +97,8 @@ static int spawn_grandchild_task(void *arg) {
 
 static int grandchild_main(void *arg) {
   struct st *st = arg;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   int64_t t0 = kt_clock_ns();
@@ -129,7 +130,7 @@ static void test_join_waits_for_grandchildren(void **state) {
 /* Runs in outer: opens nested, spawns a sleeper into it and joins. */
 static int nested_sleeper_parent(void *arg) {
   struct st *st = arg;
-  st->nested = keel_scope_open(NULL);
+  (void)keel_scope_open(NULL, &st->nested);
   if (!st->nested)
     return -ENOMEM;
   keel_task_t *h = NULL;
@@ -146,7 +147,7 @@ static int nested_sleeper_parent(void *arg) {
 
 static int propagate_main(void *arg) {
   struct st *st = arg;
-  st->outer = keel_scope_open(NULL);
+  (void)keel_scope_open(NULL, &st->outer);
   if (!st->outer)
     return -ENOMEM;
   keel_task_t *h = NULL;
@@ -208,7 +209,8 @@ static int level_task(void *arg) {
 
 static int level_main(void *arg) {
   struct st *st = arg;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   st->spawn_rc = keel_spawn(s, level_task, st, NULL);
@@ -253,7 +255,8 @@ static int sleep_100ms_task(void *arg) {
 static int fail_fast_main(void *arg) {
   struct st *st = arg;
   keel_scope_opts_t so = {.flags = (unsigned)st->flag, .name = "ff"};
-  keel_scope_t *s = keel_scope_open(&so);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(&so, &s);
   if (!s)
     return -ENOMEM;
   keel_task_fn sibling = st->flag & KEEL_SCOPE_FAIL_FAST ? sleep_10s_task : sleep_100ms_task;
@@ -321,7 +324,8 @@ static void test_without_fail_fast(void **state) {
 
 static int leave_scope_open_task(void *arg) {
   struct st *st = arg;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   st->spawn_rc = keel_spawn(s, set_flag_after_50ms_task, st, NULL);
@@ -331,7 +335,8 @@ static int leave_scope_open_task(void *arg) {
 
 static int auto_join_main(void *arg) {
   struct st *st = arg;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   keel_task_t *h = NULL;
@@ -375,7 +380,7 @@ static int wait_release_task(void *arg) {
 /* Opens a nested scope with one waiter in it, then waits itself. */
 static int live_opener_task(void *arg) {
   struct waiter *w = arg;
-  w->st->nested = keel_scope_open(NULL);
+  (void)keel_scope_open(NULL, &w->st->nested);
   if (!w->st->nested)
     return -ENOMEM;
   w->st->rc[7] = keel_spawn(w->st->nested, wait_release_task, w + 1, NULL);
@@ -386,7 +391,8 @@ static int settle(void) { return keel_sleep_ms(20); }
 
 static int live_main(void *arg) {
   struct st *st = arg;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   struct waiter w[5];
@@ -437,7 +443,8 @@ static void test_live(void **state) {
 static int open_in_cancelled_task(void *arg) {
   struct st *st = arg;
   st->rc[0] = keel_sleep_ms(10000);
-  keel_scope_t *n = keel_scope_open(NULL);
+  keel_scope_t *n = NULL;
+  (void)keel_scope_open(NULL, &n);
   if (!n)
     return -ENOMEM;
   st->reason[0] = keel_scope_cancel_reason(n);
@@ -449,7 +456,8 @@ static int open_in_cancelled_task(void *arg) {
 
 static int open_in_cancelled_main(void *arg) {
   struct st *st = arg;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   st->spawn_rc = keel_spawn(s, open_in_cancelled_task, st, NULL);
@@ -485,7 +493,8 @@ static int remote_sleeper_task(void *arg) {
 
 static int cross_worker_main(void *arg) {
   struct st *st = arg;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   keel_spawn_opts_t o = spawn_opts(NULL);
@@ -569,7 +578,8 @@ static int join_race_main(void *arg) {
   struct join_race *jr = arg;
   int64_t t0 = kt_mono_ns();
   for (int i = 0; i < jr->iters; i++) {
-    keel_scope_t *s = keel_scope_open(NULL);
+    keel_scope_t *s = NULL;
+    (void)keel_scope_open(NULL, &s);
     if (!s)
       return -ENOMEM;
     struct race_child c = {

@@ -59,11 +59,13 @@ static int joiner_task(void *arg) {
  * and gets -EPERM; close waits for S's child. */
 static int close_while_joined_main(void *arg) {
   struct close_join *cj = arg;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   keel_spawn_opts_t w1 = {.name = "child", .on_worker = KEEL_WORKER(1)};
   if (!s || keel_spawn(s, sleeping_child, cj, &w1) < 0)
     return -ENOMEM;
-  keel_scope_t *js = keel_scope_open(NULL);
+  keel_scope_t *js = NULL;
+  (void)keel_scope_open(NULL, &js);
   keel_spawn_opts_t jo = {.name = "joiner", .on_worker = KEEL_WORKER(1)};
   if (!js || keel_spawn(js, joiner_task, cj, &jo) < 0)
     return -ENOMEM;
@@ -90,7 +92,8 @@ static void test_close_while_joined(void **state) {
  * closes S (waiting for its child); J gets -EPERM. */
 static int returning_opener(void *arg) {
   struct close_join *cj = arg;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   keel_spawn_opts_t w1 = {.name = "child", .on_worker = KEEL_WORKER(1)};
   if (!s || keel_spawn(s, sleeping_child, cj, &w1) < 0)
     return -ENOMEM;
@@ -101,11 +104,13 @@ static int returning_opener(void *arg) {
 
 static int opener_returns_main(void *arg) {
   struct close_join *cj = arg;
-  keel_scope_t *js = keel_scope_open(NULL);
+  keel_scope_t *js = NULL;
+  (void)keel_scope_open(NULL, &js);
   keel_spawn_opts_t jo = {.name = "joiner", .on_worker = KEEL_WORKER(1)};
   if (!js || keel_spawn(js, joiner_task, cj, &jo) < 0)
     return -ENOMEM;
-  keel_scope_t *os = keel_scope_open(NULL);
+  keel_scope_t *os = NULL;
+  (void)keel_scope_open(NULL, &os);
   if (!os || keel_spawn(os, returning_opener, cj, NULL) < 0)
     return -ENOMEM;
   cj->opener_rc = keel_scope_close(os);
@@ -155,13 +160,14 @@ static int root_task(void *arg) {
  * keel_run must not return before main and the root-scope task end. */
 static int two_joins_main(void *arg) {
   struct two_joins *tj = arg;
-  tj->s = keel_scope_open(NULL);
+  (void)keel_scope_open(NULL, &tj->s);
   keel_spawn_opts_t w1 = {.name = "child", .on_worker = KEEL_WORKER(1)};
   if (!tj->s || keel_spawn(tj->s, sleep_10s, NULL, &w1) < 0)
     return -ENOMEM;
   if (keel_spawn(keel_scope_current(), root_task, tj, NULL) < 0)
     return -ENOMEM;
-  keel_scope_t *js = keel_scope_open(NULL);
+  keel_scope_t *js = NULL;
+  (void)keel_scope_open(NULL, &js);
   if (!js || keel_spawn(js, j_task, tj, NULL) < 0)
     return -ENOMEM;
   keel_sleep_ms(20); /* J runs (and would park in the join) */
@@ -207,7 +213,7 @@ static int must_not_run(void *arg) {
 
 static int nested_opener(void *arg) {
   struct nested_cancel *nc = arg;
-  nc->nested = keel_scope_open(NULL);
+  (void)keel_scope_open(NULL, &nc->nested);
   if (!nc->nested)
     return -ENOMEM;
   atomic_store(&nc->asleep, 1);
@@ -228,7 +234,8 @@ static int nested_cancel_main(void *arg) {
   int *bad = arg;
   for (int round = 0; round < NESTED_ROUNDS; round++) {
     struct nested_cancel nc = {.sleep_rc = 1, .spawn_rc = 1};
-    keel_scope_t *p = keel_scope_open(NULL);
+    keel_scope_t *p = NULL;
+    (void)keel_scope_open(NULL, &p);
     keel_spawn_opts_t w1 = {.name = "T", .on_worker = KEEL_WORKER(1)};
     if (!p || keel_spawn(p, nested_opener, &nc, &w1) < 0)
       return -ENOMEM;
@@ -284,40 +291,43 @@ static int return_7(void *arg) {
 static int join_results_main(void *arg) {
   struct join_results *jr = arg;
   /* Every child succeeded before the deadline passed: 0. */
-  keel_scope_t *s = keel_scope_open(
-      &(keel_scope_opts_t){.deadline_ns = keel_now_ns() + 40 * KEEL_NS_PER_MS, .name = "deadline"});
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(
+      &(keel_scope_opts_t){.deadline_ns = keel_now_ns() + 40 * KEEL_NS_PER_MS, .name = "deadline"},
+      &s);
   if (!s || keel_spawn(s, return_0, NULL, NULL) < 0)
     return -ENOMEM;
   keel_sleep_ms(120);
   jr->after_deadline = keel_scope_join(s);
   keel_scope_close(s);
   /* A child cut short by the deadline: -ETIMEDOUT. */
-  s = keel_scope_open(&(keel_scope_opts_t){.deadline_ns = keel_now_ns() + 20 * KEEL_NS_PER_MS});
+  (void)keel_scope_open(&(keel_scope_opts_t){.deadline_ns = keel_now_ns() + 20 * KEEL_NS_PER_MS},
+                        &s);
   if (!s || keel_spawn(s, return_ecanceled_when_cancelled, NULL, NULL) < 0)
     return -ENOMEM;
   jr->timed_out = keel_scope_close(s);
   /* Cancelled after its children succeeded: 0. */
-  s = keel_scope_open(NULL);
+  (void)keel_scope_open(NULL, &s);
   if (!s || keel_spawn(s, return_0, NULL, NULL) < 0)
     return -ENOMEM;
   keel_sleep_ms(5);
   keel_scope_cancel(s, KEEL_CANCEL_USER);
   jr->cancelled_ok = keel_scope_close(s);
   /* Cancelled with a child it cut short: -ECANCELED. */
-  s = keel_scope_open(NULL);
+  (void)keel_scope_open(NULL, &s);
   if (!s || keel_spawn(s, return_ecanceled_when_cancelled, NULL, NULL) < 0)
     return -ENOMEM;
   keel_sleep_ms(5);
   keel_scope_cancel(s, KEEL_CANCEL_USER);
   jr->cancelled_cut = keel_scope_close(s);
   /* Cancelled with nothing in it: 0, nothing failed. */
-  s = keel_scope_open(NULL);
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   keel_scope_cancel(s, KEEL_CANCEL_USER);
   jr->empty_cancelled = keel_scope_close(s);
   /* A positive return is success, and does not fail its siblings. */
-  s = keel_scope_open(&(keel_scope_opts_t){.flags = KEEL_SCOPE_FAIL_FAST});
+  (void)keel_scope_open(&(keel_scope_opts_t){.flags = KEEL_SCOPE_FAIL_FAST}, &s);
   keel_task_t *h;
   if (!s || keel_spawn(s, return_7, NULL, &(keel_spawn_opts_t){.handle = &h}) < 0 ||
       keel_spawn(s, return_0, NULL, NULL) < 0)
@@ -367,14 +377,15 @@ static int late_spawner(void *arg) {
 
 static int late_spawn_main(void *arg) {
   struct late_spawn *ls = arg;
-  ls->s = keel_scope_open(NULL);
+  (void)keel_scope_open(NULL, &ls->s);
   if (!ls->s || keel_spawn(ls->s, mark_ran, ls, NULL) < 0)
     return -ENOMEM;
   if (keel_scope_join(ls->s) != 0)
     return -EPROTO;
   /* S is joined: another task may not put work in it behind the opener's
    * back, nor close it. */
-  keel_scope_t *o = keel_scope_open(NULL);
+  keel_scope_t *o = NULL;
+  (void)keel_scope_open(NULL, &o);
   keel_spawn_opts_t w1 = {.on_worker = KEEL_WORKER(1)};
   if (!o || keel_spawn(o, late_spawner, ls, &w1) < 0)
     return -ENOMEM;
@@ -408,7 +419,8 @@ static int self_join_task(void *arg) {
 static int self_join_main(void *arg) {
   int *rc = arg;
   rc[1] = keel_scope_join(keel_scope_current()); /* the root */
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s || keel_spawn(s, self_join_task, rc, NULL) < 0)
     return -ENOMEM;
   rc[2] = keel_scope_close(s);
@@ -435,7 +447,8 @@ struct origin {
 
 static int origin_task(void *arg) {
   struct origin *o = arg;
-  keel_scope_t *n = keel_scope_open(NULL);
+  keel_scope_t *n = NULL;
+  (void)keel_scope_open(NULL, &n);
   keel_sleep_ms(10000);
   o->seen[0] = keel_cancelled();
   o->origin[0] = keel_cancel_origin();
@@ -449,7 +462,8 @@ static int origin_task(void *arg) {
 
 static int origin_main(void *arg) {
   struct origin *o = arg;
-  keel_scope_t *p = keel_scope_open(NULL);
+  keel_scope_t *p = NULL;
+  (void)keel_scope_open(NULL, &p);
   if (!p || keel_spawn(p, origin_task, o, NULL) < 0)
     return -ENOMEM;
   keel_sleep_ms(5);

@@ -23,7 +23,8 @@ static int acquirer_task(void *arg) {
 }
 
 static keel_scope_t *spawn_op(struct op *op, int worker) {
-  keel_scope_t *sc = keel_scope_open(NULL);
+  keel_scope_t *sc = NULL;
+  (void)keel_scope_open(NULL, &sc);
   keel_spawn_opts_t o = {.name = "acquirer", .on_worker = worker};
   if (sc && keel_spawn(sc, acquirer_task, op, &o) < 0) {
     keel_scope_close(sc);
@@ -199,7 +200,8 @@ static int two_workers_body(void *arg) {
   (void)arg;
   struct limited l = {.inside = 0};
   keel_sem_init(&l.s, LIMIT);
-  keel_scope_t *sc = keel_scope_open(NULL);
+  keel_scope_t *sc = NULL;
+  (void)keel_scope_open(NULL, &sc);
   CHECK(sc);
   for (int i = 0; i < 8; i++) {
     keel_spawn_opts_t o = {.name = "limited", .on_worker = KEEL_WORKER(i % 2)};

@@ -46,7 +46,8 @@ static int cleanup_task(void *arg) {
    * deadline set in it too. */
   keel_shield_begin(keel_now_ns() + 10000 * MS);
   keel_task_set_deadline(keel_now_ns() + 30 * MS);
-  keel_scope_t *helpers = keel_scope_open(NULL);
+  keel_scope_t *helpers = NULL;
+  (void)keel_scope_open(NULL, &helpers);
   int64_t h0 = keel_now_ns();
   if (!helpers || keel_spawn(helpers, sleep_helper, NULL, NULL) < 0)
     return -ENOMEM;
@@ -70,13 +71,14 @@ static int default_bound_task(void *arg) {
 
 static int shield_main(void *arg) {
   struct shield_case *c = arg;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s || keel_spawn(s, cleanup_task, c, NULL) < 0)
     return -ENOMEM;
   keel_sleep_ms(5);
   keel_scope_cancel(s, KEEL_CANCEL_USER);
   keel_scope_close(s);
-  s = keel_scope_open(NULL);
+  (void)keel_scope_open(NULL, &s);
   if (!s || keel_spawn(s, default_bound_task, c, NULL) < 0)
     return -ENOMEM;
   keel_scope_close(s);

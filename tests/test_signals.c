@@ -317,12 +317,42 @@ static void test_second_runtime_busy(void **state) {
   }
 }
 
+/* SIGPIPE while keel_run runs: ignored by default, left alone with
+ * no_sigpipe_ignore; the disposition found is back when keel_run returns. */
+static int sigpipe_main(void *arg) {
+  struct sigaction cur;
+  sigaction(SIGPIPE, NULL, &cur);
+  *(void (**)(int))arg = cur.sa_handler;
+  return 0;
+}
+
+static void test_sigpipe_choice(void **state) {
+  (void)state;
+  KT_FOR_EACH_BACKEND(b) {
+    keel_config_t cfg = {.backend = b, .workers = 1};
+    void (*seen)(int) = NULL;
+    signal(SIGPIPE, SIG_DFL);
+    assert_int_equal(keel_run(&cfg, sigpipe_main, (void *)&seen), 0);
+    assert_true(seen == SIG_IGN);
+    struct sigaction after;
+    sigaction(SIGPIPE, NULL, &after);
+    assert_true(after.sa_handler == SIG_DFL);
+    cfg.no_sigpipe_ignore = true;
+    assert_int_equal(keel_run(&cfg, sigpipe_main, (void *)&seen), 0);
+    assert_true(seen == SIG_DFL);
+    signal(SIGPIPE, SIG_IGN);
+    assert_int_equal(keel_run(&cfg, sigpipe_main, (void *)&seen), 0);
+    assert_true(seen == SIG_IGN);
+  }
+}
+
 int main(void) {
   kt_select_backends();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_sigterm_to_app_thread), cmocka_unit_test(test_sigterm_to_process),
       cmocka_unit_test(test_sigint_to_app_thread),  cmocka_unit_test(test_second_runtime_busy),
       cmocka_unit_test(test_raise_in_task),         cmocka_unit_test(test_forked_child_signal),
+      cmocka_unit_test(test_sigpipe_choice),
   };
   return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

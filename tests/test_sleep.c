@@ -128,7 +128,8 @@ static int sleeper_task(void *arg) {
 
 static int sleepers_main(void *arg) {
   struct sleepers *all = arg;
-  keel_scope_t *scope = keel_scope_open(NULL);
+  keel_scope_t *scope = NULL;
+  (void)keel_scope_open(NULL, &scope);
   if (!scope)
     return -ENOMEM;
   int64_t t0 = kt_clock_ns();
@@ -208,7 +209,8 @@ static int far_task(void *arg) {
 
 static int far_main(void *arg) {
   struct far *f = arg;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   f->spawn_rc = keel_spawn(s, far_task, f, NULL);
@@ -250,7 +252,8 @@ static int bump_task(void *arg) {
 
 static int yield_main(void *arg) {
   struct yielder *y = arg;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   y->spawn_rc = keel_spawn(s, bump_task, y, NULL);

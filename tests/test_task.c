@@ -17,7 +17,8 @@ static keel_spawn_opts_t spawn_opts(const char *name, keel_task_t **handle) {
 
 /* Spawns fn(arg) into a fresh scope, joins and closes it. */
 static int run_one(keel_task_fn fn, void *arg, const keel_spawn_opts_t *opts) {
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   int rc = keel_spawn(s, fn, arg, opts);
@@ -67,7 +68,8 @@ static int alternate_task(void *arg) {
 static int alternate_main(void *arg) {
   struct alternate *st = arg;
   struct alternate_arg args[2] = {{st, 0}, {st, 1}};
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   int rc = 0;
@@ -150,7 +152,8 @@ static int noop_task(void *arg) {
 static int names_main(void *arg) {
   struct names *n = arg;
   snprintf(n->main_task, sizeof n->main_task, "%s", keel_task_name(keel_task_current()));
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   keel_task_t *h[3] = {NULL, NULL, NULL};
@@ -223,7 +226,8 @@ static int sleep_long_task(void *arg) {
 
 static int outcomes_main(void *arg) {
   struct outcomes *o = arg;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   keel_task_t *h[3] = {NULL, NULL, NULL};
@@ -270,7 +274,8 @@ static void test_outcomes(void **state) {
 
 static int spawn_cancelled_main(void *arg) {
   struct flag *f = arg;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   keel_scope_cancel(s, KEEL_CANCEL_USER);
@@ -341,7 +346,8 @@ static int many_task(void *arg) {
 
 static int many_main(void *arg) {
   struct many *m = arg;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   for (int i = 0; i < MANY; i++)
@@ -407,7 +413,8 @@ static int spin_task(void *arg) {
 /* The spinner runs on worker 1 and never blocks; main cancels it from 0. */
 static int checkpoint_main(void *arg) {
   struct spin *sp = arg;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   keel_spawn_opts_t o = spawn_opts("spinner", NULL);
@@ -508,7 +515,8 @@ static int count_run_task(void *arg) {
  * (SIZE_MAX used to wrap to a one-page stack; 2 GiB was mapped as asked.) */
 static int stack_bounds_main(void *arg) {
   struct stack_bounds *sb = arg;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   keel_spawn_opts_t o = spawn_opts("huge", NULL);
@@ -551,7 +559,8 @@ struct unmappable {
 };
 static int unmappable_main(void *arg) {
   struct unmappable *u = arg;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   struct rlimit old;
@@ -612,7 +621,8 @@ static int small_stack_task(void *arg) {
 
 static int small_stack_main(void *arg) {
   struct small_stack *ss = arg;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   keel_task_t *h = NULL;

@@ -31,7 +31,9 @@ static int64_t elapsed_ms(int64_t from_ns, int64_t to_ns) {
 
 static keel_scope_t *scope_with_deadline_ms(int64_t ms) {
   keel_scope_opts_t o = {.deadline_ns = in_ms(ms), .name = "test"};
-  return keel_scope_open(&o);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(&o, &s);
+  return s;
 }
 
 static unsigned char pattern_byte(size_t i) { return (unsigned char)(i % 251); }

@@ -38,7 +38,9 @@ static int64_t in_ms(int64_t ms) { return keel_now_ns() + ms * KEEL_NS_PER_MS; }
 
 static keel_scope_t *scope_with_deadline_ms(int64_t ms) {
   keel_scope_opts_t o = {.deadline_ns = in_ms(ms), .name = "test"};
-  return keel_scope_open(&o);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(&o, &s);
+  return s;
 }
 
 static unsigned char pattern_byte(size_t i) { return (unsigned char)(i % 251); }
@@ -52,8 +54,7 @@ static int addr_port(const keel_addr_t *a) {
 }
 
 static int listen_on(const char *hostport, keel_listener_t **out, char *addr, size_t len) {
-  keel_listen_opts_t o;
-  keel_listen_opts_init(&o);
+  keel_listen_opts_t o = {0};
   int rc = keel_tcp_listen(hostport, &o, out);
   if (rc < 0)
     return rc;
@@ -240,9 +241,7 @@ static int accept_loop0_task(void *arg) {
 static int accept_loop1_task(void *arg) {
   many_t *m = arg;
   CHECK_EQ(keel_worker_id(), 1);
-  keel_listen_opts_t o;
-  keel_listen_opts_init(&o);
-  o.reuseport = true;
+  keel_listen_opts_t o = {0};
   keel_listener_t *l;
   CHECK_RC(keel_tcp_listen(m->addr, &o, &l));
   atomic_store(&m->worker1_listening, 1);
@@ -283,15 +282,14 @@ static int wait_flag(atomic_int *flag, int64_t ms) {
 static int many_body(void *arg) {
   (void)arg;
   many_t m = {0};
-  keel_listen_opts_t o;
-  keel_listen_opts_init(&o);
-  o.reuseport = true;
+  keel_listen_opts_t o = {0};
   CHECK_RC(keel_tcp_listen("127.0.0.1:0", &o, &m.listener0));
   keel_addr_t a;
   CHECK_RC(keel_listener_addr(m.listener0, &a));
   keel_addr_format(&a, m.addr, sizeof m.addr);
 
-  keel_scope_t *server = keel_scope_open(NULL);
+  keel_scope_t *server = NULL;
+  (void)keel_scope_open(NULL, &server);
   CHECK(server != NULL);
   keel_spawn_opts_t on0 = {.name = "accept0", .on_worker = KEEL_WORKER(0)};
   keel_spawn_opts_t on1 = {.name = "accept1", .on_worker = KEEL_WORKER(1)};

@@ -144,7 +144,8 @@ static int timeout_caller(void *arg) {
 
 static int cancel_caller(int on_worker) {
   struct caller c = {.worker = -1};
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   keel_spawn_opts_t o = {.name = "caller", .on_worker = on_worker};
   CHECK_RC(keel_spawn(s, timeout_caller, &c, &o));
@@ -192,7 +193,8 @@ static int precancelled_caller(void *arg) {
 static int precancelled_body(void *arg) {
   (void)arg;
   int rc = 0;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   CHECK_RC(keel_spawn(s, precancelled_caller, &rc, NULL));
   keel_scope_close(s);

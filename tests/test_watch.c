@@ -24,7 +24,8 @@ static keel_watch_rx_t *subscribe(keel_watch_t *w) {
 
 /* Spawns fn(arg) on worker `worker` in a scope of its own (cancellable alone). */
 static keel_scope_t *spawn_on(int worker, keel_task_fn fn, void *arg) {
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   keel_spawn_opts_t so = {.name = "peer", .on_worker = KEEL_WORKER(worker)};
   if (s && keel_spawn(s, fn, arg, &so) < 0) {
     keel_scope_close(s);
@@ -73,9 +74,9 @@ static int latest_body(void *arg) {
   CHECK_EQ(keel_watch_open(sizeof(int), NULL, &z), 0); /* NULL initial: zeroes */
   keel_watch_load(z, &v);
   CHECK_EQ(v, 0);
-  keel_watch_free(z);
+  keel_watch_close(z);
   keel_watch_unsubscribe(rx);
-  keel_watch_free(w);
+  keel_watch_close(w);
   return 0;
 }
 static void test_latest_value_wins(void **state) {
@@ -126,7 +127,7 @@ static int changed_body(void *arg) {
   CHECK_EQ(keel_watch_receivers(w), 2);
   keel_watch_unsubscribe(late);
   keel_watch_unsubscribe(rx);
-  keel_watch_free(w);
+  keel_watch_close(w);
   return 0;
 }
 static void test_changed_semantics(void **state) {
@@ -143,7 +144,8 @@ static int wake_all_body(void *arg) {
   keel_watch_t *w = open_int(0);
   CHECK(w);
   struct rx_op ops[N];
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   for (int i = 0; i < N; i++) {
     ops[i] = (struct rx_op){.rx = subscribe(w), .use_recv = true, .value = -1};
@@ -162,7 +164,7 @@ static int wake_all_body(void *arg) {
     CHECK_EQ(ops[i].value, 5);
     keel_watch_unsubscribe(ops[i].rx);
   }
-  keel_watch_free(w);
+  keel_watch_close(w);
   return 0;
 }
 static void test_send_wakes_every_waiter(void **state) {
@@ -220,7 +222,7 @@ static int follow_sender(void *arg) {
     else if (r < 16)
       CHECK_RC(keel_yield());
   }
-  return keel_watch_close(f->w);
+  return keel_watch_shutdown(f->w);
 }
 
 static int follow_body(void *arg) {
@@ -230,7 +232,8 @@ static int follow_body(void *arg) {
   f.w = open_int(0);
   CHECK(f.w);
   struct follower fl[N];
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   for (int i = 0; i < N; i++) {
     fl[i] = (struct follower){.f = &f, .rx = subscribe(f.w), .split = i >= 2};
@@ -246,7 +249,7 @@ static int follow_body(void *arg) {
     CHECK_EQ(fl[i].final, f.last);
     printf("# receiver %d saw %d of %d values\n", i, fl[i].seen, f.last);
   }
-  keel_watch_free(f.w);
+  keel_watch_close(f.w);
   return 0;
 }
 static void test_final_value_always_seen(void **state) {
@@ -307,7 +310,7 @@ static int lockstep_sender(void *arg) {
     for (int spin = (int)keel_random_below(3000); spin > 0; spin--)
       __asm__ __volatile__("" ::: "memory");
   }
-  return keel_watch_close(ls->w);
+  return keel_watch_shutdown(ls->w);
 }
 
 static int lockstep_body(void *arg) {
@@ -315,7 +318,8 @@ static int lockstep_body(void *arg) {
   struct lockstep ls = {.last = 10000 / KT_SCALE};
   ls.w = open_int(0);
   CHECK(ls.w);
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   struct lockstep_rx me[2] = {{&ls, 0}, {&ls, 1}};
   for (int r = 0; r < 2; r++) {
@@ -328,7 +332,7 @@ static int lockstep_body(void *arg) {
   CHECK_EQ(keel_scope_join(s), 0);
   keel_scope_close(s);
   printf("# %d values; recv timeouts: %d, %d\n", ls.last, ls.timeouts[0], ls.timeouts[1]);
-  keel_watch_free(ls.w);
+  keel_watch_close(ls.w);
   return 0;
 }
 static void test_timeouts_lose_no_wakeup(void **state) {
@@ -360,8 +364,8 @@ static int close_body(void *arg) {
   CHECK(s);
   CHECK_RC(settle());
   CHECK(!atomic_load(&op.done));
-  CHECK_EQ(keel_watch_close(w), 0);
-  CHECK_EQ(keel_watch_close(w), 0);
+  CHECK_EQ(keel_watch_shutdown(w), 0);
+  CHECK_EQ(keel_watch_shutdown(w), 0);
   CHECK_RC(keel_scope_join(s));
   keel_scope_close(s);
   CHECK_EQ(op.rc, -EPIPE); /* the waiter wakes with -EPIPE */
@@ -383,7 +387,7 @@ static int close_body(void *arg) {
   keel_watch_unsubscribe(late);
   keel_watch_unsubscribe(rx);
   keel_watch_unsubscribe(waiter);
-  keel_watch_free(w);
+  keel_watch_close(w);
   return 0;
 }
 static void test_close_wakes_and_keeps_value(void **state) {
@@ -412,7 +416,7 @@ static int free_first_body(void *arg) {
   keel_watch_rx_t *rx = subscribe(w);
   CHECK(rx);
   CHECK_EQ(keel_watch_send(w, &(int){3}), 1);
-  keel_watch_free(w);
+  keel_watch_close(w);
   keel_scope_t *s = spawn_on(1, reader_task, rx);
   CHECK(s);
   CHECK_EQ(keel_scope_join(s), 0);
@@ -453,7 +457,7 @@ static int cancel_body(void *arg) {
   CHECK_EQ(keel_watch_changed(r1), 0);
   keel_watch_unsubscribe(r1);
   keel_watch_unsubscribe(r2);
-  keel_watch_free(w);
+  keel_watch_close(w);
   return 0;
 }
 static void test_changed_cancelled(void **state) {
@@ -480,7 +484,7 @@ static int deadline_body(void *arg) {
   CHECK_EQ(keel_watch_recv(rx, &v), 0);
   CHECK_EQ(v, 6);
   keel_watch_unsubscribe(rx);
-  keel_watch_free(w);
+  keel_watch_close(w);
   return 0;
 }
 static void test_changed_deadline(void **state) {
@@ -503,7 +507,7 @@ static void test_wait_outside_task(void **state) {
   assert_int_equal(keel_watch_recv(rx, &v), 0);
   assert_int_equal(v, 2);
   keel_watch_unsubscribe(rx);
-  keel_watch_free(w);
+  keel_watch_close(w);
 }
 
 int main(void) {

@@ -77,7 +77,8 @@ static int ids_main(void *arg) {
   ids->count = keel_worker_count();
   ids->main_id = keel_worker_id();
   snprintf(ids->backend, sizeof ids->backend, "%s", keel_backend_name());
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   struct id_arg args[4][PER_WORKER];
@@ -154,7 +155,8 @@ static int rr_task(void *arg) {
 static int rr_main(void *arg) {
   struct rr_task *tasks = arg;
   struct rr *rr = tasks[0].rr;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   for (int i = 0; i < RR_TASKS; i++) {
@@ -210,7 +212,7 @@ static int hop_task(void *arg) {
 
 static int pingpong_main(void *arg) {
   struct pingpong *p = arg;
-  p->scope = keel_scope_open(NULL);
+  (void)keel_scope_open(NULL, &p->scope);
   if (!p->scope)
     return -ENOMEM;
   int64_t t0 = kt_mono_ns();
@@ -266,7 +268,8 @@ static int span_task(void *arg) {
 
 static int span_main(void *arg) {
   struct span *sp = arg;
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   if (!s)
     return -ENOMEM;
   struct span_arg args[SPAN_TASKS];

@@ -62,7 +62,8 @@ static int reserver_task(void *arg) {
 
 /* Spawns fn(arg) on worker 1 in a scope of its own (to cancel it alone). */
 static keel_scope_t *spawn_on_1(keel_task_fn fn, void *arg) {
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   keel_spawn_opts_t so = {.name = "w1", .on_worker = KEEL_WORKER(1)};
   if (s && keel_spawn(s, fn, arg, &so) < 0) {
     keel_scope_close(s);
@@ -149,7 +150,10 @@ static int stream_body(void *arg) {
   keel_chan_opts_t o = {
       .elem_size = sizeof(stream_msg_t), .capacity = 64, .flags = KEEL_CHAN_SHARED};
   CHECK_EQ(keel_chan_open(&o, &st->c), 0);
-  keel_scope_t *cons = keel_scope_open(NULL), *prod = keel_scope_open(NULL);
+  keel_scope_t *cons = NULL;
+  (void)keel_scope_open(NULL, &cons);
+  keel_scope_t *prod = NULL;
+  (void)keel_scope_open(NULL, &prod);
   CHECK(cons && prod);
   for (int i = 0; i < STREAM_CONSUMERS; i++) {
     keel_spawn_opts_t so = {.name = "consumer", .on_worker = KEEL_WORKER(i % 2)};
@@ -160,14 +164,14 @@ static int stream_body(void *arg) {
     CHECK_RC(keel_spawn(prod, stream_producer, st, &so));
   }
   CHECK_EQ(join_close(prod), 0);
-  CHECK_EQ(keel_chan_close(st->c), 0);
+  CHECK_EQ(keel_chan_shutdown(st->c), 0);
   CHECK_EQ(join_close(cons), 0);
   CHECK_EQ(atomic_load(&st->received), STREAM_MSGS);
   for (int i = 0; i < STREAM_MSGS; i++)
     if (atomic_load(&st->seen[i]) != 1)
       KT_FAIL("message %d of producer %d seen %d times", i % PER_PRODUCER, i / PER_PRODUCER,
               atomic_load(&st->seen[i]));
-  keel_chan_free(st->c);
+  keel_chan_close(st->c);
   free(st);
   return 0;
 }
@@ -203,7 +207,8 @@ static int close_remote_body(void *arg) {
   CHECK_EQ(send_int(full, 1), 0);
   struct drain d[3] = {{.c = c}, {.c = c}, {.c = c}};
   struct op snd = {.c = full, .value = 2}, rsv = {.c = full, .value = 3};
-  keel_scope_t *s = keel_scope_open(NULL);
+  keel_scope_t *s = NULL;
+  (void)keel_scope_open(NULL, &s);
   CHECK(s);
   keel_spawn_opts_t so = {.name = "w1", .on_worker = KEEL_WORKER(1)};
   for (int i = 0; i < 3; i++)
@@ -216,8 +221,8 @@ static int close_remote_body(void *arg) {
   CHECK_RC(settle()); /* drained: all three wait again */
   CHECK_EQ(send_int(c, 6), 0);
   CHECK_EQ(send_int(c, 7), 0); /* wakes two; close must wake the third */
-  CHECK_EQ(keel_chan_close(c), 0);
-  CHECK_EQ(keel_chan_close(full), 0);
+  CHECK_EQ(keel_chan_shutdown(c), 0);
+  CHECK_EQ(keel_chan_shutdown(full), 0);
   CHECK_EQ(send_int(c, 8), -EPIPE);
   CHECK_EQ(join_close(s), 0);
   CHECK_EQ(d[0].got + d[1].got + d[2].got, 7);
@@ -227,8 +232,8 @@ static int close_remote_body(void *arg) {
   CHECK_EQ(snd.rc, -EPIPE);
   CHECK_EQ(rsv.rc, -EPIPE);
   CHECK_RECV(full, 1); /* queued before close: still delivered */
-  keel_chan_free(c);
-  keel_chan_free(full);
+  keel_chan_close(c);
+  keel_chan_close(full);
   return 0;
 }
 static void test_close_remote_receivers_drain_then_epipe(void **state) {
@@ -245,7 +250,7 @@ static int close_reserved_body(void *arg) {
   keel_chan_slot_t a, b;
   CHECK_EQ(keel_chan_reserve(c, &a), 0);
   CHECK_EQ(keel_chan_reserve(c, &b), 0);
-  CHECK_EQ(keel_chan_close(c), 0);
+  CHECK_EQ(keel_chan_shutdown(c), 0);
   struct op r = {.c = c, .value = -1};
   keel_scope_t *s = spawn_on_1(receiver_task, &r);
   CHECK(s);
@@ -260,7 +265,7 @@ static int close_reserved_body(void *arg) {
   CHECK_EQ(keel_chan_abort(c, &b), 0);
   CHECK_EQ(join_close(s), 0);
   CHECK_EQ(r.rc, -EPIPE);
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_close_reserved_slots_still_delivered(void **state) {
@@ -317,7 +322,7 @@ static int wake_cancel_round(int round) {
   int got = r1.rc == 0 && r1.value == 42;
   if (two) {
     if (r1.rc == 0) {
-      CHECK_EQ(keel_chan_close(c), 0); /* ends r2 */
+      CHECK_EQ(keel_chan_shutdown(c), 0); /* ends r2 */
     } else {
       /* the wake must have passed to r2: no close to rescue it */
       keel_scope_set_deadline(s2, keel_now_ns() + 2 * KEEL_NS_PER_SEC);
@@ -329,7 +334,7 @@ static int wake_cancel_round(int round) {
   if (keel_chan_try_recv(c, &v) == 0)
     got += v == 42;
   CHECK_EQ(got, 1);
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 
@@ -366,7 +371,7 @@ static int cancel_leaves_body(void *arg) {
   CHECK_EQ(join_close(s2), 0);
   CHECK_EQ(r2.rc, 0);
   CHECK_EQ(r2.value, 5);
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_cancelled_remote_receiver_leaves_list(void **state) {
@@ -414,7 +419,7 @@ static int deadline_body(void *arg) {
   CHECK_EQ(join_close(s), 0);
   CHECK_EQ(r.rc, 0);
   CHECK_EQ(r.value, 3);
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_deadline_cross_worker(void **state) {
@@ -444,7 +449,7 @@ static int policy_block_body(void) {
     CHECK_RECV(c, i);
   CHECK_EQ(join_close(s), 0);
   CHECK_EQ(f.rc, 0);
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 
@@ -460,7 +465,7 @@ static int policy_drop_body(keel_chan_policy_t policy, int first_kept) {
   CHECK_RECV(c, first_kept);
   CHECK_RECV(c, first_kept + 1);
   CHECK(keel_chan_is_empty(c));
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 
@@ -475,7 +480,7 @@ static int policy_grow_body(keel_chan_order_t order) {
   CHECK(keel_chan_capacity(c) >= 1000);
   for (int i = 1; i <= 1000; i++)
     CHECK_RECV(c, order == KEEL_CHAN_LIFO ? 1001 - i : i);
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 
@@ -497,7 +502,7 @@ static int priority_body(void) {
   static const int want[] = {-299, -296, 3, 500, 705, 902};
   for (int i = 0; i < 6; i++)
     CHECK_RECV(c, want[i]);
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 
@@ -566,7 +571,7 @@ static int slots_body(void *arg) {
   CHECK_EQ(join_close(s), 0);
   CHECK_EQ(rsv.rc, 0);
   CHECK_RECV(c, 12);
-  keel_chan_free(c);
+  keel_chan_close(c);
 
   keel_chan_opts_t lo = {.elem_size = sizeof(int), .capacity = 1};
   CHECK_EQ(keel_chan_open(&lo, &c), 0);
@@ -579,7 +584,7 @@ static int slots_body(void *arg) {
   CHECK(slot.chan == c && keel_chan_is_full(c) && keel_chan_is_empty(c));
   CHECK_EQ(keel_chan_commit(c, &slot, &(int){13}), 0);
   CHECK_RECV(c, 13);
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_slots_across_workers(void **state) {
@@ -600,7 +605,7 @@ static void *plain_sender(void *arg) {
       sched_yield();
     bad += rc != 0;
   }
-  bad += keel_chan_close(c) != 0;
+  bad += keel_chan_shutdown(c) != 0;
   return (void *)bad;
 }
 
@@ -620,7 +625,7 @@ static int plain_thread_body(void *arg) {
   CHECK_EQ(d.rc, -EPIPE);
   CHECK_EQ(d.got, THREAD_MSGS);
   CHECK_EQ(d.sum, THREAD_MSGS * (THREAD_MSGS - 1) / 2);
-  keel_chan_free(c);
+  keel_chan_close(c);
   return 0;
 }
 static void test_plain_thread_sender(void **state) {
@@ -642,7 +647,7 @@ static void test_open_flags(void **state) {
   assert_int_equal(keel_chan_recv(c, &v), 0);
   assert_int_equal(v, 1);
   assert_int_equal(keel_chan_recv(c, &v), -EAGAIN);
-  keel_chan_free(c);
+  keel_chan_close(c);
 }
 
 int main(void) {

@@ -93,18 +93,17 @@ int keel_batch_open(const keel_batch_opts_t *opts, keel_batch_t **out);
  *   -EINVAL: not called from a task. */
 int keel_batch_submit(keel_batch_t *q, const void *item, int64_t *result);
 
-/* Closes the queue: new submits and submitters waiting for room get
- * -EPIPE; queued items are all processed (their submitters get their
- * results), without waiting for batch_timeout; then the processor thread
- * exits. From a task, parks until then and returns 0, or -ECANCELED /
- * -ETIMEDOUT (the drain goes on). Outside a task it does not wait and
- * returns 0. Closing twice is fine. */
-int keel_batch_close(keel_batch_t *q);
+/* Shuts the queue down (stops accepting; keel_batch_close frees it): new submits and submitters
+ * waiting for room get -EPIPE; queued items are all processed (their submitters get their results),
+ * without waiting for batch_timeout; then the processor thread exits. From a task, parks until then
+ * and returns 0, or -ECANCELED / -ETIMEDOUT (the drain goes on). Outside a task it does not wait
+ * and returns 0. Shutting down twice is fine. */
+int keel_batch_shutdown(keel_batch_t *q);
 
-/* Closes (if needed), waits for the processor thread to exit (a blocking
- * join: from a task, call it after keel_batch_close returned 0) and frees
+/* Shuts down (if needed), waits for the processor thread to exit (a blocking
+ * join: from a task, call it after keel_batch_shutdown returned 0) and frees
  * the queue. No submitter may be parked on it. NULL is a no-op. */
-void keel_batch_free(keel_batch_t *q);
+void keel_batch_close(keel_batch_t *q);
 
 /* Number of process calls so far (a processed batch each). */
 uint64_t keel_batch_batches(const keel_batch_t *q);

@@ -21,10 +21,10 @@ typedef struct keel_broadcast_rx keel_broadcast_rx_t;
  * (zero size or capacity, overflow) or -ENOMEM. */
 int keel_broadcast_open(size_t elem_size, size_t capacity, keel_broadcast_t **out);
 
-/* Closes the broadcast and gives up the opener's handle: b must not be
+/* Shuts the broadcast down (if needed) and gives up the opener's handle: b must not be
  * used afterwards. The memory goes when the last receiver unsubscribes
  * too, so receivers on other workers may still drain. NULL is a no-op. */
-void keel_broadcast_free(keel_broadcast_t *b);
+void keel_broadcast_close(keel_broadcast_t *b);
 
 /* Copies item into the ring, overwriting the oldest message when full, and
  * wakes every waiting receiver. Never blocks; any thread. Returns the
@@ -32,10 +32,10 @@ void keel_broadcast_free(keel_broadcast_t *b);
  * closed. */
 int keel_broadcast_send(keel_broadcast_t *b, const void *item);
 
-/* Closes: sends fail with -EPIPE; receivers drain what they have not
- * received yet, then get -EPIPE (waiting ones wake). Any thread. Closing
+/* Shuts down (stops sending): sends fail with -EPIPE; receivers drain what they have not
+ * received yet, then get -EPIPE (waiting ones wake). Any thread. Shutting down
  * twice is a no-op. Returns 0. */
-int keel_broadcast_close(keel_broadcast_t *b);
+int keel_broadcast_shutdown(keel_broadcast_t *b);
 
 /* Subscribes: the new receiver's first message is the next one sent.
  * Any thread. Returns 0, -EPIPE (closed) or -ENOMEM. */

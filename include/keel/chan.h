@@ -69,7 +69,7 @@ int keel_chan_open(const keel_chan_opts_t *opts, keel_chan_t **out);
 
 /* Frees the channel. No task may be blocked on it (asserted) and, if it is
  * shared, no other thread may still use it. NULL is a no-op. */
-void keel_chan_free(keel_chan_t *c);
+void keel_chan_close(keel_chan_t *c);
 
 /* Copies item in. Returns 0 when queued; KEEL_CHAN_DROPPED (1) when a DROP
  * policy dropped an item (DROP_NEWEST: this one; DROP_OLDEST: the oldest,
@@ -96,11 +96,12 @@ int keel_chan_recv(keel_chan_t *c, void *item);
 /* As keel_chan_recv but never blocks: -EAGAIN when empty and not closed. */
 int keel_chan_try_recv(keel_chan_t *c, void *item);
 
-/* Closes the channel: sends fail with -EPIPE at once (blocked senders and
+/* Shuts the channel down (stops sending; keel_chan_close frees it):
+ * sends fail with -EPIPE at once (blocked senders and
  * reservers wake with -EPIPE); receivers drain what is left, then get
  * -EPIPE. Reservations held at close may still be committed or aborted.
- * Returns 0, -EXDEV. Closing twice is a no-op. */
-int keel_chan_close(keel_chan_t *c);
+ * Returns 0, -EXDEV. Shutting down twice is a no-op. */
+int keel_chan_shutdown(keel_chan_t *c);
 
 /* Two-phase send. reserve takes a free slot (it counts as taken, so other
  * senders cannot fill it), waiting for one under BLOCK; GROW grows;

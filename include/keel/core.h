@@ -40,9 +40,14 @@ typedef struct keel_config {
   unsigned blocking_threads; /* blocking pool threads (keel/blocking.h), 0: default */
   uint64_t lab_seed;         /* lab mode: the seed; 0: KEEL_SEED from the environment, else 1 */
   uint64_t *lab_trace;       /* lab mode: if set, receives the trace hash when keel_run returns */
+  /* Process-wide effects, each on by default (see keel_run): */
+  bool no_sigpipe_ignore;      /* leave SIGPIPE's disposition alone */
+  bool no_stack_guard_handler; /* install no SIGSEGV handler for stack overflows */
+  bool no_drain_exit;          /* when the drain deadline passes, log and keep waiting */
 } keel_config_t;
 
-/* Fills cfg with defaults. */
+/* Fills cfg with the defaults a zeroed keel_config_t (or a NULL pointer)
+ * stands for. */
 void keel_config_init(keel_config_t *cfg);
 
 /* Starts the runtime, runs main_fn(arg) as a task in the root scope on
@@ -59,16 +64,28 @@ void keel_config_init(keel_config_t *cfg);
  * task) is not handled: it is logged and dropped when keel_run returns;
  * use keel_shutdown, or kill(getpid(), ...). When keel_run returns, the
  * SIGINT/SIGTERM dispositions and the calling thread's signal mask are
- * those it found (SIGPIPE stays ignored: a peer's reset is an error code).
- * Only one runtime at a time handles the signals; a child forked without
- * exec gets the default actions back.
+ * those it found. Only one runtime at a time handles the signals; a child
+ * forked without exec gets the default actions back.
+ *
+ * Process-wide effects while keel_run runs, each a config choice:
+ * - SIGPIPE is ignored (restored when keel_run returns), so a write to a
+ *   peer that has gone is -EPIPE, not death (no_sigpipe_ignore: leave it);
+ * - a SIGSEGV handler (on a per-thread alternate signal stack) names the
+ *   task whose stack overflowed its guard page, and hands other faults to
+ *   the handler that was there before, or the default action; it stays
+ *   installed after keel_run returns (no_stack_guard_handler: none);
+ * - with handle_signals, when the drain deadline passes with tasks still
+ *   running, the live tasks are logged and the process ends with
+ *   _exit(EXIT_FAILURE) (no_drain_exit: log them and keep waiting); a
+ *   second SIGINT/SIGTERM ends it at once with _exit(128 + signal).
  * Returns main_fn's return value, or a negative errno if the runtime could
  * not start (-EINVAL bad config, -ENOSYS backend unavailable, -ENOMEM,
  * -EBUSY handle_signals while another runtime in the process handles
- * them). */
+ * them, or pthread_create's error when a worker thread cannot start). */
 int keel_run(const keel_config_t *cfg, keel_task_fn main_fn, void *arg);
 
-/* Name of the backend the current worker uses ("io_uring" or "epoll"). */
+/* Name of the backend the current worker uses: "io_uring", "epoll" or
+ * "lab"; "none" outside a worker. */
 const char *keel_backend_name(void);
 /* Number of workers; index of the current worker (0-based, -1 outside). */
 int keel_worker_count(void);
@@ -157,14 +174,15 @@ typedef struct keel_scope_opts {
 } keel_scope_opts_t;
 
 /* Opens a scope nested in the current task's scope. opts may be NULL.
- * Returns NULL outside a task or when out of memory.
+ * Returns 0 and *out, or -EINVAL outside a task, or -ENOMEM (*out is then
+ * NULL).
  *
  * Ownership: the task that opens a scope is its opener, and only the
  * opener joins and closes it; any task may spawn into it, cancel it or set
  * its deadline while the opener has not closed it. The pointer is valid
  * until the opener closes the scope (or ends: a task that finishes with
  * scopes still open closes them first, waiting for their tasks). */
-keel_scope_t *keel_scope_open(const keel_scope_opts_t *opts);
+int keel_scope_open(const keel_scope_opts_t *opts, keel_scope_t **out);
 
 /* Waits until every task spawned into the scope, and every scope nested in
  * it, has finished. If the joining task is cancelled while waiting, the

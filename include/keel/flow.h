@@ -87,19 +87,20 @@ typedef bool (*keel_retry_pred_fn)(int err, void *user);
  * the next attempt starts after delay_ns. */
 typedef void (*keel_retry_observer_fn)(unsigned attempt, int64_t delay_ns, int err, void *user);
 
+/* Zeroed (or a NULL pointer): every default. */
 typedef struct keel_retry_opts {
-  unsigned max_attempts; /* attempts in all, >= 1 (1: no retry) */
-  int64_t base_ns;       /* backoff before attempt k+1: random in [0, min(cap, base * 2^k)] */
-  int64_t cap_ns;        /* upper bound of one backoff, >= 0 */
-  int64_t deadline_ns;   /* ABSOLUTE total deadline (keel_now_ns() + budget); 0 or
-                            KEEL_DEADLINE_NONE: none. Applies to attempts and sleeps. */
+  unsigned max_attempts; /* attempts in all (1: no retry); 0: 5 */
+  int64_t base_ns; /* backoff before attempt k+1: random in [0, min(cap, base * 2^k)]; 0: 100 ms */
+  int64_t cap_ns;  /* upper bound of one backoff, > 0; 0: 10 s */
+  int64_t deadline_ns;             /* ABSOLUTE total deadline (keel_now_ns() + budget); 0 or
+                                      KEEL_DEADLINE_NONE: none. Applies to attempts and sleeps. */
   keel_retry_pred_fn should_retry; /* NULL: every error but -ECANCELED */
   keel_retry_observer_fn on_retry; /* NULL: none */
   void *user;                      /* passed to should_retry and on_retry */
 } keel_retry_opts_t;
 
-/* Defaults: 5 attempts, base 100 ms, cap 10 s, no deadline, retry every
- * error but -ECANCELED. */
+/* Fills opts with the defaults a zeroed struct stands for: 5 attempts,
+ * base 100 ms, cap 10 s, no deadline, retry every error but -ECANCELED. */
 void keel_retry_opts_init(keel_retry_opts_t *opts);
 
 /* The backoff ceiling before attempt + 1: min(cap, base * 2^attempt),
@@ -116,7 +117,8 @@ int64_t keel_retry_ceiling_ns(int64_t base_ns, int64_t cap_ns, unsigned attempt)
  * (total or the caller's) ends the retrying (so a deadline shows as the
  * real error, or -ETIMEDOUT if the attempt itself was cut by it).
  * Returns -ECANCELED at once when the caller is cancelled (during an
- * attempt or a sleep); -EINVAL for bad options or outside a task. */
+ * attempt or a sleep); -EINVAL for bad options (a negative base or cap,
+ * no fn) or outside a task. */
 int keel_retry(const keel_retry_opts_t *opts, keel_task_fn fn, void *arg);
 
 /* ---- Token-bucket rate limiter ---------------------------------------------
@@ -137,9 +139,9 @@ typedef struct keel_ratelimit keel_ratelimit_t;
 /* Creates a bucket refilled at rate_per_sec tokens per second, holding at
  * most burst tokens; it starts full. Returns 0, -EINVAL (rate or burst 0 or
  * above the maxima) or -ENOMEM. */
-int keel_ratelimit_new(uint64_t rate_per_sec, uint64_t burst, keel_ratelimit_t **out);
+int keel_ratelimit_open(uint64_t rate_per_sec, uint64_t burst, keel_ratelimit_t **out);
 /* Frees it. No task may be using it. NULL is a no-op. */
-void keel_ratelimit_free(keel_ratelimit_t *rl);
+void keel_ratelimit_close(keel_ratelimit_t *rl);
 
 /* Takes n tokens, waiting in line until they exist. Returns 0 (taken);
  * -ECANCELED (cancelled while waiting: nothing taken); -ETIMEDOUT at once,
@@ -172,8 +174,8 @@ typedef enum keel_breaker_state {
 } keel_breaker_state_t;
 
 /* Returns 0, -EINVAL (threshold 0, open_ns < 0) or -ENOMEM. */
-int keel_breaker_new(unsigned failure_threshold, int64_t open_ns, keel_breaker_t **out);
-void keel_breaker_free(keel_breaker_t *b);
+int keel_breaker_open(unsigned failure_threshold, int64_t open_ns, keel_breaker_t **out);
+void keel_breaker_close(keel_breaker_t *b);
 
 /* May a call go through now? 0 (closed, or this caller is the half-open
  * probe: it must report with record_success/record_failure), or

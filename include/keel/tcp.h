@@ -46,13 +46,12 @@ char *keel_addr_format(const keel_addr_t *addr, char *buf, size_t len);
  * A burst of thousands of connects overflows a smaller one into resets. */
 #define KEEL_LISTEN_BACKLOG 4096
 
+/* Zeroed (or a NULL pointer): every default. */
 typedef struct keel_listen_opts {
-  int backlog;    /* 0: KEEL_LISTEN_BACKLOG */
-  bool reuseport; /* SO_REUSEPORT (one listener per worker); default true */
-  bool v6only;    /* IPV6_V6ONLY for IPv6 addresses */
+  int backlog;       /* 0: KEEL_LISTEN_BACKLOG */
+  bool no_reuseport; /* no SO_REUSEPORT (default: set, one listener per worker) */
+  bool v6only;       /* IPV6_V6ONLY for IPv6 addresses */
 } keel_listen_opts_t;
-
-void keel_listen_opts_init(keel_listen_opts_t *o);
 
 /* Listens on "host:port" (numeric, or a host name: resolved as by
  * keel_addr_resolve, listening on its first address). The listener

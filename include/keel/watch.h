@@ -21,21 +21,21 @@ typedef struct keel_watch_rx keel_watch_rx_t;
  * 0) or -ENOMEM. */
 int keel_watch_open(size_t elem_size, const void *initial, keel_watch_t **out);
 
-/* Closes the watch and gives up the opener's handle: w must not be used
+/* Shuts the watch down (if needed) and gives up the opener's handle: w must not be used
  * afterwards. The memory goes when the last receiver unsubscribes too, so
  * receivers on other workers may still read the last value. NULL is a
  * no-op. */
-void keel_watch_free(keel_watch_t *w);
+void keel_watch_close(keel_watch_t *w);
 
 /* Replaces the value with a copy of value (a new version) and wakes every
  * receiver waiting in changed/recv. Never blocks; any thread. Returns the
  * number of receivers subscribed, or -EPIPE once closed (value unchanged). */
 int keel_watch_send(keel_watch_t *w, const void *value);
 
-/* Closes: sends fail with -EPIPE, waiting receivers wake with -EPIPE (once
+/* Shuts down (stops sending): sends fail with -EPIPE, waiting receivers wake with -EPIPE (once
  * they have seen the last version); the last value stays readable. Any
- * thread. Closing twice is a no-op. Returns 0. */
-int keel_watch_close(keel_watch_t *w);
+ * thread. Shutting down twice is a no-op. Returns 0. */
+int keel_watch_shutdown(keel_watch_t *w);
 
 /* Copies the current value out, for whoever holds w (no receiver needed). */
 void keel_watch_load(keel_watch_t *w, void *value);

@@ -176,6 +176,10 @@ static void drain_expired(keel_runtime_t *rt) {
   keel_log(KEEL_LOG_ERROR, "drain deadline of %lld ms passed with tasks still running:",
            (long long)rt->cfg.drain_timeout_ms);
   keel__scope_dump(rt->root, 1);
+  if (rt->cfg.no_drain_exit) {
+    keel_log(KEEL_LOG_ERROR, "still waiting for them (no_drain_exit)");
+    return;
+  }
   _exit(EXIT_FAILURE);
 }
 
@@ -357,23 +361,22 @@ static int workers_start(keel_runtime_t *rt, int *started) {
   if (rc < 0)
     return rc;
   *started = 1;
-  for (int i = 1; i < rt->nworkers; i++) {
-    rc = pthread_create(&rt->workers[i].thread, NULL, worker_thread, &rt->workers[i]);
-    if (rc != 0) {
+  for (int i = 1; i < rt->nworkers && rc == 0; i++) {
+    rc = -pthread_create(&rt->workers[i].thread, NULL, worker_thread, &rt->workers[i]);
+    if (rc < 0)
       keel_log(KEEL_LOG_ERROR, "cannot start worker %d: %s", i, keel_strerror(rc));
-      abort();
-    }
-    *started = i + 1;
+    else
+      *started = i + 1;
   }
-  /* Every worker has set up its loop (or failed to) before main runs. */
+  /* Every worker started has set up its loop (or failed to) before main
+   * runs, or before the ones started are stopped again. */
   pthread_mutex_lock(&rt->start_lock);
-  while (rt->started_workers < rt->nworkers - 1)
+  while (rt->started_workers < *started - 1)
     pthread_cond_wait(&rt->start_cond, &rt->start_lock);
   pthread_mutex_unlock(&rt->start_lock);
-  for (int i = 1; i < rt->nworkers; i++)
-    if (rt->workers[i].init_result < 0)
-      return rt->workers[i].init_result;
-  return 0;
+  for (int i = 1; i < *started && rc == 0; i++)
+    rc = rt->workers[i].init_result;
+  return rc;
 }
 
 /* Joins every worker thread, stops the blocking pool, waits out posts from
@@ -429,12 +432,18 @@ int keel_run(const keel_config_t *cfg, keel_task_fn main_fn, void *arg) {
     rc = -ENOMEM;
     goto fail_alloc;
   }
-  signal(SIGPIPE, SIG_IGN); /* a peer's reset is an error code, not death */
-  keel__stack_guard_install();
   sigset_t old_mask;
   pthread_sigmask(SIG_BLOCK, NULL, &old_mask);
   if (rt->cfg.handle_signals && (rc = signals_start(rt, &old_mask)) < 0)
     goto fail_alloc;
+  /* A peer's reset is an error code, not death (keel's own sends say
+   * MSG_NOSIGNAL; this covers writes the application makes). */
+  struct sigaction old_pipe;
+  bool set_pipe = !rt->cfg.no_sigpipe_ignore;
+  if (set_pipe)
+    sigaction(SIGPIPE, &(struct sigaction){.sa_handler = SIG_IGN}, &old_pipe);
+  if (!rt->cfg.no_stack_guard_handler)
+    keel__stack_guard_install();
   keel__tls_worker = &rt->workers[0];
   int started = 0;
   rc = workers_start(rt, &started);
@@ -445,10 +454,13 @@ int keel_run(const keel_config_t *cfg, keel_task_fn main_fn, void *arg) {
   if (rc == 0)
     keel__worker_loop(&rt->workers[0]);
   else
-    keel__runtime_quiescent(rt);
+    for (int i = 0; i < started; i++)
+      keel__worker_post(&rt->workers[i], &rt->workers[i].stop_msg);
   keel__tls_worker = NULL;
   int jrc = workers_join(rt, started);
   signals_stop(rt, &old_mask);
+  if (set_pipe)
+    sigaction(SIGPIPE, &old_pipe, NULL);
   if (rc == 0)
     rc = jrc ? jrc : rt->main_result;
   if (rc < 0 && rt->ops == &keel__lab_ops)

@@ -31,13 +31,14 @@ keel_scope_t *keel__scope_new_root(keel_runtime_t *rt) {
   return s;
 }
 
-keel_scope_t *keel_scope_open(const keel_scope_opts_t *opts) {
+int keel_scope_open(const keel_scope_opts_t *opts, keel_scope_t **out) {
+  *out = NULL;
   keel_task_t *t = keel__task_self();
   if (!t)
-    return NULL;
+    return -EINVAL;
   keel_scope_t *s = calloc(1, sizeof *s);
   if (!s)
-    return NULL;
+    return -ENOMEM;
   keel_scope_t *parent = t->scope;
   scope_init(s, parent->rt, opts);
   s->parent = parent;
@@ -62,7 +63,8 @@ keel_scope_t *keel_scope_open(const keel_scope_opts_t *opts) {
     atomic_store(&s->cancel_reason, KEEL_CANCEL_PARENT);
   keel__spin_unlock(&parent->lock);
   keel__queue_insert_tail(&t->open_scopes, &s->opener_node);
-  return s;
+  *out = s;
+  return 0;
 }
 
 /* Spawning into a scope that was joined opens it again: it counts in its

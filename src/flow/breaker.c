@@ -32,7 +32,7 @@ static int64_t after(int64_t now, int64_t ns) {
   return ns > INT64_MAX - now ? INT64_MAX : now + ns;
 }
 
-int keel_breaker_new(unsigned failure_threshold, int64_t open_ns, keel_breaker_t **out) {
+int keel_breaker_open(unsigned failure_threshold, int64_t open_ns, keel_breaker_t **out) {
   *out = NULL;
   if (failure_threshold == 0 || open_ns < 0)
     return -EINVAL;
@@ -48,7 +48,7 @@ int keel_breaker_new(unsigned failure_threshold, int64_t open_ns, keel_breaker_t
   return 0;
 }
 
-void keel_breaker_free(keel_breaker_t *b) { free(b); }
+void keel_breaker_close(keel_breaker_t *b) { free(b); }
 
 /* 0 with *ticket set to the epoch the call runs in, or -ECONNREFUSED. */
 static int allow(keel_breaker_t *b, uint64_t *ticket) {

@@ -78,9 +78,9 @@ static int branch_main(void *arg) {
  * -ECANCELED when the caller was cancelled (the branches have drained), or
  * the error that kept a branch from starting. */
 static int group_run(group_t *g, const keel_scope_opts_t *so, const char *name) {
-  g->scope = keel_scope_open(so);
-  if (!g->scope)
-    return -ENOMEM;
+  int rc = keel_scope_open(so, &g->scope);
+  if (rc < 0)
+    return rc;
   int err = 0;
   for (size_t i = 0; i < g->n; i++) {
     keel_spawn_opts_t o = {.name = name};

@@ -54,7 +54,7 @@ typedef struct rl_waiter {
   keel_ratelimit_t *rl;
 } rl_waiter_t;
 
-int keel_ratelimit_new(uint64_t rate_per_sec, uint64_t burst, keel_ratelimit_t **out) {
+int keel_ratelimit_open(uint64_t rate_per_sec, uint64_t burst, keel_ratelimit_t **out) {
   *out = NULL;
   if (rate_per_sec == 0 || burst == 0 || rate_per_sec > KEEL_RATELIMIT_MAX_RATE ||
       burst > KEEL_RATELIMIT_MAX_BURST)
@@ -71,7 +71,7 @@ int keel_ratelimit_new(uint64_t rate_per_sec, uint64_t burst, keel_ratelimit_t *
   return 0;
 }
 
-void keel_ratelimit_free(keel_ratelimit_t *rl) { free(rl); }
+void keel_ratelimit_close(keel_ratelimit_t *rl) { free(rl); }
 
 /* Under the lock: adds what accrued since last_ns, up to capacity unless
  * someone waits. Workers read the clock before taking the lock, so now may

@@ -69,8 +69,21 @@ static int retry_loop(const keel_retry_opts_t *o, keel_task_fn fn, void *arg) {
   }
 }
 
-int keel_retry(const keel_retry_opts_t *o, keel_task_fn fn, void *arg) {
-  if (!o || !fn || o->max_attempts == 0 || o->base_ns < 0 || o->cap_ns < 0 || !keel__task_self())
+int keel_retry(const keel_retry_opts_t *opts, keel_task_fn fn, void *arg) {
+  keel_retry_opts_t d;
+  keel_retry_opts_init(&d);
+  if (opts) { /* a zero field takes its default */
+    keel_retry_opts_t u = *opts;
+    d.max_attempts = u.max_attempts ? u.max_attempts : d.max_attempts;
+    d.base_ns = u.base_ns ? u.base_ns : d.base_ns;
+    d.cap_ns = u.cap_ns ? u.cap_ns : d.cap_ns;
+    d.deadline_ns = u.deadline_ns;
+    d.should_retry = u.should_retry;
+    d.on_retry = u.on_retry;
+    d.user = u.user;
+  }
+  const keel_retry_opts_t *o = &d;
+  if (!fn || o->base_ns < 0 || o->cap_ns < 0 || !keel__task_self())
     return -EINVAL;
   int64_t total = o->deadline_ns > 0 ? o->deadline_ns : KEEL_DEADLINE_NONE;
   /* Nest the total deadline in the task's own: the nearer one stays. */

@@ -119,19 +119,13 @@ int keel_tcp_peer_addr(const keel_tcp_t *c, keel_addr_t *out) {
 
 /* ---- Listen and accept ----------------------------------------------------------- */
 
-void keel_listen_opts_init(keel_listen_opts_t *o) {
-  memset(o, 0, sizeof *o);
-  o->backlog = KEEL_LISTEN_BACKLOG;
-  o->reuseport = true;
-}
-
 static int listen_socket(const keel_addr_t *addr, const keel_listen_opts_t *o) {
   int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0)
     return -errno;
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (o->reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+  if (!o->no_reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
     goto fail;
   if (addr->ss.ss_family == AF_INET6) {
     int v6only = o->v6only;
@@ -149,8 +143,7 @@ fail:;
 }
 
 int keel_tcp_listen(const char *hostport, const keel_listen_opts_t *opts, keel_listener_t **out) {
-  keel_listen_opts_t defaults;
-  keel_listen_opts_init(&defaults);
+  static const keel_listen_opts_t defaults = {0};
   if (!opts)
     opts = &defaults;
   if (!keel__worker_current())

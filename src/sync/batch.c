@@ -205,7 +205,7 @@ int keel_batch_submit(keel_batch_t *q, const void *item, int64_t *result) {
 
 /* ---- Closing ----------------------------------------------------------------------- */
 
-int keel_batch_close(keel_batch_t *q) {
+int keel_batch_shutdown(keel_batch_t *q) {
   keel__queue_t claimed;
   keel__queue_init(&claimed);
   keel__spin_lock(&q->lock);
@@ -226,7 +226,7 @@ int keel_batch_close(keel_batch_t *q) {
   return wait ? waiter_block(&bw) : rc;
 }
 
-void keel_batch_free(keel_batch_t *q) {
+void keel_batch_close(keel_batch_t *q) {
   if (!q)
     return;
   keel__spin_lock(&q->lock);

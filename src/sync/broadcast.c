@@ -12,7 +12,7 @@
  * nothing is lost to cancellation.
  *
  * Freeing: the opener's handle and each receiver keep the object; the
- * last of keel_broadcast_free and keel_broadcast_unsubscribe frees it. */
+ * last of keel_broadcast_close and keel_broadcast_unsubscribe frees it. */
 #include "keel/broadcast.h"
 
 #include <assert.h>
@@ -26,7 +26,7 @@
 struct keel_broadcast {
   keel__spinlock_t lock;
   bool closed;
-  bool opener_gone;      /* keel_broadcast_free was called */
+  bool opener_gone;      /* keel_broadcast_close was called */
   size_t receivers;      /* subscribed */
   uint64_t tail;         /* sequence number of the next message sent */
   keel__queue_t waiters; /* xwaits of receivers that have received everything */
@@ -98,12 +98,12 @@ static bool close_impl(keel_broadcast_t *b, bool drop) {
   return last;
 }
 
-int keel_broadcast_close(keel_broadcast_t *b) {
+int keel_broadcast_shutdown(keel_broadcast_t *b) {
   (void)close_impl(b, false);
   return 0;
 }
 
-void keel_broadcast_free(keel_broadcast_t *b) {
+void keel_broadcast_close(keel_broadcast_t *b) {
   if (b && close_impl(b, true))
     free(b);
 }

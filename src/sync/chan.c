@@ -77,7 +77,7 @@ int keel_chan_open(const keel_chan_opts_t *o, keel_chan_t **out) {
   return 0;
 }
 
-void keel_chan_free(keel_chan_t *c) {
+void keel_chan_close(keel_chan_t *c) {
   if (!c)
     return;
   assert(keel__queue_empty(&c->send_waiters) && keel__queue_empty(&c->recv_waiters));
@@ -317,7 +317,7 @@ static int recv_impl(keel_chan_t *c, void *item, bool may_block) {
 int keel_chan_recv(keel_chan_t *c, void *item) { return recv_impl(c, item, true); }
 int keel_chan_try_recv(keel_chan_t *c, void *item) { return recv_impl(c, item, false); }
 
-int keel_chan_close(keel_chan_t *c) {
+int keel_chan_shutdown(keel_chan_t *c) {
   int rc = chan_enter(c);
   if (rc)
     return rc;

@@ -44,10 +44,10 @@ int keel_pool_open(keel_scope_t *parent, size_t limit, keel_pool_t **out) {
   p->scope = parent;
   if (!parent) {
     keel_scope_opts_t o = {.name = "pool"};
-    p->scope = keel_scope_open(&o);
-    if (!p->scope) {
+    int rc = keel_scope_open(&o, &p->scope);
+    if (rc < 0) {
       free(p);
-      return -ENOMEM;
+      return rc;
     }
     p->owns_scope = true;
   }

@@ -11,7 +11,7 @@
  * wait loses nothing: the newer version is still there for the next call.
  *
  * Freeing: the opener's handle and each receiver keep the object; the
- * last of keel_watch_free and keel_watch_unsubscribe frees it. */
+ * last of keel_watch_close and keel_watch_unsubscribe frees it. */
 #include "keel/watch.h"
 
 #include <assert.h>
@@ -26,7 +26,7 @@
 struct keel_watch {
   keel__spinlock_t lock;
   bool closed;
-  bool opener_gone;      /* keel_watch_free was called */
+  bool opener_gone;      /* keel_watch_close was called */
   size_t receivers;      /* subscribed */
   uint64_t version;      /* 0: the initial value; +1 per send */
   keel__queue_t waiters; /* xwaits of receivers waiting for a newer version */
@@ -93,12 +93,12 @@ static bool close_impl(keel_watch_t *w, bool drop) {
   return last;
 }
 
-int keel_watch_close(keel_watch_t *w) {
+int keel_watch_shutdown(keel_watch_t *w) {
   (void)close_impl(w, false);
   return 0;
 }
 
-void keel_watch_free(keel_watch_t *w) {
+void keel_watch_close(keel_watch_t *w) {
   if (w && close_impl(w, true))
     free(w);
 }

@@ -89,8 +89,7 @@ static int connector_task(void *arg) {
 int load_worker_task(void *arg) {
   load_worker_t *w = arg;
   w->backend = keel_backend_name();
-  w->scope = keel_scope_open(&(keel_scope_opts_t){.name = "conns"});
-  int rc = w->scope != NULL ? 0 : -ENOMEM;
+  int rc = keel_scope_open(&(keel_scope_opts_t){.name = "conns"}, &w->scope);
   long started = 0;
   while (rc == 0 && started < w->connectors) {
     keel_spawn_opts_t so = {.name = "connector"};

@@ -157,9 +157,10 @@ static void collect(const load_t *l, load_result_t *r) {
 static int control_task(void *arg) {
   run_t *run = arg;
   load_t *l = run->load;
-  keel_scope_t *scope = keel_scope_open(&(keel_scope_opts_t){.name = "load"});
-  if (scope == NULL) {
-    run->failure = -ENOMEM;
+  keel_scope_t *scope = NULL;
+  int src = keel_scope_open(&(keel_scope_opts_t){.name = "load"}, &scope);
+  if (src < 0) {
+    run->failure = src;
     return 0;
   }
   int rc = spawn_workers(l, scope);
