@@ -4,18 +4,18 @@
  * deadlines (the task's and its scopes'), returning -ECANCELED or
  * -ETIMEDOUT with nothing taken.
  *
- * The types are plain structs so they can be embedded: init before use,
- * destroy after (no task may wait then), and do not copy after init. They
- * are shared by tasks on every worker; operations that need not wait (an
- * uncontended lock, a free permit) take one atomic operation, and succeed
- * even in a cancelled task (its cleanup may need a lock): cancellation
- * ends waits. Operations that may wait must be called from a task; those
- * that never wait (unlock, release, notify) may be called from any
- * thread. */
+ * The types are held by value, so they can be embedded (from C++ too):
+ * opaque storage, sized and aligned for a layout private to the library.
+ * Init before use, destroy after (no task may wait then), and do not copy
+ * after init. They are shared by tasks on every worker; operations that
+ * need not wait (an uncontended lock, a free permit) take one atomic
+ * operation, and succeed even in a cancelled task (its cleanup may need a
+ * lock): cancellation ends waits. Operations that may wait must be called
+ * from a task; those that never wait (unlock, release, notify) may be
+ * called from any thread. */
 #ifndef KEEL_SYNC_H
 #define KEEL_SYNC_H
 
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -26,14 +26,13 @@
 extern "C" {
 #endif
 
-/* Private: a spinlock and an intrusive list of parked tasks (NULL links
- * until first used, so a zeroed object is a valid empty list). */
-typedef struct keel_sync_waitq {
-  struct {
-    atomic_flag flag;
-  } lock;
-  void *list[2];
-} keel_sync_waitq_t;
+/* Aligns the storage of the types below, in C11 and C++11 alike. Their
+ * opaque_ bytes are the library's: never read or write them. */
+#ifdef __cplusplus
+#define KEEL_ALIGNAS(n) alignas(n)
+#else
+#define KEEL_ALIGNAS(n) _Alignas(n)
+#endif
 
 /* ---- Notify ------------------------------------------------------------- */
 
@@ -41,8 +40,7 @@ typedef struct keel_sync_waitq {
  * task or, if none waits, stores one permit that the next wait consumes;
  * notify_all wakes every task waiting now and stores nothing. */
 typedef struct keel_notify {
-  _Atomic unsigned state; /* private */
-  keel_sync_waitq_t waiters;
+  KEEL_ALIGNAS(8) unsigned char opaque_[40];
 } keel_notify_t;
 
 void keel_notify_init(keel_notify_t *n);
@@ -63,8 +61,7 @@ void keel_notify_all(keel_notify_t *n);
 /* Counting semaphore, strictly FIFO: a request for n permits is served
  * before any later request, so a large one is not starved by small ones. */
 typedef struct keel_sem {
-  _Atomic uint64_t state; /* private: permits << 1 | has-waiters */
-  keel_sync_waitq_t waiters;
+  KEEL_ALIGNAS(8) unsigned char opaque_[40];
 } keel_sem_t;
 
 /* permits: at most KEEL_SEM_MAX. */
@@ -91,9 +88,7 @@ uint64_t keel_sem_available(const keel_sem_t *s);
  * wait, unlock hands the lock straight to the longest-waiting one (FIFO;
  * nobody can barge in meanwhile), so no waiter starves. Not recursive. */
 typedef struct keel_mutex {
-  _Atomic unsigned state;       /* private: locked, has-waiters bits */
-  _Atomic(keel_task_t *) owner; /* private: debug builds check unlock */
-  keel_sync_waitq_t waiters;
+  KEEL_ALIGNAS(8) unsigned char opaque_[48];
 } keel_mutex_t;
 
 void keel_mutex_init(keel_mutex_t *m);
@@ -116,8 +111,7 @@ void keel_mutex_unlock(keel_mutex_t *m);
  * it (FIFO): a waiting writer holds back new readers, so a stream of
  * readers cannot starve it; readers queued together enter together. */
 typedef struct keel_rwlock {
-  _Atomic uint64_t state; /* private: readers << 2 | writer | has-waiters */
-  keel_sync_waitq_t waiters;
+  KEEL_ALIGNAS(8) unsigned char opaque_[40];
 } keel_rwlock_t;
 
 void keel_rwlock_init(keel_rwlock_t *l);
@@ -140,10 +134,7 @@ void keel_rwlock_unlock_write(keel_rwlock_t *l);
 
 /* N parties meet; reusable: the next N form the next generation. */
 typedef struct keel_barrier {
-  unsigned parties; /* private */
-  unsigned arrived;
-  uint64_t generation;
-  keel_sync_waitq_t waiters;
+  KEEL_ALIGNAS(8) unsigned char opaque_[48];
 } keel_barrier_t;
 
 /* Returned by keel_barrier_wait to exactly one party of each generation. */
@@ -165,14 +156,14 @@ int keel_barrier_wait(keel_barrier_t *b);
 /* ---- Once ----------------------------------------------------------------- */
 
 typedef struct keel_once {
-  _Atomic int state; /* private: new, running, done */
-  int result;
-  keel_task_t *runner;
-  keel_sync_waitq_t waiters;
+  KEEL_ALIGNAS(8) unsigned char opaque_[48];
 } keel_once_t;
 
+/* A once is all zeros when new: KEEL_ONCE_INIT (or static storage, or
+ * memset to 0) initialises it as keel_once_init does, so a static once
+ * needs no init call. */
 /* clang-format off */
-#define KEEL_ONCE_INIT {0, 0, NULL, {{ATOMIC_FLAG_INIT}, {NULL, NULL}}}
+#define KEEL_ONCE_INIT {{0}}
 /* clang-format on */
 void keel_once_init(keel_once_t *o);
 

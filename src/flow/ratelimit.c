@@ -37,15 +37,15 @@
 __extension__ typedef __int128 units_t;
 
 struct keel_ratelimit {
-  keel_sync_waitq_t line; /* callers behind the head, in arrival order; its lock guards all */
-  uint64_t rate;          /* tokens per second = units per ns */
-  uint64_t burst;         /* tokens */
-  units_t capacity;       /* burst in units */
-  units_t level;          /* units at last_ns; above capacity only while a head is late */
-  int64_t last_ns;        /* when level was brought up to date */
-  uint64_t head_need;     /* tokens the head of the line waits for; 0: nobody waits */
-  units_t queued;         /* tokens the callers behind the head ask for */
-  bool started;           /* the clock starts at first use (lab clocks start in keel_run) */
+  keel__waitq_t line; /* callers behind the head, in arrival order; its lock guards all */
+  uint64_t rate;      /* tokens per second = units per ns */
+  uint64_t burst;     /* tokens */
+  units_t capacity;   /* burst in units */
+  units_t level;      /* units at last_ns; above capacity only while a head is late */
+  int64_t last_ns;    /* when level was brought up to date */
+  uint64_t head_need; /* tokens the head of the line waits for; 0: nobody waits */
+  units_t queued;     /* tokens the callers behind the head ask for */
+  bool started;       /* the clock starts at first use (lab clocks start in keel_run) */
 };
 
 /* A caller queued behind the head; super.need is its tokens. */

@@ -5,7 +5,8 @@
 
 /* ---- Barrier ------------------------------------------------------------------ */
 
-int keel_barrier_init(keel_barrier_t *b, unsigned parties) {
+int keel_barrier_init(keel_barrier_t *barrier, unsigned parties) {
+  keel__barrier_t *b = keel__barrier(barrier);
   if (parties == 0)
     return -EINVAL;
   b->parties = parties;
@@ -15,22 +16,23 @@ int keel_barrier_init(keel_barrier_t *b, unsigned parties) {
   return 0;
 }
 
-void keel_barrier_destroy(keel_barrier_t *b) {
-  assert(b->arrived == 0);
-  (void)b;
+void keel_barrier_destroy(keel_barrier_t *barrier) {
+  assert(keel__barrier(barrier)->arrived == 0);
+  (void)barrier;
 }
 
 /* A waiter gave up before the barrier tripped: it no longer counts. Done
  * under the lock it left the list under, so a trip never counts it. */
 static void barrier_left(void *obj, keel__queue_t *wake) {
-  keel_barrier_t *b = obj;
+  keel__barrier_t *b = obj;
   (void)wake;
   b->arrived--;
 }
 
 static void barrier_abort(keel__wait_t *w, int err) { keel__sync_abort(w, err, barrier_left); }
 
-int keel_barrier_wait(keel_barrier_t *b) {
+int keel_barrier_wait(keel_barrier_t *barrier) {
+  keel__barrier_t *b = keel__barrier(barrier);
   keel__waitq_lock(&b->waiters);
   if (++b->arrived == b->parties) {
     keel__queue_t wake;
@@ -59,15 +61,16 @@ int keel_barrier_wait(keel_barrier_t *b) {
 enum { ONCE_NEW = 0, ONCE_RUNNING, ONCE_DONE };
 enum { WOKEN_DONE = 1, WOKEN_RETRY = 2 };
 
-void keel_once_init(keel_once_t *o) {
+void keel_once_init(keel_once_t *once) {
+  keel__once_t *o = keel__once(once);
   atomic_init(&o->state, ONCE_NEW);
   o->result = 0;
   o->runner = NULL;
   keel__waitq_init(&o->waiters);
 }
 
-bool keel_once_done(const keel_once_t *o) {
-  return atomic_load_explicit(&o->state, memory_order_acquire) == ONCE_DONE;
+bool keel_once_done(const keel_once_t *once) {
+  return atomic_load_explicit(&keel__once(once)->state, memory_order_acquire) == ONCE_DONE;
 }
 
 static void once_left(void *obj, keel__queue_t *wake) {
@@ -79,7 +82,7 @@ static void once_abort(keel__wait_t *w, int err) { keel__sync_abort(w, err, once
 
 /* fn returned rc: publish it (success), or reopen the once and wake the
  * waiters so one of them runs fn again (failure). */
-static void once_finish(keel_once_t *o, int rc) {
+static void once_finish(keel__once_t *o, int rc) {
   keel__queue_t wake;
   keel__queue_init(&wake);
   keel__waitq_lock(&o->waiters);
@@ -96,7 +99,7 @@ static void once_finish(keel_once_t *o, int rc) {
 
 /* Under the lock, fn running elsewhere: waits for it. Returns 0 to retry
  * (fn failed), 1 when done, or an error. */
-static int once_wait_locked(keel_once_t *o) {
+static int once_wait_locked(keel__once_t *o) {
   keel_task_t *self = keel__task_self();
   if (self && o->runner == self) {
     keel__waitq_unlock(&o->waiters);
@@ -112,7 +115,8 @@ static int once_wait_locked(keel_once_t *o) {
   return rc < 0 ? (int)rc : rc == WOKEN_DONE;
 }
 
-int keel_once(keel_once_t *o, keel_task_fn fn, void *arg) {
+int keel_once(keel_once_t *once, keel_task_fn fn, void *arg) {
+  keel__once_t *o = keel__once(once);
   if (KEEL__LIKELY(atomic_load_explicit(&o->state, memory_order_acquire) == ONCE_DONE))
     return o->result;
   for (;;) {

@@ -10,18 +10,19 @@
 
 enum { MUTEX_LOCKED = 1u, MUTEX_WAITERS = 2u };
 
-void keel_mutex_init(keel_mutex_t *m) {
+void keel_mutex_init(keel_mutex_t *mutex) {
+  keel__mutex_t *m = keel__mutex(mutex);
   atomic_init(&m->state, 0);
   atomic_init(&m->owner, NULL);
   keel__waitq_init(&m->waiters);
 }
 
-void keel_mutex_destroy(keel_mutex_t *m) {
-  assert(atomic_load(&m->state) == 0);
-  (void)m;
+void keel_mutex_destroy(keel_mutex_t *mutex) {
+  assert(atomic_load(&keel__mutex(mutex)->state) == 0);
+  (void)mutex;
 }
 
-static inline void mutex_set_owner(keel_mutex_t *m, keel_task_t *t) {
+static inline void mutex_set_owner(keel__mutex_t *m, keel_task_t *t) {
 #ifndef NDEBUG
   atomic_store_explicit(&m->owner, t, memory_order_relaxed);
 #else
@@ -32,7 +33,7 @@ static inline void mutex_set_owner(keel_mutex_t *m, keel_task_t *t) {
 
 /* Under the lock, the mutex held: gives it to the first waiter, or frees
  * it. The word keeps MUTEX_LOCKED across a hand-off, so nobody barges. */
-static void mutex_handoff(keel_mutex_t *m, keel__queue_t *wake) {
+static void mutex_handoff(keel__mutex_t *m, keel__queue_t *wake) {
   keel__sync_waiter_t *sw = keel__waitq_head(&m->waiters);
   if (!sw) {
     atomic_store_explicit(&m->state, 0, memory_order_release);
@@ -46,7 +47,7 @@ static void mutex_handoff(keel_mutex_t *m, keel__queue_t *wake) {
 
 /* A waiter left: with nobody else waiting, unlock may take the fast path. */
 static void mutex_left(void *obj, keel__queue_t *wake) {
-  keel_mutex_t *m = obj;
+  keel__mutex_t *m = obj;
   (void)wake;
   if (keel__waitq_empty(&m->waiters))
     atomic_fetch_and_explicit(&m->state, ~MUTEX_WAITERS, memory_order_relaxed);
@@ -54,7 +55,8 @@ static void mutex_left(void *obj, keel__queue_t *wake) {
 
 static void mutex_abort(keel__wait_t *w, int err) { keel__sync_abort(w, err, mutex_left); }
 
-int keel_mutex_try_lock(keel_mutex_t *m) {
+int keel_mutex_try_lock(keel_mutex_t *mutex) {
+  keel__mutex_t *m = keel__mutex(mutex);
   unsigned expect = 0;
   if (!atomic_compare_exchange_strong_explicit(&m->state, &expect, MUTEX_LOCKED,
                                                memory_order_acquire, memory_order_relaxed))
@@ -63,7 +65,9 @@ int keel_mutex_try_lock(keel_mutex_t *m) {
   return 0;
 }
 
-static int mutex_lock_slow(keel_mutex_t *m) {
+static void mutex_unlock(keel__mutex_t *m);
+
+static int mutex_lock_slow(keel__mutex_t *m) {
   keel__waitq_lock(&m->waiters);
   unsigned s = atomic_load_explicit(&m->state, memory_order_relaxed);
   for (;;) {
@@ -94,13 +98,14 @@ static int mutex_lock_slow(keel_mutex_t *m) {
   /* Handed the lock, but cancelled before running: pass it on. */
   int err = keel__check_cancel();
   if (err) {
-    keel_mutex_unlock(m);
+    mutex_unlock(m);
     return err;
   }
   return 0;
 }
 
-int keel_mutex_lock(keel_mutex_t *m) {
+int keel_mutex_lock(keel_mutex_t *mutex) {
+  keel__mutex_t *m = keel__mutex(mutex);
   unsigned expect = 0;
   if (KEEL__LIKELY(atomic_compare_exchange_strong_explicit(
           &m->state, &expect, MUTEX_LOCKED, memory_order_acquire, memory_order_relaxed))) {
@@ -110,7 +115,7 @@ int keel_mutex_lock(keel_mutex_t *m) {
   return mutex_lock_slow(m);
 }
 
-static void mutex_unlock_slow(keel_mutex_t *m) {
+static void mutex_unlock_slow(keel__mutex_t *m) {
   keel__queue_t wake;
   keel__queue_init(&wake);
   keel__waitq_lock(&m->waiters);
@@ -119,7 +124,7 @@ static void mutex_unlock_slow(keel_mutex_t *m) {
   keel__xwait_deliver_claimed(&wake);
 }
 
-void keel_mutex_unlock(keel_mutex_t *m) {
+static void mutex_unlock(keel__mutex_t *m) {
   assert(atomic_load_explicit(&m->state, memory_order_relaxed) & MUTEX_LOCKED);
   assert(atomic_load_explicit(&m->owner, memory_order_relaxed) == keel__task_self() &&
          "keel_mutex_unlock by a task that does not hold the mutex");
@@ -131,6 +136,8 @@ void keel_mutex_unlock(keel_mutex_t *m) {
   mutex_unlock_slow(m);
 }
 
+void keel_mutex_unlock(keel_mutex_t *mutex) { mutex_unlock(keel__mutex(mutex)); }
+
 /* ---- Read-write lock ------------------------------------------------------- */
 
 enum { RW_WRITER = 1u, RW_WAITERS = 2u, RW_READER = 4u };
@@ -138,14 +145,15 @@ enum { NEED_READ = 0, NEED_WRITE = 1 };
 
 #define RW_HELD(s) ((s) & ~(uint64_t)RW_WAITERS)
 
-void keel_rwlock_init(keel_rwlock_t *l) {
+void keel_rwlock_init(keel_rwlock_t *lock) {
+  keel__rwlock_t *l = keel__rwlock(lock);
   atomic_init(&l->state, 0);
   keel__waitq_init(&l->waiters);
 }
 
-void keel_rwlock_destroy(keel_rwlock_t *l) {
-  assert(atomic_load(&l->state) == 0);
-  (void)l;
+void keel_rwlock_destroy(keel_rwlock_t *lock) {
+  assert(atomic_load(&keel__rwlock(lock)->state) == 0);
+  (void)lock;
 }
 
 static inline bool rw_can_take(uint64_t s, uint64_t need) {
@@ -157,7 +165,7 @@ static inline uint64_t rw_taken(uint64_t s, uint64_t need) {
 
 /* Under the lock: admits waiters in order while they fit: a run of
  * readers together, or one writer once the lock is free. */
-static void rw_dispatch(keel_rwlock_t *l, keel__queue_t *wake) {
+static void rw_dispatch(keel__rwlock_t *l, keel__queue_t *wake) {
   keel__sync_waiter_t *sw;
   while ((sw = keel__waitq_head(&l->waiters))) {
     uint64_t s = atomic_load_explicit(&l->state, memory_order_relaxed);
@@ -177,14 +185,17 @@ static void rw_dispatch(keel_rwlock_t *l, keel__queue_t *wake) {
 static void rw_left(void *obj, keel__queue_t *wake) { rw_dispatch(obj, wake); }
 static void rw_abort(keel__wait_t *w, int err) { keel__sync_abort(w, err, rw_left); }
 
-static void rw_release(keel_rwlock_t *l, uint64_t need) {
+static void rw_unlock_read(keel__rwlock_t *l);
+static void rw_unlock_write(keel__rwlock_t *l);
+
+static void rw_release(keel__rwlock_t *l, uint64_t need) {
   if (need == NEED_WRITE)
-    keel_rwlock_unlock_write(l);
+    rw_unlock_write(l);
   else
-    keel_rwlock_unlock_read(l);
+    rw_unlock_read(l);
 }
 
-static int rw_lock_slow(keel_rwlock_t *l, uint64_t need) {
+static int rw_lock_slow(keel__rwlock_t *l, uint64_t need) {
   keel__waitq_lock(&l->waiters);
   uint64_t s = atomic_load_explicit(&l->state, memory_order_relaxed);
   for (;;) {
@@ -219,7 +230,7 @@ static int rw_lock_slow(keel_rwlock_t *l, uint64_t need) {
   return 0;
 }
 
-int keel_rwlock_try_read_lock(keel_rwlock_t *l) {
+static int rw_try_read_lock(keel__rwlock_t *l) {
   uint64_t s = atomic_load_explicit(&l->state, memory_order_relaxed);
   while (!(s & (RW_WRITER | RW_WAITERS)))
     if (atomic_compare_exchange_weak_explicit(&l->state, &s, s + RW_READER, memory_order_acquire,
@@ -228,13 +239,16 @@ int keel_rwlock_try_read_lock(keel_rwlock_t *l) {
   return -EBUSY;
 }
 
-int keel_rwlock_read_lock(keel_rwlock_t *l) {
-  if (KEEL__LIKELY(keel_rwlock_try_read_lock(l) == 0))
+int keel_rwlock_try_read_lock(keel_rwlock_t *lock) { return rw_try_read_lock(keel__rwlock(lock)); }
+
+int keel_rwlock_read_lock(keel_rwlock_t *lock) {
+  keel__rwlock_t *l = keel__rwlock(lock);
+  if (KEEL__LIKELY(rw_try_read_lock(l) == 0))
     return 0;
   return rw_lock_slow(l, NEED_READ);
 }
 
-int keel_rwlock_try_write_lock(keel_rwlock_t *l) {
+static int rw_try_write_lock(keel__rwlock_t *l) {
   uint64_t expect = 0;
   if (atomic_compare_exchange_strong_explicit(&l->state, &expect, RW_WRITER, memory_order_acquire,
                                               memory_order_relaxed))
@@ -242,14 +256,19 @@ int keel_rwlock_try_write_lock(keel_rwlock_t *l) {
   return -EBUSY;
 }
 
-int keel_rwlock_write_lock(keel_rwlock_t *l) {
-  if (KEEL__LIKELY(keel_rwlock_try_write_lock(l) == 0))
+int keel_rwlock_try_write_lock(keel_rwlock_t *lock) {
+  return rw_try_write_lock(keel__rwlock(lock));
+}
+
+int keel_rwlock_write_lock(keel_rwlock_t *lock) {
+  keel__rwlock_t *l = keel__rwlock(lock);
+  if (KEEL__LIKELY(rw_try_write_lock(l) == 0))
     return 0;
   return rw_lock_slow(l, NEED_WRITE);
 }
 
 /* Under the lock: drops what the caller held, then admits waiters. */
-static void rw_unlock_slow(keel_rwlock_t *l, uint64_t need) {
+static void rw_unlock_slow(keel__rwlock_t *l, uint64_t need) {
   keel__queue_t wake;
   keel__queue_init(&wake);
   keel__waitq_lock(&l->waiters);
@@ -262,7 +281,7 @@ static void rw_unlock_slow(keel_rwlock_t *l, uint64_t need) {
   keel__xwait_deliver_claimed(&wake);
 }
 
-void keel_rwlock_unlock_read(keel_rwlock_t *l) {
+static void rw_unlock_read(keel__rwlock_t *l) {
   uint64_t s = atomic_load_explicit(&l->state, memory_order_relaxed);
   assert(s >= RW_READER && !(s & RW_WRITER));
   while (!(s & RW_WAITERS))
@@ -272,7 +291,7 @@ void keel_rwlock_unlock_read(keel_rwlock_t *l) {
   rw_unlock_slow(l, NEED_READ);
 }
 
-void keel_rwlock_unlock_write(keel_rwlock_t *l) {
+static void rw_unlock_write(keel__rwlock_t *l) {
   uint64_t expect = RW_WRITER;
   if (KEEL__LIKELY(atomic_compare_exchange_strong_explicit(
           &l->state, &expect, 0, memory_order_release, memory_order_relaxed)))
@@ -280,3 +299,6 @@ void keel_rwlock_unlock_write(keel_rwlock_t *l) {
   assert(expect & RW_WRITER);
   rw_unlock_slow(l, NEED_WRITE);
 }
+
+void keel_rwlock_unlock_read(keel_rwlock_t *lock) { rw_unlock_read(keel__rwlock(lock)); }
+void keel_rwlock_unlock_write(keel_rwlock_t *lock) { rw_unlock_write(keel__rwlock(lock)); }

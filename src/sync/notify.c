@@ -9,18 +9,19 @@
 enum { NOTIFY_PERMIT = 1u, NOTIFY_WAITERS = 2u };
 enum { WOKEN_BY_ONE = 1, WOKEN_BY_ALL = 2 };
 
-void keel_notify_init(keel_notify_t *n) {
+void keel_notify_init(keel_notify_t *notify) {
+  keel__notify_t *n = keel__notify(notify);
   atomic_init(&n->state, 0);
   keel__waitq_init(&n->waiters);
 }
 
-void keel_notify_destroy(keel_notify_t *n) {
-  assert(!(atomic_load(&n->state) & NOTIFY_WAITERS));
-  (void)n;
+void keel_notify_destroy(keel_notify_t *notify) {
+  assert(!(atomic_load(&keel__notify(notify)->state) & NOTIFY_WAITERS));
+  (void)notify;
 }
 
 static void notify_left(void *obj, keel__queue_t *wake) {
-  keel_notify_t *n = obj;
+  keel__notify_t *n = obj;
   (void)wake;
   if (keel__waitq_empty(&n->waiters))
     atomic_fetch_and_explicit(&n->state, ~NOTIFY_WAITERS, memory_order_relaxed);
@@ -28,7 +29,7 @@ static void notify_left(void *obj, keel__queue_t *wake) {
 
 static void notify_abort(keel__wait_t *w, int err) { keel__sync_abort(w, err, notify_left); }
 
-static bool take_permit(keel_notify_t *n, unsigned *s) {
+static bool take_permit(keel__notify_t *n, unsigned *s) {
   while (*s & NOTIFY_PERMIT)
     if (atomic_compare_exchange_weak_explicit(&n->state, s, *s & ~NOTIFY_PERMIT,
                                               memory_order_acquire, memory_order_relaxed))
@@ -36,7 +37,9 @@ static bool take_permit(keel_notify_t *n, unsigned *s) {
   return false;
 }
 
-static int notify_wait_slow(keel_notify_t *n) {
+static void notify_one(keel__notify_t *n);
+
+static int notify_wait_slow(keel__notify_t *n) {
   keel__waitq_lock(&n->waiters);
   unsigned s = atomic_load_explicit(&n->state, memory_order_relaxed);
   for (;;) {
@@ -62,20 +65,21 @@ static int notify_wait_slow(keel_notify_t *n) {
   int err = keel__check_cancel();
   if (err) {
     if (rc == WOKEN_BY_ONE)
-      keel_notify_one(n); /* not ours to drop: pass it on */
+      notify_one(n); /* not ours to drop: pass it on */
     return err;
   }
   return 0;
 }
 
-int keel_notify_wait(keel_notify_t *n) {
+int keel_notify_wait(keel_notify_t *notify) {
+  keel__notify_t *n = keel__notify(notify);
   unsigned s = atomic_load_explicit(&n->state, memory_order_relaxed);
   if (take_permit(n, &s))
     return 0;
   return notify_wait_slow(n);
 }
 
-static void notify_one_slow(keel_notify_t *n) {
+static void notify_one_slow(keel__notify_t *n) {
   keel__queue_t wake;
   keel__queue_init(&wake);
   keel__waitq_lock(&n->waiters);
@@ -88,7 +92,7 @@ static void notify_one_slow(keel_notify_t *n) {
   keel__xwait_deliver_claimed(&wake);
 }
 
-void keel_notify_one(keel_notify_t *n) {
+static void notify_one(keel__notify_t *n) {
   unsigned s = atomic_load_explicit(&n->state, memory_order_relaxed);
   for (;;) {
     if (s & NOTIFY_WAITERS) {
@@ -107,7 +111,10 @@ void keel_notify_one(keel_notify_t *n) {
   }
 }
 
-void keel_notify_all(keel_notify_t *n) {
+void keel_notify_one(keel_notify_t *notify) { notify_one(keel__notify(notify)); }
+
+void keel_notify_all(keel_notify_t *notify) {
+  keel__notify_t *n = keel__notify(notify);
   if (!(atomic_load_explicit(&n->state, memory_order_acquire) & NOTIFY_WAITERS))
     return;
   keel__queue_t wake;

@@ -9,24 +9,25 @@
 #define SEM_PERMITS(s) ((s) >> 1)
 #define SEM_UNITS(n) ((uint64_t)(n) << 1)
 
-void keel_sem_init(keel_sem_t *s, uint64_t permits) {
+void keel_sem_init(keel_sem_t *sem, uint64_t permits) {
+  keel__sem_t *s = keel__sem(sem);
   assert(permits <= KEEL_SEM_MAX);
   atomic_init(&s->state, SEM_UNITS(permits));
   keel__waitq_init(&s->waiters);
 }
 
-void keel_sem_destroy(keel_sem_t *s) {
-  assert(!(atomic_load(&s->state) & SEM_WAITERS));
-  (void)s;
+void keel_sem_destroy(keel_sem_t *sem) {
+  assert(!(atomic_load(&keel__sem(sem)->state) & SEM_WAITERS));
+  (void)sem;
 }
 
-uint64_t keel_sem_available(const keel_sem_t *s) {
-  return SEM_PERMITS(atomic_load_explicit(&s->state, memory_order_relaxed));
+uint64_t keel_sem_available(const keel_sem_t *sem) {
+  return SEM_PERMITS(atomic_load_explicit(&keel__sem(sem)->state, memory_order_relaxed));
 }
 
 /* Under the lock: serves the waiters in order while the head's request
  * fits; the bit goes once nobody waits. */
-static void sem_dispatch(keel_sem_t *s, keel__queue_t *wake) {
+static void sem_dispatch(keel__sem_t *s, keel__queue_t *wake) {
   keel__sync_waiter_t *sw;
   while ((sw = keel__waitq_head(&s->waiters))) {
     uint64_t st = atomic_load_explicit(&s->state, memory_order_relaxed);
@@ -43,7 +44,7 @@ static void sem_dispatch(keel_sem_t *s, keel__queue_t *wake) {
 static void sem_left(void *obj, keel__queue_t *wake) { sem_dispatch(obj, wake); }
 static void sem_abort(keel__wait_t *w, int err) { keel__sync_abort(w, err, sem_left); }
 
-int keel_sem_try_acquire(keel_sem_t *s, uint64_t n) {
+static int sem_try_acquire(keel__sem_t *s, uint64_t n) {
   if (n == 0 || n > KEEL_SEM_MAX)
     return -EINVAL;
   uint64_t st = atomic_load_explicit(&s->state, memory_order_relaxed);
@@ -54,7 +55,9 @@ int keel_sem_try_acquire(keel_sem_t *s, uint64_t n) {
   return -EAGAIN;
 }
 
-static int sem_acquire_slow(keel_sem_t *s, uint64_t n, bool nocancel) {
+static void sem_release(keel__sem_t *s, uint64_t n);
+
+static int sem_acquire_slow(keel__sem_t *s, uint64_t n, bool nocancel) {
   keel__waitq_lock(&s->waiters);
   uint64_t st = atomic_load_explicit(&s->state, memory_order_relaxed);
   for (;;) {
@@ -82,27 +85,31 @@ static int sem_acquire_slow(keel_sem_t *s, uint64_t n, bool nocancel) {
     return (int)rc;
   int err = keel__check_cancel(); /* handed the permits, then cancelled: pass them on */
   if (err) {
-    keel_sem_release(s, n);
+    sem_release(s, n);
     return err;
   }
   return 0;
 }
 
-int keel_sem_acquire(keel_sem_t *s, uint64_t n) {
-  int rc = keel_sem_try_acquire(s, n);
+int keel_sem_try_acquire(keel_sem_t *sem, uint64_t n) { return sem_try_acquire(keel__sem(sem), n); }
+
+int keel_sem_acquire(keel_sem_t *sem, uint64_t n) {
+  keel__sem_t *s = keel__sem(sem);
+  int rc = sem_try_acquire(s, n);
   if (KEEL__LIKELY(rc != -EAGAIN))
     return rc;
   return sem_acquire_slow(s, n, false);
 }
 
-int keel__sem_acquire_nocancel(keel_sem_t *s, uint64_t n) {
-  int rc = keel_sem_try_acquire(s, n);
+int keel__sem_acquire_nocancel(keel_sem_t *sem, uint64_t n) {
+  keel__sem_t *s = keel__sem(sem);
+  int rc = sem_try_acquire(s, n);
   if (KEEL__LIKELY(rc != -EAGAIN))
     return rc;
   return sem_acquire_slow(s, n, true);
 }
 
-static void sem_release_slow(keel_sem_t *s, uint64_t n) {
+static void sem_release_slow(keel__sem_t *s, uint64_t n) {
   keel__queue_t wake;
   keel__queue_init(&wake);
   keel__waitq_lock(&s->waiters);
@@ -112,7 +119,7 @@ static void sem_release_slow(keel_sem_t *s, uint64_t n) {
   keel__xwait_deliver_claimed(&wake);
 }
 
-void keel_sem_release(keel_sem_t *s, uint64_t n) {
+static void sem_release(keel__sem_t *s, uint64_t n) {
   if (n == 0)
     return;
   uint64_t st = atomic_load_explicit(&s->state, memory_order_relaxed);
@@ -123,3 +130,5 @@ void keel_sem_release(keel_sem_t *s, uint64_t n) {
       return;
   sem_release_slow(s, n);
 }
+
+void keel_sem_release(keel_sem_t *sem, uint64_t n) { sem_release(keel__sem(sem), n); }

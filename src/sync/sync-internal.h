@@ -1,12 +1,12 @@
-/* Internal header: the waiter lists shared by keel's sync primitives
- * (keel/sync.h). Each object has a spinlock and a FIFO list of parked
- * tasks (keel__xwait_t, so tasks on any worker may wait). A waker claims
- * waiters under the lock, updates the object's state on their behalf
- * (hand-off: the lock or the permits are already theirs when they wake),
- * and delivers after dropping the lock. A waiter that is cancelled leaves
- * under the same lock, through an abort hook that lets the object re-run
- * its hand-off: what it was blocking (a big semaphore request at the
- * head, a writer ahead of readers) goes on at once. */
+/* Internal header: the layouts behind keel/sync.h's opaque types, and the
+ * waiter lists the sync primitives share. Each object has a spinlock and
+ * a FIFO list of parked tasks (keel__xwait_t, so tasks on any worker may
+ * wait). A waker claims waiters under the lock, updates the object's state
+ * on their behalf (hand-off: the lock or the permits are already theirs
+ * when they wake), and delivers after dropping the lock. A waiter that is
+ * cancelled leaves under the same lock, through an abort hook that lets
+ * the object re-run its hand-off: what it was blocking (a big semaphore
+ * request at the head, a writer ahead of readers) goes on at once. */
 #ifndef KEEL_SYNC_INTERNAL_H
 #define KEEL_SYNC_INTERNAL_H
 
@@ -16,10 +16,85 @@
 #include "internal.h"
 #include "keel/sync.h"
 
-_Static_assert(sizeof(((keel_sync_waitq_t *)0)->list) == sizeof(keel__queue_t),
-               "keel_sync_waitq_t.list must match keel__queue_t");
-_Static_assert(sizeof(((keel_sync_waitq_t *)0)->lock) == sizeof(keel__spinlock_t),
-               "keel_sync_waitq_t.lock must match keel__spinlock_t");
+/* A spinlock and the list of parked tasks. The list's links are NULL until
+ * first used, so a zeroed waitq is a valid empty list (KEEL_ONCE_INIT). */
+typedef struct keel__waitq {
+  keel__spinlock_t lock;
+  keel__queue_t list;
+} keel__waitq_t;
+
+/* ---- Layouts of the public types ---------------------------------------------
+ * The user holds opaque storage (keel/sync.h); the library reaches the
+ * layout through one helper per type. The helpers take a const object, as
+ * container_of does: the entry points that take one only read. All zeros
+ * must stay a valid new once (KEEL_ONCE_INIT). */
+
+typedef struct keel__notify {
+  _Atomic unsigned state; /* stored permit, has-waiters (notify.c) */
+  keel__waitq_t waiters;
+} keel__notify_t;
+
+typedef struct keel__sem {
+  _Atomic uint64_t state; /* permits << 1 | has-waiters */
+  keel__waitq_t waiters;
+} keel__sem_t;
+
+typedef struct keel__mutex {
+  _Atomic unsigned state;       /* locked, has-waiters */
+  _Atomic(keel_task_t *) owner; /* debug builds check unlock */
+  keel__waitq_t waiters;
+} keel__mutex_t;
+
+typedef struct keel__rwlock {
+  _Atomic uint64_t state; /* readers << 2 | writer | has-waiters */
+  keel__waitq_t waiters;
+} keel__rwlock_t;
+
+typedef struct keel__barrier {
+  unsigned parties; /* these three under the waitq's lock */
+  unsigned arrived;
+  uint64_t generation;
+  keel__waitq_t waiters;
+} keel__barrier_t;
+
+typedef struct keel__once {
+  _Atomic int state; /* new (0), running, done */
+  int result;
+  keel_task_t *runner;
+  keel__waitq_t waiters;
+} keel__once_t;
+
+#define KEEL__SYNC_FITS(layout, storage)                                                     \
+  _Static_assert(sizeof(layout) <= sizeof(storage) && _Alignof(layout) <= _Alignof(storage), \
+                 #layout " must fit " #storage "'s storage in keel/sync.h")
+
+KEEL__SYNC_FITS(keel__notify_t, keel_notify_t);
+KEEL__SYNC_FITS(keel__sem_t, keel_sem_t);
+KEEL__SYNC_FITS(keel__mutex_t, keel_mutex_t);
+KEEL__SYNC_FITS(keel__rwlock_t, keel_rwlock_t);
+KEEL__SYNC_FITS(keel__barrier_t, keel_barrier_t);
+KEEL__SYNC_FITS(keel__once_t, keel_once_t);
+
+static inline keel__notify_t *keel__notify(const keel_notify_t *n) {
+  return (keel__notify_t *)(void *)n->opaque_;
+}
+static inline keel__sem_t *keel__sem(const keel_sem_t *s) {
+  return (keel__sem_t *)(void *)s->opaque_;
+}
+static inline keel__mutex_t *keel__mutex(const keel_mutex_t *m) {
+  return (keel__mutex_t *)(void *)m->opaque_;
+}
+static inline keel__rwlock_t *keel__rwlock(const keel_rwlock_t *l) {
+  return (keel__rwlock_t *)(void *)l->opaque_;
+}
+static inline keel__barrier_t *keel__barrier(const keel_barrier_t *b) {
+  return (keel__barrier_t *)(void *)b->opaque_;
+}
+static inline keel__once_t *keel__once(const keel_once_t *o) {
+  return (keel__once_t *)(void *)o->opaque_;
+}
+
+/* ---- Waiting on a waitq ------------------------------------------------------- */
 
 typedef struct keel__sync_waiter {
   keel__xwait_t xw;
@@ -30,36 +105,31 @@ typedef struct keel__sync_waiter {
  * claiming into wake whoever can go now. */
 typedef void (*keel__sync_left_fn)(void *obj, keel__queue_t *wake);
 
-static inline void keel__waitq_init(keel_sync_waitq_t *q) {
+static inline void keel__waitq_init(keel__waitq_t *q) {
   atomic_flag_clear(&q->lock.flag);
-  q->list[0] = q->list[1] = q->list;
+  keel__queue_init(&q->list);
 }
 
-static inline keel__spinlock_t *keel__waitq_spin(keel_sync_waitq_t *q) {
-  return (keel__spinlock_t *)(void *)&q->lock;
-}
-static inline void keel__waitq_lock(keel_sync_waitq_t *q) { keel__spin_lock(keel__waitq_spin(q)); }
-static inline void keel__waitq_unlock(keel_sync_waitq_t *q) {
-  keel__spin_unlock(keel__waitq_spin(q));
-}
+static inline void keel__waitq_lock(keel__waitq_t *q) { keel__spin_lock(&q->lock); }
+static inline void keel__waitq_unlock(keel__waitq_t *q) { keel__spin_unlock(&q->lock); }
 
-/* Under the lock. A zeroed object (static initialiser) has NULL links:
- * make them an empty list on first use. */
-static inline keel__queue_t *keel__waitq_list(keel_sync_waitq_t *q) {
-  if (KEEL__UNLIKELY(!q->list[0]))
-    q->list[0] = q->list[1] = q->list;
-  return (keel__queue_t *)(void *)q->list;
+/* Under the lock. A zeroed waitq has NULL links: make them an empty list
+ * on first use. */
+static inline keel__queue_t *keel__waitq_list(keel__waitq_t *q) {
+  if (KEEL__UNLIKELY(!q->list.next))
+    keel__queue_init(&q->list);
+  return &q->list;
 }
 
 /* Under the lock: the longest-waiting task, or NULL. */
-static inline keel__sync_waiter_t *keel__waitq_head(keel_sync_waitq_t *q) {
+static inline keel__sync_waiter_t *keel__waitq_head(keel__waitq_t *q) {
   keel__queue_t *list = keel__waitq_list(q);
   if (keel__queue_empty(list))
     return NULL;
   return keel__container_of(list->next, keel__sync_waiter_t, xw.wait.node);
 }
 
-static inline bool keel__waitq_empty(keel_sync_waitq_t *q) {
+static inline bool keel__waitq_empty(keel__waitq_t *q) {
   return keel__queue_empty(keel__waitq_list(q));
 }
 
@@ -108,10 +178,9 @@ static inline int keel__sync_may_wait(void) {
 /* Under q's lock: queues the current task as sw (needing `need`), drops
  * the lock and parks. Returns the delivered result, or -ECANCELED /
  * -ETIMEDOUT once it has left the list. */
-static inline ssize_t keel__sync_park_ex(keel_sync_waitq_t *q, keel__sync_waiter_t *sw,
-                                         uint64_t need, void *obj, keel__wait_abort_fn abort,
-                                         bool nocancel) {
-  keel__xwait_init(&sw->xw, keel__waitq_spin(q));
+static inline ssize_t keel__sync_park_ex(keel__waitq_t *q, keel__sync_waiter_t *sw, uint64_t need,
+                                         void *obj, keel__wait_abort_fn abort, bool nocancel) {
+  keel__xwait_init(&sw->xw, &q->lock);
   sw->xw.wait.shielded = nocancel; /* only the hand-off ends it */
   sw->xw.wait.abort = abort;
   sw->xw.wait.data = obj;
@@ -121,7 +190,7 @@ static inline ssize_t keel__sync_park_ex(keel_sync_waitq_t *q, keel__sync_waiter
   return keel__xwait_block(&sw->xw);
 }
 
-static inline ssize_t keel__sync_park(keel_sync_waitq_t *q, keel__sync_waiter_t *sw, uint64_t need,
+static inline ssize_t keel__sync_park(keel__waitq_t *q, keel__sync_waiter_t *sw, uint64_t need,
                                       void *obj, keel__wait_abort_fn abort) {
   return keel__sync_park_ex(q, sw, need, obj, abort, false);
 }
