@@ -2,6 +2,7 @@
 #ifndef KEEL_H
 #define KEEL_H
 
+#include "arena.h"
 #include "blocking.h"
 #include "broadcast.h"
 #include "chan.h"
