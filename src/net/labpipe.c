@@ -10,6 +10,7 @@
 
 #include "internal.h"
 #include "keel/lab.h"
+#include "keel/stream-impl.h"
 
 #define DEFAULT_CAPACITY (64 * 1024)
 
@@ -169,6 +170,30 @@ static ssize_t pipe_readv(keel_stream_t *s, const struct iovec *iov, int iovcnt)
   }
 }
 
+static int pipe_wait_readable(keel_stream_t *s) {
+  pipe_end_t *e = (pipe_end_t *)s;
+  pipe_dir_t *d = &e->pair->dir[!e->side];
+  for (;;) {
+    int rc = op_begin(e);
+    if (rc < 0)
+      return rc == -ECONNRESET ? 0 : rc; /* a read fails at once */
+    if (d->len > 0 || d->write_shut || d->reader_gone)
+      return 0;
+    rc = park_on(e, &d->readers);
+    if (rc < 0)
+      return rc;
+  }
+}
+
+static int pipe_query(keel_stream_t *s, int what, void *arg, size_t len) {
+  pipe_end_t *e = (pipe_end_t *)s;
+  (void)len;
+  if (what != KEEL_STREAM_Q_WORKER)
+    return -ENOTSUP;
+  *(int *)arg = e->pair->worker->id;
+  return 0;
+}
+
 static ssize_t pipe_writev(keel_stream_t *s, const struct iovec *iov, int iovcnt) {
   pipe_end_t *e = (pipe_end_t *)s;
   pipe_pair_t *p = e->pair;
@@ -241,6 +266,9 @@ static int pipe_close(keel_stream_t *s) {
 }
 
 static const keel_stream_ops_t pipe_ops = {
+    .name = "lab-pipe",
+    .query = pipe_query,
+    .wait_readable = pipe_wait_readable,
     .readv = pipe_readv,
     .writev = pipe_writev,
     .shutdown = pipe_shutdown,
@@ -273,7 +301,7 @@ int keel_lab_pipe(const keel_lab_faults_t *faults, keel_stream_t **a, keel_strea
     p->dir[i].buf = bufs + (size_t)i * cap;
     keel__queue_init(&p->dir[i].readers);
     keel__queue_init(&p->dir[i].writers);
-    p->end[i] = (pipe_end_t){.super = {&pipe_ops}, .pair = p, .side = i};
+    p->end[i] = (pipe_end_t){.super = {&pipe_ops, NULL, 0, 0}, .pair = p, .side = i};
   }
   *a = &p->end[0].super;
   *b = &p->end[1].super;

@@ -8,13 +8,14 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "keel/stream-impl.h"
 #include "keel/tcp.h"
 
 #define ACCEPT_BACKOFF_MIN_MS 10
 #define ACCEPT_BACKOFF_MAX_MS 500
 
 struct keel_tcp {
-  keel_stream_t base;
+  keel_stream_t super;
   keel__io_t io;
 };
 
@@ -76,7 +77,36 @@ static int tcp_close(keel_stream_t *s) {
   return rc;
 }
 
+static int sock_name(int fd, keel_addr_t *out, bool peer);
+
+static int tcp_query(keel_stream_t *s, int what, void *arg, size_t len) {
+  keel_tcp_t *c = (keel_tcp_t *)s;
+  int *iarg = arg;
+  socklen_t ilen = sizeof *iarg;
+  switch (what) {
+  case KEEL_STREAM_Q_FD:
+    *iarg = c->io.fd;
+    return 0;
+  case KEEL_STREAM_Q_WORKER:
+    *iarg = c->io.worker->id;
+    return 0;
+  case KEEL_STREAM_Q_PEER_ADDR:
+  case KEEL_STREAM_Q_LOCAL_ADDR:
+    if (len != sizeof(keel_addr_t))
+      return -EINVAL;
+    return sock_name(c->io.fd, arg, what == KEEL_STREAM_Q_PEER_ADDR);
+  case KEEL_STREAM_Q_NODELAY:
+    return getsockopt(c->io.fd, IPPROTO_TCP, TCP_NODELAY, iarg, &ilen) == 0 ? 0 : -errno;
+  case KEEL_STREAM_Q_SET_NODELAY:
+    return keel_tcp_set_nodelay(c, *iarg != 0);
+  default:
+    return -ENOTSUP;
+  }
+}
+
 static const keel_stream_ops_t tcp_stream_ops = {
+    .name = "tcp",
+    .query = tcp_query,
     .readv = tcp_readv,
     .writev = tcp_writev,
     .shutdown = tcp_shutdown,
@@ -87,16 +117,16 @@ static keel_tcp_t *tcp_new(int fd) {
   keel_tcp_t *c = malloc(sizeof *c);
   if (!c)
     return NULL;
-  c->base.ops = &tcp_stream_ops;
+  keel_stream_init(&c->super, &tcp_stream_ops, NULL);
   keel__io_init(&c->io, fd);
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   return c;
 }
 
-keel_stream_t *keel_tcp_stream(keel_tcp_t *c) { return &c->base; }
+keel_stream_t *keel_tcp_stream(keel_tcp_t *c) { return &c->super; }
 int keel_tcp_fd(const keel_tcp_t *c) { return c->io.fd; }
-int keel_tcp_close(keel_tcp_t *c) { return c ? tcp_close(&c->base) : 0; }
+int keel_tcp_close(keel_tcp_t *c) { return c ? tcp_close(&c->super) : 0; }
 
 int keel_tcp_set_nodelay(keel_tcp_t *c, bool on) {
   int v = on;
@@ -264,7 +294,7 @@ int keel_tcp_connect_addr(const keel_addr_t *addr, keel_tcp_t **out) {
   }
   int rc = c->io.worker->ops->connect(&c->io, (const struct sockaddr *)&addr->ss, addr->len);
   if (rc < 0) {
-    tcp_close(&c->base);
+    tcp_close(&c->super);
     return rc;
   }
   *out = c;
