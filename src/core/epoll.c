@@ -2,6 +2,7 @@
  * Each operation tries the system call first and parks the task only on
  * EAGAIN, so a busy socket costs one call per operation. */
 #include <errno.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -174,6 +175,26 @@ static int ep_accept(keel__io_t *io) {
   EP_IO(accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC), rd_ready, rd_hup, 0, false);
 }
 
+/* rd_ready may only mean "unknown, try the call": ask the socket once
+ * without waiting before parking for an edge. */
+static int ep_wait_readable(keel__io_t *io) {
+  int rc = keel__check_cancel();
+  if (rc)
+    return rc;
+  for (;;) {
+    if (io->rd_hup)
+      return 0;
+    if (io->rd_ready) {
+      struct pollfd p = {io->fd, POLLIN | POLLRDHUP, 0};
+      if (poll(&p, 1, 0) != 0)
+        return 0; /* readable, or poll failed: a read will tell */
+      io->rd_ready = false;
+    }
+    if ((rc = ep_wait_ready(io, false)) < 0)
+      return rc;
+  }
+}
+
 static int ep_connect(keel__io_t *io, const struct sockaddr *sa, socklen_t len) {
   int rc = keel__check_cancel();
   if (rc)
@@ -210,6 +231,7 @@ const keel__backend_ops_t keel__epoll_ops = {
     .poll = ep_poll,
     .wake = ep_wake,
     .recv = ep_recv,
+    .wait_readable = ep_wait_readable,
     .readv = ep_readv,
     .send = ep_send,
     .writev = ep_writev,

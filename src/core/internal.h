@@ -388,6 +388,9 @@ typedef struct keel__backend_ops {
   ssize_t (*writev)(keel__io_t *io, const struct iovec *iov, int iovcnt);
   int (*accept)(keel__io_t *io);
   int (*connect)(keel__io_t *io, const struct sockaddr *sa, socklen_t len);
+  /* Parks until a read would not park (bytes, end of stream or an error
+   * are there), holding no buffer. */
+  int (*wait_readable)(keel__io_t *io);
   /* Releases backend state of io before its fd is closed. */
   void (*io_close)(keel__io_t *io);
 } keel__backend_ops_t;

@@ -207,6 +207,10 @@ static int lab_connect(keel__io_t *io, const struct sockaddr *sa, socklen_t len)
   (void)io, (void)sa, (void)len;
   return -EOPNOTSUPP;
 }
+static int lab_wait_readable(keel__io_t *io) {
+  (void)io;
+  return -EOPNOTSUPP;
+}
 static void lab_io_close(keel__io_t *io) { (void)io; }
 
 const keel__backend_ops_t keel__lab_ops = {
@@ -221,6 +225,7 @@ const keel__backend_ops_t keel__lab_ops = {
     .writev = lab_writev,
     .accept = lab_accept,
     .connect = lab_connect,
+    .wait_readable = lab_wait_readable,
     .io_close = lab_io_close,
 };
 

@@ -4,6 +4,7 @@
  * untouched only once its CQE has arrived, so cancellation submits an
  * ASYNC_CANCEL and the task stays parked until then. */
 #include <errno.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -291,6 +292,24 @@ static int ur_connect(keel__io_t *io, const struct sockaddr *sa, socklen_t len) 
   return (int)rc;
 }
 
+/* A poll, not a recv: the connection holds no buffer while it waits. */
+static int ur_wait_readable(keel__io_t *io) {
+  int rc = keel__check_cancel();
+  if (rc)
+    return rc;
+  keel__wait_t w;
+  keel__wait_init(&w, op_abort);
+  uring_backend_t *b = io->worker->backend;
+  struct io_uring_sqe *sqe = get_sqe(b);
+  io_uring_prep_poll_add(sqe, io->fd, POLLIN | POLLRDHUP);
+  use_slot(b, io, sqe);
+  ssize_t n = op_wait(io, &w, sqe);
+  if (n < 0)
+    return (int)n;
+  io->rd_drained = false; /* bytes are there: the next recv need not poll first */
+  return 0;
+}
+
 /* ---- Multishot accept --------------------------------------------------------- */
 
 static void accept_cancel_q(keel__acceptq_t *q) {
@@ -429,6 +448,7 @@ const keel__backend_ops_t keel__uring_ops = {
     .poll = ur_poll,
     .wake = ur_wake,
     .recv = ur_recv,
+    .wait_readable = ur_wait_readable,
     .readv = ur_readv,
     .send = ur_send,
     .writev = ur_writev,

@@ -79,6 +79,13 @@ static int tcp_close(keel_stream_t *s) {
 
 static int sock_name(int fd, keel_addr_t *out, bool peer);
 
+static int tcp_wait_readable(keel_stream_t *s) {
+  keel_tcp_t *c = (keel_tcp_t *)s;
+  if (!OWNED_HERE(&c->io))
+    return -EXDEV;
+  return c->io.worker->ops->wait_readable(&c->io);
+}
+
 static int tcp_query(keel_stream_t *s, int what, void *arg, size_t len) {
   keel_tcp_t *c = (keel_tcp_t *)s;
   int *iarg = arg;
@@ -107,6 +114,7 @@ static int tcp_query(keel_stream_t *s, int what, void *arg, size_t len) {
 static const keel_stream_ops_t tcp_stream_ops = {
     .name = "tcp",
     .query = tcp_query,
+    .wait_readable = tcp_wait_readable,
     .readv = tcp_readv,
     .writev = tcp_writev,
     .shutdown = tcp_shutdown,
