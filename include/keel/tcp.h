@@ -84,6 +84,22 @@ int keel_tcp_fd(const keel_tcp_t *c);
 int keel_tcp_local_addr(const keel_tcp_t *c, keel_addr_t *out);
 int keel_tcp_peer_addr(const keel_tcp_t *c, keel_addr_t *out);
 int keel_tcp_set_nodelay(keel_tcp_t *c, bool on);
+/* Hands the rest of the calling task to its worker until c is readable:
+ * the task gives its stack back to the worker's pool and holds no buffer,
+ * so an idle connection costs only its own structs (a few hundred bytes,
+ * not a stack). When bytes, end of stream or an error arrive — or the
+ * task's deadline passes (keel_task_set_deadline: the idle timeout), or its
+ * scope is cancelled — the task goes on in fn(arg) on a fresh stack: the
+ * same task (scope, name, handle, per-task deadline), as if fn had been
+ * spawned. fn learns why from its first call on c (a read returns the
+ * bytes, 0, -ETIMEDOUT or -ECANCELED). The idle connection still belongs
+ * to its scope: a join waits for it, and cancelling the scope wakes it so
+ * that fn closes it.
+ * Does not return when it succeeds: call it as `return keel_tcp_park(...)`
+ * with nothing on the stack that fn needs (fn gets only arg). Returns
+ * -EINVAL (no task, fn NULL), -EXDEV (c belongs to another worker), or
+ * -EBUSY if the task has a scope open or is inside a shield. */
+int keel_tcp_park(keel_tcp_t *c, keel_task_fn fn, void *arg);
 /* Same as keel_close(keel_tcp_stream(c)). */
 int keel_tcp_close(keel_tcp_t *c);
 

@@ -176,23 +176,25 @@ static int ep_accept(keel__io_t *io) {
 }
 
 /* rd_ready may only mean "unknown, try the call": ask the socket once
- * without waiting before parking for an edge. */
-static int ep_wait_readable(keel__io_t *io) {
-  int rc = keel__check_cancel();
-  if (rc)
-    return rc;
-  for (;;) {
-    if (io->rd_hup)
-      return 0;
-    if (io->rd_ready) {
-      struct pollfd p = {io->fd, POLLIN | POLLRDHUP, 0};
-      if (poll(&p, 1, 0) != 0)
-        return 0; /* readable, or poll failed: a read will tell */
+ * without waiting before waiting for an edge. */
+static void ep_arm_readable(keel__io_t *io, keel__wait_t *w) {
+  keel__wait_init(w, keel__wait_abort_dequeue);
+  if (io->rd_ready && !io->rd_hup) {
+    struct pollfd p = {io->fd, POLLIN | POLLRDHUP, 0};
+    if (poll(&p, 1, 0) == 0)
       io->rd_ready = false;
-    }
-    if ((rc = ep_wait_ready(io, false)) < 0)
-      return rc;
   }
+  int rc = io->rd_ready || io->rd_hup ? 1 : ep_register(io);
+  if (rc != 0) { /* readable now, or cannot wait: a read tells which */
+    keel__wait_complete(w, rc < 0 ? rc : 0);
+    return;
+  }
+  keel__queue_insert_tail(&io->rd_waiters, &w->node);
+}
+
+static int ep_readable_done(keel__io_t *io, keel__wait_t *w) {
+  (void)io;
+  return (int)w->result;
 }
 
 static int ep_connect(keel__io_t *io, const struct sockaddr *sa, socklen_t len) {
@@ -231,7 +233,8 @@ const keel__backend_ops_t keel__epoll_ops = {
     .poll = ep_poll,
     .wake = ep_wake,
     .recv = ep_recv,
-    .wait_readable = ep_wait_readable,
+    .arm_readable = ep_arm_readable,
+    .readable_done = ep_readable_done,
     .readv = ep_readv,
     .send = ep_send,
     .writev = ep_writev,

@@ -173,6 +173,11 @@ void keel__wait_init(keel__wait_t *w, keel__wait_abort_fn abort);
  * the task's effective deadline and until_ns. Returns w->result. The caller
  * has checked keel__check_cancel first. */
 ssize_t keel__wait_block(keel__wait_t *w, int64_t until_ns, int until_result);
+/* keel__wait_block in two halves, for a task that does not stay on its
+ * stack while it waits: arm (timer, cancellation check; the task is
+ * BLOCKED unless w already ended), and finish once w has ended. */
+void keel__wait_arm(keel__wait_t *w, int64_t until_ns, int until_result);
+ssize_t keel__wait_finish(keel__wait_t *w);
 /* Completes w with result (owning worker only); readies its task. */
 void keel__wait_complete(keel__wait_t *w, ssize_t result);
 /* Interrupts w with err (-ECANCELED/-ETIMEDOUT) through its abort hook. */
@@ -276,9 +281,22 @@ struct keel_task {
   void *asan_fake_stack;
   void *tsan_fiber;
   bool has_handle;
+  bool shedding; /* giving its stack back: parked until restart_wait ends */
+  /* keel__task_restart_after: what runs on a fresh stack when the wait ends */
+  keel__wait_t *restart_wait;
+  int (*restart_hook)(keel__wait_t *w, void *hook_arg);
+  void *restart_hook_arg;
   uint64_t lab_id; /* lab mode: spawn order, for the trace */
   char name[KEEL__NAME_MAX];
 };
+
+/* The current task gives its stack back to the worker's pool and stays
+ * parked, stackless, until w (armed by the caller with keel__wait_arm)
+ * ends; then, on a fresh stack, hook(w, hook_arg) finishes the operation
+ * and the task goes on in fn(arg) as if newly spawned (same scope, name,
+ * handle, per-task deadline). Never returns. */
+_Noreturn void keel__task_restart_after(keel__wait_t *w, int (*hook)(keel__wait_t *, void *),
+                                        void *hook_arg, keel_task_fn fn, void *arg);
 
 /* Makes t runnable on its worker (owning worker only). */
 void keel__task_ready(keel_task_t *t);
@@ -388,9 +406,12 @@ typedef struct keel__backend_ops {
   ssize_t (*writev)(keel__io_t *io, const struct iovec *iov, int iovcnt);
   int (*accept)(keel__io_t *io);
   int (*connect)(keel__io_t *io, const struct sockaddr *sa, socklen_t len);
-  /* Parks until a read would not park (bytes, end of stream or an error
-   * are there), holding no buffer. */
-  int (*wait_readable)(keel__io_t *io);
+  /* Readiness without a buffer: arm_readable initialises w for the current
+   * task and starts waiting for a read that would not park (bytes, end of
+   * stream or an error), without parking (w may end at once); after w has
+   * ended, readable_done retires it and returns 0 or a negative errno. */
+  void (*arm_readable)(keel__io_t *io, keel__wait_t *w);
+  int (*readable_done)(keel__io_t *io, keel__wait_t *w);
   /* Releases backend state of io before its fd is closed. */
   void (*io_close)(keel__io_t *io);
 } keel__backend_ops_t;
@@ -412,6 +433,7 @@ struct keel__worker {
   keel__ctx_t sched_ctx;
   keel_task_t *current;
   keel_task_t *dead; /* finished task whose stack is released after switching */
+  keel_task_t *shed; /* task that parked without its stack: released the same way */
   keel__queue_t ready;
   keel__queue_t ready_cancel; /* cancelled tasks run first */
   keel__wheel_t wheel;

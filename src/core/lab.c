@@ -207,9 +207,14 @@ static int lab_connect(keel__io_t *io, const struct sockaddr *sa, socklen_t len)
   (void)io, (void)sa, (void)len;
   return -EOPNOTSUPP;
 }
-static int lab_wait_readable(keel__io_t *io) {
+static void lab_arm_readable(keel__io_t *io, keel__wait_t *w) {
   (void)io;
-  return -EOPNOTSUPP;
+  keel__wait_init(w, NULL);
+  keel__wait_complete(w, -EOPNOTSUPP);
+}
+static int lab_readable_done(keel__io_t *io, keel__wait_t *w) {
+  (void)io;
+  return (int)w->result;
 }
 static void lab_io_close(keel__io_t *io) { (void)io; }
 
@@ -225,7 +230,8 @@ const keel__backend_ops_t keel__lab_ops = {
     .writev = lab_writev,
     .accept = lab_accept,
     .connect = lab_connect,
-    .wait_readable = lab_wait_readable,
+    .arm_readable = lab_arm_readable,
+    .readable_done = lab_readable_done,
     .io_close = lab_io_close,
 };
 

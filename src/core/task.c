@@ -17,12 +17,59 @@ void *__tsan_get_current_fiber(void);
 void *__tsan_create_fiber(unsigned flags);
 void __tsan_switch_to_fiber(void *fiber, unsigned flags);
 void __tsan_func_exit(void);
+void __tsan_destroy_fiber(void *fiber);
 #endif
 
 /* ---- Switching ------------------------------------------------------------ */
 
+static void restart_entry(void *arg);
+static void task_make_ctx(keel_task_t *t, void (*entry)(void *));
+
+/* A task that gave its stack back gets one again before it runs. False
+ * when no stack can be had now: it is queued again, to try later. */
+static bool task_needs_stack(keel__worker_t *w, keel_task_t *t) {
+  if (KEEL__LIKELY(t->stack != NULL))
+    return false;
+  if (keel__stack_alloc(w, t->stack_size, &t->stack) != 0) {
+    keel_log(KEEL_LOG_ERROR, "no memory for a stack of %zu bytes: task '%s' waits", t->stack_size,
+             t->name);
+    t->state = KEEL__TASK_BLOCKED;
+    keel__task_ready(t);
+    return true;
+  }
+  task_make_ctx(t, restart_entry);
+  return false;
+}
+
+/* After the switch back: a finished task's stack goes back to the pool, and
+ * so does the stack of one that parked without it. */
+static void release_switched_out(keel__worker_t *w) {
+  if (w->dead) {
+    keel_task_t *dead = w->dead;
+    w->dead = NULL;
+    keel__stack_release(w, dead->stack); /* with its ThreadSanitizer fiber */
+    dead->stack = NULL;
+    w->tasks--;
+    keel__task_unref(dead); /* the running reference */
+  }
+  if (w->shed) {
+    keel_task_t *t = w->shed;
+    w->shed = NULL;
+#if KEEL_TSAN
+    /* Its shadow call stack still holds the frames that parked: a fresh
+     * fiber for the next task on this stack. */
+    __tsan_destroy_fiber(t->stack->tsan_fiber);
+    t->stack->tsan_fiber = NULL;
+#endif
+    keel__stack_release(w, t->stack);
+    t->stack = NULL;
+  }
+}
+
 /* Scheduler -> task. Returns when the task parks or finishes. */
 static void switch_to_task(keel__worker_t *w, keel_task_t *t) {
+  if (task_needs_stack(w, t))
+    return;
   w->current = t;
   t->state = KEEL__TASK_RUNNING;
 #if KEEL_ASAN
@@ -36,14 +83,7 @@ static void switch_to_task(keel__worker_t *w, keel_task_t *t) {
   __sanitizer_finish_switch_fiber(w->asan_fake_stack, NULL, NULL);
 #endif
   w->current = NULL;
-  if (w->dead) {
-    keel_task_t *dead = w->dead;
-    w->dead = NULL;
-    keel__stack_release(w, dead->stack); /* with its ThreadSanitizer fiber */
-    dead->stack = NULL;
-    w->tasks--;
-    keel__task_unref(dead); /* the running reference */
-  }
+  release_switched_out(w);
 }
 
 static keel_task_t *pop_ready(keel__worker_t *w) {
@@ -71,11 +111,13 @@ static bool park_direct(keel__worker_t *w, keel_task_t *t) {
 #else
   /* Messages from other workers (a cancellation, a wake-up) wait for at
    * most the task running now: the scheduler reads them between runs. */
-  if (t->state == KEEL__TASK_DONE || w->run_budget <= 0 ||
+  if (t->state == KEEL__TASK_DONE || t->shedding || w->run_budget <= 0 ||
       atomic_load_explicit(&w->inbox, memory_order_relaxed) != NULL)
     return false;
   keel_task_t *next = pop_ready(w);
   if (!next)
+    return false;
+  if (task_needs_stack(w, next))
     return false;
   w->run_budget--;
   w->current = next;
@@ -93,7 +135,8 @@ void keel__task_park(void) {
   if (park_direct(w, t))
     return;
 #if KEEL_ASAN
-  __sanitizer_start_switch_fiber(t->state == KEEL__TASK_DONE ? NULL : &t->asan_fake_stack,
+  __sanitizer_start_switch_fiber(t->state == KEEL__TASK_DONE || t->shedding ? NULL
+                                                                            : &t->asan_fake_stack,
                                  w->sched_stack_lo, w->sched_stack_size);
 #endif
 #if KEEL_TSAN
@@ -126,12 +169,57 @@ void keel__worker_run_ready(keel__worker_t *w, int budget) {
 
 static void task_finish(keel_task_t *t, int rc);
 
+/* Inlined into each entry, so that ThreadSanitizer sees one frame. */
+static inline __attribute__((always_inline)) void task_run_and_end(keel_task_t *t);
+
 static void task_entry(void *arg) {
   keel_task_t *t = arg;
 #if KEEL_ASAN
   keel__worker_t *w = t->worker;
   __sanitizer_finish_switch_fiber(NULL, &w->sched_stack_lo, &w->sched_stack_size);
 #endif
+  task_run_and_end(t);
+}
+
+/* The wait the task gave its stack up for has ended: finish it, then go on
+ * in the function named, whatever the wait's result (the function learns
+ * it from its first call: it owns what it must close). */
+static void restart_entry(void *arg) {
+  keel_task_t *t = arg;
+#if KEEL_ASAN
+  keel__worker_t *w = t->worker;
+  __sanitizer_finish_switch_fiber(NULL, &w->sched_stack_lo, &w->sched_stack_size);
+#endif
+  keel__wait_t *wt = t->restart_wait;
+  t->restart_wait = NULL;
+  keel__wait_finish(wt);
+  if (t->restart_hook)
+    t->restart_hook(wt, t->restart_hook_arg);
+  task_run_and_end(t);
+}
+
+_Noreturn void keel__task_restart_after(keel__wait_t *w, int (*hook)(keel__wait_t *, void *),
+                                        void *hook_arg, keel_task_fn fn, void *arg) {
+  keel_task_t *t = w->task;
+  keel__worker_t *wk = t->worker;
+  t->fn = fn;
+  t->arg = arg;
+  t->restart_wait = w;
+  t->restart_hook = hook;
+  t->restart_hook_arg = hook_arg;
+  keel__wait_arm(w, KEEL_DEADLINE_NONE, 0);
+  t->shedding = true;
+  if (w->done) { /* ended already: run again as soon as the stack is back */
+    t->state = KEEL__TASK_BLOCKED;
+    keel__task_ready(t);
+  }
+  wk->shed = t;
+  keel__task_park(); /* to the scheduler, which takes the stack back */
+  __builtin_unreachable();
+}
+
+static inline __attribute__((always_inline)) void task_run_and_end(keel_task_t *t) {
+  t->shedding = false;
   int rc = t->fn(t->arg);
   task_finish(t, rc);
   t->state = KEEL__TASK_DONE;
@@ -178,14 +266,18 @@ static void task_finish(keel_task_t *t, int rc) {
   keel__scope_task_done(t->scope, t);
 }
 
-/* Makes t, whose stack keel_spawn allocated, runnable on its own worker. */
-static void task_start(keel__worker_t *w, keel_task_t *t) {
-  keel__ctx_make(&t->ctx, t->stack->lo, t->stack->size, task_entry, t);
+static void task_make_ctx(keel_task_t *t, void (*entry)(void *)) {
+  keel__ctx_make(&t->ctx, t->stack->lo, t->stack->size, entry, t);
 #if KEEL_TSAN
   if (!t->stack->tsan_fiber)
     t->stack->tsan_fiber = __tsan_create_fiber(0);
   t->tsan_fiber = t->stack->tsan_fiber;
 #endif
+}
+
+/* Makes t, whose stack keel_spawn allocated, runnable on its own worker. */
+static void task_start(keel__worker_t *w, keel_task_t *t) {
+  task_make_ctx(t, task_entry);
   w->tasks++;
   t->state = KEEL__TASK_NEW;
   keel__task_ready(t);
@@ -371,7 +463,7 @@ static void task_interrupt_msg(keel__worker_t *w, keel__msg_t *m) {
 
 void keel__task_interrupt(keel_task_t *t) {
   if (t->worker == keel__tls_worker) {
-    if (t->stack && t->state != KEEL__TASK_DONE)
+    if (t->state != KEEL__TASK_DONE) /* parked without a stack too */
       task_interrupt_local(t);
     return;
   }

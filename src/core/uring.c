@@ -293,19 +293,24 @@ static int ur_connect(keel__io_t *io, const struct sockaddr *sa, socklen_t len) 
 }
 
 /* A poll, not a recv: the connection holds no buffer while it waits. */
-static int ur_wait_readable(keel__io_t *io) {
-  int rc = keel__check_cancel();
-  if (rc)
-    return rc;
-  keel__wait_t w;
-  keel__wait_init(&w, op_abort);
+static void ur_arm_readable(keel__io_t *io, keel__wait_t *w) {
+  keel__wait_init(w, op_abort);
   uring_backend_t *b = io->worker->backend;
   struct io_uring_sqe *sqe = get_sqe(b);
   io_uring_prep_poll_add(sqe, io->fd, POLLIN | POLLRDHUP);
   use_slot(b, io, sqe);
-  ssize_t n = op_wait(io, &w, sqe);
-  if (n < 0)
-    return (int)n;
+  io_uring_sqe_set_data(sqe, w);
+  io->inflight++;
+}
+
+static int ur_readable_done(keel__io_t *io, keel__wait_t *w) {
+  ssize_t rc = w->result;
+  if (--io->inflight == 0 && io->close_wait)
+    keel__wait_complete(io->close_wait, 0);
+  if (rc == -ECANCELED && !w->interrupted)
+    rc = -EBADF; /* cancelled by a close of the descriptor (ur_io_close) */
+  if (rc < 0)
+    return (int)rc;
   io->rd_drained = false; /* bytes are there: the next recv need not poll first */
   return 0;
 }
@@ -448,7 +453,8 @@ const keel__backend_ops_t keel__uring_ops = {
     .poll = ur_poll,
     .wake = ur_wake,
     .recv = ur_recv,
-    .wait_readable = ur_wait_readable,
+    .arm_readable = ur_arm_readable,
+    .readable_done = ur_readable_done,
     .readv = ur_readv,
     .send = ur_send,
     .writev = ur_writev,

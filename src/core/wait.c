@@ -44,6 +44,13 @@ void keel__wait_init(keel__wait_t *w, keel__wait_abort_fn abort) {
 }
 
 ssize_t keel__wait_block(keel__wait_t *w, int64_t until_ns, int until_result) {
+  keel__wait_arm(w, until_ns, until_result);
+  while (!w->done)
+    keel__task_park();
+  return keel__wait_finish(w);
+}
+
+void keel__wait_arm(keel__wait_t *w, int64_t until_ns, int until_result) {
   keel_task_t *t = w->task;
   keel__worker_t *wk = t->worker;
   w->until_ns = until_ns;
@@ -64,10 +71,11 @@ ssize_t keel__wait_block(keel__wait_t *w, int64_t until_ns, int until_result) {
     keel__wait_interrupt(w, keel__check_cancel());
   if (!w->done)
     t->state = KEEL__TASK_BLOCKED;
-  while (!w->done)
-    keel__task_park();
-  keel__timer_stop(&wk->wheel, &w->timer);
-  t->wait = NULL;
+}
+
+ssize_t keel__wait_finish(keel__wait_t *w) {
+  keel__timer_stop(&w->task->worker->wheel, &w->timer);
+  w->task->wait = NULL;
   return w->result;
 }
 

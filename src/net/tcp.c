@@ -17,6 +17,7 @@
 struct keel_tcp {
   keel_stream_t super;
   keel__io_t io;
+  keel__wait_t park_wait; /* keel_tcp_park: the wait outlives the stack */
 };
 
 struct keel_listener {
@@ -83,7 +84,31 @@ static int tcp_wait_readable(keel_stream_t *s) {
   keel_tcp_t *c = (keel_tcp_t *)s;
   if (!OWNED_HERE(&c->io))
     return -EXDEV;
-  return c->io.worker->ops->wait_readable(&c->io);
+  int rc = keel__check_cancel();
+  if (rc < 0)
+    return rc;
+  const keel__backend_ops_t *ops = c->io.worker->ops;
+  keel__wait_t w;
+  ops->arm_readable(&c->io, &w);
+  keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
+  return ops->readable_done(&c->io, &w);
+}
+
+static int park_done(keel__wait_t *w, void *arg) {
+  keel_tcp_t *c = arg;
+  return c->io.worker->ops->readable_done(&c->io, w);
+}
+
+int keel_tcp_park(keel_tcp_t *c, keel_task_fn fn, void *arg) {
+  keel_task_t *t = keel__task_self();
+  if (!t || !fn)
+    return -EINVAL;
+  if (!OWNED_HERE(&c->io))
+    return -EXDEV;
+  if (t->shield_depth > 0 || !keel__queue_empty(&t->open_scopes))
+    return -EBUSY; /* they live on the stack it would give up */
+  c->io.worker->ops->arm_readable(&c->io, &c->park_wait);
+  keel__task_restart_after(&c->park_wait, park_done, c, fn, arg);
 }
 
 static int tcp_query(keel_stream_t *s, int what, void *arg, size_t len) {

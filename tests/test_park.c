@@ -1,0 +1,192 @@
+/* keel_tcp_park: a connection task gives its stack back while it waits for
+ * bytes, and goes on in a function it names, as the same task. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "kt-guard.h"
+
+typedef struct conn {
+  keel_tcp_t *tcp;
+  int rounds;  /* messages echoed */
+  int parks;   /* times fn ran after a park */
+  int last_rc; /* what fn's read returned last */
+  int64_t idle_ms;
+} conn_t;
+
+/* Echoes what is there, then parks until more comes. */
+static int echo_resume(void *arg) {
+  conn_t *c = arg;
+  c->parks++;
+  char buf[512];
+  ssize_t n = keel_read(keel_tcp_stream(c->tcp), buf, sizeof buf);
+  c->last_rc = (int)n;
+  if (n <= 0)
+    return 0; /* the owner of c closes it */
+  if (keel_write_all(keel_tcp_stream(c->tcp), buf, (size_t)n, NULL) < 0)
+    return 0;
+  c->rounds++;
+  if (c->idle_ms > 0)
+    keel_task_set_deadline(keel_now_ns() + c->idle_ms * KEEL_NS_PER_MS);
+  return keel_tcp_park(c->tcp, echo_resume, c);
+}
+
+static int echo_start(void *arg) {
+  conn_t *c = arg;
+  if (c->idle_ms > 0)
+    keel_task_set_deadline(keel_now_ns() + c->idle_ms * KEEL_NS_PER_MS);
+  return keel_tcp_park(c->tcp, echo_resume, c);
+}
+
+typedef struct pair {
+  keel_listener_t *l;
+  keel_tcp_t *client;
+  conn_t conn;
+} pair_t;
+
+static int pair_open(pair_t *p) {
+  char addr[64];
+  memset(p, 0, sizeof *p);
+  CHECK_RC(kt_listen_loopback(&p->l, addr, sizeof addr));
+  CHECK_RC(keel_tcp_connect(addr, &p->client));
+  CHECK_RC(keel_tcp_accept(p->l, &p->conn.tcp));
+  return 0;
+}
+
+static void pair_close(pair_t *p) {
+  keel_tcp_close(p->client);
+  keel_tcp_close(p->conn.tcp);
+  keel_listener_close(p->l);
+}
+
+#define CONNS 40
+#define ROUNDS 50
+
+/* Many connections, many round trips, each with its task parked between. */
+static int echo_body(void *arg) {
+  (void)arg;
+  pair_t *p = calloc(CONNS, sizeof *p);
+  keel_task_t *handles[CONNS];
+  CHECK(p != NULL);
+  keel_scope_t *sc;
+  CHECK_RC(keel_scope_open(NULL, &sc));
+  for (int i = 0; i < CONNS; i++) {
+    CHECK_RC(pair_open(&p[i]));
+    keel_spawn_opts_t o = {.name = "conn", .handle = &handles[i]};
+    CHECK_RC(keel_spawn(sc, echo_start, &p[i].conn, &o));
+  }
+  for (int r = 0; r < ROUNDS; r++) {
+    for (int i = 0; i < CONNS; i++) {
+      char msg[32], back[32];
+      int len = snprintf(msg, sizeof msg, "conn %d round %d", i, r);
+      CHECK_RC(keel_write_all(keel_tcp_stream(p[i].client), msg, (size_t)len, NULL));
+      CHECK_RC(keel_read_exact(keel_tcp_stream(p[i].client), back, (size_t)len, NULL));
+      CHECK(memcmp(msg, back, (size_t)len) == 0);
+    }
+  }
+  for (int i = 0; i < CONNS; i++)
+    CHECK_RC(keel_stream_shutdown(keel_tcp_stream(p[i].client), SHUT_WR));
+  CHECK_RC(keel_scope_join(sc));
+  for (int i = 0; i < CONNS; i++) {
+    CHECK_EQ(p[i].conn.rounds, ROUNDS);
+    CHECK_EQ(p[i].conn.last_rc, 0); /* end of stream */
+    CHECK_EQ(p[i].conn.parks, ROUNDS + 1);
+    keel_outcome_t o = keel_task_outcome(handles[i]);
+    CHECK_EQ(o.kind, KEEL_OUTCOME_OK);
+    CHECK(strcmp(keel_task_name(handles[i]), "conn") == 0);
+  }
+  CHECK_RC(keel_scope_close(sc));
+  for (int i = 0; i < CONNS; i++)
+    pair_close(&p[i]);
+  free(p);
+  return 0;
+}
+
+static void test_park_echo(void **state) {
+  (void)state;
+  kt_run_real_body(echo_body, NULL, 1);
+}
+
+/* The idle deadline ends the park: fn's read says -ETIMEDOUT. */
+static int idle_body(void *arg) {
+  (void)arg;
+  pair_t p;
+  CHECK_RC(pair_open(&p));
+  p.conn.idle_ms = 30;
+  keel_scope_t *sc;
+  CHECK_RC(keel_scope_open(NULL, &sc));
+  int64_t t0 = keel_now_ns();
+  CHECK_RC(keel_spawn(sc, echo_start, &p.conn, NULL));
+  CHECK_RC(keel_write_all(keel_tcp_stream(p.client), "x", 1, NULL));
+  char c;
+  CHECK_EQ(keel_read(keel_tcp_stream(p.client), &c, 1), 1);
+  CHECK_RC(keel_scope_join(sc));
+  CHECK_EQ(p.conn.last_rc, -ETIMEDOUT);
+  CHECK_EQ(p.conn.rounds, 1);
+  CHECK(keel_now_ns() - t0 >= 30 * KEEL_NS_PER_MS);
+  CHECK(kt_within(t0, 30 * KEEL_NS_PER_MS + kt_late_ns()));
+  CHECK_RC(keel_scope_close(sc));
+  pair_close(&p);
+  return 0;
+}
+
+static void test_park_idle_deadline(void **state) {
+  (void)state;
+  kt_run_real_body(idle_body, NULL, 1);
+}
+
+/* Cancelling the scope wakes the parked connection: fn sees -ECANCELED. */
+static int cancel_body(void *arg) {
+  (void)arg;
+  pair_t p;
+  CHECK_RC(pair_open(&p));
+  keel_scope_t *sc;
+  CHECK_RC(keel_scope_open(NULL, &sc));
+  CHECK_RC(keel_spawn(sc, echo_start, &p.conn, NULL));
+  CHECK_RC(keel_sleep_ms(10));
+  CHECK_EQ(keel_scope_live(sc), 1); /* parked, still in its scope */
+  keel_scope_cancel(sc, KEEL_CANCEL_USER);
+  CHECK_RC(keel_scope_join(sc));
+  CHECK_EQ(p.conn.parks, 1);
+  CHECK_EQ(p.conn.last_rc, -ECANCELED);
+  CHECK_RC(keel_scope_close(sc));
+  pair_close(&p);
+  return 0;
+}
+
+static void test_park_cancel(void **state) {
+  (void)state;
+  kt_run_real_body(cancel_body, NULL, 1);
+}
+
+/* Refused: a scope open, a shield, the wrong worker. */
+static int refused_body(void *arg) {
+  (void)arg;
+  pair_t p;
+  CHECK_RC(pair_open(&p));
+  keel_scope_t *sc;
+  CHECK_RC(keel_scope_open(NULL, &sc));
+  CHECK_EQ(keel_tcp_park(p.conn.tcp, echo_resume, &p.conn), -EBUSY);
+  CHECK_RC(keel_scope_close(sc));
+  keel_shield_begin(0);
+  CHECK_EQ(keel_tcp_park(p.conn.tcp, echo_resume, &p.conn), -EBUSY);
+  keel_shield_end();
+  CHECK_EQ(keel_tcp_park(p.conn.tcp, NULL, NULL), -EINVAL);
+  pair_close(&p);
+  return 0;
+}
+
+static void test_park_refused(void **state) {
+  (void)state;
+  kt_run_real_body(refused_body, NULL, 1);
+}
+
+int main(void) {
+  kt_select_backends();
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_park_echo),
+      cmocka_unit_test(test_park_idle_deadline),
+      cmocka_unit_test(test_park_cancel),
+      cmocka_unit_test(test_park_refused),
+  };
+  return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
+}
