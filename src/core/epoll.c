@@ -117,36 +117,6 @@ static int ep_wait_ready(keel__io_t *io, bool write) {
 
 /* ---- Operations --------------------------------------------------------------- */
 
-/* Readiness as the last call or edge left it. Edge-triggered epoll reports
- * only changes, and a stream read or write that moved fewer bytes than
- * asked (or hit EAGAIN) has drained the socket: the next call waits for an
- * edge instead of trying, which saves the EAGAIN system call a message
- * would otherwise cost. End of stream (0) keeps the flag: it repeats. */
-#define EP_IO(call, ready, hup, want, write)    \
-  do {                                          \
-    int rc_ = keel__check_cancel();             \
-    if (rc_)                                    \
-      return rc_;                               \
-    for (;;) {                                  \
-      if (io->ready || io->hup) {               \
-        ssize_t n_ = (call);                    \
-        if (n_ >= 0) {                          \
-          size_t want_ = (want);                \
-          if (n_ > 0 && (size_t)n_ < want_)     \
-            io->ready = false;                  \
-          return n_;                            \
-        }                                       \
-        if (errno == EINTR)                     \
-          continue;                             \
-        if (errno != EAGAIN)                    \
-          return -errno;                        \
-        io->ready = false;                      \
-      }                                         \
-      if ((rc_ = ep_wait_ready(io, write)) < 0) \
-        return rc_;                             \
-    }                                           \
-  } while (0)
-
 static size_t iov_total(const struct iovec *iov, int iovcnt) {
   size_t total = 0;
   for (int i = 0; i < iovcnt; i++)
@@ -154,26 +124,112 @@ static size_t iov_total(const struct iovec *iov, int iovcnt) {
   return total;
 }
 
+/* The non-blocking call an operation makes, and its arguments. The kind
+ * is a constant in each operation and ep_io is always inlined, so the
+ * switches below fold to the one call: nothing is dispatched at run time
+ * per read or write. (Left to itself GCC keeps ep_io, with five callers,
+ * out of line.) */
+typedef enum ep_call_kind { EP_RECV, EP_READV, EP_SEND, EP_WRITEV, EP_ACCEPT } ep_call_kind_t;
+
+typedef struct ep_call {
+  ep_call_kind_t kind;
+  void *buf; /* recv, send (which only reads it) */
+  size_t len;
+  const struct iovec *iov; /* readv, writev */
+  int iovcnt;
+} ep_call_t;
+
+static inline bool ep_call_writes(const ep_call_t *c) {
+  return c->kind == EP_SEND || c->kind == EP_WRITEV;
+}
+
+/* Makes the call once: its result, with errno set when negative. */
+static inline ssize_t ep_call_once(keel__io_t *io, const ep_call_t *c) {
+  switch (c->kind) {
+  case EP_RECV:
+    return recv(io->fd, c->buf, c->len, 0);
+  case EP_READV:
+    return readv(io->fd, c->iov, c->iovcnt);
+  case EP_SEND:
+    return send(io->fd, c->buf, c->len, MSG_NOSIGNAL);
+  case EP_WRITEV: {
+    struct msghdr msg = {.msg_iov = (struct iovec *)c->iov, .msg_iovlen = (size_t)c->iovcnt};
+    return sendmsg(io->fd, &msg, MSG_NOSIGNAL);
+  }
+  case EP_ACCEPT:
+    return accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  }
+  errno = EINVAL; /* not a kind: unreachable */
+  return -1;
+}
+
+/* The bytes the call asked for; 0 for an accept, whose success says
+ * nothing about what is left in the backlog. */
+static inline size_t ep_call_want(const ep_call_t *c) {
+  switch (c->kind) {
+  case EP_RECV:
+  case EP_SEND:
+    return c->len;
+  case EP_READV:
+  case EP_WRITEV:
+    return iov_total(c->iov, c->iovcnt);
+  case EP_ACCEPT:
+    return 0;
+  }
+  return 0;
+}
+
+/* Makes the call, parking for readiness on EAGAIN, and returns its result
+ * or a negative errno. Readiness is as the last call or edge left it.
+ * Edge-triggered epoll reports only changes, and a stream read or write
+ * that moved fewer bytes than asked (or hit EAGAIN) has drained the
+ * socket: the next call waits for an edge instead of trying, which saves
+ * the EAGAIN system call a message would otherwise cost. End of stream (0)
+ * keeps the flag: it repeats. After a hang-up the call is always tried
+ * (see ep_dispatch). */
+static inline __attribute__((always_inline)) ssize_t ep_io(keel__io_t *io, const ep_call_t *c) {
+  bool write = ep_call_writes(c);
+  bool *ready = write ? &io->wr_ready : &io->rd_ready;
+  const bool *hup = write ? &io->wr_hup : &io->rd_hup;
+  int rc = keel__check_cancel();
+  if (rc)
+    return rc;
+  for (;;) {
+    if (*ready || *hup) {
+      ssize_t n = ep_call_once(io, c);
+      if (n >= 0) {
+        if (n > 0 && (size_t)n < ep_call_want(c))
+          *ready = false;
+        return n;
+      }
+      if (errno == EINTR)
+        continue;
+      if (errno != EAGAIN)
+        return -errno;
+      *ready = false;
+    }
+    if ((rc = ep_wait_ready(io, write)) < 0)
+      return rc;
+  }
+}
+
 static ssize_t ep_recv(keel__io_t *io, void *buf, size_t len) {
-  EP_IO(recv(io->fd, buf, len, 0), rd_ready, rd_hup, len, false);
+  return ep_io(io, &(ep_call_t){.kind = EP_RECV, .buf = buf, .len = len});
 }
 
 static ssize_t ep_readv(keel__io_t *io, const struct iovec *iov, int iovcnt) {
-  EP_IO(readv(io->fd, iov, iovcnt), rd_ready, rd_hup, iov_total(iov, iovcnt), false);
+  return ep_io(io, &(ep_call_t){.kind = EP_READV, .iov = iov, .iovcnt = iovcnt});
 }
 
 static ssize_t ep_send(keel__io_t *io, const void *buf, size_t len) {
-  EP_IO(send(io->fd, buf, len, MSG_NOSIGNAL), wr_ready, wr_hup, len, true);
+  return ep_io(io, &(ep_call_t){.kind = EP_SEND, .buf = (void *)buf, .len = len});
 }
 
 static ssize_t ep_writev(keel__io_t *io, const struct iovec *iov, int iovcnt) {
-  struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
-  EP_IO(sendmsg(io->fd, &msg, MSG_NOSIGNAL), wr_ready, wr_hup, iov_total(iov, iovcnt), true);
+  return ep_io(io, &(ep_call_t){.kind = EP_WRITEV, .iov = iov, .iovcnt = iovcnt});
 }
 
-static int ep_accept(keel__io_t *io) {
-  EP_IO(accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC), rd_ready, rd_hup, 0, false);
-}
+static int ep_accept(keel__io_t *io) { return (int)ep_io(io, &(ep_call_t){.kind = EP_ACCEPT}); }
 
 /* rd_ready may only mean "unknown, try the call": ask the socket once
  * without waiting before waiting for an edge. */

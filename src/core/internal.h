@@ -420,6 +420,17 @@ extern const keel__backend_ops_t keel__uring_ops;
 extern const keel__backend_ops_t keel__epoll_ops;
 extern const keel__backend_ops_t keel__lab_ops;
 
+/* io_uring, with ring's SQ full: submits the batch and returns a free SQE,
+ * or NULL with the negative errno in *err once the kernel has refused it
+ * (at once for a lasting error; after a few tries for -EINTR, -EAGAIN and
+ * -EBUSY). */
+struct io_uring;
+struct io_uring_sqe;
+struct io_uring_sqe *keel__uring_sqe_after_submit(struct io_uring *ring, int *err);
+/* The ring of worker w, or NULL if w does not run io_uring. For tests
+ * that make the kernel refuse its submissions for a while. */
+struct io_uring *keel__uring_ring(keel__worker_t *w);
+
 void keel__io_init(keel__io_t *io, int fd);
 
 /* ---- Workers and the runtime --------------------------------------------- */

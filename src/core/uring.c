@@ -31,24 +31,81 @@ typedef struct uring_backend {
   struct io_uring ring;
   uint64_t wake_buf;
   bool ext_arg;    /* kernel waits with a timeout without a timeout SQE */
+  bool wake_armed; /* the wake read is queued or in flight */
   unsigned nslots; /* registered file table size, 0 if unavailable */
   unsigned nfree;  /* free slots, on the stack below */
   unsigned *free_slots;
+  /* Waits whose cancel found no SQE to go in (the kernel refused the full
+   * SQ): ur_poll queues each cancel once it can, still behind the SQE of
+   * the operation it cancels. See owe_cancel. */
+  keel__queue_t cancels_owed;
 } uring_backend_t;
 
-static struct io_uring_sqe *get_sqe(uring_backend_t *b) {
-  struct io_uring_sqe *sqe = io_uring_get_sqe(&b->ring);
-  while (!sqe) { /* SQ full: hand the batch to the kernel and go on */
-    io_uring_submit(&b->ring);
-    sqe = io_uring_get_sqe(&b->ring);
+/* How often a full SQ's submit is tried while the kernel reports a passing
+ * condition (-EINTR, -EAGAIN, -EBUSY), and how long ur_poll may sleep while
+ * work is owed to the ring (the wake read, cancels). */
+#define SUBMIT_TRIES 8
+#define OWED_RETRY_NS KEEL_NS_PER_MS
+
+/* The SQ is full: hand the batch to the kernel, which frees its entries.
+ * This used to retry until the kernel took it, so a kernel that refuses
+ * the batch for good (-ENOMEM, -EBADFD, -EEXIST for a thread that is not
+ * the ring's issuer) spun the worker forever with every task on it stuck.
+ * A passing refusal gets a few more tries, each after io_uring_get_events:
+ * it runs the completions deferred to this thread, which hands their
+ * requests back to the kernel (-EAGAIN: it could not allocate one), and
+ * flushes overflowed CQEs where they fit (-EBUSY: some could not be).
+ * Waiting for a completion would not free CQ space: only reaping does, and
+ * reaping here would run completion handlers inside whatever asked for the
+ * SQE (ur_poll's CQE loop, an abort hook run by a timer). Then the caller
+ * fails what it was starting, or owes it (owe_cancel, wake_armed). */
+struct io_uring_sqe *keel__uring_sqe_after_submit(struct io_uring *ring, int *err) {
+  int rc = -EBUSY;
+  for (int tries = 0; tries < SUBMIT_TRIES; tries++) {
+    rc = io_uring_submit(ring);
+    struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+    if (sqe)
+      return sqe;
+    if (rc >= 0)
+      rc = -EBUSY; /* the kernel took none */
+    else if (rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
+      break;
+    if (rc != -EINTR)
+      io_uring_get_events(ring);
   }
-  return sqe;
+  *err = rc;
+  return NULL;
 }
 
+/* An SQE to prepare, or NULL with the negative errno in *err when the SQ
+ * is full and the kernel will not take it. */
+static inline struct io_uring_sqe *get_sqe(uring_backend_t *b, int *err) {
+  struct io_uring_sqe *sqe = io_uring_get_sqe(&b->ring);
+  if (KEEL__LIKELY(sqe != NULL))
+    return sqe;
+  return keel__uring_sqe_after_submit(&b->ring, err);
+}
+
+static void log_refused(const char *what, int err) {
+  keel_log(KEEL_LOG_WARN, "io_uring refused a full submission queue (%s); %s until it takes one",
+           keel_strerror(err), what);
+}
+
+/* Other threads' posts wake a worker asleep in the ring through this read
+ * of its eventfd. Without an SQE it stays unarmed, and ur_poll arms it
+ * again (waking for that meanwhile) before it sleeps. */
 static void arm_wake(keel__worker_t *w, uring_backend_t *b) {
-  struct io_uring_sqe *sqe = get_sqe(b);
+  int err;
+  struct io_uring_sqe *sqe = get_sqe(b, &err);
+  if (KEEL__UNLIKELY(!sqe)) {
+    if (b->wake_armed)
+      log_refused("the wake-up read waits", err);
+    b->wake_armed = false;
+    return;
+  }
   io_uring_prep_read(sqe, w->wake_fd, &b->wake_buf, sizeof b->wake_buf, 0);
   io_uring_sqe_set_data64(sqe, (uintptr_t)w | TAG_WAKE);
+  b->wake_armed = true;
 }
 
 static int ring_init(uring_backend_t *b, unsigned entries) {
@@ -97,8 +154,9 @@ static void slots_init(uring_backend_t *b) {
 
 /* Points sqe at io's registered slot, registering io once it has proved
  * long-lived. Keeps the plain fd when the table is full or absent. */
-static void use_slot(uring_backend_t *b, keel__io_t *io, struct io_uring_sqe *sqe) {
+static void use_slot(keel__io_t *io, struct io_uring_sqe *sqe) {
   if (io->slot < 0) {
+    uring_backend_t *b = io->worker->backend;
     if (++io->uses < REGISTER_AFTER_OPS || b->nfree == 0)
       return;
     unsigned slot = b->free_slots[--b->nfree];
@@ -138,8 +196,9 @@ static int ur_init(keel__worker_t *w) {
     return rc;
   }
   slots_init(b);
+  keel__queue_init(&b->cancels_owed);
   w->backend = b;
-  arm_wake(w, b);
+  arm_wake(w, b); /* cannot lack an SQE: the ring is empty */
   return 0;
 }
 
@@ -162,7 +221,7 @@ static void ur_wake(keel__worker_t *w) {
 /* ---- Completions ----------------------------------------------------------- */
 
 static void accept_cqe(keel__acceptq_t *q, struct io_uring_cqe *cqe);
-static void accept_arm(keel__acceptq_t *q);
+static int accept_arm(keel__acceptq_t *q);
 
 static void handle_cqe(keel__worker_t *w, struct io_uring_cqe *cqe) {
   uint64_t data = cqe->user_data;
@@ -190,9 +249,26 @@ static void handle_cqe(keel__worker_t *w, struct io_uring_cqe *cqe) {
   }
 }
 
+static void pay_owed_cancels(uring_backend_t *b);
+
+/* Work owed to the ring goes in before the submit. While some is still
+ * owed the sleep is capped: without the wake read, posts from other
+ * threads would not end it, and the CQEs an owed cancel brings are not
+ * coming either. */
+static int64_t settle_owed(keel__worker_t *w, uring_backend_t *b, int64_t timeout_ns) {
+  if (!b->wake_armed)
+    arm_wake(w, b);
+  pay_owed_cancels(b);
+  if (b->wake_armed && keel__queue_empty(&b->cancels_owed))
+    return timeout_ns;
+  return timeout_ns < 0 || timeout_ns > OWED_RETRY_NS ? OWED_RETRY_NS : timeout_ns;
+}
+
 static void ur_poll(keel__worker_t *w, int64_t timeout_ns) {
   uring_backend_t *b = w->backend;
   struct io_uring_cqe *cqe;
+  if (KEEL__UNLIKELY(!b->wake_armed || !keel__queue_empty(&b->cancels_owed)))
+    timeout_ns = settle_owed(w, b, timeout_ns);
   if (timeout_ns == 0) {
     io_uring_submit_and_get_events(&b->ring);
   } else if (timeout_ns < 0) {
@@ -211,14 +287,75 @@ static void ur_poll(keel__worker_t *w, int64_t timeout_ns) {
   io_uring_cq_advance(&b->ring, seen);
 }
 
+/* ---- Cancels ---------------------------------------------------------------------- */
+
+static void prep_cancel_op(struct io_uring_sqe *sqe, keel__wait_t *w) {
+  io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)w, 0);
+  io_uring_sqe_set_data64(sqe, 0);
+}
+
+/* Matches registered-slot operations too: they share the file. */
+static void prep_cancel_fd(struct io_uring_sqe *sqe, keel__io_t *io) {
+  io_uring_prep_cancel_fd(sqe, io->fd, IORING_ASYNC_CANCEL_ALL);
+  io_uring_sqe_set_data64(sqe, 0);
+}
+
+/* A cancel that found no SQE cannot be dropped: the task it serves stays
+ * parked until the operation's CQE, which may never come unasked (a recv
+ * on a quiet socket). w waits on the owed list instead: an operation's
+ * own wait (data NULL) owes the cancel of that operation, a closer's
+ * (data: the descriptor) the cancel of everything on it. Each leaves the
+ * list when it ends (op_wait, park_until_retired). */
+static void owe_cancel(uring_backend_t *b, keel__wait_t *w, int err) {
+  if (keel__queue_empty(&b->cancels_owed))
+    log_refused("cancels wait", err);
+  keel__queue_insert_tail(&b->cancels_owed, &w->node);
+}
+
+/* In the order they were owed, so each stays behind what it cancels;
+ * stops at the first that still finds no SQE. */
+static void pay_owed_cancels(uring_backend_t *b) {
+  while (!keel__queue_empty(&b->cancels_owed)) {
+    keel__wait_t *w = keel__container_of(b->cancels_owed.next, keel__wait_t, node);
+    if (!w->done) { /* done: its CQE came anyway, its task not yet back */
+      int err;
+      struct io_uring_sqe *sqe = get_sqe(b, &err);
+      if (!sqe)
+        return;
+      if (w->data)
+        prep_cancel_fd(sqe, w->data);
+      else
+        prep_cancel_op(sqe, w);
+    }
+    keel__queue_remove(&w->node);
+  }
+}
+
 /* ---- Operations ------------------------------------------------------------------ */
 
 static void op_abort(keel__wait_t *w, int err) {
   (void)err;
   uring_backend_t *b = w->task->worker->backend;
-  struct io_uring_sqe *sqe = get_sqe(b);
-  io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)w, 0);
-  io_uring_sqe_set_data64(sqe, 0);
+  int rc;
+  struct io_uring_sqe *sqe = get_sqe(b, &rc);
+  if (KEEL__UNLIKELY(!sqe)) {
+    owe_cancel(b, w, rc);
+    return;
+  }
+  prep_cancel_op(sqe, w);
+}
+
+/* The start every operation shares: a cancelled task starts nothing, and
+ * w is set up so that an interruption cancels the SQE handed out. 0 with
+ * *sqe to prepare, or the negative errno the operation returns at once. */
+static inline int op_begin(keel__io_t *io, keel__wait_t *w, struct io_uring_sqe **sqe) {
+  int rc = keel__check_cancel();
+  if (rc)
+    return rc;
+  keel__wait_init(w, op_abort);
+  int err;
+  *sqe = get_sqe(io->worker->backend, &err);
+  return KEEL__LIKELY(*sqe != NULL) ? 0 : err;
 }
 
 /* Queues the prepared sqe for w and parks until its CQE. The descriptor
@@ -229,28 +366,25 @@ static ssize_t op_wait(keel__io_t *io, keel__wait_t *w, struct io_uring_sqe *sqe
   ssize_t rc = keel__wait_block(w, KEEL_DEADLINE_NONE, 0);
   if (--io->inflight == 0 && io->close_wait)
     keel__wait_complete(io->close_wait, 0);
+  if (KEEL__UNLIKELY(w->interrupted))
+    keel__queue_remove(&w->node); /* off the owed cancels, if it was on */
   if (rc == -ECANCELED && !w->interrupted)
     rc = -EBADF; /* cancelled by a close of the descriptor (ur_io_close) */
   return rc;
 }
-
-#define UR_BEGIN(io)                           \
-  int rc_ = keel__check_cancel();              \
-  if (rc_)                                     \
-    return rc_;                                \
-  keel__wait_t w;                              \
-  keel__wait_init(&w, op_abort);               \
-  uring_backend_t *b_ = (io)->worker->backend; \
-  struct io_uring_sqe *sqe = get_sqe(b_)
 
 /* A recv that left the socket empty (no SOCK_NONEMPTY in its CQE) is
  * usually followed by one that must wait: request/response peers send
  * nothing more until answered. That one skips the doomed first attempt and
  * arms the socket's poll at once; data already there is found by the arm. */
 static ssize_t ur_recv(keel__io_t *io, void *buf, size_t len) {
-  UR_BEGIN(io);
+  keel__wait_t w;
+  struct io_uring_sqe *sqe;
+  int rc = op_begin(io, &w, &sqe);
+  if (rc)
+    return rc;
   io_uring_prep_recv(sqe, io->fd, buf, len, 0);
-  use_slot(b_, io, sqe);
+  use_slot(io, sqe);
   if (io->rd_drained)
     sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
   ssize_t n = op_wait(io, &w, sqe);
@@ -259,37 +393,53 @@ static ssize_t ur_recv(keel__io_t *io, void *buf, size_t len) {
 }
 
 static ssize_t ur_readv(keel__io_t *io, const struct iovec *iov, int iovcnt) {
-  UR_BEGIN(io);
+  keel__wait_t w;
+  struct io_uring_sqe *sqe;
+  int rc = op_begin(io, &w, &sqe);
+  if (rc)
+    return rc;
   struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
   io_uring_prep_recvmsg(sqe, io->fd, &msg, 0);
-  use_slot(b_, io, sqe);
+  use_slot(io, sqe);
   return op_wait(io, &w, sqe);
 }
 
 static ssize_t ur_send(keel__io_t *io, const void *buf, size_t len) {
-  UR_BEGIN(io);
+  keel__wait_t w;
+  struct io_uring_sqe *sqe;
+  int rc = op_begin(io, &w, &sqe);
+  if (rc)
+    return rc;
   io_uring_prep_send(sqe, io->fd, buf, len, MSG_NOSIGNAL);
-  use_slot(b_, io, sqe);
+  use_slot(io, sqe);
   return op_wait(io, &w, sqe);
 }
 
 static ssize_t ur_writev(keel__io_t *io, const struct iovec *iov, int iovcnt) {
-  UR_BEGIN(io);
+  keel__wait_t w;
+  struct io_uring_sqe *sqe;
+  int rc = op_begin(io, &w, &sqe);
+  if (rc)
+    return rc;
   struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
   io_uring_prep_sendmsg(sqe, io->fd, &msg, MSG_NOSIGNAL);
-  use_slot(b_, io, sqe);
+  use_slot(io, sqe);
   return op_wait(io, &w, sqe);
 }
 
 static int ur_connect(keel__io_t *io, const struct sockaddr *sa, socklen_t len) {
-  UR_BEGIN(io);
+  keel__wait_t w;
+  struct io_uring_sqe *sqe;
+  int rc = op_begin(io, &w, &sqe);
+  if (rc)
+    return rc;
   io_uring_prep_connect(sqe, io->fd, sa, len);
-  ssize_t rc = op_wait(io, &w, sqe);
+  ssize_t n = op_wait(io, &w, sqe);
   /* Connected after all, but the caller was cancelled: it gets the reason
    * and closes the socket. */
-  if (rc == 0 && w.interrupted)
-    rc = w.interrupted;
-  return (int)rc;
+  if (n == 0 && w.interrupted)
+    n = w.interrupted;
+  return (int)n;
 }
 
 /* A poll, not a recv: the connection holds no buffer while it waits. */
@@ -317,10 +467,15 @@ static int ur_readable_done(keel__io_t *io, keel__wait_t *w) {
 
 /* ---- Multishot accept --------------------------------------------------------- */
 
-static void accept_cancel_q(keel__acceptq_t *q) {
-  struct io_uring_sqe *sqe = get_sqe(keel__tls_worker->backend);
+/* 0, or the negative errno when no SQE was to be had. */
+static int accept_cancel_q(keel__acceptq_t *q) {
+  int err;
+  struct io_uring_sqe *sqe = get_sqe(keel__tls_worker->backend, &err);
+  if (!sqe)
+    return err;
   io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)q | TAG_ACCEPT, 0);
   io_uring_sqe_set_data64(sqe, 0);
+  return 0;
 }
 
 /* Grows the queue (a burst larger than it, arriving before the pause took
@@ -343,6 +498,14 @@ static bool acceptq_reserve(keel__acceptq_t *q) {
   return true;
 }
 
+/* The multishot ended with tasks still waiting. If it cannot be armed
+ * again nothing would wake them: each gets the error instead. */
+static void accept_rearm(keel__acceptq_t *q) {
+  int rc = accept_arm(q);
+  if (rc < 0)
+    keel__waiters_wake_all(&q->waiters, rc);
+}
+
 static void accept_cqe(keel__acceptq_t *q, struct io_uring_cqe *cqe) {
   int res = cqe->res;
   if (!(cqe->flags & IORING_CQE_F_MORE))
@@ -357,9 +520,10 @@ static void accept_cqe(keel__acceptq_t *q, struct io_uring_cqe *cqe) {
     } else {
       q->fds[q->tail++ & (q->cap - 1)] = res;
       /* Nobody takes them: pause, and let the kernel's backlog hold the
-       * rest; the next accept that finds the queue empty re-arms. */
+       * rest; the next accept that finds the queue empty re-arms. Without
+       * an SQE for the cancel it keeps accepting and the queue grows. */
       if (q->armed && q->tail - q->head == KEEL__ACCEPTQ_MIN)
-        accept_cancel_q(q);
+        (void)accept_cancel_q(q);
     }
   } else if (res != -ECANCELED && !keel__waiters_wake_one(&q->waiters, res)) {
     q->err = res; /* for the next accept (e.g. -EMFILE: it backs off) */
@@ -367,16 +531,19 @@ static void accept_cqe(keel__acceptq_t *q, struct io_uring_cqe *cqe) {
   if (!q->armed && q->close_wait)
     keel__wait_complete(q->close_wait, 0);
   else if (!q->armed && !keel__queue_empty(&q->waiters) && !q->closing)
-    accept_arm(q); /* the multishot ended with tasks still waiting */
+    accept_rearm(q);
 }
 
-static void accept_cancel(keel__io_t *io) { accept_cancel_q(io->acceptq); }
-
-static void accept_arm(keel__acceptq_t *q) {
-  struct io_uring_sqe *sqe = get_sqe(keel__tls_worker->backend);
+/* 0, or the negative errno when no SQE was to be had (still unarmed). */
+static int accept_arm(keel__acceptq_t *q) {
+  int err;
+  struct io_uring_sqe *sqe = get_sqe(keel__tls_worker->backend, &err);
+  if (!sqe)
+    return err;
   io_uring_prep_multishot_accept(sqe, q->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
   io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)q | TAG_ACCEPT);
   q->armed = true;
+  return 0;
 }
 
 static int ur_accept(keel__io_t *io) {
@@ -391,8 +558,8 @@ static int ur_accept(keel__io_t *io) {
     q->err = 0;
     return err;
   }
-  if (!q->armed)
-    accept_arm(q);
+  if (!q->armed && (rc = accept_arm(q)) < 0)
+    return rc;
   /* A cancelled waiter just leaves the list: the multishot stays armed
    * and what it accepts queues for the next accept. */
   keel__wait_t w;
@@ -402,26 +569,32 @@ static int ur_accept(keel__io_t *io) {
 }
 
 /* Parks the closing task, deaf to cancellation (the cancels it submitted
- * complete promptly), until a completion handler completes *slot. */
-static void park_until_retired(keel__wait_t **slot) {
+ * complete promptly), until a completion handler completes *slot. A closer
+ * whose cancel found no SQE (owed_err < 0) owes the cancel of everything
+ * on io instead (owe_cancel). */
+static void park_until_retired(keel__io_t *io, keel__wait_t **slot, int owed_err) {
   keel__wait_t w;
   keel__wait_init(&w, NULL);
   w.shielded = true;
+  if (KEEL__UNLIKELY(owed_err < 0)) {
+    w.data = io;
+    owe_cancel(io->worker->backend, &w, owed_err);
+  }
   *slot = &w;
   keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
   *slot = NULL;
+  keel__queue_remove(&w.node); /* off the owed cancels, if it was on */
 }
 
 /* The listener is closing: stop the multishot and wait for its last CQE,
- * which references the queue, then close what was accepted but not taken. */
+ * which references the queue, then close what was accepted but not taken.
+ * An owed cancel cancels everything on the listener: only the multishot. */
 static void accept_close(keel__io_t *io) {
   keel__acceptq_t *q = io->acceptq;
   q->closing = true;
   keel__waiters_wake_all(&q->waiters, -EBADF);
-  if (q->armed) {
-    accept_cancel(io);
-    park_until_retired(&q->close_wait);
-  }
+  if (q->armed)
+    park_until_retired(io, &q->close_wait, accept_cancel_q(q));
   while (q->head != q->tail)
     close(q->fds[q->head++ & (q->cap - 1)]);
   free(q->fds);
@@ -437,13 +610,19 @@ static void ur_io_close(keel__io_t *io) {
   if (io->acceptq)
     accept_close(io);
   if (io->inflight > 0) {
-    /* Matches registered-slot operations too: they share the file. */
-    struct io_uring_sqe *sqe = get_sqe(b);
-    io_uring_prep_cancel_fd(sqe, io->fd, IORING_ASYNC_CANCEL_ALL);
-    io_uring_sqe_set_data64(sqe, 0);
-    park_until_retired(&io->close_wait);
+    int err = 0;
+    struct io_uring_sqe *sqe = get_sqe(b, &err);
+    if (sqe)
+      prep_cancel_fd(sqe, io);
+    park_until_retired(io, &io->close_wait, err);
   }
   release_slot(b, io);
+}
+
+struct io_uring *keel__uring_ring(keel__worker_t *w) {
+  if (w->ops != &keel__uring_ops)
+    return NULL;
+  return &((uring_backend_t *)w->backend)->ring;
 }
 
 const keel__backend_ops_t keel__uring_ops = {
