@@ -446,17 +446,27 @@ static int ur_connect(keel__io_t *io, const struct sockaddr *sa, socklen_t len) 
 static void ur_arm_readable(keel__io_t *io, keel__wait_t *w) {
   keel__wait_init(w, op_abort);
   uring_backend_t *b = io->worker->backend;
-  struct io_uring_sqe *sqe = get_sqe(b);
+  int err;
+  struct io_uring_sqe *sqe = get_sqe(b, &err);
+  if (KEEL__UNLIKELY(!sqe)) {
+    keel__wait_complete(w, err); /* nothing in flight: w->data stays NULL */
+    return;
+  }
   io_uring_prep_poll_add(sqe, io->fd, POLLIN | POLLRDHUP);
   use_slot(b, io, sqe);
   io_uring_sqe_set_data(sqe, w);
+  w->data = io;
   io->inflight++;
 }
 
 static int ur_readable_done(keel__io_t *io, keel__wait_t *w) {
   ssize_t rc = w->result;
+  if (!w->data)
+    return (int)rc;
   if (--io->inflight == 0 && io->close_wait)
     keel__wait_complete(io->close_wait, 0);
+  if (KEEL__UNLIKELY(w->interrupted))
+    keel__queue_remove(&w->node); /* off the owed cancels, if it was on */
   if (rc == -ECANCELED && !w->interrupted)
     rc = -EBADF; /* cancelled by a close of the descriptor (ur_io_close) */
   if (rc < 0)
