@@ -453,7 +453,7 @@ static void ur_arm_readable(keel__io_t *io, keel__wait_t *w) {
     return;
   }
   io_uring_prep_poll_add(sqe, io->fd, POLLIN | POLLRDHUP);
-  use_slot(b, io, sqe);
+  use_slot(io, sqe);
   io_uring_sqe_set_data(sqe, w);
   w->data = io;
   io->inflight++;
