@@ -162,9 +162,9 @@ static int refusal_open(refusal_t *t) {
   }
   t->ring = keel__uring_ring(keel__worker_current());
   CHECK(t->ring != NULL);
-  t->readers0 = keel_scope_open(NULL);
-  t->readers_rest = keel_scope_open(NULL);
-  t->closers = keel_scope_open(NULL);
+  (void)keel_scope_open(NULL, &t->readers0);
+  (void)keel_scope_open(NULL, &t->readers_rest);
+  (void)keel_scope_open(NULL, &t->closers);
   CHECK(t->readers0 && t->readers_rest && t->closers);
   return 0;
 }

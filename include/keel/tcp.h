@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <sys/socket.h>
 
+#include "core.h"
 #include "stream.h"
 
 #ifdef __cplusplus
