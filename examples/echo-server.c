@@ -16,6 +16,8 @@
 
 #define ECHO_BUF_SIZE 16384
 
+static int conn_echo(void *arg);
+
 typedef struct server {
   char hostport[300];
   int workers;
@@ -28,44 +30,48 @@ typedef struct server {
   keel_addr_t bound;    /* worker 0's listener address, for --port 0 */
 } server_t;
 
-/* Per-connection task argument; the task copies it and frees it at once. */
+/* One connection: its task's argument for the connection's whole life. */
 typedef struct conn_arg {
   server_t *server;
   keel_tcp_t *tcp;
 } conn_arg_t;
 
-/* Reads with the idle deadline (if any) applied to this read only: a write
- * held up by a peer that reads slowly is back-pressure, not idleness. */
-static ssize_t read_idle(server_t *srv, keel_stream_t *s, void *buf, size_t len) {
-  if (srv->idle_ns == 0)
-    return keel_read(s, buf, len);
-  int64_t prev = keel_task_set_deadline(keel_now_ns() + srv->idle_ns);
-  ssize_t n = keel_read(s, buf, len);
-  keel_task_set_deadline(prev);
-  return n;
-}
-
-/* One connection: echo until EOF, an error, idleness or cancellation. The
- * buffer is on the stack, so an idle connection costs only the stack pages
- * it has touched: the top frames, and the buffer's first page when
- * messages are small. */
-static int conn_task(void *arg) {
-  conn_arg_t ca = *(conn_arg_t *)arg;
-  free(arg);
-  keel_stream_t *s = keel_tcp_stream(ca.tcp);
-  char buf[ECHO_BUF_SIZE];
-  for (;;) {
-    ssize_t n = read_idle(ca.server, s, buf, sizeof buf);
-    if (n <= 0)
-      break; /* EOF, -ETIMEDOUT (idle), -ECANCELED (shutdown), reset... */
-    if (keel_write_all(s, buf, (size_t)n, NULL) < 0)
-      break;
-  }
-  keel_tcp_close(ca.tcp);
-  atomic_fetch_sub_explicit(&ca.server->conns, 1, memory_order_relaxed);
+static int conn_end(conn_arg_t *ca) {
+  keel_tcp_close(ca->tcp);
+  atomic_fetch_sub_explicit(&ca->server->conns, 1, memory_order_relaxed);
+  free(ca);
   /* Peer errors are the peer's business: never fail the scope for them. */
   return 0;
 }
+
+/* Waits for the next bytes with no stack and no buffer: the task gives its
+ * stack back and comes back in conn_echo when bytes arrive, the idle
+ * deadline passes or the server shuts down. An idle connection costs its
+ * two small structs. The idle deadline covers the wait only: a write held
+ * up by a peer that reads slowly is back-pressure, not idleness. */
+static int conn_wait(conn_arg_t *ca) {
+  if (ca->server->idle_ns > 0)
+    keel_task_set_deadline(keel_now_ns() + ca->server->idle_ns);
+  int rc = keel_tcp_park(ca->tcp, conn_echo, ca); /* returns only if it cannot park */
+  return rc < 0 ? conn_end(ca) : 0;
+}
+
+/* Echoes what has arrived, then waits again. The buffer is on a stack the
+ * task holds only while bytes are in flight. */
+static int conn_echo(void *arg) {
+  conn_arg_t *ca = arg;
+  keel_stream_t *s = keel_tcp_stream(ca->tcp);
+  char buf[ECHO_BUF_SIZE];
+  ssize_t n = keel_read(s, buf, sizeof buf);
+  if (n <= 0)
+    return conn_end(ca); /* EOF, -ETIMEDOUT (idle), -ECANCELED (shutdown), reset... */
+  keel_task_set_deadline(KEEL_DEADLINE_NONE);
+  if (keel_write_all(s, buf, (size_t)n, NULL) < 0)
+    return conn_end(ca);
+  return conn_wait(ca);
+}
+
+static int conn_task(void *arg) { return conn_wait(arg); }
 
 /* Takes ownership of tcp: spawns its task, or closes it when over the
  * connection limit or when the task cannot be started. */

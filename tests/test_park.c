@@ -59,7 +59,7 @@ static void pair_close(pair_t *p) {
 }
 
 #define CONNS 40
-#define ROUNDS 50
+#define ROUNDS (50 / KT_SCALE) /* each restart makes a ThreadSanitizer fiber */
 
 /* Many connections, many round trips, each with its task parked between. */
 static int echo_body(void *arg) {
