@@ -417,9 +417,10 @@ void keel__scope_dump(keel_scope_t *s, int depth) {
     keel_task_t *t = keel__container_of(q, keel_task_t, scope_node);
     DUMP_RACY_BEGIN();
     int state = t->state;
+    bool stackless = t->shedding;
     DUMP_RACY_END();
-    keel_log(KEEL_LOG_INFO, "%*s  task '%s' on worker %d: %s", depth * 2, "", t->name,
-             t->worker->id, task_state_name(state));
+    keel_log(KEEL_LOG_INFO, "%*s  task '%s' on worker %d: %s%s", depth * 2, "", t->name,
+             t->worker->id, task_state_name(state), stackless ? " (parked without a stack)" : "");
   }
   for (keel__queue_t *q = s->children.next; q != &s->children; q = q->next)
     keel__scope_dump(keel__container_of(q, keel_scope_t, child_node), depth + 1);
