@@ -80,9 +80,16 @@ static inline int kt_run_guarded(keel_backend_t backend, int workers, keel_task_
   return kt_run(backend, workers, kt_guard_main, &body);
 }
 
-static inline int kt_run_guarded_lab(uint64_t seed, keel_task_fn fn, void *arg) {
+/* The same in lab mode with one seed; the run's trace hash goes to *trace
+ * if not NULL, so that two runs of a seed can be compared. */
+static inline int kt_run_guarded_lab_traced(uint64_t seed, keel_task_fn fn, void *arg,
+                                            uint64_t *trace) {
   kt_body_t body = {fn, arg};
-  return kt_run_lab(seed, kt_guard_main, &body, NULL);
+  return kt_run_lab(seed, kt_guard_main, &body, trace);
+}
+
+static inline int kt_run_guarded_lab(uint64_t seed, keel_task_fn fn, void *arg) {
+  return kt_run_guarded_lab_traced(seed, fn, arg, NULL);
 }
 
 /* Spawns fn(arg) on worker (KEEL_WORKER_CURRENT or KEEL_WORKER(i)) in a

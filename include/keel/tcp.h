@@ -1,4 +1,10 @@
-/* keel TCP: listeners, connections and addresses. */
+/* keel TCP: listeners, connections and addresses.
+ *
+ * In lab mode (keel/lab.h) the same calls run on the lab runtime's
+ * in-memory network: listeners, connects and accepts behave as on a
+ * loopback interface, with no descriptor and no DNS, and with the faults
+ * keel_lab_net_faults sets. The differences a program can see are noted
+ * at each call; keel/lab.h has the whole picture. */
 #ifndef KEEL_TCP_H
 #define KEEL_TCP_H
 
@@ -34,7 +40,9 @@ int keel_addr_parse(const char *hostport, keel_addr_t *out);
  * EAI_ADDRFAMILY, or no IPv4/IPv6 address), -EAGAIN temporary failure
  * (EAI_AGAIN), -EIO (EAI_FAIL, unknown codes), -ENOMEM (EAI_MEMORY), the
  * errno of EAI_SYSTEM, -ECANCELED / -ETIMEDOUT (at once, even while
- * getaddrinfo still runs: its result is then freed on the pool). */
+ * getaddrinfo still runs: its result is then freed on the pool). In lab
+ * mode a name resolves at once, without DNS, to its lab network address
+ * (keel/lab.h): one address, never an error. */
 int keel_addr_resolve(const char *hostport, keel_addr_t *out, size_t max);
 /* Addresses keel_tcp_connect and keel_tcp_listen try for a host name. */
 #define KEEL_RESOLVE_MAX 8
@@ -57,16 +65,24 @@ typedef struct keel_listen_opts {
 /* Listens on "host:port" (numeric, or a host name: resolved as by
  * keel_addr_resolve, listening on its first address). The listener
  * belongs to the calling worker. Returns 0 or a negative errno (-EINVAL
- * bad address, -EADDRINUSE, keel_addr_resolve's errors...). */
+ * bad address, -EADDRINUSE, keel_addr_resolve's errors...). Lab mode:
+ * port 0 counts up from 40000, and a taken address is -EADDRINUSE even
+ * with SO_REUSEPORT (one worker); the backlog bounds the connections
+ * queued before connects wait. */
 int keel_tcp_listen(const char *hostport, const keel_listen_opts_t *opts, keel_listener_t **out);
 
 /* Waits for a connection. Returns 0 and *out, or -ECANCELED/-ETIMEDOUT, or
- * another negative errno. Running out of descriptors (EMFILE/ENFILE) is
- * logged and retried after a short back-off, never returned. */
+ * another negative errno (-EBADF: the listener was closed meanwhile).
+ * Running out of descriptors (EMFILE/ENFILE) is logged and retried after
+ * a short back-off, never returned. */
 int keel_tcp_accept(keel_listener_t *l, keel_tcp_t **out);
 
-/* Local address of the listener (e.g. to learn an ephemeral port). */
+/* Local address of the listener (e.g. to learn an ephemeral port): its
+ * keel_addr_format string connects to it, in lab mode too. */
 int keel_listener_addr(const keel_listener_t *l, keel_addr_t *out);
+/* Closes and frees the listener; tasks parked in keel_tcp_accept wake with
+ * -EBADF. Connections queued and not accepted are reset (lab mode: always;
+ * a real backend resets those still in the kernel's queue). */
 int keel_listener_close(keel_listener_t *l);
 
 /* Connects to "host:port" under the task's deadline. A numeric address is
@@ -75,15 +91,21 @@ int keel_listener_close(keel_listener_t *l);
  * order until one connects: sequentially, no happy eyeballs, so an address
  * that hangs holds up the rest until the deadline. Returns 0 and *out, or
  * a negative errno: a resolution error, or the last address's error
- * (-ECONNREFUSED...); -ECANCELED / -ETIMEDOUT end the attempts at once. */
+ * (-ECONNREFUSED...); -ECANCELED / -ETIMEDOUT end the attempts at once.
+ * Lab mode: -ECONNREFUSED at once when nobody listens there; refusals
+ * and hangs as keel_lab_net_faults draws them; beyond the listener's
+ * backlog the connect waits for an accept. */
 int keel_tcp_connect(const char *hostport, keel_tcp_t **out);
 int keel_tcp_connect_addr(const keel_addr_t *addr, keel_tcp_t **out);
 
 /* The stream interface of a connection (keel_read, keel_write, ...). */
 keel_stream_t *keel_tcp_stream(keel_tcp_t *c);
+/* The socket; -1 in lab mode, where there is none. */
 int keel_tcp_fd(const keel_tcp_t *c);
 int keel_tcp_local_addr(const keel_tcp_t *c, keel_addr_t *out);
 int keel_tcp_peer_addr(const keel_tcp_t *c, keel_addr_t *out);
+/* Sets TCP_NODELAY (on by default). 0 or a negative errno; lab mode holds
+ * nothing back, so there it does nothing and returns 0. */
 int keel_tcp_set_nodelay(keel_tcp_t *c, bool on);
 /* Hands the rest of the calling task to its worker until c is readable:
  * the task gives its stack back to the worker's pool and holds no buffer,

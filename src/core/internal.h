@@ -552,10 +552,21 @@ typedef struct keel__lab {
   uint64_t next_task_id;
   keel_task_t *yielder; /* just yielded: not drawn next while another is ready */
   bool deadlock_reported;
+  /* The in-memory network (src/net/labnet.c), made on first use. The
+   * kernel does not know its type: net_free frees it, and every listener
+   * and connection still open, when the lab state goes. */
+  void *net;
+  void (*net_free)(void *net);
 } keel__lab_t;
 
 /* Lab events folded into the trace. */
-enum { KEEL__LAB_EV_RUN = 1, KEEL__LAB_EV_SPAWN, KEEL__LAB_EV_CLOCK, KEEL__LAB_EV_USER };
+enum {
+  KEEL__LAB_EV_RUN = 1,
+  KEEL__LAB_EV_SPAWN,
+  KEEL__LAB_EV_CLOCK,
+  KEEL__LAB_EV_USER,
+  KEEL__LAB_EV_NET /* the lab network: a listen, connect or accept and its outcome */
+};
 void keel__lab_trace(keel__lab_t *lab, unsigned kind, uint64_t a, uint64_t b);
 /* Removes and returns a ready task drawn by the seeded generator. */
 keel_task_t *keel__lab_pop_ready(keel__worker_t *w);

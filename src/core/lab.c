@@ -11,7 +11,9 @@
  * deadlock.
  *
  * Real descriptors are not driven in lab mode (their operations fail with
- * -EOPNOTSUPP): lab programs talk through keel_lab_pipe streams. */
+ * -EOPNOTSUPP): TCP runs on the in-memory network of src/net/labnet.c,
+ * whose state hangs off the lab state (net, net_free), and keel_lab_pipe
+ * streams need no network at all. */
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -134,6 +136,8 @@ static void lab_destroy(keel__worker_t *w) {
     return;
   if (w->rt->cfg.lab_trace)
     *w->rt->cfg.lab_trace = lab->trace_hash;
+  if (lab->net_free)
+    lab->net_free(lab->net);
   free(lab);
   w->backend = NULL;
   w->lab = NULL;

@@ -11,6 +11,7 @@
 #include "internal.h"
 #include "keel/blocking.h"
 #include "keel/tcp.h"
+#include "tcp-internal.h"
 
 static int parse_port(const char *s, in_port_t *out) {
   if (!*s || strlen(s) > 5)
@@ -185,6 +186,12 @@ int keel_addr_resolve(const char *hostport, keel_addr_t *out, size_t max) {
   int rc = split_hostport(hostport, &job);
   if (rc < 0)
     return rc;
+  keel__worker_t *w = keel__worker_current();
+  if (w && w->lab) { /* no DNS in lab mode: names are the lab network's */
+    in_port_t port;
+    parse_port(job.port, &port);
+    return keel__labnet_resolve(job.host, port, out);
+  }
   rc = keel_blocking_run(resolve_fn, &job, sizeof job, resolve_dispose);
   if (rc < 0)
     return rc;

@@ -1,4 +1,7 @@
-/* TCP listeners and connections over the worker's backend. */
+/* TCP listeners and connections over the worker's backend. In lab mode
+ * the same calls run on the in-memory network (labnet.c): a lab listener
+ * or connection is told apart once per call here (a connection by its
+ * stream ops), never inside the read and write paths. */
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -10,22 +13,13 @@
 #include "internal.h"
 #include "keel/stream-impl.h"
 #include "keel/tcp.h"
+#include "tcp-internal.h"
 
 #define ACCEPT_BACKOFF_MIN_MS 10
 #define ACCEPT_BACKOFF_MAX_MS 500
 
-struct keel_tcp {
-  keel_stream_t super;
-  keel__io_t io;
-  keel__wait_t park_wait; /* keel_tcp_park: the wait outlives the stack */
-};
-
-struct keel_listener {
-  keel__io_t io;
-  keel__acceptq_t acceptq;
-  int64_t last_emfile_log_ns;
-  keel__queue_t backoff_waiters; /* acceptors sleeping off EMFILE */
-};
+_Static_assert(sizeof(keel__pipe_end_t) <= sizeof(keel__io_t),
+               "a lab connection must not make a real one larger");
 
 void keel__io_init(keel__io_t *io, int fd) {
   memset(io, 0, sizeof *io);
@@ -94,8 +88,12 @@ static int tcp_wait_readable(keel_stream_t *s) {
   return ops->readable_done(&c->io, &w);
 }
 
+static bool is_lab(const keel_tcp_t *c);
+
 static int park_done(keel__wait_t *w, void *arg) {
   keel_tcp_t *c = arg;
+  if (is_lab(c))
+    return keel__pipe_readable_done(&c->lab, w);
   return c->io.worker->ops->readable_done(&c->io, w);
 }
 
@@ -103,11 +101,15 @@ int keel_tcp_park(keel_tcp_t *c, keel_task_fn fn, void *arg) {
   keel_task_t *t = keel__task_self();
   if (!t || !fn)
     return -EINVAL;
-  if (!OWNED_HERE(&c->io))
+  keel__worker_t *owner = is_lab(c) ? c->lab.pipe->worker : c->io.worker;
+  if (owner != keel__tls_worker)
     return -EXDEV;
   if (t->shield_depth > 0 || !keel__queue_empty(&t->open_scopes))
     return -EBUSY; /* they live on the stack it would give up */
-  c->io.worker->ops->arm_readable(&c->io, &c->park_wait);
+  if (is_lab(c))
+    keel__pipe_arm_readable(&c->lab, &c->park_wait);
+  else
+    owner->ops->arm_readable(&c->io, &c->park_wait);
   keel__task_restart_after(&c->park_wait, park_done, c, fn, arg);
 }
 
@@ -157,11 +159,16 @@ static keel_tcp_t *tcp_new(int fd) {
   return c;
 }
 
+/* A lab connection has labnet.c's ops. */
+static bool is_lab(const keel_tcp_t *c) { return KEEL__UNLIKELY(c->super.ops != &tcp_stream_ops); }
+
 keel_stream_t *keel_tcp_stream(keel_tcp_t *c) { return &c->super; }
-int keel_tcp_fd(const keel_tcp_t *c) { return c->io.fd; }
-int keel_tcp_close(keel_tcp_t *c) { return c ? tcp_close(&c->super) : 0; }
+int keel_tcp_fd(const keel_tcp_t *c) { return is_lab(c) ? -1 : c->io.fd; }
+int keel_tcp_close(keel_tcp_t *c) { return c ? c->super.ops->close(&c->super) : 0; }
 
 int keel_tcp_set_nodelay(keel_tcp_t *c, bool on) {
+  if (is_lab(c))
+    return 0; /* nothing is held back in lab mode */
   int v = on;
   return setsockopt(c->io.fd, IPPROTO_TCP, TCP_NODELAY, &v, sizeof v) == 0 ? 0 : -errno;
 }
@@ -174,10 +181,10 @@ static int sock_name(int fd, keel_addr_t *out, bool peer) {
 }
 
 int keel_tcp_local_addr(const keel_tcp_t *c, keel_addr_t *out) {
-  return sock_name(c->io.fd, out, false);
+  return is_lab(c) ? keel__labnet_tcp_addr(c, out, false) : sock_name(c->io.fd, out, false);
 }
 int keel_tcp_peer_addr(const keel_tcp_t *c, keel_addr_t *out) {
-  return sock_name(c->io.fd, out, true);
+  return is_lab(c) ? keel__labnet_tcp_addr(c, out, true) : sock_name(c->io.fd, out, true);
 }
 
 /* ---- Listen and accept ----------------------------------------------------------- */
@@ -209,12 +216,15 @@ int keel_tcp_listen(const char *hostport, const keel_listen_opts_t *opts, keel_l
   static const keel_listen_opts_t defaults = {0};
   if (!opts)
     opts = &defaults;
-  if (!keel__worker_current())
+  keel__worker_t *w = keel__worker_current();
+  if (!w)
     return -EINVAL;
   keel_addr_t addr;
   int rc = keel_addr_resolve(hostport, &addr, 1);
   if (rc < 0)
     return rc;
+  if (KEEL__UNLIKELY(w->lab))
+    return keel__labnet_listen(&addr, opts, out);
   int fd = listen_socket(&addr, opts);
   if (fd < 0)
     return fd;
@@ -269,6 +279,8 @@ static int accept_backoff(keel_listener_t *l, int err, int64_t *backoff_ms) {
 int keel_tcp_accept(keel_listener_t *l, keel_tcp_t **out) {
   if (!OWNED_HERE(&l->io))
     return -EXDEV;
+  if (KEEL__UNLIKELY(l->io.worker->lab))
+    return keel__labnet_accept(l, out);
   int64_t backoff_ms = ACCEPT_BACKOFF_MIN_MS;
   for (;;) {
     int fd = l->io.worker->ops->accept(&l->io);
@@ -287,8 +299,7 @@ int keel_tcp_accept(keel_listener_t *l, keel_tcp_t **out) {
         return rc;
       continue;
     }
-    /* Lab mode drives no descriptor: its -EOPNOTSUPP is final there. */
-    if (!accept_transient(fd) || l->io.worker->lab)
+    if (!accept_transient(fd))
       return fd;
     int rc = keel__check_cancel(); /* a storm of dead connections stays cancellable */
     if (rc)
@@ -297,6 +308,10 @@ int keel_tcp_accept(keel_listener_t *l, keel_tcp_t **out) {
 }
 
 int keel_listener_addr(const keel_listener_t *l, keel_addr_t *out) {
+  if (l->io.worker->lab) {
+    *out = l->lab.addr;
+    return 0;
+  }
   return sock_name(l->io.fd, out, false);
 }
 
@@ -305,6 +320,8 @@ int keel_listener_close(keel_listener_t *l) {
     return 0;
   if (!OWNED_HERE(&l->io))
     return -EXDEV;
+  if (l->io.worker->lab)
+    return keel__labnet_listener_close(l);
   keel__waiters_wake_all(&l->backoff_waiters, -EBADF);
   l->io.worker->ops->io_close(&l->io);
   int rc = close(l->io.fd) == 0 ? 0 : -errno;
@@ -315,8 +332,11 @@ int keel_listener_close(keel_listener_t *l) {
 /* ---- Connect ----------------------------------------------------------------------- */
 
 int keel_tcp_connect_addr(const keel_addr_t *addr, keel_tcp_t **out) {
-  if (!keel__worker_current())
+  keel__worker_t *w = keel__worker_current();
+  if (!w)
     return -EINVAL;
+  if (KEEL__UNLIKELY(w->lab))
+    return keel__labnet_connect(addr, out);
   int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0)
     return -errno;
