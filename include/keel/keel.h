@@ -5,6 +5,7 @@
 #include "arena.h"
 #include "blocking.h"
 #include "broadcast.h"
+#include "bufstream.h"
 #include "chan.h"
 #include "core.h"
 #include "flow.h"

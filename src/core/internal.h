@@ -457,6 +457,8 @@ struct keel__worker {
   keel__msg_t stop_msg;
   keel__stack_t *stack_pool;
   size_t stack_pool_len;
+  void *buf_cache; /* buffered streams' free read buffers (src/net/bufstream.c) */
+  size_t buf_cache_len;
   size_t tasks;          /* live tasks on this worker */
   int run_budget;        /* task runs left before the next poll */
   int64_t inbox_last_ns; /* when messages last arrived (idle spinning) */
@@ -522,6 +524,8 @@ static inline keel_task_t *keel__task_self(void) {
 
 int keel__worker_init(keel__worker_t *w, keel_runtime_t *rt, int id);
 void keel__worker_destroy(keel__worker_t *w);
+/* Frees the read buffers w keeps for buffered streams. */
+void keel__bufstream_cache_destroy(keel__worker_t *w);
 void keel__worker_loop(keel__worker_t *w);
 /* Runs every message in w's inbox, in posting order (w's own thread, not
  * from a task). */

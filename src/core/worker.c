@@ -51,6 +51,7 @@ int keel__worker_init(keel__worker_t *w, keel_runtime_t *rt, int id) {
 void keel__worker_destroy(keel__worker_t *w) {
   w->ops->destroy(w);
   keel__stack_pool_destroy(w);
+  keel__bufstream_cache_destroy(w);
   if (w->wake_fd >= 0)
     close(w->wake_fd);
   w->wake_fd = -1;
