@@ -12,7 +12,7 @@
 
 #include "kt-guard.h"
 
-#include "internal.h" /* the worker's buffer cache */
+#include "bufstream-internal.h" /* the worker's buffer cache */
 
 #define LAB_SEEDS 32
 
@@ -345,7 +345,7 @@ static int eof_midline_case(bcase_t *c) {
  * back to the worker's cache when the last byte is consumed. */
 static int peek_consume_case(bcase_t *c) {
   keel__worker_t *w = keel__worker_current();
-  size_t cached = w->buf_cache_len;
+  size_t cached = keel__bufstream_cached(w);
   size_t len = 1;
   CHECK(keel_bufstream_peek(c->b, &len) == NULL);
   CHECK_EQ(len, 0);
@@ -354,7 +354,7 @@ static int peek_consume_case(bcase_t *c) {
   CHECK_RC(fill_to(c->b, 11));
   CHECK_EQ(keel_bufstream_held(c->b), c->capacity);
   if (cached > 0)
-    CHECK_EQ(w->buf_cache_len, cached - 1); /* taken from the cache, no malloc */
+    CHECK_EQ(keel__bufstream_cached(w), cached - 1); /* taken from the cache, no malloc */
   CHECK_RC(check_peek(c->b, "hello world"));
   keel_bufstream_consume(c->b, 6);
   CHECK_RC(check_peek(c->b, "world"));
@@ -366,7 +366,7 @@ static int peek_consume_case(bcase_t *c) {
   keel_bufstream_consume(c->b, 2);
   CHECK_EQ(keel_bufstream_held(c->b), 0);
   CHECK_EQ(keel_bufstream_buffered(c->b), 0);
-  CHECK_EQ(w->buf_cache_len, cached > 0 ? cached : 1);
+  CHECK_EQ(keel__bufstream_cached(w), cached > 0 ? cached : 1);
   keel_bufstream_consume(c->b, 0);
   return 0;
 }

@@ -12,8 +12,10 @@
  *
  * Real descriptors are not driven in lab mode (their operations fail with
  * -EOPNOTSUPP): TCP runs on the in-memory network of src/net/labnet.c,
- * whose state hangs off the lab state (net, net_free), and keel_lab_pipe
- * streams need no network at all. */
+ * whose state is a worker slot of the net layer's own, and keel_lab_pipe
+ * streams need no network at all. Everything that differs from the real
+ * backends goes through the backend ops: the clock, the choice of the next
+ * task, the trace of spawns and yields, and virtual_time. */
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -95,13 +97,14 @@ static size_t ready_index(keel__worker_t *w, const keel__queue_t *node) {
 /* keel_yield promises the others a turn: a task that just yielded is not
  * drawn while another is ready, wherever it sits (timers and messages
  * handled since may have queued tasks behind it). */
-keel_task_t *keel__lab_pop_ready(keel__worker_t *w) {
+static keel_task_t *lab_pick_ready(keel__worker_t *w) {
+  keel__lab_t *lab = w->backend;
   size_t n_cancel = queue_len(&w->ready_cancel);
   size_t n = n_cancel + queue_len(&w->ready);
   if (n == 0)
     return NULL;
-  keel_task_t *yielder = w->lab->yielder;
-  w->lab->yielder = NULL;
+  keel_task_t *yielder = lab->yielder;
+  lab->yielder = NULL;
   size_t skip = yielder && n > 1 ? ready_index(w, &yielder->ready_node) : SIZE_MAX;
   size_t choices = skip == SIZE_MAX ? n : n - 1;
   size_t pick = (size_t)(((__uint128_t)keel__rng_next(w->rng) * choices) >> 64);
@@ -110,7 +113,7 @@ keel_task_t *keel__lab_pop_ready(keel__worker_t *w) {
   keel__queue_t *node = nth_ready(w, n_cancel, pick);
   keel__queue_remove(node);
   keel_task_t *t = keel__container_of(node, keel_task_t, ready_node);
-  keel__lab_trace(w->lab, KEEL__LAB_EV_RUN, t->lab_id, (uint64_t)w->lab->now_ns);
+  keel__lab_trace(lab, KEEL__LAB_EV_RUN, t->lab_id, (uint64_t)lab->now_ns);
   return t;
 }
 
@@ -124,7 +127,6 @@ static int lab_init(keel__worker_t *w) {
   lab->seed = w->rt->lab_seed;
   lab->trace_hash = fnv_mix(FNV_OFFSET, lab->seed);
   keel__rng_seed(w->rng, lab->seed);
-  w->lab = lab;
   w->backend = lab;
   keel_log(KEEL_LOG_DEBUG, "lab mode: seed %llu", (unsigned long long)lab->seed);
   return 0;
@@ -136,11 +138,8 @@ static void lab_destroy(keel__worker_t *w) {
     return;
   if (w->rt->cfg.lab_trace)
     *w->rt->cfg.lab_trace = lab->trace_hash;
-  if (lab->net_free)
-    lab->net_free(lab->net);
   free(lab);
   w->backend = NULL;
-  w->lab = NULL;
 }
 
 static void lab_wake(keel__worker_t *w) {
@@ -157,7 +156,7 @@ static void drain_wake_fd(keel__worker_t *w) {
 
 /* Nothing ready, no timer: wait for another thread's post. */
 static void lab_stall(keel__worker_t *w) {
-  keel__lab_t *lab = w->lab;
+  keel__lab_t *lab = w->backend;
   struct pollfd pfd = {w->wake_fd, POLLIN, 0};
   int timeout = lab->deadlock_reported ? -1 : LAB_STALL_REPORT_MS;
   int n = poll(&pfd, 1, timeout);
@@ -174,7 +173,7 @@ static void lab_stall(keel__worker_t *w) {
 }
 
 static void lab_poll(keel__worker_t *w, int64_t timeout_ns) {
-  keel__lab_t *lab = w->lab;
+  keel__lab_t *lab = w->backend;
   if (timeout_ns < 0) {
     lab_stall(w);
     return;
@@ -222,6 +221,19 @@ static int lab_readable_done(keel__io_t *io, keel__wait_t *w) {
 }
 static void lab_io_close(keel__io_t *io) { (void)io; }
 
+static int64_t lab_clock(keel__worker_t *w) { return ((keel__lab_t *)w->backend)->now_ns; }
+
+static void lab_on_spawn(keel__worker_t *w, keel_task_t *t) {
+  keel__lab_t *lab = w->backend;
+  t->lab_id = ++lab->next_task_id;
+  keel__lab_trace(lab, KEEL__LAB_EV_SPAWN, t->lab_id, 0);
+}
+
+/* The seeded pick must still let the others run. */
+static void lab_on_yield(keel__worker_t *w, keel_task_t *t) {
+  ((keel__lab_t *)w->backend)->yielder = t;
+}
+
 const keel__backend_ops_t keel__lab_ops = {
     .name = "lab",
     .init = lab_init,
@@ -237,14 +249,20 @@ const keel__backend_ops_t keel__lab_ops = {
     .arm_readable = lab_arm_readable,
     .readable_done = lab_readable_done,
     .io_close = lab_io_close,
+    .virtual_time = true,
+    .clock = lab_clock,
+    .pick_ready = lab_pick_ready,
+    .on_spawn = lab_on_spawn,
+    .on_yield = lab_on_yield,
 };
+
+keel__lab_t *keel__lab_of(const keel__worker_t *w) {
+  return w && w->ops == &keel__lab_ops ? w->backend : NULL;
+}
 
 /* ---- Public API ------------------------------------------------------------- */
 
-static keel__lab_t *lab_current(void) {
-  keel__worker_t *w = keel__tls_worker;
-  return w ? w->lab : NULL;
-}
+static keel__lab_t *lab_current(void) { return keel__lab_of(keel__tls_worker); }
 
 bool keel_lab_active(void) { return lab_current() != NULL; }
 

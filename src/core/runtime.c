@@ -388,7 +388,8 @@ static int workers_join(keel_runtime_t *rt, int started) {
   int rc = 0;
   for (int i = 1; i < started; i++)
     pthread_join(rt->workers[i].thread, NULL);
-  keel__blocking_shutdown(rt);
+  if (rt->blocking_shutdown)
+    rt->blocking_shutdown(rt);
   for (unsigned spins = 0; atomic_load(&rt->foreign_posts) > 0; spins++) {
     if (spins < 64)
       keel__cpu_relax();

@@ -87,8 +87,8 @@ static void switch_to_task(keel__worker_t *w, keel_task_t *t) {
 }
 
 static keel_task_t *pop_ready(keel__worker_t *w) {
-  if (KEEL__UNLIKELY(w->lab != NULL))
-    return keel__lab_pop_ready(w);
+  if (KEEL__UNLIKELY(w->ops->pick_ready != NULL))
+    return w->ops->pick_ready(w);
   keel__queue_t *q = &w->ready_cancel;
   if (keel__queue_empty(q)) {
     q = &w->ready;
@@ -335,10 +335,8 @@ int keel_spawn(keel_scope_t *scope, keel_task_fn fn, void *arg, const keel_spawn
   }
   if (opts->handle)
     *opts->handle = t;
-  if (KEEL__UNLIKELY(target->lab != NULL)) {
-    t->lab_id = ++target->lab->next_task_id;
-    keel__lab_trace(target->lab, KEEL__LAB_EV_SPAWN, t->lab_id, 0);
-  }
+  if (KEEL__UNLIKELY(target->ops->on_spawn != NULL))
+    target->ops->on_spawn(target, t);
   if (target == w)
     task_start(w, t);
   else {
@@ -509,8 +507,8 @@ int keel_yield(void) {
     return rc;
   t->state = KEEL__TASK_BLOCKED; /* so keel__task_ready queues it */
   keel__task_ready(t);
-  if (KEEL__UNLIKELY(t->worker->lab != NULL))
-    t->worker->lab->yielder = t; /* the seeded pick must still let others run */
+  if (KEEL__UNLIKELY(t->worker->ops->on_yield != NULL))
+    t->worker->ops->on_yield(t->worker, t);
   keel__task_park();
   return 0;
 }

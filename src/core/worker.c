@@ -2,6 +2,7 @@
  * and the backend poll. */
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -40,7 +41,7 @@ int keel__worker_init(keel__worker_t *w, keel_runtime_t *rt, int id) {
     return rc;
   }
   /* After init: lab mode's clock is virtual. */
-  int64_t now = w->lab ? w->lab->now_ns : keel__now_ns();
+  int64_t now = keel__worker_now(w);
   keel__wheel_init(&w->wheel, keel__tick_floor(w, now));
   keel__stack_guard_thread_init(w);
   return 0;
@@ -49,9 +50,14 @@ int keel__worker_init(keel__worker_t *w, keel_runtime_t *rt, int id) {
 /* Any thread, once w's loop has ended (its own thread has already given
  * back its alternate signal stack). */
 void keel__worker_destroy(keel__worker_t *w) {
+  for (int i = 0; i < KEEL__SLOTS; i++) { /* the layers' state, before the backend's */
+    keel__slot_t *s = &w->slots[i];
+    if (s->destroy)
+      s->destroy(w, s->state);
+    *s = (keel__slot_t){0};
+  }
   w->ops->destroy(w);
   keel__stack_pool_destroy(w);
-  keel__bufstream_cache_destroy(w);
   if (w->wake_fd >= 0)
     close(w->wake_fd);
   w->wake_fd = -1;
@@ -111,7 +117,7 @@ static int64_t poll_timeout_ns(keel__worker_t *w) {
 #define IDLE_SPIN_RECENT_NS 1000000
 
 static bool idle_spin(keel__worker_t *w, int64_t timeout_ns) {
-  if (w->lab || (!w->inbox_fresh && w->inbox_last_ns == 0))
+  if (w->ops->virtual_time || (!w->inbox_fresh && w->inbox_last_ns == 0))
     return false;
   int64_t now = keel__now_ns();
   if (w->inbox_fresh) { /* messages came since the last time we got here */
@@ -150,4 +156,16 @@ void keel__worker_loop(keel__worker_t *w) {
     keel__wheel_advance(&w->wheel, keel__tick_floor(w, keel__now_ns()));
   }
   keel__worker_drain_inbox(w); /* messages that raced the stop still release their references */
+}
+
+/* ---- Descriptors ---------------------------------------------------------- */
+
+void keel__io_init(keel__io_t *io, int fd) {
+  memset(io, 0, sizeof *io);
+  io->fd = fd;
+  io->worker = keel__worker_current();
+  keel__queue_init(&io->rd_waiters);
+  keel__queue_init(&io->wr_waiters);
+  io->rd_ready = io->wr_ready = true; /* unknown: try the call first */
+  io->slot = -1;
 }

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bufstream-internal.h"
 #include "internal.h"
 #include "keel/bufstream.h"
 #include "keel/stream-impl.h"
@@ -49,39 +50,64 @@ typedef struct cached_buf {
   struct cached_buf *next;
 } cached_buf_t;
 
+/* The worker's free buffers: its KEEL__SLOT_BUFS slot, made on first use. */
+typedef struct buf_cache {
+  cached_buf_t *head;
+  size_t len;
+} buf_cache_t;
+
 /* ---- The worker's buffers ---------------------------------------------- */
 
+static void cache_destroy(keel__worker_t *w, void *state) {
+  (void)w;
+  buf_cache_t *cache = state;
+  while (cache->head) {
+    cached_buf_t *c = cache->head;
+    cache->head = c->next;
+    UNPOISON(c, KEEL_BUFSTREAM_DEFAULT_CAPACITY);
+    free(c);
+  }
+  free(cache);
+}
+
+/* NULL without memory for it: buffers are then plain malloc and free. */
+static buf_cache_t *cache_of(keel__worker_t *w) {
+  keel__slot_t *slot = &w->slots[KEEL__SLOT_BUFS];
+  if (KEEL__UNLIKELY(!slot->state)) {
+    slot->state = calloc(1, sizeof(buf_cache_t));
+    slot->destroy = slot->state ? cache_destroy : NULL;
+  }
+  return slot->state;
+}
+
+size_t keel__bufstream_cached(keel__worker_t *w) {
+  buf_cache_t *cache = w->slots[KEEL__SLOT_BUFS].state;
+  return cache ? cache->len : 0;
+}
+
 static char *buf_take(keel__worker_t *w, size_t capacity) {
-  cached_buf_t *c = w->buf_cache;
+  buf_cache_t *cache = cache_of(w);
+  cached_buf_t *c = cache ? cache->head : NULL;
   if (capacity != KEEL_BUFSTREAM_DEFAULT_CAPACITY || !c)
     return malloc(capacity);
   UNPOISON(c, capacity);
-  w->buf_cache = c->next;
-  w->buf_cache_len--;
+  cache->head = c->next;
+  cache->len--;
   return (char *)c;
 }
 
 static void buf_give(keel__worker_t *w, char *buf, size_t capacity) {
-  if (capacity != KEEL_BUFSTREAM_DEFAULT_CAPACITY || w->buf_cache_len >= BUF_CACHE_MAX) {
+  buf_cache_t *cache = cache_of(w);
+  if (capacity != KEEL_BUFSTREAM_DEFAULT_CAPACITY || !cache || cache->len >= BUF_CACHE_MAX) {
     free(buf);
     return;
   }
   cached_buf_t *c = (cached_buf_t *)buf;
-  c->next = w->buf_cache;
-  w->buf_cache = c;
-  w->buf_cache_len++;
+  c->next = cache->head;
+  cache->head = c;
+  cache->len++;
   /* A stale pointer into a cached buffer is reported, not read silently. */
   POISON(buf + sizeof *c, capacity - sizeof *c);
-}
-
-void keel__bufstream_cache_destroy(keel__worker_t *w) {
-  while (w->buf_cache) {
-    cached_buf_t *c = w->buf_cache;
-    w->buf_cache = c->next;
-    UNPOISON(c, KEEL_BUFSTREAM_DEFAULT_CAPACITY);
-    free(c);
-  }
-  w->buf_cache_len = 0;
 }
 
 /* ---- Buffer state ------------------------------------------------------- */

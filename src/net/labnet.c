@@ -62,14 +62,15 @@ static keel_listener_t *listener_of(keel__lablistener_t *lab) {
 
 static void net_trace(unsigned what, uint64_t value) {
   keel__worker_t *w = keel__worker_current();
-  keel__lab_trace(w->lab, KEEL__LAB_EV_NET, what, value);
+  keel__lab_trace(keel__lab_of(w), KEEL__LAB_EV_NET, what, value);
 }
 
 /* ---- The network's state ----------------------------------------------------- */
 
 /* The end of the runtime: no task is left, so nothing is parked anywhere;
  * free what the program left open. */
-static void net_free(void *arg) {
+static void net_free(keel__worker_t *w, void *arg) {
+  (void)w;
   labnet_t *net = arg;
   while (!keel__queue_empty(&net->links)) /* each link leaves the list as it goes */
     keel__pipe_destroy(&keel__container_of(net->links.next, lablink_t, net_node)->pipe);
@@ -90,10 +91,11 @@ static void net_free(void *arg) {
  * or without memory. */
 static labnet_t *net_get(void) {
   keel__worker_t *w = keel__worker_current();
-  if (!w || !w->lab)
+  if (!w || !keel__lab_of(w))
     return NULL;
-  if (w->lab->net)
-    return w->lab->net;
+  keel__slot_t *slot = &w->slots[KEEL__SLOT_LABNET];
+  if (slot->state)
+    return slot->state;
   labnet_t *net = calloc(1, sizeof *net);
   if (!net)
     return NULL;
@@ -102,8 +104,8 @@ static labnet_t *net_get(void) {
   keel__queue_init(&net->names);
   net->next_port = LAB_PORT_FIRST;
   net->next_ephemeral = LAB_EPHEMERAL_FIRST;
-  w->lab->net = net;
-  w->lab->net_free = net_free;
+  slot->state = net;
+  slot->destroy = net_free;
   return net;
 }
 
@@ -112,9 +114,9 @@ int keel_lab_net_faults(const keel_lab_net_faults_t *f) {
   keel_lab_net_faults_t none = {0};
   if (!f)
     f = &none;
-  if (!w || !w->lab || f->refuse_permille > 1000 || f->hang_permille > 1000 - f->refuse_permille ||
-      f->drop_permille > 1000 || f->conn.reset_permille != 0 ||
-      keel__pipe_faults_check(&f->conn) < 0)
+  if (!w || !keel__lab_of(w) || f->refuse_permille > 1000 ||
+      f->hang_permille > 1000 - f->refuse_permille || f->drop_permille > 1000 ||
+      f->conn.reset_permille != 0 || keel__pipe_faults_check(&f->conn) < 0)
     return -EINVAL;
   labnet_t *net = net_get();
   if (!net)

@@ -21,16 +21,6 @@
 _Static_assert(sizeof(keel__pipe_end_t) <= sizeof(keel__io_t),
                "a lab connection must not make a real one larger");
 
-void keel__io_init(keel__io_t *io, int fd) {
-  memset(io, 0, sizeof *io);
-  io->fd = fd;
-  io->worker = keel__worker_current();
-  keel__queue_init(&io->rd_waiters);
-  keel__queue_init(&io->wr_waiters);
-  io->rd_ready = io->wr_ready = true; /* unknown: try the call first */
-  io->slot = -1;
-}
-
 /* ---- Stream ops --------------------------------------------------------------- */
 
 /* A connection belongs to the worker that opened it (its backend state
@@ -223,7 +213,7 @@ int keel_tcp_listen(const char *hostport, const keel_listen_opts_t *opts, keel_l
   int rc = keel_addr_resolve(hostport, &addr, 1);
   if (rc < 0)
     return rc;
-  if (KEEL__UNLIKELY(w->lab))
+  if (KEEL__UNLIKELY(w->ops->virtual_time))
     return keel__labnet_listen(&addr, opts, out);
   int fd = listen_socket(&addr, opts);
   if (fd < 0)
@@ -279,7 +269,7 @@ static int accept_backoff(keel_listener_t *l, int err, int64_t *backoff_ms) {
 int keel_tcp_accept(keel_listener_t *l, keel_tcp_t **out) {
   if (!OWNED_HERE(&l->io))
     return -EXDEV;
-  if (KEEL__UNLIKELY(l->io.worker->lab))
+  if (KEEL__UNLIKELY(l->io.worker->ops->virtual_time))
     return keel__labnet_accept(l, out);
   int64_t backoff_ms = ACCEPT_BACKOFF_MIN_MS;
   for (;;) {
@@ -308,7 +298,7 @@ int keel_tcp_accept(keel_listener_t *l, keel_tcp_t **out) {
 }
 
 int keel_listener_addr(const keel_listener_t *l, keel_addr_t *out) {
-  if (l->io.worker->lab) {
+  if (l->io.worker->ops->virtual_time) {
     *out = l->lab.addr;
     return 0;
   }
@@ -320,7 +310,7 @@ int keel_listener_close(keel_listener_t *l) {
     return 0;
   if (!OWNED_HERE(&l->io))
     return -EXDEV;
-  if (l->io.worker->lab)
+  if (l->io.worker->ops->virtual_time)
     return keel__labnet_listener_close(l);
   keel__waiters_wake_all(&l->backoff_waiters, -EBADF);
   l->io.worker->ops->io_close(&l->io);
@@ -335,7 +325,7 @@ int keel_tcp_connect_addr(const keel_addr_t *addr, keel_tcp_t **out) {
   keel__worker_t *w = keel__worker_current();
   if (!w)
     return -EINVAL;
-  if (KEEL__UNLIKELY(w->lab))
+  if (KEEL__UNLIKELY(w->ops->virtual_time))
     return keel__labnet_connect(addr, out);
   int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0)

@@ -132,6 +132,26 @@ static struct keel__blocking *pool_create(const keel_config_t *cfg) {
   return pool;
 }
 
+/* The runtime's hook (rt->blocking_shutdown): stops the pool's threads once
+ * every worker thread has ended, before the workers are destroyed; waits
+ * for running functions and disposes of their results. */
+static void blocking_shutdown(keel_runtime_t *rt) {
+  struct keel__blocking *pool = rt->blocking;
+  if (!pool)
+    return;
+  pthread_mutex_lock(&pool->lock);
+  pool->stopping = true;
+  pthread_cond_broadcast(&pool->cond);
+  pthread_mutex_unlock(&pool->lock);
+  for (unsigned i = 0; i < pool->nthreads; i++)
+    pthread_join(pool->threads[i], NULL);
+  assert(keel__queue_empty(&pool->queue));
+  pthread_cond_destroy(&pool->cond);
+  pthread_mutex_destroy(&pool->lock);
+  free(pool);
+  rt->blocking = NULL;
+}
+
 /* The runtime's pool, started on first use. */
 static struct keel__blocking *pool_get(keel_runtime_t *rt) {
   struct keel__blocking *pool = __atomic_load_n(&rt->blocking, __ATOMIC_ACQUIRE);
@@ -141,8 +161,10 @@ static struct keel__blocking *pool_get(keel_runtime_t *rt) {
   pool = rt->blocking;
   if (!pool) {
     pool = pool_create(&rt->cfg);
-    if (pool)
+    if (pool) {
+      rt->blocking_shutdown = blocking_shutdown;
       __atomic_store_n(&rt->blocking, pool, __ATOMIC_RELEASE);
+    }
   }
   pthread_mutex_unlock(&rt->blocking_lock);
   return pool;
@@ -208,21 +230,4 @@ fail:
   if (dispose)
     dispose(data);
   return err;
-}
-
-void keel__blocking_shutdown(keel_runtime_t *rt) {
-  struct keel__blocking *pool = rt->blocking;
-  if (!pool)
-    return;
-  pthread_mutex_lock(&pool->lock);
-  pool->stopping = true;
-  pthread_cond_broadcast(&pool->cond);
-  pthread_mutex_unlock(&pool->lock);
-  for (unsigned i = 0; i < pool->nthreads; i++)
-    pthread_join(pool->threads[i], NULL);
-  assert(keel__queue_empty(&pool->queue));
-  pthread_cond_destroy(&pool->cond);
-  pthread_mutex_destroy(&pool->lock);
-  free(pool);
-  rt->blocking = NULL;
 }

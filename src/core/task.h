@@ -1,0 +1,81 @@
+/* Internal header: tasks (src/core/task.c). */
+#ifndef KEEL_TASK_H
+#define KEEL_TASK_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "fiber.h"
+#include "msg.h"
+#include "queue.h"
+#include "wait.h"
+
+typedef struct keel__worker keel__worker_t;
+
+/* ---- Tasks --------------------------------------------------------------- */
+
+enum keel__task_state {
+  KEEL__TASK_NEW,
+  KEEL__TASK_READY,
+  KEEL__TASK_RUNNING,
+  KEEL__TASK_BLOCKED,
+  KEEL__TASK_DONE,
+};
+
+#define KEEL__SHIELD_MAX 8
+#define KEEL__NAME_MAX 32
+
+struct keel_task {
+  keel__ctx_t ctx;
+  keel__worker_t *worker;
+  keel_scope_t *scope;
+  keel__queue_t scope_node; /* scope->tasks, under the scope lock */
+  keel__queue_t ready_node; /* worker ready queues */
+  keel__stack_t *stack;
+  size_t stack_size;
+  keel_task_fn fn;
+  void *arg;
+  atomic_int refs; /* running + handle + pending interrupt message */
+  int state;
+  keel__wait_t *wait;  /* when BLOCKED */
+  int64_t deadline_ns; /* per task; inside a shield, set within the shield */
+  int shield_depth;
+  int64_t shield_deadline[KEEL__SHIELD_MAX];
+  int64_t shield_saved_deadline[KEEL__SHIELD_MAX]; /* deadline_ns before each shield */
+  keel_outcome_t outcome;
+  keel__queue_t open_scopes; /* scopes this task opened and has not closed */
+  keel__msg_t start_msg;     /* spawn onto another worker */
+  keel__msg_t interrupt_msg; /* cross-worker cancellation */
+  atomic_bool interrupt_pending;
+  void *asan_fake_stack;
+  void *tsan_fiber;
+  bool has_handle;
+  bool shedding; /* giving its stack back: parked until restart_wait ends */
+  /* keel__task_restart_after: what runs on a fresh stack when the wait ends */
+  keel__wait_t *restart_wait;
+  int (*restart_hook)(keel__wait_t *w, void *hook_arg);
+  void *restart_hook_arg;
+  uint64_t lab_id; /* lab mode: spawn order, for the trace */
+  char name[KEEL__NAME_MAX];
+};
+
+/* The current task gives its stack back to the worker's pool and stays
+ * parked, stackless, until w (armed by the caller with keel__wait_arm)
+ * ends; then, on a fresh stack, hook(w, hook_arg) finishes the operation
+ * and the task goes on in fn(arg) as if newly spawned (same scope, name,
+ * handle, per-task deadline). Never returns. */
+_Noreturn void keel__task_restart_after(keel__wait_t *w, int (*hook)(keel__wait_t *, void *),
+                                        void *hook_arg, keel_task_fn fn, void *arg);
+
+/* Makes t runnable on its worker (owning worker only). */
+void keel__task_ready(keel_task_t *t);
+/* Cancellation reached t's scope: wake it if blocked (any thread). */
+void keel__task_interrupt(keel_task_t *t);
+void keel__task_unref(keel_task_t *t);
+/* The error a blocking point in t returns now (0, -ECANCELED, -ETIMEDOUT)
+ * and the reason behind it. */
+int keel__task_cancel_err(keel_task_t *t, keel_cancel_reason_t *reason);
+int64_t keel__task_deadline(keel_task_t *t);
+
+#endif
