@@ -10,7 +10,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
-#include "internal.h"
+#include "worker.h"
 
 struct keel_breaker {
   keel__spinlock_t lock;

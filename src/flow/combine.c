@@ -12,7 +12,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
-#include "internal.h"
+#include "worker.h"
 
 #define GROUP_INLINE 8 /* branches whose slots live on the caller's stack */
 

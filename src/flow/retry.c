@@ -9,7 +9,7 @@
 
 #include <errno.h>
 
-#include "internal.h"
+#include "worker.h"
 
 void keel_retry_opts_init(keel_retry_opts_t *o) {
   *o = (keel_retry_opts_t){

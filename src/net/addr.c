@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "worker.h"
 #include "keel/blocking.h"
 #include "keel/tcp.h"
 #include "tcp-internal.h"

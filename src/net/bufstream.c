@@ -18,7 +18,7 @@
 #include <string.h>
 
 #include "bufstream-internal.h"
-#include "internal.h"
+#include "worker.h"
 #include "keel/bufstream.h"
 #include "keel/stream-impl.h"
 

@@ -12,7 +12,8 @@
 #include <string.h>
 #include <strings.h>
 
-#include "internal.h"
+#include "lab-internal.h"
+#include "worker.h"
 #include "keel/lab.h"
 #include "tcp-internal.h"
 

@@ -15,7 +15,7 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
-#include "internal.h"
+#include "worker.h"
 #include "keel/lab.h"
 
 /* Query key (keel/stream-impl.h) answered by a stream over a pipe: its

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "internal.h"
+#include "worker.h"
 #include "keel/lab.h"
 #include "keel/stream-impl.h"
 #include "labpipe-internal.h"

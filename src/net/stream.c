@@ -5,7 +5,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "internal.h"
+#include "worker.h"
 #include "keel/stream-impl.h"
 
 /* iovecs keel_writev_all copies per call: a window over the caller's. */

@@ -5,7 +5,7 @@
 
 #include <netinet/in.h>
 
-#include "internal.h"
+#include "worker.h"
 #include "keel/stream-impl.h"
 #include "keel/tcp.h"
 #include "labpipe-internal.h"

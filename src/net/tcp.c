@@ -10,7 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "worker.h"
 #include "keel/stream-impl.h"
 #include "keel/tcp.h"
 #include "tcp-internal.h"

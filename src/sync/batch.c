@@ -21,7 +21,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "internal.h"
+#include "worker.h"
 #include "keel/blocking.h"
 
 /* Every wait on the queue's lists (room, queued, close) is one of these. */

@@ -24,7 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "worker.h"
 
 #define BLOCKING_MIN_DEFAULT_THREADS 4
 

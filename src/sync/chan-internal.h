@@ -5,7 +5,7 @@
 
 #include <stdint.h>
 
-#include "internal.h"
+#include "worker.h"
 #include "keel/chan.h"
 
 struct keel_chan {

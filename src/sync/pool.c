@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "scope.h"
 #include "sync-internal.h"
 
 typedef struct pool_slot {

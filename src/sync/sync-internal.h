@@ -13,7 +13,7 @@
 #include <assert.h>
 #include <errno.h>
 
-#include "internal.h"
+#include "worker.h"
 #include "keel/sync.h"
 
 /* A spinlock and the list of parked tasks. The list's links are NULL until
