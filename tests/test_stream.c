@@ -84,7 +84,9 @@ static int with_pair(pair_fn fn, void *arg) {
   return rc;
 }
 
-static unsigned char pattern(size_t i, unsigned salt) { return (unsigned char)((i * 31 + salt) % 251); }
+static unsigned char pattern(size_t i, unsigned salt) {
+  return (unsigned char)((i * 31 + salt) % 251);
+}
 
 /* ---- Full duplex: a reader and a writer on each end at once ------------- */
 
@@ -231,7 +233,9 @@ static ssize_t counting_writev(keel_stream_t *s, const struct iovec *iov, int io
   return n;
 }
 
-static int counting_shutdown(keel_stream_t *s, int how) { return keel_stream_shutdown(s->inner, how); }
+static int counting_shutdown(keel_stream_t *s, int how) {
+  return keel_stream_shutdown(s->inner, how);
+}
 
 static int counting_close(keel_stream_t *s) {
   counting_t *c = (counting_t *)s;
@@ -408,10 +412,8 @@ static void test_wait_readable(void **state) {
 int main(void) {
   kt_select_backends();
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_zero_length_read),
-      cmocka_unit_test(test_full_duplex),
-      cmocka_unit_test(test_writev_all),
-      cmocka_unit_test(test_layers_query_detach_poison),
+      cmocka_unit_test(test_zero_length_read), cmocka_unit_test(test_full_duplex),
+      cmocka_unit_test(test_writev_all),       cmocka_unit_test(test_layers_query_detach_poison),
       cmocka_unit_test(test_wait_readable),
   };
   return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
