@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "worker.h" /* keel__uring_pbufs_out */
 #include "kt-guard.h"
 
 typedef struct conn {
@@ -58,7 +59,7 @@ static void pair_close(pair_t *p) {
   keel_listener_close(p->l);
 }
 
-#define CONNS 40
+#define CONNS 100              /* more than io_uring's provided buffers: bursts run out of them */
 #define ROUNDS (50 / KT_SCALE) /* each restart makes a ThreadSanitizer fiber */
 
 /* Many connections, many round trips, each with its task parked between. */
@@ -74,13 +75,19 @@ static int echo_body(void *arg) {
     keel_spawn_opts_t o = {.name = "conn", .handle = &handles[i]};
     CHECK_RC(keel_spawn(sc, echo_start, &p[i].conn, &o));
   }
+  /* Every connection's message is sent before any echo is read: they
+   * arrive together. */
   for (int r = 0; r < ROUNDS; r++) {
+    char msg[CONNS][32];
+    int len[CONNS];
     for (int i = 0; i < CONNS; i++) {
-      char msg[32], back[32];
-      int len = snprintf(msg, sizeof msg, "conn %d round %d", i, r);
-      CHECK_RC(keel_write_all(keel_tcp_stream(p[i].client), msg, (size_t)len, NULL));
-      CHECK_RC(keel_read_exact(keel_tcp_stream(p[i].client), back, (size_t)len, NULL));
-      CHECK(memcmp(msg, back, (size_t)len) == 0);
+      len[i] = snprintf(msg[i], sizeof msg[i], "conn %d round %d", i, r);
+      CHECK_RC(keel_write_all(keel_tcp_stream(p[i].client), msg[i], (size_t)len[i], NULL));
+    }
+    for (int i = 0; i < CONNS; i++) {
+      char back[32];
+      CHECK_RC(keel_read_exact(keel_tcp_stream(p[i].client), back, (size_t)len[i], NULL));
+      CHECK(memcmp(msg[i], back, (size_t)len[i]) == 0);
     }
   }
   for (int i = 0; i < CONNS; i++)
@@ -104,6 +111,124 @@ static int echo_body(void *arg) {
 static void test_park_echo(void **state) {
   (void)state;
   kt_run_body(echo_body, NULL, 1);
+}
+
+/* Messages larger than one read, and than io_uring's provided buffers:
+ * every byte comes back in order. */
+static int big_writer(void *arg) {
+  pair_t *p = arg;
+  unsigned char *buf = malloc(200000);
+  CHECK(buf != NULL);
+  for (size_t i = 0; i < 200000; i++)
+    buf[i] = (unsigned char)(i * 7 % 251);
+  int rc = keel_write_all(keel_tcp_stream(p->client), buf, 200000, NULL);
+  free(buf);
+  CHECK_RC(rc);
+  return keel_stream_shutdown(keel_tcp_stream(p->client), SHUT_WR);
+}
+
+static int big_body(void *arg) {
+  (void)arg;
+  pair_t p;
+  CHECK_RC(pair_open(&p));
+  keel_scope_t *sc;
+  CHECK_RC(keel_scope_open(NULL, &sc));
+  CHECK_RC(keel_spawn(sc, echo_start, &p.conn, NULL));
+  CHECK_RC(keel_spawn(sc, big_writer, &p, NULL));
+  unsigned char buf[7000];
+  size_t got = 0;
+  for (;;) {
+    ssize_t n = keel_read(keel_tcp_stream(p.client), buf, sizeof buf);
+    CHECK(n >= 0);
+    if (n == 0)
+      break;
+    for (ssize_t i = 0; i < n; i++)
+      if (buf[i] != (unsigned char)((got + (size_t)i) * 7 % 251))
+        KT_FAIL("byte %zu differs", got + (size_t)i);
+    got += (size_t)n;
+    if (got == 200000)
+      CHECK_RC(keel_stream_shutdown(keel_tcp_stream(p.client), SHUT_RD));
+    if (got == 200000)
+      break;
+  }
+  CHECK_EQ(got, 200000);
+  CHECK_RC(keel_scope_join(sc));
+  CHECK_EQ(p.conn.last_rc, 0);
+  CHECK_RC(keel_scope_close(sc));
+  pair_close(&p);
+  return 0;
+}
+
+static void test_park_big_messages(void **state) {
+  (void)state;
+  kt_run_body(big_body, NULL, 1);
+}
+
+/* Bytes that arrived while parked are delivered even to a cancelled task,
+ * and a connection closed with bytes unread gives its buffer back (the
+ * rounds after it would otherwise run out). */
+/* Wakes with bytes and leaves them unread. */
+static int ignore_fn(void *arg) {
+  conn_t *c = arg;
+  c->parks++;
+  return 0;
+}
+
+static int park_ignore(void *arg) {
+  conn_t *c = arg;
+  return keel_tcp_park(c->tcp, ignore_fn, c);
+}
+
+static int cancel_with_bytes_body(void *arg) {
+  (void)arg;
+  for (int round = 0; round < 200; round++) {
+    pair_t p;
+    CHECK_RC(pair_open(&p));
+    keel_scope_t *sc;
+    CHECK_RC(keel_scope_open(NULL, &sc));
+    CHECK_RC(keel_spawn(sc, (keel_task_fn)echo_start, &p.conn, NULL));
+    CHECK_RC(keel_write_all(keel_tcp_stream(p.client), "abc", 3, NULL));
+    char back[3];
+    CHECK_RC(keel_read_exact(keel_tcp_stream(p.client), back, 3, NULL));
+    CHECK_RC(keel_write_all(keel_tcp_stream(p.client), "defg", 4, NULL));
+    CHECK_RC(keel_sleep_ms(1)); /* let it arrive while parked, most of the time */
+    if (round % 2 == 0)
+      keel_scope_cancel(sc, KEEL_CANCEL_USER); /* it reads "defg", or -ECANCELED */
+    else
+      CHECK_RC(keel_stream_shutdown(keel_tcp_stream(p.client), SHUT_WR)); /* echo, then EOF */
+    CHECK_RC(keel_scope_join(sc));
+    CHECK_RC(keel_scope_close(sc));
+    if (round % 2 == 1)
+      CHECK_EQ(p.conn.last_rc, 0);
+    else
+      CHECK(p.conn.last_rc == 4 || p.conn.last_rc == -ECANCELED);
+    pair_close(&p);
+  }
+  /* Closed with bytes received and unread: their buffer goes back. */
+  for (int round = 0; round < 100; round++) {
+    pair_t p;
+    CHECK_RC(pair_open(&p));
+    keel_scope_t *sc;
+    CHECK_RC(keel_scope_open(NULL, &sc));
+    CHECK_RC(keel_spawn(sc, park_ignore, &p.conn, NULL));
+    CHECK_RC(keel_write_all(keel_tcp_stream(p.client), "unread", 6, NULL));
+    CHECK_RC(keel_scope_join(sc));
+    CHECK_EQ(p.conn.parks, 1);
+    CHECK_RC(keel_scope_close(sc));
+    pair_close(&p);
+  }
+  /* io_uring: every provided buffer is back in the ring. */
+  int out = keel__uring_pbufs_out(keel__worker_current());
+  if (strcmp(keel_backend_name(), "io_uring") == 0)
+    CHECK_EQ(out, 0); /* -1 would mean no provided buffers: the poll fallback ran */
+  else
+    CHECK_EQ(out, -1);
+  return 0;
+}
+
+static void test_park_cancel_with_bytes(void **state) {
+  (void)state;
+  kt_run_real_body(cancel_with_bytes_body, NULL, 1);
 }
 
 /* The idle deadline ends the park: fn's read says -ETIMEDOUT. */
@@ -183,10 +308,9 @@ static void test_park_refused(void **state) {
 int main(void) {
   kt_select_backends();
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_park_echo),
-      cmocka_unit_test(test_park_idle_deadline),
-      cmocka_unit_test(test_park_cancel),
-      cmocka_unit_test(test_park_refused),
+      cmocka_unit_test(test_park_echo),         cmocka_unit_test(test_park_idle_deadline),
+      cmocka_unit_test(test_park_cancel),       cmocka_unit_test(test_park_refused),
+      cmocka_unit_test(test_park_big_messages), cmocka_unit_test(test_park_cancel_with_bytes),
   };
   return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

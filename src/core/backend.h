@@ -39,6 +39,9 @@ typedef struct keel__io {
   keel__queue_t rd_waiters; /* epoll: tasks waiting for readability */
   keel__queue_t wr_waiters; /* epoll: tasks waiting for writability */
   bool rd_drained;          /* io_uring: the last recv left nothing queued */
+  /* io_uring: bytes a readiness wait received into one of the worker's
+   * provided buffers (pbuf), delivered by the next reads */
+  unsigned short pend_bid, pend_off, pend_len;
   unsigned short uses;      /* io_uring: operations so far, until registered */
   int slot;                 /* io_uring: registered file index, or -1 */
   unsigned inflight;        /* io_uring: operations submitted, not yet retired */
@@ -97,6 +100,9 @@ struct io_uring_sqe *keel__uring_sqe_after_submit(struct io_uring *ring, int *er
 /* The ring of worker w, or NULL if w does not run io_uring. For tests
  * that make the kernel refuse its submissions for a while. */
 struct io_uring *keel__uring_ring(keel__worker_t *w);
+/* Provided buffers of w's ring that connections hold (bytes received and
+ * not yet read), or -1 if w has none (another backend, an older kernel). */
+int keel__uring_pbufs_out(keel__worker_t *w);
 
 /* Sets up io for fd, owned by the calling worker (src/core/worker.c). */
 void keel__io_init(keel__io_t *io, int fd);

@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -27,6 +28,17 @@
 #define REGISTER_AFTER_OPS 8
 #define SLOTS_MAX 16384
 
+/* Provided buffers: a connection that waits for bytes with no task stack
+ * (keel_tcp_park) or no buffer of its own (keel_stream_wait_readable)
+ * waits in a recv that takes one of these only when bytes arrive, so that
+ * it costs one operation, as a plain recv does, where a poll and then a
+ * recv cost two. The reads that follow deliver them first. The ring is
+ * small: a worker touches all of it soon, and bursts beyond it fall back
+ * to an ordinary recv (-ENOBUFS). */
+#define PBUF_COUNT 64
+#define PBUF_SIZE 4096
+#define PBUF_GROUP 0
+
 typedef struct uring_backend {
   struct io_uring ring;
   uint64_t wake_buf;
@@ -39,6 +51,10 @@ typedef struct uring_backend {
    * SQ): ur_poll queues each cancel once it can, still behind the SQE of
    * the operation it cancels. See owe_cancel. */
   keel__queue_t cancels_owed;
+  struct io_uring_buf_ring *pbuf_ring; /* NULL: readiness waits poll */
+  char *pbufs;
+  size_t pbuf_map_size;
+  unsigned pbufs_out; /* taken by a completion, not yet given back */
 } uring_backend_t;
 
 /* How often a full SQ's submit is tried while the kernel reports a passing
@@ -185,6 +201,85 @@ static void release_slot(uring_backend_t *b, keel__io_t *io) {
   io->slot = -1;
 }
 
+/* The ring's entries on the first page of one mapping, the buffers after. */
+static void pbuf_init(uring_backend_t *b) {
+  size_t ring_bytes = (PBUF_COUNT * sizeof(struct io_uring_buf) + 4095) & ~(size_t)4095;
+  size_t size = ring_bytes + (size_t)PBUF_COUNT * PBUF_SIZE;
+  void *map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (map == MAP_FAILED)
+    return;
+  struct io_uring_buf_reg reg = {
+      .ring_addr = (uintptr_t)map, .ring_entries = PBUF_COUNT, .bgid = PBUF_GROUP};
+  if (io_uring_register_buf_ring(&b->ring, &reg, 0) != 0) { /* before Linux 5.19 */
+    munmap(map, size);
+    return;
+  }
+  b->pbuf_ring = map;
+  b->pbufs = (char *)map + ring_bytes;
+  b->pbuf_map_size = size;
+  io_uring_buf_ring_init(b->pbuf_ring);
+  int mask = io_uring_buf_ring_mask(PBUF_COUNT);
+  for (unsigned i = 0; i < PBUF_COUNT; i++)
+    io_uring_buf_ring_add(b->pbuf_ring, b->pbufs + (size_t)i * PBUF_SIZE, PBUF_SIZE,
+                          (unsigned short)i, mask, (int)i);
+  io_uring_buf_ring_advance(b->pbuf_ring, PBUF_COUNT);
+}
+
+static void pbuf_return(uring_backend_t *b, unsigned short bid) {
+  b->pbufs_out--;
+  io_uring_buf_ring_add(b->pbuf_ring, b->pbufs + (size_t)bid * PBUF_SIZE, PBUF_SIZE, bid,
+                        io_uring_buf_ring_mask(PBUF_COUNT), 0);
+  io_uring_buf_ring_advance(b->pbuf_ring, 1);
+}
+
+/* Copies what a readiness wait received into iov; the buffer goes back to
+ * the ring once it is all delivered. Returns the count (> 0). */
+static size_t pbuf_take(keel__io_t *io, const struct iovec *iov, int iovcnt) {
+  uring_backend_t *b = io->worker->backend;
+  const char *src = b->pbufs + (size_t)io->pend_bid * PBUF_SIZE + io->pend_off;
+  size_t done = 0;
+  for (int i = 0; i < iovcnt && done < io->pend_len; i++) {
+    size_t n = iov[i].iov_len < io->pend_len - done ? iov[i].iov_len : io->pend_len - done;
+    memcpy(iov[i].iov_base, src + done, n);
+    done += n;
+  }
+  io->pend_off = (unsigned short)(io->pend_off + done);
+  io->pend_len = (unsigned short)(io->pend_len - done);
+  if (io->pend_len == 0)
+    pbuf_return(b, io->pend_bid);
+  return done;
+}
+
+/* Bytes already received come first, even for a cancelled task: they are
+ * never dropped. When they do not fill the read and the socket holds more,
+ * one non-blocking recv adds what is there, instead of a round through the
+ * ring for each provided buffer's worth. */
+static ssize_t pbuf_read(keel__io_t *io, const struct iovec *iov, int iovcnt) {
+  bool more = !io->rd_drained;
+  size_t n = pbuf_take(io, iov, iovcnt);
+  if (io->pend_len > 0 || !more)
+    return (ssize_t)n;
+  struct iovec rest[8];
+  int k = 0;
+  size_t skip = n;
+  for (int i = 0; i < iovcnt && k < 8; i++) {
+    if (skip >= iov[i].iov_len) {
+      skip -= iov[i].iov_len;
+      continue;
+    }
+    rest[k++] = (struct iovec){(char *)iov[i].iov_base + skip, iov[i].iov_len - skip};
+    skip = 0;
+  }
+  if (k == 0)
+    return (ssize_t)n;
+  struct msghdr msg = {.msg_iov = rest, .msg_iovlen = (size_t)k};
+  ssize_t m = recvmsg(io->fd, &msg, MSG_DONTWAIT);
+  if (m > 0)
+    n += (size_t)m;
+  io->rd_drained = m <= 0;
+  return (ssize_t)n;
+}
+
 static int ur_init(keel__worker_t *w) {
   uring_backend_t *b = calloc(1, sizeof *b);
   if (!b)
@@ -196,6 +291,7 @@ static int ur_init(keel__worker_t *w) {
     return rc;
   }
   slots_init(b);
+  pbuf_init(b);
   keel__queue_init(&b->cancels_owed);
   w->backend = b;
   arm_wake(w, b); /* cannot lack an SQE: the ring is empty */
@@ -207,6 +303,8 @@ static void ur_destroy(keel__worker_t *w) {
   if (!b)
     return;
   io_uring_queue_exit(&b->ring);
+  if (b->pbuf_ring)
+    munmap(b->pbuf_ring, b->pbuf_map_size);
   free(b->free_slots);
   free(b);
   w->backend = NULL;
@@ -378,6 +476,8 @@ static ssize_t op_wait(keel__io_t *io, keel__wait_t *w, struct io_uring_sqe *sqe
  * nothing more until answered. That one skips the doomed first attempt and
  * arms the socket's poll at once; data already there is found by the arm. */
 static ssize_t ur_recv(keel__io_t *io, void *buf, size_t len) {
+  if (KEEL__UNLIKELY(io->pend_len > 0))
+    return pbuf_read(io, &(struct iovec){buf, len}, 1);
   keel__wait_t w;
   struct io_uring_sqe *sqe;
   int rc = op_begin(io, &w, &sqe);
@@ -393,6 +493,8 @@ static ssize_t ur_recv(keel__io_t *io, void *buf, size_t len) {
 }
 
 static ssize_t ur_readv(keel__io_t *io, const struct iovec *iov, int iovcnt) {
+  if (KEEL__UNLIKELY(io->pend_len > 0))
+    return pbuf_read(io, iov, iovcnt);
   keel__wait_t w;
   struct io_uring_sqe *sqe;
   int rc = op_begin(io, &w, &sqe);
@@ -442,17 +544,30 @@ static int ur_connect(keel__io_t *io, const struct sockaddr *sa, socklen_t len) 
   return (int)n;
 }
 
-/* A poll, not a recv: the connection holds no buffer while it waits. */
+/* The connection holds no buffer while it waits: a recv into a provided
+ * buffer, taken only when bytes arrive (it polls first, and takes none
+ * before), or a poll where the kernel has no provided buffers. */
 static void ur_arm_readable(keel__io_t *io, keel__wait_t *w) {
   keel__wait_init(w, op_abort);
   uring_backend_t *b = io->worker->backend;
+  if (io->pend_len > 0) {
+    keel__wait_complete(w, 0); /* bytes are here already */
+    return;
+  }
   int err;
   struct io_uring_sqe *sqe = get_sqe(b, &err);
   if (KEEL__UNLIKELY(!sqe)) {
     keel__wait_complete(w, err); /* nothing in flight: w->data stays NULL */
     return;
   }
-  io_uring_prep_poll_add(sqe, io->fd, POLLIN | POLLRDHUP);
+  if (b->pbuf_ring) {
+    io_uring_prep_recv(sqe, io->fd, NULL, PBUF_SIZE, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = PBUF_GROUP;
+    sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+  } else {
+    io_uring_prep_poll_add(sqe, io->fd, POLLIN | POLLRDHUP);
+  }
   use_slot(io, sqe);
   io_uring_sqe_set_data(sqe, w);
   w->data = io;
@@ -467,11 +582,23 @@ static int ur_readable_done(keel__io_t *io, keel__wait_t *w) {
     keel__wait_complete(io->close_wait, 0);
   if (KEEL__UNLIKELY(w->interrupted))
     keel__queue_remove(&w->node); /* off the owed cancels, if it was on */
+  if (w->cqe_flags & IORING_CQE_F_BUFFER) {
+    unsigned short bid = (unsigned short)(w->cqe_flags >> IORING_CQE_BUFFER_SHIFT);
+    ((uring_backend_t *)io->worker->backend)->pbufs_out++;
+    if (rc > 0) { /* even if interrupted: the bytes are delivered, not lost */
+      io->pend_bid = bid;
+      io->pend_off = 0;
+      io->pend_len = (unsigned short)rc;
+      io->rd_drained = !(w->cqe_flags & IORING_CQE_F_SOCK_NONEMPTY);
+      return 0;
+    }
+    pbuf_return(io->worker->backend, bid);
+  }
   if (rc == -ECANCELED && !w->interrupted)
-    rc = -EBADF; /* cancelled by a close of the descriptor (ur_io_close) */
-  if (rc < 0)
+    rc = -EBADF;                /* cancelled by a close of the descriptor (ur_io_close) */
+  if (rc < 0 && rc != -ENOBUFS) /* -ENOBUFS: bytes came, no buffer: a read takes them */
     return (int)rc;
-  io->rd_drained = false; /* bytes are there: the next recv need not poll first */
+  io->rd_drained = false; /* bytes (or the end) are there: the next recv need not poll first */
   return 0;
 }
 
@@ -626,7 +753,17 @@ static void ur_io_close(keel__io_t *io) {
       prep_cancel_fd(sqe, io);
     park_until_retired(io, &io->close_wait, err);
   }
+  if (io->pend_len > 0) { /* received, never read */
+    pbuf_return(b, io->pend_bid);
+    io->pend_len = 0;
+  }
   release_slot(b, io);
+}
+
+int keel__uring_pbufs_out(keel__worker_t *w) {
+  if (w->ops != &keel__uring_ops || !((uring_backend_t *)w->backend)->pbuf_ring)
+    return -1;
+  return (int)((uring_backend_t *)w->backend)->pbufs_out;
 }
 
 struct io_uring *keel__uring_ring(keel__worker_t *w) {
