@@ -8,7 +8,7 @@ and buffer, then leaves them idle and reads the server's VmRSS from
 connection state included) and exits non-zero above the limit.
 
 usage: bench/idle_rss.py [--build build] [--conns 10000] [--backend uring]
-                         [--workers 1] [--limit-kib 16]
+                         [--workers 1] [--limit-kib 1]
 """
 import argparse
 import os
@@ -83,7 +83,7 @@ def main():
     ap.add_argument("--conns", type=int, default=10000)
     ap.add_argument("--backend", default="uring")
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--limit-kib", type=float, default=16.0)
+    ap.add_argument("--limit-kib", type=float, default=1.0)
     a = ap.parse_args()
 
     need = a.conns + 64
