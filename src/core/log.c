@@ -89,8 +89,8 @@ void keel__set_name(char *dst, const char *src, const char *dflt) {
 
 int64_t keel__now_ns(void) {
   keel__worker_t *w = keel__tls_worker;
-  if (KEEL__UNLIKELY(w && w->ops->clock))
-    return w->ops->clock(w);
+  if (KEEL__UNLIKELY(w && w->clock))
+    return w->clock(w);
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * KEEL_NS_PER_SEC + ts.tv_nsec;

@@ -25,11 +25,9 @@ void __tsan_destroy_fiber(void *fiber);
 static void restart_entry(void *arg);
 static void task_make_ctx(keel_task_t *t, void (*entry)(void *));
 
-/* A task that gave its stack back gets one again before it runs. False
+/* A task that gave its stack back gets one again before it runs. True
  * when no stack can be had now: it is queued again, to try later. */
-static bool task_needs_stack(keel__worker_t *w, keel_task_t *t) {
-  if (KEEL__LIKELY(t->stack != NULL))
-    return false;
+static __attribute__((noinline)) bool task_regain_stack(keel__worker_t *w, keel_task_t *t) {
   if (keel__stack_alloc(w, t->stack_size, &t->stack) != 0) {
     keel_log(KEEL_LOG_ERROR, "no memory for a stack of %zu bytes: task '%s' waits", t->stack_size,
              t->name);
@@ -39,6 +37,10 @@ static bool task_needs_stack(keel__worker_t *w, keel_task_t *t) {
   }
   task_make_ctx(t, restart_entry);
   return false;
+}
+
+static inline bool task_needs_stack(keel__worker_t *w, keel_task_t *t) {
+  return KEEL__UNLIKELY(t->stack == NULL) && task_regain_stack(w, t);
 }
 
 /* After the switch back: a finished task's stack goes back to the pool, and
@@ -87,8 +89,8 @@ static void switch_to_task(keel__worker_t *w, keel_task_t *t) {
 }
 
 static keel_task_t *pop_ready(keel__worker_t *w) {
-  if (KEEL__UNLIKELY(w->ops->pick_ready != NULL))
-    return w->ops->pick_ready(w);
+  if (KEEL__UNLIKELY(w->pick_ready != NULL))
+    return w->pick_ready(w);
   keel__queue_t *q = &w->ready_cancel;
   if (keel__queue_empty(q)) {
     q = &w->ready;
@@ -190,23 +192,21 @@ static void restart_entry(void *arg) {
   keel__worker_t *w = t->worker;
   __sanitizer_finish_switch_fiber(NULL, &w->sched_stack_lo, &w->sched_stack_size);
 #endif
-  keel__wait_t *wt = t->restart_wait;
-  t->restart_wait = NULL;
-  keel__wait_finish(wt);
-  if (t->restart_hook)
-    t->restart_hook(wt, t->restart_hook_arg);
+  keel__restart_t *r = t->restart;
+  t->restart = NULL;
+  keel__wait_finish(&r->wait);
+  if (r->hook)
+    r->hook(r);
   task_run_and_end(t);
 }
 
-_Noreturn void keel__task_restart_after(keel__wait_t *w, int (*hook)(keel__wait_t *, void *),
-                                        void *hook_arg, keel_task_fn fn, void *arg) {
+_Noreturn void keel__task_restart_after(keel__restart_t *r, keel_task_fn fn, void *arg) {
+  keel__wait_t *w = &r->wait;
   keel_task_t *t = w->task;
   keel__worker_t *wk = t->worker;
   t->fn = fn;
   t->arg = arg;
-  t->restart_wait = w;
-  t->restart_hook = hook;
-  t->restart_hook_arg = hook_arg;
+  t->restart = r;
   keel__wait_arm(w, KEEL_DEADLINE_NONE, 0);
   t->shedding = true;
   if (w->done) { /* ended already: run again as soon as the stack is back */
@@ -507,8 +507,8 @@ int keel_yield(void) {
     return rc;
   t->state = KEEL__TASK_BLOCKED; /* so keel__task_ready queues it */
   keel__task_ready(t);
-  if (KEEL__UNLIKELY(t->worker->ops->on_yield != NULL))
-    t->worker->ops->on_yield(t->worker, t);
+  if (KEEL__UNLIKELY(t->worker->on_yield != NULL))
+    t->worker->on_yield(t->worker, t);
   keel__task_park();
   return 0;
 }

@@ -38,6 +38,7 @@ struct keel_task {
   void *arg;
   atomic_int refs; /* running + handle + pending interrupt message */
   int state;
+  bool shedding;       /* giving its stack back: parked until restart_wait ends */
   keel__wait_t *wait;  /* when BLOCKED */
   int64_t deadline_ns; /* per task; inside a shield, set within the shield */
   int shield_depth;
@@ -48,25 +49,33 @@ struct keel_task {
   keel__msg_t start_msg;     /* spawn onto another worker */
   keel__msg_t interrupt_msg; /* cross-worker cancellation */
   atomic_bool interrupt_pending;
+#if KEEL_ASAN
   void *asan_fake_stack;
+#endif
+#if KEEL_TSAN
   void *tsan_fiber;
+#endif
   bool has_handle;
-  bool shedding; /* giving its stack back: parked until restart_wait ends */
-  /* keel__task_restart_after: what runs on a fresh stack when the wait ends */
-  keel__wait_t *restart_wait;
-  int (*restart_hook)(keel__wait_t *w, void *hook_arg);
-  void *restart_hook_arg;
-  uint64_t lab_id; /* lab mode: spawn order, for the trace */
+  struct keel__restart *restart; /* keel__task_restart_after's, while it waits */
+  uint64_t lab_id;               /* lab mode: spawn order, for the trace */
   char name[KEEL__NAME_MAX];
 };
 
+/* A wait that outlives the stack of the task waiting: it lives in the
+ * object waited on (a connection), with the hook that finishes the
+ * operation once the task has a stack again. */
+typedef struct keel__restart {
+  keel__wait_t wait;
+  void (*hook)(struct keel__restart *r);
+  void *owner; /* for the hook */
+} keel__restart_t;
+
 /* The current task gives its stack back to the worker's pool and stays
- * parked, stackless, until w (armed by the caller with keel__wait_arm)
- * ends; then, on a fresh stack, hook(w, hook_arg) finishes the operation
- * and the task goes on in fn(arg) as if newly spawned (same scope, name,
- * handle, per-task deadline). Never returns. */
-_Noreturn void keel__task_restart_after(keel__wait_t *w, int (*hook)(keel__wait_t *, void *),
-                                        void *hook_arg, keel_task_fn fn, void *arg);
+ * parked, stackless, until r->wait (armed by the caller with
+ * keel__wait_arm) ends; then, on a fresh stack, r->hook(r) finishes the
+ * operation and the task goes on in fn(arg) as if newly spawned (same
+ * scope, name, handle, per-task deadline). Never returns. */
+_Noreturn void keel__task_restart_after(keel__restart_t *r, keel_task_fn fn, void *arg);
 
 /* Makes t runnable on its worker (owning worker only). */
 void keel__task_ready(keel_task_t *t);

@@ -27,6 +27,10 @@ int keel__worker_init(keel__worker_t *w, keel_runtime_t *rt, int id) {
   atomic_init(&w->inbox, NULL);
   atomic_init(&w->sleeping, false);
   w->ops = rt->ops;
+  w->virtual_time = w->ops->virtual_time;
+  w->clock = w->ops->clock;
+  w->pick_ready = w->ops->pick_ready;
+  w->on_yield = w->ops->on_yield;
   keel__rng_seed_random(w->rng);
   w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (w->wake_fd < 0)
@@ -117,7 +121,7 @@ static int64_t poll_timeout_ns(keel__worker_t *w) {
 #define IDLE_SPIN_RECENT_NS 1000000
 
 static bool idle_spin(keel__worker_t *w, int64_t timeout_ns) {
-  if (w->ops->virtual_time || (!w->inbox_fresh && w->inbox_last_ns == 0))
+  if (w->virtual_time || (!w->inbox_fresh && w->inbox_last_ns == 0))
     return false;
   int64_t now = keel__now_ns();
   if (w->inbox_fresh) { /* messages came since the last time we got here */

@@ -41,6 +41,12 @@ struct keel__worker {
   keel__queue_t ready_cancel; /* cancelled tasks run first */
   keel__wheel_t wheel;
   const keel__backend_ops_t *ops;
+  /* The backend's lab-mode hooks, copied from ops: the hot paths (every
+   * task pick, clock read and yield) test them with one load. */
+  bool virtual_time;
+  int64_t (*clock)(keel__worker_t *w);
+  keel_task_t *(*pick_ready)(keel__worker_t *w);
+  void (*on_yield)(keel__worker_t *w, keel_task_t *t);
   void *backend;
   _Atomic(keel__msg_t *) inbox;
   atomic_bool sleeping;
@@ -134,17 +140,17 @@ static inline int64_t keel__ns_to_ms_ceil(int64_t ns) {
 /* Timer ticks: 1 ms on the real backends; 1 ns with virtual time, so it
  * lands exactly on each deadline. */
 static inline int64_t keel__tick_of(const keel__worker_t *w, int64_t ns) {
-  return KEEL__UNLIKELY(w->ops->virtual_time) ? ns : keel__ns_to_ms_ceil(ns);
+  return KEEL__UNLIKELY(w->virtual_time) ? ns : keel__ns_to_ms_ceil(ns);
 }
 static inline int64_t keel__tick_floor(const keel__worker_t *w, int64_t ns) {
-  return KEEL__UNLIKELY(w->ops->virtual_time) ? ns : ns / KEEL_NS_PER_MS;
+  return KEEL__UNLIKELY(w->virtual_time) ? ns : ns / KEEL_NS_PER_MS;
 }
 static inline int64_t keel__tick_to_ns(const keel__worker_t *w, int64_t tick) {
-  return KEEL__UNLIKELY(w->ops->virtual_time) ? tick : tick * KEEL_NS_PER_MS;
+  return KEEL__UNLIKELY(w->virtual_time) ? tick : tick * KEEL_NS_PER_MS;
 }
 /* The worker's clock: virtual in lab mode. */
 static inline int64_t keel__worker_now(keel__worker_t *w) {
-  return KEEL__UNLIKELY(w->ops->clock != NULL) ? w->ops->clock(w) : keel__now_ns();
+  return KEEL__UNLIKELY(w->clock != NULL) ? w->clock(w) : keel__now_ns();
 }
 
 void keel__set_name(char *dst, const char *src, const char *dflt);

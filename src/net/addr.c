@@ -187,7 +187,7 @@ int keel_addr_resolve(const char *hostport, keel_addr_t *out, size_t max) {
   if (rc < 0)
     return rc;
   keel__worker_t *w = keel__worker_current();
-  if (w && w->ops->virtual_time) { /* no DNS in lab mode: names are the lab network's */
+  if (w && w->virtual_time) { /* no DNS in lab mode: names are the lab network's */
     in_port_t port;
     parse_port(job.port, &port);
     return keel__labnet_resolve(job.host, port, out);

@@ -21,7 +21,7 @@ struct keel_tcp {
     keel__io_t io;        /* a socket */
     keel__pipe_end_t lab; /* lab mode: its pipe lives in a labnet link */
   };
-  keel__wait_t park_wait; /* keel_tcp_park: the wait outlives the stack */
+  keel__restart_t park; /* keel_tcp_park: the wait outlives the stack */
 };
 
 /* Lab mode's side of a listener: an entry in the network's table. */

@@ -80,11 +80,13 @@ static int tcp_wait_readable(keel_stream_t *s) {
 
 static bool is_lab(const keel_tcp_t *c);
 
-static int park_done(keel__wait_t *w, void *arg) {
-  keel_tcp_t *c = arg;
+/* The wait's result is for fn's first call to find: a read repeats it. */
+static void park_done(keel__restart_t *r) {
+  keel_tcp_t *c = r->owner;
   if (is_lab(c))
-    return keel__pipe_readable_done(&c->lab, w);
-  return c->io.worker->ops->readable_done(&c->io, w);
+    (void)keel__pipe_readable_done(&c->lab, &r->wait);
+  else
+    (void)c->io.worker->ops->readable_done(&c->io, &r->wait);
 }
 
 int keel_tcp_park(keel_tcp_t *c, keel_task_fn fn, void *arg) {
@@ -97,10 +99,12 @@ int keel_tcp_park(keel_tcp_t *c, keel_task_fn fn, void *arg) {
   if (t->shield_depth > 0 || !keel__queue_empty(&t->open_scopes))
     return -EBUSY; /* they live on the stack it would give up */
   if (is_lab(c))
-    keel__pipe_arm_readable(&c->lab, &c->park_wait);
+    keel__pipe_arm_readable(&c->lab, &c->park.wait);
   else
-    owner->ops->arm_readable(&c->io, &c->park_wait);
-  keel__task_restart_after(&c->park_wait, park_done, c, fn, arg);
+    owner->ops->arm_readable(&c->io, &c->park.wait);
+  c->park.hook = park_done;
+  c->park.owner = c;
+  keel__task_restart_after(&c->park, fn, arg);
 }
 
 static int tcp_query(keel_stream_t *s, int what, void *arg, size_t len) {
@@ -213,7 +217,7 @@ int keel_tcp_listen(const char *hostport, const keel_listen_opts_t *opts, keel_l
   int rc = keel_addr_resolve(hostport, &addr, 1);
   if (rc < 0)
     return rc;
-  if (KEEL__UNLIKELY(w->ops->virtual_time))
+  if (KEEL__UNLIKELY(w->virtual_time))
     return keel__labnet_listen(&addr, opts, out);
   int fd = listen_socket(&addr, opts);
   if (fd < 0)
@@ -269,7 +273,7 @@ static int accept_backoff(keel_listener_t *l, int err, int64_t *backoff_ms) {
 int keel_tcp_accept(keel_listener_t *l, keel_tcp_t **out) {
   if (!OWNED_HERE(&l->io))
     return -EXDEV;
-  if (KEEL__UNLIKELY(l->io.worker->ops->virtual_time))
+  if (KEEL__UNLIKELY(l->io.worker->virtual_time))
     return keel__labnet_accept(l, out);
   int64_t backoff_ms = ACCEPT_BACKOFF_MIN_MS;
   for (;;) {
@@ -298,7 +302,7 @@ int keel_tcp_accept(keel_listener_t *l, keel_tcp_t **out) {
 }
 
 int keel_listener_addr(const keel_listener_t *l, keel_addr_t *out) {
-  if (l->io.worker->ops->virtual_time) {
+  if (l->io.worker->virtual_time) {
     *out = l->lab.addr;
     return 0;
   }
@@ -310,7 +314,7 @@ int keel_listener_close(keel_listener_t *l) {
     return 0;
   if (!OWNED_HERE(&l->io))
     return -EXDEV;
-  if (l->io.worker->ops->virtual_time)
+  if (l->io.worker->virtual_time)
     return keel__labnet_listener_close(l);
   keel__waiters_wake_all(&l->backoff_waiters, -EBADF);
   l->io.worker->ops->io_close(&l->io);
@@ -325,7 +329,7 @@ int keel_tcp_connect_addr(const keel_addr_t *addr, keel_tcp_t **out) {
   keel__worker_t *w = keel__worker_current();
   if (!w)
     return -EINVAL;
-  if (KEEL__UNLIKELY(w->ops->virtual_time))
+  if (KEEL__UNLIKELY(w->virtual_time))
     return keel__labnet_connect(addr, out);
   int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0)
