@@ -283,7 +283,7 @@ static void test_park_cancel(void **state) {
   kt_run_body(cancel_body, NULL, 1);
 }
 
-/* Refused: a scope open, a shield, the wrong worker. */
+/* Refused: a scope open, a shield, no function. */
 static int refused_body(void *arg) {
   (void)arg;
   pair_t p;
@@ -300,6 +300,33 @@ static int refused_body(void *arg) {
   return 0;
 }
 
+/* From a task of another worker: -EXDEV, and the connection is untouched. */
+static int park_elsewhere(void *arg) {
+  conn_t *c = arg;
+  return keel_tcp_park(c->tcp, echo_resume, c) == -EXDEV ? 0 : -EPROTO;
+}
+
+static int exdev_body(void *arg) {
+  (void)arg;
+  pair_t p;
+  CHECK_RC(pair_open(&p));
+  keel_scope_t *sc;
+  CHECK_RC(keel_scope_open(NULL, &sc));
+  keel_spawn_opts_t o = {.on_worker = KEEL_WORKER(1)};
+  CHECK_RC(keel_spawn(sc, park_elsewhere, &p.conn, &o));
+  CHECK_RC(keel_scope_close(sc));
+  CHECK_RC(keel_write_all(keel_tcp_stream(p.client), "x", 1, NULL));
+  char c;
+  CHECK_EQ(keel_read(keel_tcp_stream(p.conn.tcp), &c, 1), 1);
+  pair_close(&p);
+  return 0;
+}
+
+static void test_park_other_worker(void **state) {
+  (void)state;
+  kt_run_real_body(exdev_body, NULL, 2);
+}
+
 static void test_park_refused(void **state) {
   (void)state;
   kt_run_body(refused_body, NULL, 1);
@@ -308,9 +335,13 @@ static void test_park_refused(void **state) {
 int main(void) {
   kt_select_backends();
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_park_echo),         cmocka_unit_test(test_park_idle_deadline),
-      cmocka_unit_test(test_park_cancel),       cmocka_unit_test(test_park_refused),
-      cmocka_unit_test(test_park_big_messages), cmocka_unit_test(test_park_cancel_with_bytes),
+      cmocka_unit_test(test_park_echo),
+      cmocka_unit_test(test_park_idle_deadline),
+      cmocka_unit_test(test_park_cancel),
+      cmocka_unit_test(test_park_refused),
+      cmocka_unit_test(test_park_other_worker),
+      cmocka_unit_test(test_park_big_messages),
+      cmocka_unit_test(test_park_cancel_with_bytes),
   };
   return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -84,6 +84,9 @@ static int with_pair(pair_fn fn, void *arg) {
   return rc;
 }
 
+/* A test body that runs the pair function it is given. */
+static int pair_body(void *fn) { return with_pair((pair_fn)fn, NULL); }
+
 static unsigned char pattern(size_t i, unsigned salt) {
   return (unsigned char)((i * 31 + salt) % 251);
 }
@@ -156,14 +159,9 @@ static int duplex(keel_stream_t *a, keel_stream_t *b, void *arg) {
   return 0;
 }
 
-static int duplex_body(void *arg) {
-  (void)arg;
-  return with_pair(duplex, NULL);
-}
-
 static void test_full_duplex(void **state) {
   (void)state;
-  kt_run_body(duplex_body, NULL, 1);
+  kt_run_body(pair_body, (void *)duplex, 1);
 }
 
 /* ---- keel_writev_all: many iovecs, empty ones, short writes ------------- */
@@ -197,14 +195,9 @@ static int writev_all_pair(keel_stream_t *a, keel_stream_t *b, void *arg) {
   return 0;
 }
 
-static int writev_all_body(void *arg) {
-  (void)arg;
-  return with_pair(writev_all_pair, NULL);
-}
-
 static void test_writev_all(void **state) {
   (void)state;
-  kt_run_body(writev_all_body, NULL, 1);
+  kt_run_body(pair_body, (void *)writev_all_pair, 1);
 }
 
 /* ---- A layer written against stream-impl.h alone ------------------------ */
@@ -354,14 +347,9 @@ static int layers_pair(keel_stream_t *a, keel_stream_t *b, void *arg) {
   return 0;
 }
 
-static int layers_body(void *arg) {
-  (void)arg;
-  return with_pair(layers_pair, NULL);
-}
-
 static void test_layers_query_detach_poison(void **state) {
   (void)state;
-  kt_run_body(layers_body, NULL, 1);
+  kt_run_body(pair_body, (void *)layers_pair, 1);
 }
 
 /* ---- wait_readable: parks with no buffer until a read would not -------- */
@@ -399,14 +387,9 @@ static int wait_readable_pair(keel_stream_t *a, keel_stream_t *b, void *arg) {
   return 0;
 }
 
-static int wait_readable_body(void *arg) {
-  (void)arg;
-  return with_pair(wait_readable_pair, NULL);
-}
-
 static void test_wait_readable(void **state) {
   (void)state;
-  kt_run_body(wait_readable_body, NULL, 1);
+  kt_run_body(pair_body, (void *)wait_readable_pair, 1);
 }
 
 int main(void) {
