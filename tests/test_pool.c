@@ -120,7 +120,7 @@ static int waits_body(void *arg) {
   CHECK_RC(keel_pool_join(p));
   CHECK_EQ(atomic_load(&calls), 1);
   CHECK_EQ(keel_pool_try_spawn(p, count_task, &calls, NULL), 0);
-  keel_pool_close(p);
+  CHECK_RC(keel_pool_close(p));
   CHECK_EQ(atomic_load(&calls), 2);
   return 0;
 }
@@ -218,8 +218,8 @@ static int unmappable_body(void *arg) {
   CHECK_RC(keel_pool_try_spawn(in_parent, count_task, &calls, NULL));
   CHECK_RC(keel_pool_join(own));
   CHECK_RC(keel_pool_join(in_parent));
-  keel_pool_close(own);
-  keel_pool_close(in_parent);
+  CHECK_RC(keel_pool_close(own));
+  CHECK_RC(keel_pool_close(in_parent));
   keel_scope_close(parent);
   CHECK_EQ(atomic_load(&calls), 2);
   return 0;
@@ -298,9 +298,35 @@ static void test_default_limit_cpus(void **state) {
   kt_run_body(default_limit_body, NULL, 1);
 }
 
+/* Only the task that opened a pool with its own scope closes it: another
+ * task gets -EPERM and the pool stays usable. */
+static int close_elsewhere(void *arg) { return keel_pool_close(arg) == -EPERM ? 0 : -EPROTO; }
+
+static int close_opener_body(void *arg) {
+  (void)arg;
+  keel_pool_t *p;
+  atomic_int calls = 0;
+  CHECK_RC(keel_pool_open(NULL, 2, &p));
+  keel_scope_t *sc;
+  CHECK_RC(keel_scope_open(NULL, &sc));
+  CHECK_RC(keel_spawn(sc, close_elsewhere, p, NULL));
+  CHECK_RC(keel_scope_close(sc));
+  CHECK_RC(keel_pool_spawn(p, count_task, &calls, NULL));
+  CHECK_RC(keel_pool_close(p));
+  CHECK_EQ(atomic_load(&calls), 1);
+  CHECK_RC(keel_pool_close(NULL));
+  return 0;
+}
+
+static void test_close_by_opener_only(void **state) {
+  (void)state;
+  kt_run_body(close_opener_body, NULL, 1);
+}
+
 int main(void) {
   kt_select_backends();
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_close_by_opener_only),
       cmocka_unit_test(test_never_more_than_limit),
       cmocka_unit_test(test_spawn_waits_for_a_slot),
       cmocka_unit_test(test_cancelled_spawner_spawns_nothing),

@@ -208,13 +208,13 @@ int keel_pool_try_spawn(keel_pool_t *p, keel_task_fn fn, void *arg, const keel_s
  * running); spawns that come after the join wait behind it. */
 int keel_pool_join(keel_pool_t *p);
 /* Waits for the pool's tasks and frees the pool; neither cancellation nor
- * a deadline (a shield's included) cuts the wait short. NULL is a no-op.
- * With its own scope, only the task that opened the pool closes it (from
- * another task it logs an error and leaves the pool open).
- * With a parent scope, call it from a task: outside one it can only free
- * an idle pool, and otherwise logs an error and leaves the pool allocated
- * rather than free it under running tasks. */
-void keel_pool_close(keel_pool_t *p);
+ * a deadline (a shield's included) cuts the wait short. Returns 0 (NULL:
+ * 0), or, with its own scope, what its scope's join returned (the first
+ * task error...); -EPERM from a task other than the one that opened it
+ * (the pool stays open). With a parent scope, call it from a task: outside
+ * one it can only free an idle pool, and returns -EBUSY (the pool stays
+ * allocated) rather than free it under running tasks. */
+int keel_pool_close(keel_pool_t *p);
 
 /* Slots: the limit, and tasks running now (a snapshot). */
 size_t keel_pool_limit(const keel_pool_t *p);

@@ -3,6 +3,7 @@
  * that runs them and then gives the slot and the permit back. Holding a
  * permit guarantees a free slot, so spawning allocates nothing beyond
  * keel_spawn's own task. */
+#include <errno.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -134,17 +135,18 @@ int keel_pool_join(keel_pool_t *p) {
   return wait_idle(p);
 }
 
-void keel_pool_close(keel_pool_t *p) {
+int keel_pool_close(keel_pool_t *p) {
   if (!p)
-    return;
+    return 0;
+  int result = 0;
   if (p->owns_scope) {
     if (p->scope->opener != keel__task_self()) {
       /* Only the opener may close the pool's scope (keel_scope_close). */
       keel_log(KEEL_LOG_ERROR, "keel_pool_close from a task other than the pool's opener: "
                                "the pool is left open");
-      return;
+      return -EPERM;
     }
-    keel_scope_close(p->scope);
+    result = keel_scope_close(p->scope);
   } else {
     /* The tasks still use the pool: wait for every permit, whatever
      * cancellation or an expired shield deadline say. */
@@ -156,11 +158,12 @@ void keel_pool_close(keel_pool_t *p) {
                "keel_pool_close outside a task while %zu pool tasks run: "
                "the pool is left allocated",
                keel_pool_running(p));
-      return;
+      return -EBUSY;
     }
   }
   keel_sem_destroy(&p->free_slots);
   free(p);
+  return result;
 }
 
 size_t keel_pool_limit(const keel_pool_t *p) { return p->limit; }
