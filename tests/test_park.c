@@ -2,6 +2,7 @@
  * bytes, and goes on in a function it names, as the same task. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "worker.h" /* keel__uring_pbufs_out */
 #include "kt-guard.h"
@@ -269,6 +270,10 @@ static int cancel_body(void *arg) {
   CHECK_RC(keel_spawn(sc, echo_start, &p.conn, NULL));
   CHECK_RC(keel_sleep_ms(10));
   CHECK_EQ(keel_scope_live(sc), 1); /* parked, still in its scope */
+  /* Its wait lives in the connection: closing it, or parking on it again,
+   * is refused while the task is parked. */
+  CHECK_EQ(keel_tcp_close(p.conn.tcp), -EBUSY);
+  CHECK_EQ(keel_tcp_park(p.conn.tcp, echo_resume, &p.conn), -EBUSY);
   keel_scope_cancel(sc, KEEL_CANCEL_USER);
   CHECK_RC(keel_scope_join(sc));
   CHECK_EQ(p.conn.parks, 1);
@@ -281,6 +286,32 @@ static int cancel_body(void *arg) {
 static void test_park_cancel(void **state) {
   (void)state;
   kt_run_body(cancel_body, NULL, 1);
+}
+
+/* A reset that comes while the task is parked reaches fn's first read as
+ * -ECONNRESET on every backend (io_uring's wait took the error from the
+ * socket, which reports it once). */
+static int reset_body(void *arg) {
+  (void)arg;
+  pair_t p;
+  CHECK_RC(pair_open(&p));
+  keel_scope_t *sc;
+  CHECK_RC(keel_scope_open(NULL, &sc));
+  CHECK_RC(keel_spawn(sc, echo_start, &p.conn, NULL));
+  CHECK_RC(keel_sleep_ms(5));
+  struct linger lg = {1, 0};
+  CHECK(setsockopt(keel_tcp_fd(p.client), SOL_SOCKET, SO_LINGER, &lg, sizeof lg) == 0);
+  CHECK_RC(keel_tcp_close(p.client));
+  p.client = NULL;
+  CHECK_RC(keel_scope_close(sc));
+  CHECK_EQ(p.conn.last_rc, -ECONNRESET);
+  pair_close(&p);
+  return 0;
+}
+
+static void test_park_reset(void **state) {
+  (void)state;
+  kt_run_real_body(reset_body, NULL, 1);
 }
 
 /* Refused: a scope open, a shield, no function. */
@@ -335,13 +366,10 @@ static void test_park_refused(void **state) {
 int main(void) {
   kt_select_backends();
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_park_echo),
-      cmocka_unit_test(test_park_idle_deadline),
-      cmocka_unit_test(test_park_cancel),
-      cmocka_unit_test(test_park_refused),
-      cmocka_unit_test(test_park_other_worker),
-      cmocka_unit_test(test_park_big_messages),
-      cmocka_unit_test(test_park_cancel_with_bytes),
+      cmocka_unit_test(test_park_echo),         cmocka_unit_test(test_park_idle_deadline),
+      cmocka_unit_test(test_park_cancel),       cmocka_unit_test(test_park_refused),
+      cmocka_unit_test(test_park_other_worker), cmocka_unit_test(test_park_reset),
+      cmocka_unit_test(test_park_big_messages), cmocka_unit_test(test_park_cancel_with_bytes),
   };
   return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

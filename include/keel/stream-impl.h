@@ -44,19 +44,26 @@
  * writes keep separate state and separate waiters. Two concurrent readers
  * (or two writers) are not supported unless the implementation says so.
  *
- * Close. close frees the stream whatever happens and returns 0 or the
- * first error it met. It may park to send what the layer owes its peer (a
- * TLS close_notify), never to wait for the peer; it parks under the
+ * Close. close frees the stream and returns 0 or the first error it met;
+ * it refuses only a call from another worker (-EXDEV) and, for TCP, a
+ * connection a task is parked on without a stack (-EBUSY, keel_tcp_park):
+ * nothing is done then. It may park to send what the layer owes its peer
+ * (a TLS close_notify), never to wait for the peer; it parks under the
  * caller's deadlines and cancellation like any other op, so a cancelled
- * task's close does not wait at all (it sends what it can without
- * waiting, then frees). Code that must say goodbye even when cancelled
- * closes inside a shield. Tasks of the same worker parked in the stream's
- * ops wake with -EBADF.
+ * task's close sends only what it can without waiting, then frees. Code
+ * that must say goodbye even when cancelled closes inside a shield. A
+ * transport may also park, shielded, while the kernel retires operations
+ * in flight on it (io_uring), since their buffers must outlive them.
+ * Tasks of the same worker parked in the stream's ops wake with -EBADF.
  *
  * Readiness. wait_readable parks until a read would not park (bytes, end
- * of stream or an error are there) without taking any buffer; a layer
- * with undelivered bytes returns at once, otherwise it asks its inner
- * stream. It lets an idle connection hold no read buffer. */
+ * of stream or an error are there) without taking any buffer of the
+ * caller's; a layer with undelivered bytes returns at once, otherwise it
+ * asks its inner stream. A layer that buffers must implement it (left
+ * NULL, the question goes straight to the inner stream). It lets an idle
+ * connection hold no read buffer. (On io_uring the transport may receive
+ * the bytes into a buffer of the worker's while it waits: a read through
+ * the stream delivers them, the raw descriptor no longer has them.) */
 #ifndef KEEL_STREAM_IMPL_H
 #define KEEL_STREAM_IMPL_H
 
@@ -75,7 +82,8 @@ typedef struct keel_stream_ops {
   /* At least one byte, or 0 at end of stream, or a negative errno; the
    * dispatch has refused reads of 0 bytes. */
   ssize_t (*readv)(keel_stream_t *s, const struct iovec *iov, int iovcnt);
-  /* At least one byte or a negative errno. */
+  /* At least one byte or a negative errno; the dispatch has answered
+   * writes of nothing itself. */
   ssize_t (*writev)(keel_stream_t *s, const struct iovec *iov, int iovcnt);
   int (*shutdown)(keel_stream_t *s, int how);
   /* Frees s (and closes its inner stream). */

@@ -27,8 +27,9 @@ typedef struct keel_stream keel_stream_t;
 ssize_t keel_read(keel_stream_t *s, void *buf, size_t len);
 ssize_t keel_readv(keel_stream_t *s, const struct iovec *iov, int iovcnt);
 
-/* Writes some of the bytes. Returns the count written (> 0) or a negative
- * errno (-EPIPE, -ECONNRESET, -ECANCELED, -ETIMEDOUT). */
+/* Writes some of the bytes. Returns the count written (> 0; 0 for a write
+ * of nothing, which does nothing) or a negative errno (-EPIPE,
+ * -ECONNRESET, -ECANCELED, -ETIMEDOUT). */
 ssize_t keel_write(keel_stream_t *s, const void *buf, size_t len);
 ssize_t keel_writev(keel_stream_t *s, const struct iovec *iov, int iovcnt);
 
@@ -54,7 +55,7 @@ int keel_close(keel_stream_t *s);
  * knows answers (keel/stream-impl.h). arg points to the type named, len is
  * its size. */
 enum {
-  KEEL_STREAM_Q_FD = 1,       /* int: the socket descriptor (-ENOTSUP: none) */
+  KEEL_STREAM_Q_FD = 1,       /* int: the socket descriptor (-ENOTSUP: none); see keel_tcp_fd */
   KEEL_STREAM_Q_WORKER,       /* int: index of the worker the stream belongs to */
   KEEL_STREAM_Q_PEER_ADDR,    /* keel_addr_t (keel/tcp.h) */
   KEEL_STREAM_Q_LOCAL_ADDR,   /* keel_addr_t */

@@ -101,6 +101,9 @@ int keel_tcp_connect_addr(const keel_addr_t *addr, keel_tcp_t **out);
 /* The stream interface of a connection (keel_read, keel_write, ...). */
 keel_stream_t *keel_tcp_stream(keel_tcp_t *c);
 /* The socket; -1 in lab mode, where there is none. */
+/* The socket (-1 in lab mode). Reading it directly bypasses keel: on
+ * io_uring, after keel_stream_wait_readable or keel_tcp_park, up to 16 KiB
+ * may already be in keel's buffer, delivered by the next keel_read. */
 int keel_tcp_fd(const keel_tcp_t *c);
 int keel_tcp_local_addr(const keel_tcp_t *c, keel_addr_t *out);
 int keel_tcp_peer_addr(const keel_tcp_t *c, keel_addr_t *out);
@@ -118,12 +121,17 @@ int keel_tcp_set_nodelay(keel_tcp_t *c, bool on);
  * bytes, 0, -ETIMEDOUT or -ECANCELED). The idle connection still belongs
  * to its scope: a join waits for it, and cancelling the scope wakes it so
  * that fn closes it.
+ * While the task is parked, keel_tcp_close(c) from another task is refused
+ * with -EBUSY (the wait lives in c): end a parked connection by cancelling
+ * its task's scope, and fn closes it.
  * Does not return when it succeeds: call it as `return keel_tcp_park(...)`
  * with nothing on the stack that fn needs (fn gets only arg). Returns
  * -EINVAL (no task, fn NULL), -EXDEV (c belongs to another worker), or
- * -EBUSY if the task has a scope open or is inside a shield. */
+ * -EBUSY if the task has a scope open or is inside a shield, or another
+ * task is parked on c. */
 int keel_tcp_park(keel_tcp_t *c, keel_task_fn fn, void *arg);
-/* Same as keel_close(keel_tcp_stream(c)). */
+/* Same as keel_close(keel_tcp_stream(c)); -EBUSY (nothing done) while a
+ * task is parked on c (keel_tcp_park). */
 int keel_tcp_close(keel_tcp_t *c);
 
 #ifdef __cplusplus

@@ -42,9 +42,10 @@ typedef struct keel__io {
   /* io_uring: bytes a readiness wait received into one of the worker's
    * provided buffers (pbuf), delivered by the next reads */
   unsigned short pend_bid, pend_off, pend_len;
-  unsigned short uses;      /* io_uring: operations so far, until registered */
-  int slot;                 /* io_uring: registered file index, or -1 */
-  unsigned inflight;        /* io_uring: operations submitted, not yet retired */
+  int pend_err;        /* io_uring: an error such a wait took from the socket, for the next read */
+  unsigned short uses; /* io_uring: operations so far, until registered */
+  int slot;            /* io_uring: registered file index, or -1 */
+  unsigned inflight;   /* io_uring: operations submitted, not yet retired */
   keel__wait_t *close_wait; /* io_uring: the closer waiting for them */
   keel__acceptq_t *acceptq;
 } keel__io_t;

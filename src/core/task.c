@@ -25,14 +25,26 @@ void __tsan_destroy_fiber(void *fiber);
 static void restart_entry(void *arg);
 static void task_make_ctx(keel_task_t *t, void (*entry)(void *));
 
+static void regain_retry_cb(keel__timer_t *tm) {
+  keel__task_ready(keel__container_of(tm, keel__wait_t, timer)->task);
+}
+
 /* A task that gave its stack back gets one again before it runs. True
- * when no stack can be had now: it is queued again, to try later. */
+ * when no stack can be had now: it tries again a millisecond later (on
+ * its ended wait's timer), so that a worker short of memory neither spins
+ * nor floods the log (one line a second). */
 static __attribute__((noinline)) bool task_regain_stack(keel__worker_t *w, keel_task_t *t) {
   if (keel__stack_alloc(w, t->stack_size, &t->stack) != 0) {
-    keel_log(KEEL_LOG_ERROR, "no memory for a stack of %zu bytes: task '%s' waits", t->stack_size,
-             t->name);
+    int64_t now = keel__worker_now(w);
+    if (now - w->stack_fail_log_ns >= KEEL_NS_PER_SEC) {
+      w->stack_fail_log_ns = now;
+      keel_log(KEEL_LOG_ERROR, "no memory for a stack of %zu bytes: task '%s' waits for one",
+               t->stack_size, t->name);
+    }
     t->state = KEEL__TASK_BLOCKED;
-    keel__task_ready(t);
+    keel__timer_t *tm = &t->restart->wait.timer;
+    keel__timer_init(tm, regain_retry_cb);
+    keel__timer_start(&w->wheel, tm, keel__tick_of(w, now + KEEL_NS_PER_MS));
     return true;
   }
   task_make_ctx(t, restart_entry);
@@ -194,6 +206,7 @@ static void restart_entry(void *arg) {
 #endif
   keel__restart_t *r = t->restart;
   t->restart = NULL;
+  t->shedding = false; /* a hook that parks parks as any task does */
   keel__wait_finish(&r->wait);
   if (r->hook)
     r->hook(r);

@@ -41,6 +41,7 @@
 #define PBUF_COUNT 256
 #define PBUF_SIZE 16384
 #define PBUF_GROUP 0
+_Static_assert(PBUF_SIZE <= 65535, "pend_off and pend_len are unsigned short");
 
 typedef struct uring_backend {
   struct io_uring ring;
@@ -260,8 +261,8 @@ static size_t pbuf_take(keel__io_t *io, const struct iovec *iov, int iovcnt) {
 static ssize_t pbuf_read(keel__io_t *io, const struct iovec *iov, int iovcnt) {
   bool more = !io->rd_drained;
   size_t n = pbuf_take(io, iov, iovcnt);
-  if (io->pend_len > 0 || !more)
-    return (ssize_t)n;
+  if (io->pend_len > 0 || !more || keel__check_cancel() < 0)
+    return (ssize_t)n; /* a cancelled task gets what is here, starts nothing */
   struct iovec rest[8];
   int k = 0;
   size_t skip = n;
@@ -478,9 +479,19 @@ static ssize_t op_wait(keel__io_t *io, keel__wait_t *w, struct io_uring_sqe *sqe
  * usually followed by one that must wait: request/response peers send
  * nothing more until answered. That one skips the doomed first attempt and
  * arms the socket's poll at once; data already there is found by the arm. */
+/* The error a readiness wait took from the socket (the kernel clears it
+ * once reported): the next read reports it, as a read would have. */
+static int pend_error(keel__io_t *io) {
+  int err = io->pend_err;
+  io->pend_err = 0;
+  return err;
+}
+
 static ssize_t ur_recv(keel__io_t *io, void *buf, size_t len) {
   if (KEEL__UNLIKELY(io->pend_len > 0))
     return pbuf_read(io, &(struct iovec){buf, len}, 1);
+  if (KEEL__UNLIKELY(io->pend_err))
+    return pend_error(io);
   keel__wait_t w;
   struct io_uring_sqe *sqe;
   int rc = op_begin(io, &w, &sqe);
@@ -498,6 +509,8 @@ static ssize_t ur_recv(keel__io_t *io, void *buf, size_t len) {
 static ssize_t ur_readv(keel__io_t *io, const struct iovec *iov, int iovcnt) {
   if (KEEL__UNLIKELY(io->pend_len > 0))
     return pbuf_read(io, iov, iovcnt);
+  if (KEEL__UNLIKELY(io->pend_err))
+    return pend_error(io);
   keel__wait_t w;
   struct io_uring_sqe *sqe;
   int rc = op_begin(io, &w, &sqe);
@@ -553,14 +566,16 @@ static int ur_connect(keel__io_t *io, const struct sockaddr *sa, socklen_t len) 
 static void ur_arm_readable(keel__io_t *io, keel__wait_t *w) {
   keel__wait_init(w, op_abort);
   uring_backend_t *b = io->worker->backend;
-  if (io->pend_len > 0) {
-    keel__wait_complete(w, 0); /* bytes are here already */
+  if (io->pend_len > 0 || io->pend_err) {
+    w->abort = NULL;
+    keel__wait_complete(w, 0); /* bytes (or an error) are here already */
     return;
   }
   int err;
   struct io_uring_sqe *sqe = get_sqe(b, &err);
   if (KEEL__UNLIKELY(!sqe)) {
-    keel__wait_complete(w, err); /* nothing in flight: w->data stays NULL */
+    w->abort = NULL; /* nothing in flight: readable_done has nothing to retire */
+    keel__wait_complete(w, err);
     return;
   }
   if (b->pbuf_ring) {
@@ -573,13 +588,13 @@ static void ur_arm_readable(keel__io_t *io, keel__wait_t *w) {
   }
   use_slot(io, sqe);
   io_uring_sqe_set_data(sqe, w);
-  w->data = io;
   io->inflight++;
 }
 
+/* w->data stays NULL: pay_owed_cancels reads it as a closer's wait. */
 static int ur_readable_done(keel__io_t *io, keel__wait_t *w) {
   ssize_t rc = w->result;
-  if (!w->data)
+  if (w->abort != op_abort) /* never went to the kernel */
     return (int)rc;
   if (--io->inflight == 0 && io->close_wait)
     keel__wait_complete(io->close_wait, 0);
@@ -598,8 +613,14 @@ static int ur_readable_done(keel__io_t *io, keel__wait_t *w) {
     pbuf_return(io->worker->backend, bid);
   }
   if (rc == -ECANCELED && !w->interrupted)
-    rc = -EBADF;                /* cancelled by a close of the descriptor (ur_io_close) */
-  if (rc < 0 && rc != -ENOBUFS) /* -ENOBUFS: bytes came, no buffer: a read takes them */
+    rc = -EBADF;      /* cancelled by a close of the descriptor (ur_io_close) */
+  if (rc == -ENOBUFS) /* bytes came, no buffer: a read takes them */
+    rc = 0;
+  if (rc < 0 && !w->interrupted && rc != -EBADF) { /* the socket's own error */
+    io->pend_err = (int)rc;
+    return 0;
+  }
+  if (rc < 0)
     return (int)rc;
   io->rd_drained = false; /* bytes (or the end) are there: the next recv need not poll first */
   return 0;

@@ -249,7 +249,11 @@ static ssize_t labtcp_writev(keel_stream_t *s, const struct iovec *iov, int iovc
 static int labtcp_shutdown(keel_stream_t *s, int how) {
   return keel__pipe_shutdown(end_of(s), how);
 }
-static int labtcp_close(keel_stream_t *s) { return keel__pipe_close(end_of(s)); }
+static int labtcp_close(keel_stream_t *s) {
+  if (((keel_tcp_t *)s)->parked)
+    return -EBUSY; /* its wait and the task's next call live in it */
+  return keel__pipe_close(end_of(s));
+}
 static int labtcp_wait_readable(keel_stream_t *s) { return keel__pipe_wait_readable(end_of(s)); }
 
 int keel__labnet_tcp_addr(const keel_tcp_t *c, keel_addr_t *out, bool peer) {
@@ -325,6 +329,7 @@ static int link_open(labnet_t *net, keel__lablistener_t *l, const keel_addr_t *d
   for (int i = 0; i < 2; i++) {
     keel_stream_init(&ends[i]->super, &labtcp_ops, NULL);
     ends[i]->lab.release = labtcp_release;
+    ends[i]->parked = false;
   }
   keel__waiters_wake_all(&l->accepters, 0); /* they look again; one takes it */
   *out = client;

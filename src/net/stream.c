@@ -35,17 +35,26 @@ ssize_t keel_read(keel_stream_t *s, void *buf, size_t len) {
   return s->ops->readv(s, &iov, 1);
 }
 
+/* A write of nothing does nothing, so that the ops only see writes of at
+ * least one byte, as they see reads. */
 ssize_t keel_writev(keel_stream_t *s, const struct iovec *iov, int iovcnt) {
   if (iovcnt <= 0 || iovcnt > IOV_MAX)
     return -EINVAL;
   if (KEEL__UNLIKELY(s->wr_poison))
     return s->wr_poison;
+  size_t total = 0;
+  for (int i = 0; i < iovcnt && total == 0; i++)
+    total = iov[i].iov_len;
+  if (total == 0)
+    return 0;
   return s->ops->writev(s, iov, iovcnt);
 }
 
 ssize_t keel_write(keel_stream_t *s, const void *buf, size_t len) {
   if (KEEL__UNLIKELY(s->wr_poison))
     return s->wr_poison;
+  if (len == 0)
+    return 0;
   struct iovec iov = {(void *)buf, len};
   return s->ops->writev(s, &iov, 1);
 }

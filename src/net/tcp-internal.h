@@ -22,6 +22,7 @@ struct keel_tcp {
     keel__pipe_end_t lab; /* lab mode: its pipe lives in a labnet link */
   };
   keel__restart_t park; /* keel_tcp_park: the wait outlives the stack */
+  bool parked;          /* a task waits in park: close and a second park refuse */
 };
 
 /* Lab mode's side of a listener: an entry in the network's table. */

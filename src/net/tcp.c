@@ -56,6 +56,8 @@ static int tcp_close(keel_stream_t *s) {
   keel_tcp_t *c = (keel_tcp_t *)s;
   if (!OWNED_HERE(&c->io))
     return -EXDEV;
+  if (KEEL__UNLIKELY(c->parked))
+    return -EBUSY; /* its wait and the task's next call live in c */
   c->io.worker->ops->io_close(&c->io);
   int rc = close(c->io.fd) == 0 ? 0 : -errno;
   free(c);
@@ -83,6 +85,7 @@ static bool is_lab(const keel_tcp_t *c);
 /* The wait's result is for fn's first call to find: a read repeats it. */
 static void park_done(keel__restart_t *r) {
   keel_tcp_t *c = r->owner;
+  c->parked = false;
   if (is_lab(c))
     (void)keel__pipe_readable_done(&c->lab, &r->wait);
   else
@@ -96,8 +99,9 @@ int keel_tcp_park(keel_tcp_t *c, keel_task_fn fn, void *arg) {
   keel__worker_t *owner = is_lab(c) ? c->lab.pipe->worker : c->io.worker;
   if (owner != keel__tls_worker)
     return -EXDEV;
-  if (t->shield_depth > 0 || !keel__queue_empty(&t->open_scopes))
-    return -EBUSY; /* they live on the stack it would give up */
+  if (t->shield_depth > 0 || !keel__queue_empty(&t->open_scopes) || c->parked)
+    return -EBUSY; /* they live on the stack it would give up; one park at a time */
+  c->parked = true;
   if (is_lab(c))
     keel__pipe_arm_readable(&c->lab, &c->park.wait);
   else
@@ -148,6 +152,7 @@ static keel_tcp_t *tcp_new(int fd) {
     return NULL;
   keel_stream_init(&c->super, &tcp_stream_ops, NULL);
   keel__io_init(&c->io, fd);
+  c->parked = false;
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   return c;
