@@ -479,19 +479,22 @@ static ssize_t op_wait(keel__io_t *io, keel__wait_t *w, struct io_uring_sqe *sqe
  * usually followed by one that must wait: request/response peers send
  * nothing more until answered. That one skips the doomed first attempt and
  * arms the socket's poll at once; data already there is found by the arm. */
-/* The error a readiness wait took from the socket (the kernel clears it
- * once reported): the next read reports it, as a read would have. */
-static int pend_error(keel__io_t *io) {
+/* What a readiness wait left for the next read: bytes in a provided
+ * buffer, or an error it took from the socket (the kernel clears it once
+ * reported), which the read reports as it would have. */
+static inline bool pend_any(const keel__io_t *io) { return (io->pend_len | io->pend_err) != 0; }
+
+static ssize_t pend_read(keel__io_t *io, const struct iovec *iov, int iovcnt) {
+  if (io->pend_len > 0)
+    return pbuf_read(io, iov, iovcnt);
   int err = io->pend_err;
   io->pend_err = 0;
   return err;
 }
 
 static ssize_t ur_recv(keel__io_t *io, void *buf, size_t len) {
-  if (KEEL__UNLIKELY(io->pend_len > 0))
-    return pbuf_read(io, &(struct iovec){buf, len}, 1);
-  if (KEEL__UNLIKELY(io->pend_err))
-    return pend_error(io);
+  if (KEEL__UNLIKELY(pend_any(io)))
+    return pend_read(io, &(struct iovec){buf, len}, 1);
   keel__wait_t w;
   struct io_uring_sqe *sqe;
   int rc = op_begin(io, &w, &sqe);
@@ -507,10 +510,8 @@ static ssize_t ur_recv(keel__io_t *io, void *buf, size_t len) {
 }
 
 static ssize_t ur_readv(keel__io_t *io, const struct iovec *iov, int iovcnt) {
-  if (KEEL__UNLIKELY(io->pend_len > 0))
-    return pbuf_read(io, iov, iovcnt);
-  if (KEEL__UNLIKELY(io->pend_err))
-    return pend_error(io);
+  if (KEEL__UNLIKELY(pend_any(io)))
+    return pend_read(io, iov, iovcnt);
   keel__wait_t w;
   struct io_uring_sqe *sqe;
   int rc = op_begin(io, &w, &sqe);
@@ -566,7 +567,7 @@ static int ur_connect(keel__io_t *io, const struct sockaddr *sa, socklen_t len) 
 static void ur_arm_readable(keel__io_t *io, keel__wait_t *w) {
   keel__wait_init(w, op_abort);
   uring_backend_t *b = io->worker->backend;
-  if (io->pend_len > 0 || io->pend_err) {
+  if (pend_any(io)) {
     w->abort = NULL;
     keel__wait_complete(w, 0); /* bytes (or an error) are here already */
     return;
