@@ -179,9 +179,13 @@ static void arena_put(http_conn_t *c) {
 
 /* ---- Bodies --------------------------------------------------------------- */
 
+/* The body cannot be read to its end: the connection closes after the
+ * response (an error status, when the client can still read one). */
 static ssize_t body_error(keel_http_request_t *req, int err) {
   req->body_error = err;
-  req->c->broken = true;
+  req->c->close = true;
+  if (err == -EMSGSIZE || err == -EPROTO)
+    req->c->linger = true;
   return err;
 }
 
@@ -291,10 +295,10 @@ int keel_http_body(keel_http_request_t *req, const void **data, size_t *len) {
 static void drain_body(http_conn_t *c, keel_http_request_t *req) {
   char sink[4096];
   size_t total = 0;
-  while (!req->body_done && !c->broken) {
+  while (!req->body_done && !c->close) {
     ssize_t n = keel_http_read(req, sink, sizeof sink);
     if (n <= 0 || (total += (size_t)n) > HTTP_DRAIN_BODY) {
-      c->broken = true;
+      c->close = true;
       return;
     }
   }
@@ -346,7 +350,7 @@ static int error_status(http_conn_t *c, llhttp_errno_t err, const char *data, si
 
 static int head_fail(http_conn_t *c, int status) {
   keel__http_error_response(c, status);
-  c->broken = true;
+  c->linger = true;
   return -1;
 }
 
@@ -472,7 +476,6 @@ static void serve_request(http_conn_t *c) {
     so.deadline_ns = c->now + c->lim->request_timeout_ns;
   if (keel_scope_open(&so, &req->scope) < 0) {
     keel__http_error_response(c, 503);
-    c->broken = true;
     return;
   }
   keel_spawn_opts_t sp = {.name = "http-handler"};
@@ -481,7 +484,7 @@ static void serve_request(http_conn_t *c) {
   } else {
     keel_yield();
     /* Still running: it waits on something. Watch the client meanwhile. */
-    if (keel_scope_live(req->scope) > 0 && req->body_done && !c->broken &&
+    if (keel_scope_live(req->scope) > 0 && req->body_done && !c->close &&
         keel_bufstream_buffered(c->bs) == 0)
       start_watch(c, req);
     keel_scope_join(req->scope);
@@ -490,7 +493,7 @@ static void serve_request(http_conn_t *c) {
   req->scope = NULL;
   end_watch(req);
   keel__http_response_end(req);
-  if (!req->body_done && !c->broken && !c->close)
+  if (!req->body_done && !c->close)
     drain_body(c, req);
 }
 
@@ -501,7 +504,7 @@ static void serve_request(http_conn_t *c) {
  * still sends for a moment, so that closing does not reset the connection
  * under the response before the client read it. */
 static int conn_end(http_conn_t *c) {
-  bool linger = c->broken && c->out_len > 0;
+  bool linger = c->linger && c->out_len > 0;
   if (c->out_len > 0 && keel__http_flush(c) == 0 && linger) {
     keel_shield_begin(keel_now_ns() + 1000 * KEEL_NS_PER_MS);
     keel_stream_shutdown(c->s, SHUT_WR);

@@ -94,7 +94,10 @@ struct http_conn {
   uint16_t nfields;          /* header or trailer fields seen */
   uint16_t ext_len;          /* chunk extension bytes of this chunk */
   uint16_t err_status;       /* the status a callback's error answers */
-  bool in_trailers, broken, close;
+  bool in_trailers;
+  bool broken; /* the transport failed: nothing more is written */
+  bool close;  /* close after the responses queued */
+  bool linger; /* an error response: read a while before closing */
   char field[24];            /* the start of a trailer field's name */
   uint8_t field_len;
   unsigned requests;

@@ -365,7 +365,7 @@ int keel_http_finish(keel_http_response_t *res) {
   if (res->no_body)
     return 0;
   if (res->declared >= 0 && res->sent != (uint64_t)res->declared) {
-    c->broken = true;
+    c->broken = true; /* the client must see the body cut short */
     return -EPROTO;
   }
   if (res->until_close)
