@@ -10,6 +10,7 @@
  * llhttp straight into the caller's buffer of keel_http_read: llhttp is
  * never given more bytes than the caller has room for, and a body it
  * decodes is never longer than its input. */
+#include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -331,9 +332,14 @@ static int method_status(const char *p, size_t n) {
   return i > 0 && i < n && p[i] == ' ' ? 501 : 400;
 }
 
+/* "HTTP/d.d" with digits keel does not speak is 505 (llhttp refuses
+ * HTTP/1.2 as it refuses HTTP/2.0; RFC 9112 §2.3 would let a server answer
+ * a later 1.x as 1.1, but 505 is the honest answer for what keel cannot
+ * know it speaks), anything else 400. */
 static int version_status(const char *p, size_t n) {
   const char *v = memmem(p, n, " HTTP/", 6);
-  if (v && (size_t)(p + n - v) >= 9 && v[6] >= '0' && v[6] <= '9' && v[6] != '1' && v[7] == '.')
+  if (v && (size_t)(p + n - v) >= 9 && isdigit((unsigned char)v[6]) && v[7] == '.' &&
+      isdigit((unsigned char)v[8]))
     return 505;
   return 400;
 }
