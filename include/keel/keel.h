@@ -9,6 +9,7 @@
 #include "chan.h"
 #include "core.h"
 #include "flow.h"
+#include "http.h"
 #include "lab.h"
 #include "oneshot.h"
 #include "stream.h"

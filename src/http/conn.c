@@ -1,0 +1,589 @@
+/* Server connections: one task per connection reads request heads, runs
+ * each request's handler in a scope of its own, and queues the responses
+ * so that those of pipelined requests leave in one write.
+ *
+ * Reading: llhttp (strict mode) runs over the bytes of the connection's
+ * buffered stream; it pauses at the end of a head that a body follows and
+ * at the end of every message, so the connection never parses past the
+ * request being served. The head stays in the buffer until it is complete,
+ * then request.c reads a copy of it in the arena. Body bytes are decoded by
+ * llhttp straight into the caller's buffer of keel_http_read: llhttp is
+ * never given more bytes than the caller has room for, and a body it
+ * decodes is never longer than its input. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http-internal.h"
+
+#define C_OF(p) ((http_conn_t *)(p)->data)
+
+/* ---- llhttp callbacks ----------------------------------------------------- */
+
+static int fail(http_conn_t *c, int status) {
+  c->err_status = (uint16_t)status;
+  return -1;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len) {
+  http_conn_t *c = C_OF(p);
+  (void)at;
+  c->url_len += (uint32_t)len;
+  return c->url_len > c->lim->max_url ? fail(c, 414) : 0;
+}
+
+/* Fields after the head are trailers: bounded, validated, never framing. */
+static int on_field(llhttp_t *p, const char *at, size_t len) {
+  http_conn_t *c = C_OF(p);
+  if (!c->in_trailers)
+    return 0;
+  for (size_t i = 0; i < len; i++) {
+    if (!keel__http_token_char((unsigned char)at[i]))
+      return fail(c, 400);
+    if (c->field_len < sizeof c->field)
+      c->field[c->field_len++] = at[i];
+  }
+  return 0;
+}
+
+static int on_field_complete(llhttp_t *p) {
+  http_conn_t *c = C_OF(p);
+  if (!c->in_trailers)
+    return 0;
+  static const char *const framing[] = {"content-length", "transfer-encoding", "host",
+                                        "connection", "trailer", "te", "expect"};
+  size_t n = c->field_len;
+  c->field_len = 0;
+  if (++c->nfields > HTTP_MAX_TRAILERS || n == 0)
+    return fail(c, n == 0 ? 400 : 431);
+  for (size_t i = 0; i < sizeof framing / sizeof framing[0]; i++)
+    if (keel__http_name_eq(c->field, n, framing[i]))
+      return fail(c, 400);
+  return 0;
+}
+
+static int on_value(llhttp_t *p, const char *at, size_t len) {
+  http_conn_t *c = C_OF(p);
+  if (!c->in_trailers)
+    return 0;
+  for (size_t i = 0; i < len; i++) {
+    unsigned char ch = (unsigned char)at[i];
+    if (ch != '\t' && (ch < 0x20 || ch == 0x7f))
+      return fail(c, 400);
+  }
+  return 0;
+}
+
+/* Pauses where a body follows, so the handler reads it; a message without
+ * one runs on to on_message_complete, which pauses too. */
+static int on_headers_complete(llhttp_t *p) {
+  http_conn_t *c = C_OF(p);
+  c->in_trailers = false;
+  bool body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
+  return body ? HPE_PAUSED : 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len) {
+  http_conn_t *c = C_OF(p);
+  keel_http_request_t *req = c->req;
+  if (!req || !req->dst)
+    return fail(c, 400);
+  req->body_read += len;
+  if (req->body_read > c->lim->max_body)
+    return fail(c, 413);
+  /* Never more than the room left: llhttp is given at most that many bytes. */
+  memcpy(req->dst + req->got, at, len);
+  req->got += len;
+  return 0;
+}
+
+static int on_message_complete(llhttp_t *p) {
+  (void)p;
+  return HPE_PAUSED;
+}
+
+static int on_chunk_header(llhttp_t *p) {
+  http_conn_t *c = C_OF(p);
+  c->ext_len = 0;
+  if (p->content_length == 0) { /* the last chunk: trailers may follow */
+    c->in_trailers = true;
+    c->nfields = 0;
+    c->field_len = 0;
+  }
+  return 0;
+}
+
+/* Chunk extensions are read and dropped, but bounded (CVE-2024-22019) and
+ * free of control bytes (CVE-2024-27982's family). */
+static int on_ext(llhttp_t *p, const char *at, size_t len) {
+  http_conn_t *c = C_OF(p);
+  if (c->ext_len + len > HTTP_MAX_CHUNK_EXT)
+    return fail(c, 400);
+  c->ext_len = (uint16_t)(c->ext_len + len);
+  for (size_t i = 0; i < len; i++) {
+    unsigned char ch = (unsigned char)at[i];
+    if (ch != '\t' && (ch < 0x20 || ch == 0x7f))
+      return fail(c, 400);
+  }
+  return 0;
+}
+
+/* The chunk size line before its extensions: count it against the bound. */
+static int on_ext_complete(llhttp_t *p) {
+  (void)p;
+  return 0;
+}
+
+const llhttp_settings_t keel__http_settings = {
+    .on_url = on_url,
+    .on_header_field = on_field,
+    .on_header_value = on_value,
+    .on_header_field_complete = on_field_complete,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+    .on_chunk_header = on_chunk_header,
+    .on_chunk_extension_name = on_ext,
+    .on_chunk_extension_value = on_ext,
+    .on_chunk_extension_name_complete = on_ext_complete,
+};
+
+/* ---- Arenas ------------------------------------------------------------- */
+
+static int arena_get(http_conn_t *c) {
+  if (c->arena)
+    return 0;
+  if (c->w && c->w->narenas > 0) {
+    c->arena = c->w->arenas[--c->w->narenas];
+    return 0;
+  }
+  keel_arena_opts_t ao = {.chunk_size = HTTP_ARENA_CHUNK};
+  return keel_arena_open(&ao, &c->arena);
+}
+
+/* Gives the arena back: everything in it (requests, queued output) is
+ * done with. */
+static void arena_put(http_conn_t *c) {
+  if (!c->arena)
+    return;
+  keel_arena_reset(c->arena);
+  if (c->w && c->w->narenas < HTTP_ARENA_CACHE)
+    c->w->arenas[c->w->narenas++] = c->arena;
+  else
+    keel_arena_close(c->arena);
+  c->arena = NULL;
+  c->out = NULL;
+  c->out_len = c->out_cap = 0;
+  c->req = NULL;
+}
+
+/* ---- Bodies --------------------------------------------------------------- */
+
+/* The body cannot be read to its end: the connection closes after the
+ * response (an error status, when the client can still read one). */
+static ssize_t body_error(keel_http_request_t *req, int err) {
+  req->body_error = err;
+  req->c->close = true;
+  if (err == -EMSGSIZE || err == -EPROTO)
+    req->c->linger = true;
+  return err;
+}
+
+/* Waits for more body bytes under the body's idle deadline. */
+static ssize_t body_fill(http_conn_t *c, keel_http_request_t *req) {
+  int64_t saved = keel_task_set_deadline(keel_now_ns() + c->lim->body_timeout_ns);
+  ssize_t n = keel_bufstream_fill(c->bs);
+  keel_task_set_deadline(saved);
+  if (n > 0)
+    return n;
+  if (n == 0)
+    return body_error(req, -EPIPE);
+  return body_error(req, (int)n);
+}
+
+static int send_continue(keel_http_request_t *req) {
+  static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+  http_conn_t *c = req->c;
+  req->sent_continue = true;
+  if (req->res.head_sent)
+    return 0;
+  int rc = keel__http_queue(c, cont, sizeof cont - 1);
+  return rc < 0 ? rc : keel__http_flush(c);
+}
+
+/* Gives llhttp what the caller has room for. Returns 0 to go on. */
+static int body_step(http_conn_t *c, keel_http_request_t *req) {
+  size_t avail;
+  const char *data = keel_bufstream_peek(c->bs, &avail);
+  size_t feed = avail < req->room - req->got ? avail : req->room - req->got;
+  c->base = data;
+  llhttp_errno_t err = llhttp_execute(&c->parser, data, feed);
+  if (err == HPE_OK) {
+    keel_bufstream_consume(c->bs, feed);
+    return 0;
+  }
+  if (err == HPE_PAUSED) {
+    keel_bufstream_consume(c->bs, (size_t)(llhttp_get_error_pos(&c->parser) - data));
+    llhttp_resume(&c->parser);
+    req->body_done = true;
+    return 0;
+  }
+  if (c->err_status == 0)
+    c->err_status = 400;
+  return (int)body_error(req, c->err_status == 413 ? -EMSGSIZE : -EPROTO);
+}
+
+ssize_t keel_http_read(keel_http_request_t *req, void *buf, size_t len) {
+  http_conn_t *c = req->c;
+  if (len == 0)
+    return -EINVAL;
+  if (req->body_error)
+    return req->body_error;
+  if (req->body_done)
+    return 0;
+  if (req->expect_continue && !req->sent_continue) {
+    int rc = send_continue(req);
+    if (rc < 0)
+      return body_error(req, rc);
+  }
+  req->dst = buf;
+  req->room = len;
+  req->got = 0;
+  ssize_t rc = 0;
+  while (rc == 0 && req->got == 0 && !req->body_done) {
+    if (keel_bufstream_buffered(c->bs) == 0) {
+      rc = body_fill(c, req);
+      rc = rc > 0 ? 0 : rc;
+    } else {
+      rc = body_step(c, req);
+    }
+  }
+  req->dst = NULL;
+  return rc < 0 ? rc : (ssize_t)req->got;
+}
+
+int keel_http_body(keel_http_request_t *req, const void **data, size_t *len) {
+  keel_arena_t *a = req->c->arena;
+  size_t cap = req->content_length > 0 ? (size_t)req->content_length : 4096, n = 0;
+  char *buf = keel_arena_alloc_aligned(a, cap + 1, 1);
+  for (;;) {
+    if (!buf)
+      return -ENOMEM;
+    if (n == cap) {
+      char *bigger = keel_arena_alloc_aligned(a, cap * 2 + 1, 1);
+      if (bigger)
+        memcpy(bigger, buf, n);
+      buf = bigger;
+      cap *= 2;
+      continue;
+    }
+    ssize_t got = keel_http_read(req, buf + n, cap - n);
+    if (got < 0)
+      return (int)got;
+    if (got == 0)
+      break;
+    n += (size_t)got;
+  }
+  buf[n] = '\0';
+  *data = buf;
+  *len = n;
+  return 0;
+}
+
+/* Reads and drops what the handler left of a small body, so the connection
+ * can carry the next request. */
+static void drain_body(http_conn_t *c, keel_http_request_t *req) {
+  char sink[4096];
+  size_t total = 0;
+  while (!req->body_done && !c->close) {
+    ssize_t n = keel_http_read(req, sink, sizeof sink);
+    if (n <= 0 || (total += (size_t)n) > HTTP_DRAIN_BODY) {
+      c->close = true;
+      return;
+    }
+  }
+}
+
+/* ---- Heads ---------------------------------------------------------------- */
+
+static int new_request(http_conn_t *c) {
+  if (arena_get(c) < 0)
+    return -ENOMEM;
+  keel_http_request_t *req = keel_arena_alloc(c->arena, sizeof *req);
+  if (!req)
+    return -ENOMEM;
+  memset(req, 0, sizeof *req);
+  req->c = c;
+  keel__http_response_init(&req->res, req);
+  c->req = req;
+  c->url_len = 0;
+  c->err_status = 0;
+  c->in_trailers = false;
+  return 0;
+}
+
+/* Whether the token before the first space is a valid method keel does
+ * not know (501) rather than garbage (400). */
+static int method_status(const char *p, size_t n) {
+  size_t i = 0;
+  while (i < n && keel__http_token_char((unsigned char)p[i]))
+    i++;
+  return i > 0 && i < n && p[i] == ' ' ? 501 : 400;
+}
+
+static int version_status(const char *p, size_t n) {
+  const char *v = memmem(p, n, " HTTP/", 6);
+  if (v && (size_t)(p + n - v) >= 9 && v[6] >= '0' && v[6] <= '9' && v[6] != '1' && v[7] == '.')
+    return 505;
+  return 400;
+}
+
+static int error_status(http_conn_t *c, llhttp_errno_t err, const char *data, size_t n) {
+  if (err == HPE_USER && c->err_status)
+    return c->err_status;
+  if (err == HPE_INVALID_METHOD)
+    return method_status(data, n);
+  if (err == HPE_INVALID_VERSION)
+    return version_status(data, n);
+  return 400;
+}
+
+static int head_fail(http_conn_t *c, int status) {
+  keel__http_error_response(c, status);
+  c->linger = true;
+  return -1;
+}
+
+/* The head is complete: the first head_len buffered bytes. */
+static int head_done(http_conn_t *c, const char *data, size_t head_len, llhttp_errno_t err) {
+  keel_http_request_t *req = c->req;
+  /* Paused at the end of the message when no body follows. */
+  bool body = (c->parser.flags & F_CHUNKED) ||
+              ((c->parser.flags & F_CONTENT_LENGTH) && c->parser.content_length > 0);
+  if (!llhttp_should_keep_alive(&c->parser))
+    req->res.close = true;
+  int st = keel__http_request_parse(c, data, head_len);
+  keel_bufstream_consume(c->bs, head_len);
+  if (err == HPE_PAUSED_UPGRADE) {
+    llhttp_resume_after_upgrade(&c->parser);
+    req->res.close = true; /* no upgrade taken: the connection ends here */
+  } else {
+    llhttp_resume(&c->parser);
+  }
+  req->body_done = !body;
+  if (st != 0)
+    return head_fail(c, st);
+  return 1;
+}
+
+/* Reads the next request head. Returns 1 with c->req ready, 0 when the
+ * connection ended cleanly (end of stream, idle timeout, shutdown between
+ * requests), or -1 after queueing an error response. */
+static int read_head(http_conn_t *c) {
+  if (new_request(c) < 0)
+    return -1;
+  size_t parsed = 0;
+  bool timed = keel_bufstream_buffered(c->bs) > 0;
+  if (timed)
+    keel_task_set_deadline(c->now + c->lim->header_timeout_ns);
+  for (;;) {
+    size_t avail;
+    const char *data = keel_bufstream_peek(c->bs, &avail);
+    if (avail > parsed) {
+      c->base = data;
+      llhttp_errno_t err = llhttp_execute(&c->parser, data + parsed, avail - parsed);
+      if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
+        keel_task_set_deadline(KEEL_DEADLINE_NONE);
+        size_t head_len = (size_t)(llhttp_get_error_pos(&c->parser) - data);
+        return head_done(c, data, head_len, err);
+      }
+      if (err != HPE_OK)
+        return head_fail(c, error_status(c, err, data, avail));
+      parsed = avail;
+      if (parsed > c->lim->max_header_bytes)
+        return head_fail(c, 431);
+    }
+    ssize_t n = keel_bufstream_fill(c->bs);
+    c->now = keel_now_ns();
+    if (n > 0 && !timed) {
+      timed = true;
+      keel_task_set_deadline(c->now + c->lim->header_timeout_ns);
+    }
+    if (n > 0)
+      continue;
+    keel_task_set_deadline(KEEL_DEADLINE_NONE);
+    if (n == -EMSGSIZE)
+      return head_fail(c, 431);
+    if (n == -ETIMEDOUT && parsed > 0)
+      return head_fail(c, 408);
+    c->close = true;
+    return 0;
+  }
+}
+
+/* ---- Running handlers ----------------------------------------------------- */
+
+static int handler_task(void *arg) {
+  keel_http_request_t *req = arg;
+  req->handler_rc = req->c->lim->handler(req, &req->res, req->c->lim->ctx);
+  if (req->watch)
+    keel_scope_cancel(req->watch, KEEL_CANCEL_USER);
+  return 0;
+}
+
+/* Waits for the end of stream or a reset while the handler runs: either
+ * one cancels the handler's scope. Bytes of a next request end the watch
+ * (they stay buffered). */
+static int watch_task(void *arg) {
+  keel_http_request_t *req = arg;
+  ssize_t n = keel_bufstream_fill(req->c->bs);
+  if (n == 0 || n == -ECONNRESET || n == -EPIPE) {
+    req->client_gone = true;
+    keel_scope_cancel(req->scope, KEEL_CANCEL_USER);
+  }
+  return 0;
+}
+
+static void start_watch(http_conn_t *c, keel_http_request_t *req) {
+  keel_scope_opts_t so = {.name = "http-watch"};
+  if (keel_scope_open(&so, &req->watch) < 0) {
+    req->watch = NULL;
+    return;
+  }
+  keel_spawn_opts_t sp = {.name = "http-watch", .stack_size = 16384};
+  if (keel_spawn(req->watch, watch_task, req, &sp) < 0) {
+    keel_scope_close(req->watch);
+    req->watch = NULL;
+  }
+  (void)c;
+}
+
+static void end_watch(keel_http_request_t *req) {
+  if (!req->watch)
+    return;
+  keel_scope_cancel(req->watch, KEEL_CANCEL_USER);
+  keel_scope_join(req->watch);
+  keel_scope_close(req->watch);
+  req->watch = NULL;
+}
+
+static void serve_request(http_conn_t *c) {
+  keel_http_request_t *req = c->req;
+  if (++c->requests >= c->lim->max_requests)
+    req->res.close = true;
+  keel_scope_opts_t so = {.flags = KEEL_SCOPE_SHIELD, .name = "http-request"};
+  if (c->lim->request_timeout_ns > 0)
+    so.deadline_ns = c->now + c->lim->request_timeout_ns;
+  if (keel_scope_open(&so, &req->scope) < 0) {
+    keel__http_error_response(c, 503);
+    return;
+  }
+  keel_spawn_opts_t sp = {.name = "http-handler"};
+  if (keel_spawn(req->scope, handler_task, req, &sp) < 0) {
+    req->handler_rc = -ENOMEM;
+  } else {
+    keel_yield();
+    /* Still running: it waits on something. Watch the client meanwhile. */
+    if (keel_scope_live(req->scope) > 0 && req->body_done && !c->close &&
+        keel_bufstream_buffered(c->bs) == 0)
+      start_watch(c, req);
+    keel_scope_join(req->scope);
+  }
+  keel_scope_close(req->scope);
+  req->scope = NULL;
+  end_watch(req);
+  keel__http_response_end(req);
+  if (!req->body_done && !c->close)
+    drain_body(c, req);
+}
+
+/* ---- The connection's life ------------------------------------------------ */
+
+/* Sends what the connection still has to say, then frees it. After an
+ * error response, it stops sending and reads (and drops) what the client
+ * still sends for a moment, so that closing does not reset the connection
+ * under the response before the client read it. */
+static int conn_end(http_conn_t *c) {
+  bool linger = c->linger && c->out_len > 0;
+  if (c->out_len > 0 && keel__http_flush(c) == 0 && linger) {
+    keel_shield_begin(keel_now_ns() + 1000 * KEEL_NS_PER_MS);
+    keel_stream_shutdown(c->s, SHUT_WR);
+    for (size_t dropped = 0; dropped < HTTP_DRAIN_BODY;) {
+      ssize_t n = keel_bufstream_fill(c->bs);
+      if (n <= 0 && n != -EMSGSIZE)
+        break;
+      size_t have = keel_bufstream_buffered(c->bs);
+      keel_bufstream_consume(c->bs, have);
+      dropped += have;
+    }
+    keel_shield_end();
+  }
+  arena_put(c);
+  keel_close(keel_bufstream_stream(c->bs));
+  if (c->w)
+    c->w->live--;
+  free(c);
+  return 0;
+}
+
+static int conn_resume(void *arg) { return keel__http_conn_run(arg); }
+
+/* Between requests: give the stack, the read buffer and the arena back
+ * until the next bytes, the keep-alive deadline or shutdown. */
+static int conn_idle(http_conn_t *c) {
+  arena_put(c);
+  keel_task_set_deadline(keel_now_ns() + c->lim->keepalive_timeout_ns);
+  if (c->tcp)
+    return keel_tcp_park(c->tcp, conn_resume, c); /* returns only if it cannot park */
+  return 0;
+}
+
+int keel__http_conn_run(http_conn_t *c) {
+  for (;;) {
+    if (read_head(c) <= 0)
+      break;
+    serve_request(c);
+    if (c->broken || c->close)
+      break;
+    size_t buffered = keel_bufstream_buffered(c->bs);
+    if ((buffered == 0 || keel_arena_used(c->arena) > HTTP_ARENA_FLUSH) && keel__http_flush(c) < 0)
+      break;
+    if (buffered == 0) {
+      int rc = conn_idle(c);
+      if (rc < 0 && rc != -EBUSY)
+        break;
+    } else if (c->out_len == 0 && keel_arena_used(c->arena) > HTTP_ARENA_FLUSH) {
+      arena_put(c);
+    }
+  }
+  return conn_end(c);
+}
+
+int keel__http_conn_open(const http_limits_t *lim, http_worker_t *w, keel_stream_t *s,
+                         keel_tcp_t *tcp, http_conn_t **out) {
+  http_conn_t *c = calloc(1, sizeof *c);
+  if (!c) {
+    keel_close(s);
+    return -ENOMEM;
+  }
+  keel_bufstream_opts_t bo = {.capacity = KEEL_BUFSTREAM_DEFAULT_CAPACITY};
+  if (lim->max_header_bytes + 1024 > bo.capacity)
+    bo.capacity = lim->max_header_bytes + 1024;
+  int rc = keel_bufstream_open(s, &bo, &c->bs);
+  if (rc < 0) {
+    free(c);
+    keel_close(s);
+    return rc;
+  }
+  c->lim = lim;
+  c->w = w;
+  c->s = s;
+  c->tcp = tcp;
+  c->task = keel_task_current();
+  llhttp_init(&c->parser, HTTP_REQUEST, &keel__http_settings);
+  c->parser.data = c;
+  if (w)
+    w->live++;
+  *out = c;
+  return 0;
+}

@@ -1,0 +1,133 @@
+/* Internal header of the HTTP layer (src/http). */
+#ifndef KEEL_HTTP_INTERNAL_H
+#define KEEL_HTTP_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "keel/arena.h"
+#include "keel/bufstream.h"
+#include "keel/http.h"
+#include "llhttp.h"
+
+#define HTTP_ARENA_CACHE 32          /* idle arenas kept per worker */
+#define HTTP_ARENA_CHUNK 4096        /* bytes of an arena's chunks */
+#define HTTP_ARENA_FLUSH (64 * 1024) /* a batch holding more is flushed early */
+#define HTTP_OUT_INLINE (8 * 1024)   /* bodies up to this are queued, not written at once */
+#define HTTP_DRAIN_BODY (64 * 1024)  /* unread body bytes drained to keep a connection */
+#define HTTP_MAX_CHUNK_EXT 1024      /* chunk extension bytes per chunk (CVE-2024-22019) */
+#define HTTP_MAX_TRAILERS 32         /* trailer fields */
+
+/* Server settings with every default filled in. */
+typedef struct http_limits {
+  keel_http_handler_fn handler;
+  void *ctx;
+  size_t max_url, max_header_bytes, max_headers, max_body;
+  int64_t header_timeout_ns, body_timeout_ns, keepalive_timeout_ns, request_timeout_ns;
+  unsigned max_requests, max_conns;
+  const char *server_name;
+  size_t server_name_len;
+  bool no_date;
+} http_limits_t;
+
+/* What one worker keeps for the server: touched only on that worker. */
+typedef struct http_worker {
+  keel_scope_t *conns; /* the worker's connection tasks; cancelled to drain */
+  unsigned live;       /* connections open */
+  int narenas;
+  keel_arena_t *arenas[HTTP_ARENA_CACHE];
+  int64_t date_sec;
+  char date[64]; /* "Date: ...\r\n" */
+  size_t date_len;
+} http_worker_t;
+
+typedef struct http_conn http_conn_t;
+
+struct keel_http_response {
+  keel_http_request_t *req;
+  int status;
+  char *hdrs; /* the user's fields, formatted "Name: value\r\n" */
+  size_t hdrs_len, hdrs_cap;
+  char *trailers;
+  size_t trailers_len, trailers_cap;
+  int64_t declared; /* a Content-Length field the user added, or -1 */
+  uint64_t sent;    /* body bytes written */
+  bool head_sent, finished, chunked, until_close, no_body, close, user_date;
+};
+
+struct keel_http_request {
+  http_conn_t *c;
+  const char *method, *target, *path, *query;
+  size_t method_len;
+  int version;
+  keel_http_header_t *headers;
+  size_t nheaders;
+  int64_t content_length; /* -1: chunked */
+  uint64_t body_read;
+  bool body_done, expect_continue, sent_continue, head_method, client_gone;
+  int body_error;   /* sticky error of the body (negative errno) */
+  keel_scope_t *scope, *watch;
+  int handler_rc;
+  /* keel_http_read's destination while llhttp runs */
+  char *dst;
+  size_t room, got;
+  keel_http_response_t res;
+};
+
+/* One connection: allocated when accepted, freed when closed. Small, since
+ * it is most of what an idle keep-alive connection costs. */
+struct http_conn {
+  const http_limits_t *lim;
+  http_worker_t *w; /* NULL for keel_http_serve_stream */
+  keel_stream_t *s; /* the transport: writes go here */
+  keel_tcp_t *tcp;  /* for parking, or NULL */
+  keel_task_t *task; /* the connection's own task (not a handler's) */
+  keel_bufstream_t *bs;
+  keel_arena_t *arena;       /* while a batch is under way */
+  keel_http_request_t *req;  /* the request being parsed or served */
+  char *out;                 /* queued response bytes, in the arena */
+  size_t out_len, out_cap;
+  int64_t now;               /* the clock at the last fill */
+  const char *base;          /* the buffered bytes llhttp is given (callbacks) */
+  uint32_t url_len;          /* request target bytes seen */
+  uint16_t nfields;          /* header or trailer fields seen */
+  uint16_t ext_len;          /* chunk extension bytes of this chunk */
+  uint16_t err_status;       /* the status a callback's error answers */
+  bool in_trailers;
+  bool broken; /* the transport failed: nothing more is written */
+  bool close;  /* close after the responses queued */
+  bool linger; /* an error response: read a while before closing */
+  char field[24];            /* the start of a trailer field's name */
+  uint8_t field_len;
+  unsigned requests;
+  llhttp_t parser;
+};
+
+extern const llhttp_settings_t keel__http_settings;
+
+/* request.c: builds c->req from the head_len bytes of the header block at
+ * the start of the buffer. Returns 0 or the status to answer (400, 414,
+ * 431, 501, 505, 417...). */
+int keel__http_request_parse(http_conn_t *c, const char *head, size_t head_len);
+bool keel__http_token_char(unsigned char ch);
+bool keel__http_name_eq(const char *a, size_t alen, const char *lit);
+
+/* response.c */
+int keel__http_queue(http_conn_t *c, const void *p, size_t n);
+int keel__http_flush(http_conn_t *c);
+/* Queues a complete error response with Connection: close. */
+void keel__http_error_response(http_conn_t *c, int status);
+/* After the handler: completes whatever response it left unfinished. */
+void keel__http_response_end(keel_http_request_t *req);
+void keel__http_response_init(keel_http_response_t *res, keel_http_request_t *req);
+
+/* conn.c */
+int keel__http_conn_run(http_conn_t *c);
+/* Opens the connection state over s (taking it), or returns a negative
+ * errno and closes s. */
+int keel__http_conn_open(const http_limits_t *lim, http_worker_t *w, keel_stream_t *s,
+                         keel_tcp_t *tcp, http_conn_t **out);
+void keel__http_limits(const keel_http_server_opts_t *opts, http_limits_t *lim);
+
+#endif
