@@ -395,6 +395,8 @@ static int read_head(http_conn_t *c) {
       if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
         keel_task_set_deadline(KEEL_DEADLINE_NONE);
         size_t head_len = (size_t)(llhttp_get_error_pos(&c->parser) - data);
+        if (head_len > c->lim->max_header_bytes)
+          return head_fail(c, 431);
         return head_done(c, data, head_len, err);
       }
       if (err != HPE_OK)

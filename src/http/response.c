@@ -357,7 +357,9 @@ int keel_http_finish(keel_http_response_t *res) {
   if (res->finished)
     return 0;
   if (!res->head_sent) {
-    int rc = emit_head(res, res->declared >= 0 ? -1 : 0);
+    /* Nothing written: an empty body, chunked only to carry trailers. */
+    bool chunk = res->trailers_len > 0 && res->req->version >= 11;
+    int rc = emit_head(res, res->declared >= 0 || chunk ? -1 : 0);
     if (rc < 0)
       return rc;
   }
@@ -415,6 +417,8 @@ void keel__http_response_end(keel_http_request_t *req) {
     int st = req->handler_rc == -ETIMEDOUT ? 503 : 500;
     if (req->body_error == -EMSGSIZE)
       st = 413;
+    else if (req->body_error == -ETIMEDOUT)
+      st = 408;
     else if (req->body_error == -EPROTO)
       st = c->err_status ? c->err_status : 400;
     keel__http_error_response(c, st);
