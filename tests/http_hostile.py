@@ -11,7 +11,8 @@
 #     one ambiguous message), and a rejection (4xx/5xx) must carry
 #     "Connection: close"; "keep" cases (valid requests) need the connection
 #     to stay usable: a follow-up "GET / HTTP/1.1" must get a 200; "auto"
-#     cases decide from the status (404/405: either, other 4xx/5xx: close);
+#     cases decide from the status (2xx, 404, 405: either, but no stray
+#     bytes, and if it stays open a follow-up gets a 200; other: close);
 #   - for some cases the body (POST /echo answers with the request body), a
 #     header (HEAD / carries Content-Length), or that the server answered
 #     before it was sent the whole request (CVE-2024-22019).
