@@ -338,8 +338,9 @@ static int method_status(const char *p, size_t n) {
  * know it speaks), anything else 400. */
 static int version_status(const char *p, size_t n) {
   const char *v = memmem(p, n, " HTTP/", 6);
-  if (v && (size_t)(p + n - v) >= 9 && isdigit((unsigned char)v[6]) && v[7] == '.' &&
-      isdigit((unsigned char)v[8]))
+  if (v && (size_t)(p + n - v) >= 11 && isdigit((unsigned char)v[6]) && v[7] == '.' &&
+      isdigit((unsigned char)v[8]) && v[9] == '\r' && v[10] == '\n' &&
+      !(v[6] == '1' && (v[8] == '0' || v[8] == '1')))
     return 505;
   return 400;
 }
