@@ -297,7 +297,7 @@ static int split_target(keel_http_request_t *req, keel_arena_t *a) {
 }
 
 int keel__http_request_parse(http_conn_t *c, const char *src, size_t n) {
-  keel_http_request_t *req = c->req;
+  keel_http_request_t *req = c->b->req;
   char *h = keel_arena_alloc_aligned(c->arena, n + 1, 1);
   if (!h)
     return 503;
@@ -310,7 +310,7 @@ int keel__http_request_parse(http_conn_t *c, const char *src, size_t n) {
   if (st == 0 && strcmp(req->method, "CONNECT") == 0)
     st = 501; /* keel is no proxy */
   if (st == 0)
-    st = check_fields(req, &c->parser);
+    st = check_fields(req, &c->b->parser);
   if (st == 0)
     st = split_target(req, c->arena);
   if (st == 0 && req->content_length > 0 && (uint64_t)req->content_length > c->lim->max_body)
