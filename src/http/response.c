@@ -135,9 +135,12 @@ static bool closing(keel_http_response_t *res) {
   http_conn_t *c = req->c;
   if (res->close || c->close || c->broken || draining(c))
     return true;
-  /* A body the handler left unread is drained only when it is small. */
-  if (!req->body_done && (req->content_length < 0 ||
-                          (uint64_t)req->content_length - req->body_read > HTTP_DRAIN_BODY))
+  /* A body the handler left unread is drained only when it is small, and
+   * never when the client waits for a 100 it will not get (it may not
+   * send the body at all). */
+  if (!req->body_done &&
+      (req->content_length < 0 || (req->expect_continue && !req->sent_continue) ||
+       (uint64_t)req->content_length - req->body_read > HTTP_DRAIN_BODY))
     return true;
   return false;
 }
