@@ -70,11 +70,11 @@ struct keel__worker {
   size_t stack_pool_len;
   keel__slot_t slots[KEEL__SLOTS]; /* the layers' per-worker state */
   keel__objcache_t task_cache, scope_cache;
-  size_t tasks;                    /* live tasks on this worker */
-  int run_budget;                  /* task runs left before the next poll */
-  int64_t stack_fail_log_ns;       /* when a restarting task last found no stack */
-  int64_t inbox_last_ns;           /* when messages last arrived (idle spinning) */
-  bool inbox_fresh;                /* messages drained since inbox_last_ns was set */
+  size_t tasks;              /* live tasks on this worker */
+  int run_budget;            /* task runs left before the next poll */
+  int64_t stack_fail_log_ns; /* when a restarting task last found no stack */
+  int64_t inbox_last_ns;     /* when messages last arrived (idle spinning) */
+  bool inbox_fresh;          /* messages drained since inbox_last_ns was set */
   void *altstack;
   stack_t prev_altstack;
   void *asan_fake_stack;

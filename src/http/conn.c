@@ -51,8 +51,8 @@ static int on_field_complete(llhttp_t *p) {
   http_conn_t *c = C_OF(p);
   if (!c->b->in_trailers)
     return 0;
-  static const char *const framing[] = {"content-length", "transfer-encoding", "host",
-                                        "connection", "trailer", "te", "expect"};
+  static const char *const framing[] = {
+      "content-length", "transfer-encoding", "host", "connection", "trailer", "te", "expect"};
   size_t n = c->b->field_len;
   c->b->field_len = 0;
   if (++c->b->nfields > HTTP_MAX_TRAILERS || n == 0)

@@ -66,7 +66,7 @@ struct keel_http_request {
   int64_t content_length; /* -1: chunked */
   uint64_t body_read;
   bool body_done, expect_continue, sent_continue, head_method, client_gone;
-  int body_error;   /* sticky error of the body (negative errno) */
+  int body_error; /* sticky error of the body (negative errno) */
   keel_scope_t *scope, *watch;
   int handler_rc;
   /* keel_http_read's destination while llhttp runs */
@@ -83,12 +83,12 @@ typedef struct http_batch {
   keel_http_request_t *req; /* the request being parsed or served */
   char *out;                /* queued response bytes, in the arena */
   size_t out_len, out_cap;
-  int64_t now;              /* the clock at the last fill */
-  const char *base;         /* the buffered bytes llhttp is given (callbacks) */
-  uint32_t url_len;         /* request target bytes seen */
-  uint16_t nfields;         /* trailer fields seen */
-  uint16_t ext_len;         /* chunk extension bytes of this chunk */
-  uint16_t err_status;      /* the status a callback's error answers */
+  int64_t now;         /* the clock at the last fill */
+  const char *base;    /* the buffered bytes llhttp is given (callbacks) */
+  uint32_t url_len;    /* request target bytes seen */
+  uint16_t nfields;    /* trailer fields seen */
+  uint16_t ext_len;    /* chunk extension bytes of this chunk */
+  uint16_t err_status; /* the status a callback's error answers */
   bool in_trailers;
   uint8_t field_len;
   char field[24]; /* the start of a trailer field's name */

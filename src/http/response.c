@@ -300,8 +300,8 @@ int keel_http_add_trailer(keel_http_response_t *res, const char *name, const cha
     return -EALREADY;
   if (!field_name_ok(name, nl) || !field_value_ok(value, vl))
     return -EINVAL;
-  return append_field(res->req->c, &res->trailers, &res->trailers_len, &res->trailers_cap, name,
-                      nl, value, vl);
+  return append_field(res->req->c, &res->trailers, &res->trailers_len, &res->trailers_cap, name, nl,
+                      value, vl);
 }
 
 int keel_http_send(keel_http_response_t *res, const void *body, size_t len) {
