@@ -9,9 +9,9 @@
 #include <sys/socket.h>
 
 typedef struct probe {
-  int sleep_rc;     /* what the handler's wait returned */
-  int64_t woke_at;  /* when */
-  int finished;     /* handlers that returned */
+  int sleep_rc;    /* what the handler's wait returned */
+  int64_t woke_at; /* when */
+  int finished;    /* handlers that returned */
 } probe_t;
 
 static probe_t probe;

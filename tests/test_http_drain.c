@@ -93,7 +93,8 @@ static int drain_case(void *arg) {
   CHECK(cl[IN_FLIGHT].closed);
   CHECK_BETWEEN(cl[IN_FLIGHT].closed_at - t0, 0, 100 * KEEL_NS_PER_MS + kt_late_ns());
   kt_disconnect(&cl[IN_FLIGHT].c);
-  CHECK_BETWEEN(drained, (SLEEP_MS - 60) * KEEL_NS_PER_MS, SLEEP_MS * KEEL_NS_PER_MS + kt_late_ns());
+  CHECK_BETWEEN(drained, (SLEEP_MS - 60) * KEEL_NS_PER_MS,
+                SLEEP_MS * KEEL_NS_PER_MS + kt_late_ns());
   /* Nobody listens any more. */
   keel_tcp_t *late;
   int rc = keel_tcp_connect(srv.addr, &late);

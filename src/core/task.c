@@ -319,7 +319,7 @@ int keel_spawn(keel_scope_t *scope, keel_task_fn fn, void *arg, const keel_spawn
     return -EINVAL;
   if (stack_size < KEEL__STACK_MIN)
     stack_size = KEEL__STACK_MIN;
-  keel_task_t *t = calloc(1, sizeof *t);
+  keel_task_t *t = keel__objcache_get(&w->task_cache, sizeof *t);
   if (!t)
     return -ENOMEM;
   /* The stack comes from the spawner's worker (its cache), so a spawn that
@@ -327,7 +327,7 @@ int keel_spawn(keel_scope_t *scope, keel_task_fn fn, void *arg, const keel_spawn
    * The stack goes back to the cache of the worker the task ends on. */
   if (keel__stack_alloc(w, stack_size, &t->stack) != 0) {
     keel_log(KEEL_LOG_ERROR, "no memory for a stack of %zu bytes", stack_size);
-    free(t);
+    keel__objcache_put(&w->task_cache, t);
     return -ENOMEM;
   }
   t->worker = target;
@@ -343,7 +343,7 @@ int keel_spawn(keel_scope_t *scope, keel_task_fn fn, void *arg, const keel_spawn
   int rc = keel__scope_add_task(scope, t);
   if (rc != 0) {
     keel__stack_release(w, t->stack);
-    free(t);
+    keel__objcache_put(&w->task_cache, t);
     return rc;
   }
   if (opts->handle)
@@ -360,8 +360,10 @@ int keel_spawn(keel_scope_t *scope, keel_task_fn fn, void *arg, const keel_spawn
 }
 
 void keel__task_unref(keel_task_t *t) {
-  if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1)
-    free(t);
+  if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1) {
+    keel__worker_t *w = keel__tls_worker;
+    keel__objcache_put(w ? &w->task_cache : NULL, t);
+  }
 }
 
 void keel__task_ready(keel_task_t *t) {

@@ -62,6 +62,8 @@ void keel__worker_destroy(keel__worker_t *w) {
   }
   w->ops->destroy(w);
   keel__stack_pool_destroy(w);
+  keel__objcache_close(&w->task_cache);
+  keel__objcache_close(&w->scope_cache);
   if (w->wake_fd >= 0)
     close(w->wake_fd);
   w->wake_fd = -1;
