@@ -255,7 +255,7 @@ static keel_outcome_t outcome_of(keel_task_t *t, int rc) {
   if (rc >= 0) /* a count or a flag: success */
     return o;
   if (t->shield_depth > 0) { /* shields left open: judge by the scopes */
-    t->deadline_ns = t->shield_saved_deadline[0];
+    t->deadline_ns = t->stack->shield_saved_deadline[0];
     t->shield_depth = 0;
   }
   keel_cancel_reason_t reason = KEEL_CANCEL_NONE;
@@ -382,7 +382,7 @@ void keel__task_ready(keel_task_t *t) {
 /* Inside a shield: the shield's deadline, or a nearer one the task set
  * inside it. */
 static int64_t shield_deadline(const keel_task_t *t) {
-  int64_t d = t->shield_deadline[t->shield_depth - 1];
+  int64_t d = t->stack->shield_deadline[t->shield_depth - 1];
   return t->deadline_ns < d ? t->deadline_ns : d;
 }
 
@@ -564,8 +564,8 @@ keel_cancel_reason_t keel_cancel_origin(void) {
   if (r != KEEL_CANCEL_NONE)
     return r;
   /* Not cancelled: the deadlines outside any shield. */
-  int64_t d =
-      scopes_deadline(t->scope, t->shield_depth > 0 ? t->shield_saved_deadline[0] : t->deadline_ns);
+  int64_t d = scopes_deadline(t->scope, t->shield_depth > 0 ? t->stack->shield_saved_deadline[0]
+                                                            : t->deadline_ns);
   return d != KEEL_DEADLINE_NONE && keel__now_ns() >= d ? KEEL_CANCEL_TIMEOUT : KEEL_CANCEL_NONE;
 }
 
@@ -582,8 +582,8 @@ void keel_shield_begin(int64_t deadline_ns) {
   }
   if (t->shield_depth > 0 && shield_deadline(t) < deadline_ns)
     deadline_ns = shield_deadline(t);
-  t->shield_saved_deadline[t->shield_depth] = t->deadline_ns;
-  t->shield_deadline[t->shield_depth++] = deadline_ns;
+  t->stack->shield_saved_deadline[t->shield_depth] = t->deadline_ns;
+  t->stack->shield_deadline[t->shield_depth++] = deadline_ns;
   /* A per-task deadline from before the shield belongs to the work the
    * shield protects from cancellation: it comes back at the end. */
   t->deadline_ns = KEEL_DEADLINE_NONE;
@@ -593,6 +593,6 @@ void keel_shield_end(void) {
   keel_task_t *t = keel__task_self();
   if (t && t->shield_depth > 0) {
     t->shield_depth--;
-    t->deadline_ns = t->shield_saved_deadline[t->shield_depth];
+    t->deadline_ns = t->stack->shield_saved_deadline[t->shield_depth];
   }
 }

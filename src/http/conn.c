@@ -524,7 +524,7 @@ static void serve_request(http_conn_t *c) {
  * error response, it stops sending and reads (and drops) what the client
  * still sends for a moment, so that closing does not reset the connection
  * under the response before the client read it. */
-static int conn_end(http_conn_t *c) {
+int keel__http_conn_end(http_conn_t *c) {
   bool queued = c->b && c->b->out_len > 0;
   if (queued && keel__http_flush(c) == 0 && c->linger) {
     keel_shield_begin(keel_now_ns() + 1000 * KEEL_NS_PER_MS);
@@ -577,7 +577,7 @@ int keel__http_conn_run(http_conn_t *c) {
       arena_put(c);
     }
   }
-  return conn_end(c);
+  return keel__http_conn_end(c);
 }
 
 int keel__http_conn_open(const http_limits_t *lim, http_worker_t *w, keel_stream_t *s,

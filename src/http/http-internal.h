@@ -132,6 +132,9 @@ void keel__http_response_init(keel_http_response_t *res, keel_http_request_t *re
 
 /* conn.c */
 int keel__http_conn_run(http_conn_t *c);
+/* Flushes what is queued (within a shield when the connection is being
+ * drained), closes the connection and frees it. Returns 0. */
+int keel__http_conn_end(http_conn_t *c);
 /* Opens the connection state over s (taking it), or returns a negative
  * errno and closes s. */
 int keel__http_conn_open(const http_limits_t *lim, http_worker_t *w, keel_stream_t *s,

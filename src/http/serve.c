@@ -17,12 +17,6 @@ typedef struct server {
   http_worker_t *workers;
 } server_t;
 
-typedef struct conn_start {
-  server_t *srv;
-  http_worker_t *w;
-  keel_tcp_t *tcp;
-} conn_start_t;
-
 static int64_t ms_or(int64_t ms, int64_t dflt_ms) {
   if (ms < 0)
     return 0;
@@ -83,11 +77,8 @@ int keel_http_serve_stream(keel_stream_t *s, const keel_http_server_opts_t *opts
 /* ---- Accepting ------------------------------------------------------------ */
 
 static int conn_task(void *arg) {
-  conn_start_t cs = *(conn_start_t *)arg;
-  free(arg);
-  http_conn_t *c;
-  if (keel__http_conn_open(&cs.srv->lim, cs.w, keel_tcp_stream(cs.tcp), cs.tcp, &c) < 0)
-    return 0;
+  http_conn_t *c = arg;
+  c->task = keel_task_current();
   keel__http_conn_run(c);
   return 0; /* a connection's failure is its peer's business, not the scope's */
 }
@@ -97,15 +88,12 @@ static void start_conn(server_t *srv, http_worker_t *w, keel_tcp_t *tcp) {
     keel_tcp_close(tcp); /* over the limit: closed at once, no response */
     return;
   }
-  conn_start_t *cs = malloc(sizeof *cs);
-  if (cs) {
-    *cs = (conn_start_t){srv, w, tcp};
-    keel_spawn_opts_t so = {.name = "http-conn"};
-    if (keel_spawn(w->conns, conn_task, cs, &so) == 0)
-      return;
-    free(cs);
-  }
-  keel_tcp_close(tcp);
+  http_conn_t *c;
+  if (keel__http_conn_open(&srv->lim, w, keel_tcp_stream(tcp), tcp, &c) < 0)
+    return; /* closed by the open */
+  keel_spawn_opts_t so = {.name = "http-conn"};
+  if (keel_spawn(w->conns, conn_task, c, &so) < 0)
+    keel__http_conn_end(c);
 }
 
 static bool accept_error_transient(int err) {
