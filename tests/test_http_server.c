@@ -166,6 +166,28 @@ static int pipeline_case(void *arg) {
   CHECK_EQ(r.status, 200);
   CHECK(strcmp(r.body, "GET|/inspect/a?b=c|/inspect/a|b=c|11|2|v w") == 0);
   kt_resp_free(&r);
+  /* A batch long enough that its arena is recycled in the middle (the
+   * bodies are copied into it), then a request with a deadline: it must
+   * count from when the batch arrived, not from the clock's origin. */
+  size_t body = 4000, n = 24, len = 0, cap = n * (body + 128) + 128;
+  char *batch = malloc(cap);
+  CHECK(batch != NULL);
+  for (size_t i = 0; i < n; i++) {
+    len += (size_t)snprintf(batch + len, cap - len,
+                            "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %zu\r\n\r\n", body);
+    memset(batch + len, 'a' + (int)(i % 26), body);
+    len += body;
+  }
+  len += (size_t)snprintf(batch + len, cap - len, "GET /sleep?ms=5 HTTP/1.1\r\nHost: t\r\n\r\n");
+  int wrc = keel_write_all(c.s, batch, len, NULL);
+  free(batch);
+  CHECK_RC(wrc);
+  for (size_t i = 0; i <= n; i++) {
+    CHECK_RC(kt_response(&c, &r, false));
+    CHECK_EQ(r.status, 200);
+    CHECK_EQ(r.body_len, i < n ? body : 5);
+    kt_resp_free(&r);
+  }
   kt_disconnect(&c);
   return kt_server_stop(&srv);
 }

@@ -404,7 +404,7 @@ static int read_head(http_conn_t *c) {
   size_t parsed = 0;
   bool timed = keel_bufstream_buffered(c->bs) > 0;
   if (timed)
-    keel_task_set_deadline(c->b->now + c->lim->header_timeout_ns);
+    keel_task_set_deadline(c->now + c->lim->header_timeout_ns);
   for (;;) {
     size_t avail;
     const char *data = keel_bufstream_peek(c->bs, &avail);
@@ -425,10 +425,10 @@ static int read_head(http_conn_t *c) {
         return head_fail(c, 431);
     }
     ssize_t n = keel_bufstream_fill(c->bs);
-    c->b->now = keel_now_ns();
+    c->now = keel_now_ns();
     if (n > 0 && !timed) {
       timed = true;
-      keel_task_set_deadline(c->b->now + c->lim->header_timeout_ns);
+      keel_task_set_deadline(c->now + c->lim->header_timeout_ns);
     }
     if (n > 0)
       continue;
@@ -494,7 +494,7 @@ static void serve_request(http_conn_t *c) {
     req->res.close = true;
   keel_scope_opts_t so = {.flags = KEEL_SCOPE_SHIELD, .name = "http-request"};
   if (c->lim->request_timeout_ns > 0)
-    so.deadline_ns = c->b->now + c->lim->request_timeout_ns;
+    so.deadline_ns = c->now + c->lim->request_timeout_ns;
   if (keel_scope_open(&so, &req->scope) < 0) {
     keel__http_error_response(c, 503);
     return;

@@ -83,7 +83,6 @@ typedef struct http_batch {
   keel_http_request_t *req; /* the request being parsed or served */
   char *out;                /* queued response bytes, in the arena */
   size_t out_len, out_cap;
-  int64_t now;         /* the clock at the last fill */
   const char *base;    /* the buffered bytes llhttp is given (callbacks) */
   uint32_t url_len;    /* request target bytes seen */
   uint16_t nfields;    /* trailer fields seen */
@@ -106,6 +105,7 @@ struct http_conn {
   keel_bufstream_t *bs;
   keel_arena_t *arena; /* while a batch is under way, else NULL */
   http_batch_t *b;     /* in the arena, likewise */
+  int64_t now;         /* the clock at the last fill: bytes buffered arrived by then */
   unsigned requests;
   bool broken; /* the transport failed: nothing more is written */
   bool close;  /* close after the responses queued */
