@@ -334,6 +334,12 @@ def build_table():
     add(case("trailer-host", R9110 + " §6.5.1", chunked(b"5\r\nhello\r\n0\r\nHost: y\r\n\r\n"), 400))
     add(case("trailer-ok", R9112 + " §7.1.2", chunked(b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n"),
              200, body=b"hello", needs=["echo"]))
+    add(case("chunked-end-bare-lf", R9112 + " §7.1, §2.2 (llhttp 8.1.0 takes it)",
+             chunked(b"5\r\nhello\r\n0\r\n\n"), 400))
+    add(case("trailer-line-bare-lf", R9112 + " §7.1.2, §2.2",
+             chunked(b"5\r\nhello\r\n0\r\nX-Trailer: 1\n\r\n"), 400))
+    add(case("trailer-end-bare-lf", R9112 + " §7.1.2, §2.2",
+             chunked(b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\n"), 400))
 
     # -- Expect: RFC 9110 §10.1.1
     add(Case("expect-100-continue", R9110 + " §10.1.1",

@@ -34,10 +34,27 @@ static int on_url(llhttp_t *p, const char *at, size_t len) {
 }
 
 /* Fields after the head are trailers: bounded, validated, never framing. */
+/* The byte k places before p in the body bytes seen so far (the current
+ * feed from base, then the two bytes kept from the feeds before). */
+static char byte_before(const http_batch_t *b, const char *p, int k) {
+  ptrdiff_t in_feed = p - b->base;
+  if (in_feed >= k)
+    return p[-k];
+  return b->tail[2 - (k - (int)in_feed)];
+}
+
+/* llhttp 8.1.0 takes a bare LF for the end of a trailer line: every line
+ * of the trailer section must end with CRLF. */
+static bool crlf_before(const http_batch_t *b, const char *p) {
+  return byte_before(b, p, 2) == '\r' && byte_before(b, p, 1) == '\n';
+}
+
 static int on_field(llhttp_t *p, const char *at, size_t len) {
   http_conn_t *c = C_OF(p);
   if (!c->b->in_trailers)
     return 0;
+  if (c->b->field_len == 0 && !crlf_before(c->b, at))
+    return fail(c, 400);
   for (size_t i = 0; i < len; i++) {
     if (!keel__http_token_char((unsigned char)at[i]))
       return fail(c, 400);
@@ -224,6 +241,17 @@ static int send_continue(keel_http_request_t *req) {
   return rc < 0 ? rc : keel__http_flush(c);
 }
 
+/* Keeps the last two bytes of a feed for byte_before. */
+static void keep_tail(http_batch_t *b, const char *data, size_t n) {
+  if (n >= 2) {
+    b->tail[0] = data[n - 2];
+    b->tail[1] = data[n - 1];
+  } else if (n == 1) {
+    b->tail[0] = b->tail[1];
+    b->tail[1] = data[0];
+  }
+}
+
 /* Gives llhttp what the caller has room for. Returns 0 to go on. */
 static int body_step(http_conn_t *c, keel_http_request_t *req) {
   size_t avail;
@@ -232,11 +260,17 @@ static int body_step(http_conn_t *c, keel_http_request_t *req) {
   c->b->base = data;
   llhttp_errno_t err = llhttp_execute(&c->b->parser, data, feed);
   if (err == HPE_OK) {
+    keep_tail(c->b, data, feed);
     keel_bufstream_consume(c->bs, feed);
     return 0;
   }
   if (err == HPE_PAUSED) {
-    keel_bufstream_consume(c->bs, (size_t)(llhttp_get_error_pos(&c->b->parser) - data));
+    const char *end = llhttp_get_error_pos(&c->b->parser);
+    if (req->content_length < 0 && !crlf_before(c->b, end)) { /* the last line of a chunked body */
+      c->b->err_status = 400;
+      return (int)body_error(req, -EPROTO);
+    }
+    keel_bufstream_consume(c->bs, (size_t)(end - data));
     llhttp_resume(&c->b->parser);
     req->body_done = true;
     return 0;

@@ -91,6 +91,7 @@ typedef struct http_batch {
   bool in_trailers;
   uint8_t field_len;
   char field[24]; /* the start of a trailer field's name */
+  char tail[2];   /* the last two body bytes of the feeds before this one */
   llhttp_t parser;
 } http_batch_t;
 
