@@ -122,6 +122,15 @@ int keel__http_request_parse(http_conn_t *c, const char *head, size_t head_len);
 bool keel__http_token_char(unsigned char ch);
 bool keel__http_name_eq(const char *a, size_t alen, const char *lit);
 
+/* parse.c: whether the two bytes before p (in the feed from b->base, then
+ * those kept by keel__http_keep_tail) are CRLF. */
+bool keel__http_crlf_before(const http_batch_t *b, const char *p);
+void keel__http_keep_tail(http_batch_t *b, const char *data, size_t n);
+
+/* body.c: reads and drops what the handler left of a small body, so that
+ * the connection can carry the next request (else it is marked to close). */
+void keel__http_drain_body(http_conn_t *c, keel_http_request_t *req);
+
 /* response.c */
 int keel__http_queue(http_conn_t *c, const void *p, size_t n);
 int keel__http_flush(http_conn_t *c);
