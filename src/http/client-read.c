@@ -497,6 +497,8 @@ int keel_http_call_body(keel_http_call_t *call, const void **data, size_t *len) 
   for (;;) {
     if (!buf)
       return (int)body_fail(call, -ENOMEM);
+    if (call->msg_done || call->err)
+      break;
     if (n == cap && cap == max) {
       char extra;
       ssize_t more = keel_http_call_read(call, &extra, 1);
@@ -507,7 +509,9 @@ int keel_http_call_body(keel_http_call_t *call, const void **data, size_t *len) 
       break;
     }
     if (n == cap) {
-      size_t bigger_cap = cap * 2 < max ? cap * 2 : max;
+      size_t bigger_cap = cap < 2048 ? 4096 : cap * 2;
+      if (bigger_cap > max)
+        bigger_cap = max;
       char *bigger = keel_arena_alloc_aligned(call->arena, bigger_cap + 1, 1);
       if (bigger)
         memcpy(bigger, buf, n);
@@ -522,6 +526,8 @@ int keel_http_call_body(keel_http_call_t *call, const void **data, size_t *len) 
       break;
     n += (size_t)got;
   }
+  if (call->err)
+    return call->err;
   buf[n] = '\0';
   call->body = buf;
   call->body_len = n;

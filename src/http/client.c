@@ -228,6 +228,7 @@ static int exchange(keel_http_call_t *call, const keel_http_call_opts_t *req) {
     rc = await_continue(call);
     if (rc <= 0)
       return rc;
+    rc = 0;
   }
   if (rc == 0 && !whole && (req->body_fn || call->expect))
     rc = send_body(call, req);
