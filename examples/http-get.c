@@ -1,10 +1,10 @@
 /* http-get: fetches a URL with keel's HTTP client, like a minimal curl.
  *
- *   http-get URL [-X METHOD] [-H 'Name: value']... [-d BODY] [--repeat N]
- *            [--backend auto|uring|epoll] [--bench N [--conns C]]
+ *   http-get URL [-X METHOD] [-I] [-H 'Name: value']... [-d BODY] [-o FILE]
+ *            [--repeat N] [--backend auto|uring|epoll] [--bench N [--conns C]]
  *
  * Prints the status line, the header fields and the body of the response
- * (the status line and fields of a HEAD response). With --repeat N it
+ * (-I: a HEAD request; -o: the body goes to FILE). With --repeat N it
  * makes the request N times through one pool and says on stderr whether
  * each went over a connection used before. With --bench N it makes N GET
  * requests from C tasks on one worker (C connections at most), reads every
@@ -30,6 +30,7 @@ typedef struct app {
   long repeat, bench, conns;
   keel_backend_t backend;
   keel_http_client_t *client;
+  FILE *out; /* the body */
   /* --bench */
   long next, done, errors, reused;
   int first_error;
@@ -62,8 +63,9 @@ static int get_once(app_t *app, long i) {
   char buf[16384];
   ssize_t n;
   while ((n = keel_http_call_read(call, buf, sizeof buf)) > 0)
-    fwrite(buf, 1, (size_t)n, stdout);
+    fwrite(buf, 1, (size_t)n, app->out);
   fflush(stdout);
+  fflush(app->out);
   keel_http_call_close(call);
   if (n < 0)
     fprintf(stderr, "http-get: reading the body: %s\n", keel_strerror((int)n));
@@ -152,8 +154,8 @@ static int add_field(app_t *app, const char *arg) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: http-get URL [-X METHOD] [-H 'Name: value']... [-d BODY] [--repeat N]\n"
-                  "                [--backend auto|uring|epoll] [--bench N [--conns C]]\n");
+  fprintf(stderr, "usage: http-get URL [-X METHOD] [-I] [-H 'Name: value']... [-d BODY] [-o FILE]\n"
+                  "                [--repeat N] [--backend auto|uring|epoll] [--bench N [--conns C]]\n");
   exit(2);
 }
 
@@ -165,7 +167,7 @@ static void parse_args(app_t *app, int argc, char **argv) {
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
   int ch;
-  while ((ch = getopt_long(argc, argv, "X:H:d:Ih", longs, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, "X:H:d:o:Ih", longs, NULL)) != -1) {
     switch (ch) {
     case 'X': app->req.method = optarg; break;
     case 'I': app->req.method = "HEAD"; break;
@@ -178,6 +180,13 @@ static void parse_args(app_t *app, int argc, char **argv) {
       app->req.body_len = strlen(optarg);
       if (!app->req.method)
         app->req.method = "POST";
+      break;
+    case 'o':
+      app->out = fopen(optarg, "w");
+      if (!app->out) {
+        perror(optarg);
+        exit(1);
+      }
       break;
     case 'r': app->repeat = strtol(optarg, NULL, 10); break;
     case 'n': app->bench = strtol(optarg, NULL, 10); break;
@@ -196,6 +205,8 @@ static void parse_args(app_t *app, int argc, char **argv) {
   if (optind != argc - 1 || app->repeat < 1 || app->conns < 1 || app->bench < 0)
     usage();
   app->req.url = argv[optind];
+  if (!app->out)
+    app->out = stdout;
   app->req.headers = app->fields;
 }
 
@@ -210,6 +221,8 @@ int main(int argc, char **argv) {
   int rc = keel_run(&cfg, main_task, &app);
   for (size_t i = 0; i < app.req.nheaders; i++)
     free(app.field_copies[i]);
+  if (app.out != stdout)
+    fclose(app.out);
   if (rc < 0 && rc != -EIO && app.bench == 0)
     return 1;
   if (rc < 0)

@@ -119,6 +119,7 @@ struct keel_http_call {
   uint16_t ext_len; /* chunk extension bytes of this chunk */
   int err;          /* sticky error of the response (negative errno) */
   bool head_method, idempotent, close_req, expect;
+  bool no_keep; /* this attempt's connection must not be reused */
   bool reused, retried, got_bytes, body_pulled;
   bool head_done, msg_done, body_until_eof, discard;
 };

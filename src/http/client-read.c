@@ -380,6 +380,7 @@ int keel__hc_read_head(keel_http_call_t *call, bool stop_at_1xx) {
 
 bool keel__hc_reusable(keel_http_call_t *call) {
   return call->msg_done && !call->err && !call->body_until_eof && !call->close_req &&
+         !call->no_keep &&
          call->keepalive_ns != 0 && call->conn && call->conn->len == 0 &&
          llhttp_should_keep_alive(&call->parser);
 }

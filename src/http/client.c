@@ -214,7 +214,7 @@ static int await_continue(keel_http_call_t *call) {
   if (rc == -ETIMEDOUT && keel_checkpoint() == 0)
     return 1; /* the server said nothing: send it anyway */
   if (rc == 0)
-    call->close_req = true;
+    call->no_keep = true;
   return rc;
 }
 
@@ -234,7 +234,7 @@ static int exchange(keel_http_call_t *call, const keel_http_call_opts_t *req) {
     rc = send_body(call, req);
   if (rc == -EPIPE || rc == -ECONNRESET) {
     /* The server may have answered before it stopped reading (a 413). */
-    call->close_req = true;
+    call->no_keep = true;
     int head_rc = keel__hc_read_head(call, false);
     return head_rc == 0 || call->got_bytes ? head_rc : rc;
   }
@@ -271,6 +271,7 @@ static void response_reset(keel_http_call_t *call) {
   call->informational = 0;
   call->trailer_bytes = 0;
   call->got_bytes = call->head_done = call->msg_done = call->body_until_eof = false;
+  call->no_keep = false;
 }
 
 /* A request that may go again: it failed on a reused connection before any
