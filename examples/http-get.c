@@ -110,9 +110,10 @@ static int bench(app_t *app) {
     rc = keel_spawn(scope, bench_task, app, &(keel_spawn_opts_t){.name = "bench"});
   keel_scope_close(scope);
   double secs = (double)(keel_now_ns() - t0) / 1e9, cpu = cpu_seconds() - cpu0;
-  printf("requests: %ld  errors: %ld  reused: %ld  seconds: %.3f  req/s: %.0f  cpu_us_per_req: %.2f\n",
-         app->done, app->errors, app->reused, secs, (double)app->done / secs,
-         app->done ? cpu * 1e6 / (double)app->done : 0.0);
+  printf(
+      "requests: %ld  errors: %ld  reused: %ld  seconds: %.3f  req/s: %.0f  cpu_us_per_req: %.2f\n",
+      app->done, app->errors, app->reused, secs, (double)app->done / secs,
+      app->done ? cpu * 1e6 / (double)app->done : 0.0);
   if (app->errors)
     fprintf(stderr, "http-get: first error: %s\n", keel_strerror(app->first_error));
   return rc < 0 ? rc : app->errors ? -EIO : 0;
@@ -154,23 +155,26 @@ static int add_field(app_t *app, const char *arg) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: http-get URL [-X METHOD] [-I] [-H 'Name: value']... [-d BODY] [-o FILE]\n"
-                  "                [--repeat N] [--backend auto|uring|epoll] [--bench N [--conns C]]\n");
+  fprintf(stderr,
+          "usage: http-get URL [-X METHOD] [-I] [-H 'Name: value']... [-d BODY] [-o FILE]\n"
+          "                [--repeat N] [--backend auto|uring|epoll] [--bench N [--conns C]]\n");
   exit(2);
 }
 
 static void parse_args(app_t *app, int argc, char **argv) {
-  static const struct option longs[] = {{"repeat", required_argument, NULL, 'r'},
-                                         {"backend", required_argument, NULL, 'b'},
-                                         {"bench", required_argument, NULL, 'n'},
-                                         {"conns", required_argument, NULL, 'c'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
+  static const struct option longs[] = {
+      {"repeat", required_argument, NULL, 'r'}, {"backend", required_argument, NULL, 'b'},
+      {"bench", required_argument, NULL, 'n'},  {"conns", required_argument, NULL, 'c'},
+      {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
   int ch;
   while ((ch = getopt_long(argc, argv, "X:H:d:o:Ih", longs, NULL)) != -1) {
     switch (ch) {
-    case 'X': app->req.method = optarg; break;
-    case 'I': app->req.method = "HEAD"; break;
+    case 'X':
+      app->req.method = optarg;
+      break;
+    case 'I':
+      app->req.method = "HEAD";
+      break;
     case 'H':
       if (add_field(app, optarg) < 0)
         usage();
@@ -188,9 +192,15 @@ static void parse_args(app_t *app, int argc, char **argv) {
         exit(1);
       }
       break;
-    case 'r': app->repeat = strtol(optarg, NULL, 10); break;
-    case 'n': app->bench = strtol(optarg, NULL, 10); break;
-    case 'c': app->conns = strtol(optarg, NULL, 10); break;
+    case 'r':
+      app->repeat = strtol(optarg, NULL, 10);
+      break;
+    case 'n':
+      app->bench = strtol(optarg, NULL, 10);
+      break;
+    case 'c':
+      app->conns = strtol(optarg, NULL, 10);
+      break;
     case 'b':
       if (strcmp(optarg, "uring") == 0)
         app->backend = KEEL_BACKEND_URING;
@@ -199,7 +209,8 @@ static void parse_args(app_t *app, int argc, char **argv) {
       else if (strcmp(optarg, "auto") != 0)
         usage();
       break;
-    default: usage();
+    default:
+      usage();
     }
   }
   if (optind != argc - 1 || app->repeat < 1 || app->conns < 1 || app->bench < 0)

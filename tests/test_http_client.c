@@ -41,7 +41,8 @@ static int echo(keel_http_request_t *req, keel_http_response_t *res, void *ctx) 
 
 static int stream(keel_http_request_t *req, keel_http_response_t *res, void *ctx) {
   (void)ctx;
-  long chunks = query_num(keel_http_query(req), "chunks"), size = query_num(keel_http_query(req), "size");
+  long chunks = query_num(keel_http_query(req), "chunks"),
+       size = query_num(keel_http_query(req), "size");
   char buf[256];
   for (long i = 0; i < chunks; i++) {
     memset(buf, 'a' + (int)i, (size_t)size);
@@ -213,7 +214,8 @@ static int keepalive_case(void *arg) {
   CHECK_RC(fetch_check(cl, &post, 200, "ping", 1));
   static const char *const three[] = {"abc", "def", "ghi", NULL};
   parts_t parts = {three, 0};
-  keel_http_call_opts_t put = {.method = "PUT", .url = url, .body_fn = next_part, .body_ctx = &parts};
+  keel_http_call_opts_t put = {
+      .method = "PUT", .url = url, .body_fn = next_part, .body_ctx = &parts};
   CHECK_RC(fetch_check(cl, &put, 200, "abcdefghi", 1));
   parts.i = 0;
   put.body_fn_length = 9;
@@ -423,7 +425,8 @@ static int workers_case(void *arg) {
   keel_scope_t *scope;
   CHECK_RC(keel_scope_open(NULL, &scope));
   for (int i = 0; i < 2; i++)
-    CHECK_RC(keel_spawn(scope, worker_task, &w[i], &(keel_spawn_opts_t){.on_worker = KEEL_WORKER(i)}));
+    CHECK_RC(
+        keel_spawn(scope, worker_task, &w[i], &(keel_spawn_opts_t){.on_worker = KEEL_WORKER(i)}));
   CHECK_RC(keel_scope_close(scope));
   for (int i = 0; i < 2; i++) {
     CHECK_RC(w[i].rc);
@@ -434,7 +437,8 @@ static int workers_case(void *arg) {
   w[1] = (on_worker_t){NULL, url, 0, -1};
   CHECK_RC(keel_scope_open(NULL, &scope));
   for (int i = 0; i < 2; i++)
-    CHECK_RC(keel_spawn(scope, worker_task, &w[i], &(keel_spawn_opts_t){.on_worker = KEEL_WORKER(i)}));
+    CHECK_RC(
+        keel_spawn(scope, worker_task, &w[i], &(keel_spawn_opts_t){.on_worker = KEEL_WORKER(i)}));
   CHECK_RC(keel_scope_close(scope));
   for (int i = 0; i < 2; i++)
     CHECK_RC(w[i].rc);
@@ -472,10 +476,14 @@ static int bad_requests_case(void *arg) {
     const char *url;
     int rc;
   } urls[] = {
-      {"https://example.test/", -EPROTONOSUPPORT}, {"ftp://example.test/", -EPROTONOSUPPORT},
-      {"http://", -EINVAL},                        {"http://user@host/", -EINVAL},
-      {"http://host:0/", -EINVAL},                 {"http://host:65536/", -EINVAL},
-      {"http://host/a b", -EINVAL},                {"example.test/", -EINVAL},
+      {"https://example.test/", -EPROTONOSUPPORT},
+      {"ftp://example.test/", -EPROTONOSUPPORT},
+      {"http://", -EINVAL},
+      {"http://user@host/", -EINVAL},
+      {"http://host:0/", -EINVAL},
+      {"http://host:65536/", -EINVAL},
+      {"http://host/a b", -EINVAL},
+      {"example.test/", -EINVAL},
       {"http://[::1/", -EINVAL},
   };
   for (size_t i = 0; i < sizeof urls / sizeof urls[0]; i++) {
@@ -483,8 +491,10 @@ static int bad_requests_case(void *arg) {
     CHECK_EQ(keel_http_call_open(NULL, &req, &call), urls[i].rc);
   }
   static const keel_http_header_t bad[] = {
-      {.name = "Content-Length", .value = "3"}, {.name = "Transfer-Encoding", .value = "chunked"},
-      {.name = "X-A", .value = "a\r\nb"},       {.name = "X A", .value = "v"},
+      {.name = "Content-Length", .value = "3"},
+      {.name = "Transfer-Encoding", .value = "chunked"},
+      {.name = "X-A", .value = "a\r\nb"},
+      {.name = "X A", .value = "v"},
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     keel_http_call_opts_t req = {.url = "http://127.0.0.1:1/", .headers = &bad[i], .nheaders = 1};
@@ -500,13 +510,13 @@ static int bad_requests_case(void *arg) {
 #define OK_RESPONSE "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 enum policy {
-  ANSWER,      /* OK_RESPONSE to every request */
-  CANNED,      /* /case gets raw->canned (then close if raw->close_after); the rest OK */
-  STALE_ONCE,  /* the first connection's second request: closed without an answer */
+  ANSWER,       /* OK_RESPONSE to every request */
+  CANNED,       /* /case gets raw->canned (then close if raw->close_after); the rest OK */
+  STALE_ONCE,   /* the first connection's second request: closed without an answer */
   STALE_ALWAYS, /* every request but the first connection's first: closed unanswered */
-  CLOSE_IDLE,  /* answers, then closes (keep-alive advertised all the same) */
-  STRAY,       /* answers, then sends two bytes nobody asked for */
-  RANDOM_IDLE, /* answers; an idle connection is closed after a random time */
+  CLOSE_IDLE,   /* answers, then closes (keep-alive advertised all the same) */
+  STRAY,        /* answers, then sends two bytes nobody asked for */
+  RANDOM_IDLE,  /* answers; an idle connection is closed after a random time */
 };
 
 typedef struct raw_server {
@@ -561,9 +571,12 @@ static const char *raw_answer(raw_server_t *srv, int conn, int n, const char *pa
       return srv->canned;
     }
     return OK_RESPONSE;
-  case STALE_ONCE: return conn == 0 && n == 1 ? NULL : OK_RESPONSE;
-  case STALE_ALWAYS: return conn == 0 && n == 0 ? OK_RESPONSE : NULL;
-  default: return OK_RESPONSE;
+  case STALE_ONCE:
+    return conn == 0 && n == 1 ? NULL : OK_RESPONSE;
+  case STALE_ALWAYS:
+    return conn == 0 && n == 0 ? OK_RESPONSE : NULL;
+  default:
+    return OK_RESPONSE;
   }
 }
 
@@ -580,7 +593,8 @@ static int raw_conn_task(void *arg) {
   for (int n = 0;; n++) {
     /* Idle between requests: a new connection waits for its first. */
     if (srv->policy == RANDOM_IDLE && n > 0)
-      keel_task_set_deadline(keel_now_ns() + 1 + (int64_t)keel_random_below((uint64_t)srv->idle_max_ns));
+      keel_task_set_deadline(keel_now_ns() + 1 +
+                             (int64_t)keel_random_below((uint64_t)srv->idle_max_ns));
     char path[64];
     int got = raw_read_request(bs, path, sizeof path);
     keel_task_set_deadline(0);
@@ -592,7 +606,8 @@ static int raw_conn_task(void *arg) {
     if (!answer || keel_write_all(s, answer, len, NULL) < 0)
       break;
     srv->answered++;
-    if (srv->policy == CLOSE_IDLE || (srv->policy == CANNED && srv->close_after && strcmp(path, "/case") == 0))
+    if (srv->policy == CLOSE_IDLE ||
+        (srv->policy == CANNED && srv->close_after && strcmp(path, "/case") == 0))
       break;
     if (srv->policy == STRAY && (keel_sleep_ms(10) < 0 || keel_write_all(s, "XX", 2, NULL) < 0))
       break;
@@ -625,7 +640,8 @@ static int raw_start(raw_server_t *srv, enum policy policy) {
   srv->policy = policy;
   CHECK_RC(kt_listen_loopback(&srv->l, srv->addr, sizeof srv->addr));
   CHECK_RC(keel_scope_open(NULL, &srv->scope));
-  CHECK_RC(keel_spawn(srv->scope, raw_accept_task, srv, &(keel_spawn_opts_t){.name = "raw-accept"}));
+  CHECK_RC(
+      keel_spawn(srv->scope, raw_accept_task, srv, &(keel_spawn_opts_t){.name = "raw-accept"}));
   return 0;
 }
 
@@ -653,31 +669,53 @@ typedef struct bad_case {
 } bad_case_t;
 
 static const bad_case_t bad_cases[] = {
-    {"duplicate Content-Length", S("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok"), false, -EPROTO},
+    {"duplicate Content-Length",
+     S("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok"), false, -EPROTO},
     {"Content-Length and Transfer-Encoding",
-     S("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"), false, -EPROTO},
-    {"invalid Content-Length", S("HTTP/1.1 200 OK\r\nContent-Length: 2x\r\n\r\nok"), false, -EPROTO},
-    {"negative Content-Length", S("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nok"), false, -EPROTO},
-    {"bad chunk size", S("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n"), false, -EPROTO},
-    {"chunk without CRLF", S("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokX0\r\n\r\n"), false, -EPROTO},
+     S("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: "
+       "chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+     false, -EPROTO},
+    {"invalid Content-Length", S("HTTP/1.1 200 OK\r\nContent-Length: 2x\r\n\r\nok"), false,
+     -EPROTO},
+    {"negative Content-Length", S("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nok"), false,
+     -EPROTO},
+    {"bad chunk size",
+     S("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n"), false,
+     -EPROTO},
+    {"chunk without CRLF",
+     S("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokX0\r\n\r\n"), false, -EPROTO},
     {"bare LF line ends", S("HTTP/1.1 200 OK\nContent-Length: 2\n\nok"), false, -EPROTO},
-    {"bare LF in a field", S("HTTP/1.1 200 OK\r\nX-A: a\nContent-Length: 2\r\n\r\nok"), false, -EPROTO},
-    {"bare CR in a field", S("HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 2\r\n\r\nok"), false, -EPROTO},
-    {"NUL in a field", S("HTTP/1.1 200 OK\r\nX-A: a\0b\r\nContent-Length: 2\r\n\r\nok"), false, -EPROTO},
-    {"obs-fold", S("HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 2\r\n\r\nok"), false, -EPROTO},
-    {"empty field name", S("HTTP/1.1 200 OK\r\n: x\r\nContent-Length: 2\r\n\r\nok"), false, -EPROTO},
-    {"space before the colon", S("HTTP/1.1 200 OK\r\nX-A : a\r\nContent-Length: 2\r\n\r\nok"), false, -EPROTO},
+    {"bare LF in a field", S("HTTP/1.1 200 OK\r\nX-A: a\nContent-Length: 2\r\n\r\nok"), false,
+     -EPROTO},
+    {"bare CR in a field", S("HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 2\r\n\r\nok"), false,
+     -EPROTO},
+    {"NUL in a field", S("HTTP/1.1 200 OK\r\nX-A: a\0b\r\nContent-Length: 2\r\n\r\nok"), false,
+     -EPROTO},
+    {"obs-fold", S("HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 2\r\n\r\nok"), false,
+     -EPROTO},
+    {"empty field name", S("HTTP/1.1 200 OK\r\n: x\r\nContent-Length: 2\r\n\r\nok"), false,
+     -EPROTO},
+    {"space before the colon", S("HTTP/1.1 200 OK\r\nX-A : a\r\nContent-Length: 2\r\n\r\nok"),
+     false, -EPROTO},
     {"two-digit status", S("HTTP/1.1 20 OK\r\nContent-Length: 2\r\n\r\nok"), false, -EPROTO},
     {"HTTP/2.0 status line", S("HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nok"), false, -EPROTO},
     {"not HTTP at all", S("SSH-2.0-OpenSSH_9.2\r\n"), false, -EPROTO},
-    {"Transfer-Encoding: gzip", S("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok"), true, -EPROTO},
+    {"Transfer-Encoding: gzip", S("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok"), true,
+     -EPROTO},
     {"Transfer-Encoding: gzip, chunked",
-     S("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"), false, -EPROTO},
-    {"chunked in HTTP/1.0", S("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"), false, -EPROTO},
-    {"101 not asked for", S("HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"), false, -EPROTO},
+     S("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"), false,
+     -EPROTO},
+    {"chunked in HTTP/1.0",
+     S("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"), false,
+     -EPROTO},
+    {"101 not asked for",
+     S("HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n"), false,
+     -EPROTO},
     {"truncated head", S("HTTP/1.1 200 OK\r\nContent-Le"), true, -EPROTO},
-    {"truncated Content-Length body", S("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"), true, -EPIPE},
-    {"truncated chunked body", S("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"), true, -EPIPE},
+    {"truncated Content-Length body", S("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"), true,
+     -EPIPE},
+    {"truncated chunked body", S("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"),
+     true, -EPIPE},
     {"no reply at all", S(""), true, -ECONNRESET},
 };
 
@@ -692,16 +730,24 @@ typedef struct good_case {
 } good_case_t;
 
 static const good_case_t good_cases[] = {
-    {"1xx skipped", S("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n" OK_RESPONSE), false, "ok", true},
-    {"304 with a length", S("HTTP/1.1 304 Not Modified\r\nContent-Length: 100\r\n\r\n"), false, "", true},
+    {"1xx skipped",
+     S("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n" OK_RESPONSE),
+     false, "ok", true},
+    {"304 with a length", S("HTTP/1.1 304 Not Modified\r\nContent-Length: 100\r\n\r\n"), false, "",
+     true},
     {"204", S("HTTP/1.1 204 No Content\r\n\r\n"), false, "", true},
     {"no reason phrase", S("HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok"), false, "ok", true},
     {"chunked with extensions and trailers",
-     S("HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n1;a=b\r\no\r\n1\r\nk\r\n0\r\nX-T: 1\r\n\r\n"), false, "ok", true},
+     S("HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n1;a=b\r\no\r\n1\r\nk\r\n0\r\nX-T: "
+       "1\r\n\r\n"),
+     false, "ok", true},
     {"body up to the end", S("HTTP/1.1 200 OK\r\n\r\nuntil the end"), true, "until the end", false},
     {"HTTP/1.0", S("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"), false, "ok", false},
-    {"HTTP/1.0 keep-alive", S("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok"), false, "ok", true},
-    {"Connection: close", S("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"), false, "ok", false},
+    {"HTTP/1.0 keep-alive",
+     S("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok"), false, "ok",
+     true},
+    {"Connection: close", S("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"),
+     false, "ok", false},
     {"bytes past the response", S(OK_RESPONSE "JUNK"), false, "ok", false},
 };
 
@@ -917,7 +963,8 @@ static int random_idle_case(void *arg) {
   raw_server_t srv;
   /* In lab mode requests take a while to land, and come in pieces: the
    * server's idle deadline passes while one is on its way. */
-  keel_lab_net_faults_t faults = {.conn = {.delay_max_ns = 3 * KEEL_NS_PER_MS, .short_permille = 300}};
+  keel_lab_net_faults_t faults = {
+      .conn = {.delay_max_ns = 3 * KEEL_NS_PER_MS, .short_permille = 300}};
   if (keel_lab_active())
     CHECK_RC(keel_lab_net_faults(&faults));
   CHECK_RC(raw_start(&srv, RANDOM_IDLE));

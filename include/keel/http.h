@@ -305,7 +305,9 @@ typedef ssize_t (*keel_http_body_fn)(void *ctx, void *buf, size_t len);
 /* A request. Only url is required. */
 typedef struct keel_http_call_opts {
   const char *method; /* NULL: "GET" */
-  const char *url;    /* "http://host[:port][/path][?query]" (no user info; a #fragment is dropped) */
+  /* "http://host[:port][/path][?query]": no user info; a #fragment is
+   * not sent. */
+  const char *url;
   /* Fields to send (a name_len or value_len of 0: strlen). keel writes
    * Host (unless given), Content-Length or Transfer-Encoding itself: a
    * Content-Length or Transfer-Encoding field is -EINVAL, as are names

@@ -11,12 +11,13 @@
 #include "queue.h"
 #include "keel/sync.h"
 
-#define HC_BUF_SIZE (16 * 1024)    /* a connection's read buffer while in use */
-#define HC_BUF_CACHE 16            /* free read buffers kept per worker */
-#define HC_ARENA_CACHE 16          /* free call arenas kept per worker */
-#define HC_ARENA_CHUNK 4096        /* bytes of an arena's chunks */
-#define HC_HEAD_INITIAL 1024       /* first room for a response head's copy */
-#define HC_MAX_INFORMATIONAL 16    /* 1xx responses skipped before a final one */
+#define HC_BUF_SIZE (16 * 1024) /* a connection's read buffer while in use */
+#define HC_BUF_CACHE 16         /* free read buffers kept per worker */
+#define HC_ARENA_CACHE 16       /* free call arenas kept per worker */
+#define HC_ARENA_CHUNK \
+  8192 /* bytes of an arena's chunks: a call with a small head and body fits in the first */
+#define HC_HEAD_INITIAL 1024        /* first room for a response head's copy */
+#define HC_MAX_INFORMATIONAL 16     /* 1xx responses skipped before a final one */
 #define HC_PRUNE_NS KEEL_NS_PER_SEC /* idle connections looked over at most this often */
 
 /* A client's settings, every default filled in. */
@@ -47,12 +48,12 @@ typedef struct hc_origin {
   hc_pool_t *pool;
   keel__queue_t idle; /* idle connections (hc_conn_t.node), most recent first */
   unsigned nidle;
-  unsigned users;    /* calls holding or waiting for a permit */
+  unsigned users;     /* calls holding or waiting for a permit */
   keel_sem_t permits; /* connections in use: max_per_origin */
   bool tls;
   uint16_t port;
   size_t host_len;
-  char *host;     /* lowercase, no brackets */
+  char *host;      /* lowercase, no brackets */
   char hostport[]; /* what keel_tcp_connect is given; host follows it */
 } hc_origin_t;
 
@@ -76,8 +77,8 @@ struct hc_pool {
   keel__queue_t origins;
   keel__queue_t idle; /* every idle connection (hc_conn_t.lru), oldest first */
   unsigned nidle;
-  unsigned calls;   /* calls open */
-  bool closing;     /* its client was closed: freed when the last call closes */
+  unsigned calls; /* calls open */
+  bool closing;   /* its client was closed: freed when the last call closes */
   int64_t next_prune;
   int nbufs, narenas;
   char *bufs[HC_BUF_CACHE];

@@ -259,7 +259,8 @@ static int check_framing(keel_http_call_t *call) {
   for (size_t i = 0; i < call->nheaders; i++)
     if (scan_field(call, &call->headers[i], &f) < 0)
       return -EPROTO;
-  if (f.lengths > 1 || f.codings > 1 || (f.lengths && f.codings) || (f.codings && call->version < 11))
+  if (f.lengths > 1 || f.codings > 1 || (f.lengths && f.codings) ||
+      (f.codings && call->version < 11))
     return -EPROTO;
   const llhttp_t *p = &call->parser;
   call->body_until_eof = false;
@@ -274,7 +275,8 @@ static int check_framing(keel_http_call_t *call) {
   } else if (f.lengths) {
     /* Paused at the end of the head (or of a message with no body),
      * llhttp's count is still the declared one. */
-    if (!(p->flags & F_CONTENT_LENGTH) || (call->msg_done ? f.length != 0 : p->content_length != (uint64_t)f.length))
+    if (!(p->flags & F_CONTENT_LENGTH) ||
+        (call->msg_done ? f.length != 0 : p->content_length != (uint64_t)f.length))
       return -EPROTO;
     call->content_length = f.length;
   } else {
@@ -380,8 +382,7 @@ int keel__hc_read_head(keel_http_call_t *call, bool stop_at_1xx) {
 
 bool keel__hc_reusable(keel_http_call_t *call) {
   return call->msg_done && !call->err && !call->body_until_eof && !call->close_req &&
-         !call->no_keep &&
-         call->keepalive_ns != 0 && call->conn && call->conn->len == 0 &&
+         !call->no_keep && call->keepalive_ns != 0 && call->conn && call->conn->len == 0 &&
          llhttp_should_keep_alive(&call->parser);
 }
 
@@ -491,7 +492,7 @@ int keel_http_call_body(keel_http_call_t *call, const void **data, size_t *len) 
   size_t max = call->pool->lim.max_body;
   if (call->content_length > 0 && (uint64_t)call->content_length > max)
     return (int)body_fail(call, -EMSGSIZE);
-  size_t cap = call->content_length >= 0 ? (size_t)call->content_length : 4096, n = 0;
+  size_t cap = call->content_length >= 0 ? (size_t)call->content_length : 1024, n = 0;
   if (cap > max)
     cap = max;
   char *buf = keel_arena_alloc_aligned(call->arena, cap + 1, 1);
@@ -510,7 +511,7 @@ int keel_http_call_body(keel_http_call_t *call, const void **data, size_t *len) 
       break;
     }
     if (n == cap) {
-      size_t bigger_cap = cap < 2048 ? 4096 : cap * 2;
+      size_t bigger_cap = cap < 512 ? 1024 : cap * 2;
       if (bigger_cap > max)
         bigger_cap = max;
       char *bigger = keel_arena_alloc_aligned(call->arena, bigger_cap + 1, 1);
