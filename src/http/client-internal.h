@@ -150,6 +150,12 @@ void keel__hc_pool_call_done(hc_pool_t *p);
  * the origin's permit. */
 void keel__hc_call_release(keel_http_call_t *call, bool keep);
 
+/* client-head.c: reads the copy of a complete head (status line, fields,
+ * framing). 0, -EPROTO, -EMSGSIZE (too many fields) or -ENOMEM. */
+int keel__hc_head_parse(keel_http_call_t *call);
+/* Whether the response has no body whatever its fields say. */
+bool keel__hc_bodyless(const keel_http_call_t *call, int status);
+
 /* client-read.c */
 extern const llhttp_settings_t keel__hc_settings;
 /* Reads the response head. Returns 0 at a final response, 1 after a 1xx

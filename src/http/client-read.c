@@ -1,30 +1,21 @@
-/* Client responses: llhttp (strict mode) frames them; keel reads each head
- * again, strictly, from a copy in the call's arena.
+/* Client responses: llhttp (strict mode) frames them; client-head.c reads
+ * each head again, strictly, from a copy in the call's arena.
  *
- * llhttp 8.1.0 lets through what a client must refuse (obs-fold, empty
- * field names, a status of two digits, a Transfer-Encoding other than
- * chunked read up to the end of the connection), so the head's bytes are
- * copied as llhttp takes them (the read buffer is reused meanwhile: the
- * copy, not the buffer, bounds the head by max_header_bytes) and read
- * again in one pass that checks every byte and the framing fields. llhttp
- * pauses at the end of a head that a body follows and at the end of every
- * message, so it never parses past the response being read. Body bytes
- * are decoded by llhttp straight into the reader's buffer: llhttp is never
- * given more bytes than the reader has room for, and a decoded body is
- * never longer than its input. */
+ * The head's bytes are copied as llhttp takes them (the read buffer is
+ * reused meanwhile: the copy, not the buffer, bounds the head by
+ * max_header_bytes). llhttp pauses at the end of a head that a body
+ * follows and at the end of every message, so it never parses past the
+ * response being read. Body bytes are decoded by llhttp straight into the
+ * reader's buffer: llhttp is never given more bytes than the reader has
+ * room for, and a decoded body is never longer than its input. */
 #include <errno.h>
 #include <string.h>
-#include <strings.h>
 
 #include "client-internal.h"
 
 #define CALL_OF(p) ((keel_http_call_t *)(p)->data)
 
 /* ---- llhttp callbacks ----------------------------------------------------- */
-
-static bool bodyless(const keel_http_call_t *call, int status) {
-  return call->head_method || status / 100 == 1 || status == 204 || status == 304;
-}
 
 /* A body follows: pause so that the head is read first. No body: the
  * message ends here and on_message_complete pauses. A 304's or a HEAD
@@ -33,7 +24,7 @@ static bool bodyless(const keel_http_call_t *call, int status) {
 static int on_headers_complete(llhttp_t *p) {
   keel_http_call_t *call = CALL_OF(p);
   call->head_done = true;
-  if (bodyless(call, p->status_code))
+  if (keel__hc_bodyless(call, p->status_code))
     return 1;
   bool body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0) ||
               llhttp_message_needs_eof(p);
@@ -116,190 +107,6 @@ static void consume(hc_conn_t *c, size_t n) {
     c->head = 0;
 }
 
-/* ---- The head, read again ------------------------------------------------- */
-
-/* A field value byte (RFC 9110 §5.5): VCHAR, SP, HTAB or obs-text. */
-static bool value_char(unsigned char ch) { return ch == '\t' || (ch >= 0x20 && ch != 0x7f); }
-
-/* "HTTP/1.x SP 3DIGIT [SP reason] CRLF". */
-static int parse_status_line(keel_http_call_t *call, char **pp, char *end) {
-  char *p = *pp;
-  if (end - p < 14 || memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1') || p[8] != ' ')
-    return -EPROTO;
-  call->version = p[7] == '1' ? 11 : 10;
-  p += 9;
-  if (p[0] < '1' || p[0] > '5' || p[1] < '0' || p[1] > '9' || p[2] < '0' || p[2] > '9')
-    return -EPROTO;
-  call->status = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
-  p += 3;
-  char *reason = p; /* "HTTP/1.1 200\r\n": no reason at all */
-  if (*p == ' ') {
-    reason = ++p;
-    while (p < end && value_char((unsigned char)*p))
-      p++;
-  }
-  if (end - p < 2 || p[0] != '\r' || p[1] != '\n')
-    return -EPROTO;
-  *p = '\0';
-  call->reason = reason;
-  *pp = p + 2;
-  return 0;
-}
-
-/* One "name: value CRLF" line: a token, the colon at once, a value of
- * value bytes, CRLF and nothing else (a bare CR or LF, a NUL: -EPROTO). */
-static int parse_field(char **pp, char *end, keel_http_header_t *h) {
-  char *p = *pp, *name = p;
-  while (p < end && keel__http_token_char((unsigned char)*p))
-    p++;
-  if (p == name || p >= end || *p != ':')
-    return -EPROTO;
-  h->name = name;
-  h->name_len = (size_t)(p - name);
-  *p++ = '\0';
-  while (p < end && (*p == ' ' || *p == '\t'))
-    p++;
-  char *v = p;
-  while (p < end && value_char((unsigned char)*p))
-    p++;
-  if (end - p < 2 || p[0] != '\r' || p[1] != '\n')
-    return -EPROTO;
-  char *ve = p;
-  while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
-    ve--;
-  *ve = '\0';
-  h->value = v;
-  h->value_len = (size_t)(ve - v);
-  *pp = p + 2;
-  return 0;
-}
-
-static int parse_fields(keel_http_call_t *call, char *p, char *end) {
-  size_t lines = 0;
-  for (const char *q = p; (q = memchr(q, '\n', (size_t)(end - q))) != NULL; q++)
-    lines++;
-  if (lines > call->pool->lim.max_headers + 1)
-    return -EMSGSIZE;
-  call->headers = keel_arena_alloc(call->arena, (lines ? lines : 1) * sizeof *call->headers);
-  if (!call->headers)
-    return -ENOMEM;
-  call->nheaders = 0;
-  while (p < end) {
-    if (end - p >= 2 && p[0] == '\r' && p[1] == '\n')
-      return p + 2 == end ? 0 : -EPROTO;
-    if (*p == ' ' || *p == '\t' || call->nheaders == lines) /* obs-fold (§5.2) */
-      return -EPROTO;
-    if (parse_field(&p, end, &call->headers[call->nheaders]) < 0)
-      return -EPROTO;
-    call->nheaders++;
-  }
-  return -EPROTO;
-}
-
-/* 1*DIGIT, at most 18 digits. */
-static bool parse_length(const char *v, size_t n, int64_t *out) {
-  if (n == 0 || n > 18)
-    return false;
-  int64_t x = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (v[i] < '0' || v[i] > '9')
-      return false;
-    x = x * 10 + (v[i] - '0');
-  }
-  *out = x;
-  return true;
-}
-
-/* Keep-Alive: timeout=N (RFC 2068 §19.7.1.1): the server closes an idle
- * connection after N s, so keel stops using it a second earlier. */
-static void parse_keepalive(keel_http_call_t *call, const char *v) {
-  for (const char *p = v; (p = strcasestr(p, "timeout")) != NULL; p += 7) {
-    const char *q = p + 7;
-    while (*q == ' ')
-      q++;
-    if (*q != '=')
-      continue;
-    int64_t n = 0;
-    const char *d = ++q;
-    while (*q >= '0' && *q <= '9' && q - d < 9)
-      n = n * 10 + (*q++ - '0');
-    if (q == d)
-      return;
-    call->keepalive_ns = n >= 2 ? (n - 1) * KEEL_NS_PER_SEC : n * KEEL_NS_PER_SEC / 2;
-    return;
-  }
-}
-
-typedef struct framing {
-  int lengths, codings;
-  int64_t length;
-  bool chunked;
-} framing_t;
-
-static int scan_field(keel_http_call_t *call, const keel_http_header_t *h, framing_t *f) {
-  if (keel__http_name_eq(h->name, h->name_len, "content-length")) {
-    f->lengths++;
-    return parse_length(h->value, h->value_len, &f->length) ? 0 : -EPROTO;
-  }
-  if (keel__http_name_eq(h->name, h->name_len, "transfer-encoding")) {
-    f->codings++;
-    /* keel decodes chunked only: anything else cannot be framed. */
-    f->chunked = keel__http_name_eq(h->value, h->value_len, "chunked");
-    return f->chunked ? 0 : -EPROTO;
-  }
-  if (keel__http_name_eq(h->name, h->name_len, "keep-alive"))
-    parse_keepalive(call, h->value);
-  return 0;
-}
-
-/* RFC 9112 §6.3, strictly: one valid Content-Length, or Transfer-Encoding:
- * chunked alone in HTTP/1.1, never both; llhttp must frame it the same. */
-static int check_framing(keel_http_call_t *call) {
-  framing_t f = {0};
-  for (size_t i = 0; i < call->nheaders; i++)
-    if (scan_field(call, &call->headers[i], &f) < 0)
-      return -EPROTO;
-  if (f.lengths > 1 || f.codings > 1 || (f.lengths && f.codings) ||
-      (f.codings && call->version < 11))
-    return -EPROTO;
-  const llhttp_t *p = &call->parser;
-  call->body_until_eof = false;
-  if (bodyless(call, call->status)) {
-    call->content_length = 0;
-    return 0;
-  }
-  if ((f.codings > 0) != ((p->flags & F_CHUNKED) != 0))
-    return -EPROTO;
-  if (f.codings) {
-    call->content_length = -1;
-  } else if (f.lengths) {
-    /* Paused at the end of the head (or of a message with no body),
-     * llhttp's count is still the declared one. */
-    if (!(p->flags & F_CONTENT_LENGTH) ||
-        (call->msg_done ? f.length != 0 : p->content_length != (uint64_t)f.length))
-      return -EPROTO;
-    call->content_length = f.length;
-  } else {
-    call->content_length = -1;
-    call->body_until_eof = true;
-  }
-  return 0;
-}
-
-/* The head's copy is complete: read it. */
-static int head_parse(keel_http_call_t *call) {
-  char *p = call->head, *end = call->head + call->head_len;
-  call->keepalive_ns = -1;
-  int rc = parse_status_line(call, &p, end);
-  if (rc == 0)
-    rc = parse_fields(call, p, end);
-  if (rc == 0)
-    rc = check_framing(call);
-  if (rc == 0 && call->parser.status_code != call->status)
-    rc = -EPROTO;
-  return rc;
-}
-
 static int head_append(keel_http_call_t *call, const char *p, size_t n) {
   size_t max = call->pool->lim.max_header_bytes;
   if (call->head_len + n > max)
@@ -325,7 +132,7 @@ static int head_append(keel_http_call_t *call, const char *p, size_t n) {
 
 /* A head ended (paused): a final one, or a 1xx to skip. */
 static int head_end(keel_http_call_t *call, bool stop_at_1xx) {
-  int rc = head_parse(call);
+  int rc = keel__hc_head_parse(call);
   if (rc < 0)
     return rc;
   if (call->status >= 200)
@@ -483,6 +290,27 @@ bool keel__hc_finish_buffered(keel_http_call_t *call) {
   return call->msg_done;
 }
 
+/* Room for more of a whole body: at least twice the old, at most max. */
+static char *body_grow(keel_http_call_t *call, char *buf, size_t n, size_t *cap, size_t max) {
+  size_t bigger_cap = *cap < 512 ? 1024 : *cap * 2;
+  if (bigger_cap > max)
+    bigger_cap = max;
+  char *bigger = keel_arena_alloc_aligned(call->arena, bigger_cap + 1, 1);
+  if (bigger && n)
+    memcpy(bigger, buf, n);
+  *cap = bigger_cap;
+  return bigger;
+}
+
+/* max_body bytes were read: 0 if the body ends there, else -EMSGSIZE. */
+static int body_past_max(keel_http_call_t *call) {
+  char extra;
+  ssize_t more = keel_http_call_read(call, &extra, 1);
+  if (more > 0)
+    return (int)body_fail(call, -EMSGSIZE);
+  return (int)more;
+}
+
 int keel_http_call_body(keel_http_call_t *call, const void **data, size_t *len) {
   if (call->body) {
     *data = call->body;
@@ -496,40 +324,24 @@ int keel_http_call_body(keel_http_call_t *call, const void **data, size_t *len) 
   if (cap > max)
     cap = max;
   char *buf = keel_arena_alloc_aligned(call->arena, cap + 1, 1);
-  for (;;) {
-    if (!buf)
-      return (int)body_fail(call, -ENOMEM);
-    if (call->msg_done || call->err)
-      break;
+  int rc = 0;
+  while (rc == 0 && buf && !call->msg_done && !call->err) {
     if (n == cap && cap == max) {
-      char extra;
-      ssize_t more = keel_http_call_read(call, &extra, 1);
-      if (more < 0)
-        return (int)more;
-      if (more > 0)
-        return (int)body_fail(call, -EMSGSIZE);
+      rc = body_past_max(call);
       break;
     }
     if (n == cap) {
-      size_t bigger_cap = cap < 512 ? 1024 : cap * 2;
-      if (bigger_cap > max)
-        bigger_cap = max;
-      char *bigger = keel_arena_alloc_aligned(call->arena, bigger_cap + 1, 1);
-      if (bigger)
-        memcpy(bigger, buf, n);
-      buf = bigger;
-      cap = bigger_cap;
+      buf = body_grow(call, buf, n, &cap, max);
       continue;
     }
     ssize_t got = keel_http_call_read(call, buf + n, cap - n);
-    if (got < 0)
-      return (int)got;
-    if (got == 0)
-      break;
-    n += (size_t)got;
+    rc = got < 0 ? (int)got : 0;
+    n += got > 0 ? (size_t)got : 0;
   }
-  if (call->err)
-    return call->err;
+  if (!buf)
+    return (int)body_fail(call, -ENOMEM);
+  if (rc < 0 || call->err)
+    return rc < 0 ? rc : call->err;
   buf[n] = '\0';
   call->body = buf;
   call->body_len = n;
