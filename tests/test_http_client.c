@@ -412,7 +412,7 @@ static int continue_case(void *arg) {
   int64_t t0 = keel_now_ns();
   CHECK_RC(fetch_check(NULL, &req, 200, "abc", 0));
   /* The 100 came: the body did not wait for expect_timeout (1 s). */
-  CHECK(keel_now_ns() - t0 < 900 * KEEL_NS_PER_MS || !kt_within(t0, 900 * KEEL_NS_PER_MS));
+  CHECK(keel_now_ns() - t0 < 900 * KEEL_NS_PER_MS + kt_late_ns());
   CHECK_RC(fetch_check(NULL, &req, 200, "abc", 1));
   /* A body the server refuses from its length alone (413 over its
    * max_body) is never sent, nor waited for. */
@@ -426,7 +426,7 @@ static int continue_case(void *arg) {
                                .body_fn_length = 2 << 20};
   t0 = keel_now_ns();
   CHECK_RC(fetch_check(NULL, &big, 413, NULL, 1));
-  CHECK(keel_now_ns() - t0 < 900 * KEEL_NS_PER_MS || !kt_within(t0, 900 * KEEL_NS_PER_MS));
+  CHECK(keel_now_ns() - t0 < 900 * KEEL_NS_PER_MS + kt_late_ns());
   CHECK_EQ(z.calls, 0);
   return kt_server_stop(&srv);
 }
@@ -454,11 +454,36 @@ static int worker_task(void *arg) {
   return 0;
 }
 
+/* kt_server_start for two workers: the server announces its address from
+ * whichever worker listens last, so the flag is atomic. */
+static char mt_addr[KEEL_ADDRSTRLEN];
+static atomic_bool mt_listening;
+
+static void mt_on_listen(const keel_addr_t *addr, void *ctx) {
+  (void)ctx;
+  keel_addr_format(addr, mt_addr, sizeof mt_addr);
+  atomic_store_explicit(&mt_listening, true, memory_order_release);
+}
+
+static int start_mt(kt_server_t *srv) {
+  memset(srv, 0, sizeof *srv);
+  srv->opts = (keel_http_server_opts_t){
+      .handler = keel_http_router_handler, .ctx = router, .on_listen = mt_on_listen};
+  atomic_store(&mt_listening, false);
+  CHECK_RC(keel_scope_open(NULL, &srv->scope));
+  CHECK_RC(keel_spawn(srv->scope, kt_server_task, srv, NULL));
+  for (int i = 0; i < 5000 && !atomic_load_explicit(&mt_listening, memory_order_acquire); i++)
+    CHECK_RC(keel_sleep_ms(1));
+  CHECK(atomic_load_explicit(&mt_listening, memory_order_acquire));
+  memcpy(srv->addr, mt_addr, sizeof srv->addr);
+  return 0;
+}
+
 /* One client from two workers: each worker has a pool of its own. */
 static int workers_case(void *arg) {
   (void)arg;
   kt_server_t srv;
-  CHECK_RC(start(&srv));
+  CHECK_RC(start_mt(&srv));
   char url[128];
   url_of(&srv, "/", url, sizeof url);
   keel_http_client_t *cl;
