@@ -225,10 +225,10 @@ int keel_http_router_close(keel_http_router_t *r);
 /* keel_http_call_open sends one request and reads the head of its
  * response; the body is then read in pieces (keel_http_call_read) or whole
  * (keel_http_call_body), and keel_http_call_close frees the call.
- * keel_http_fetch opens a call and reads its whole body. Everything runs under the calling
- * task's deadlines and cancellation: there is no per-request timeout (use
- * keel_timeout or a scope deadline). A call belongs to the worker that
- * opened it.
+ * keel_http_fetch opens a call and reads its whole body. Everything runs
+ * under the calling task's deadlines and cancellation: there is no
+ * per-request timeout (use keel_timeout or a scope deadline). A call
+ * belongs to the worker that opened it.
  *
  * Connections are pooled per worker (no lock: each worker keeps its own)
  * and per origin (scheme, host, port). A client (keel_http_client_open)
@@ -260,9 +260,11 @@ int keel_http_router_close(keel_http_router_t *r);
  * a bare CR or LF, Content-Length twice or invalid, Content-Length with
  * Transfer-Encoding, a Transfer-Encoding other than chunked, a bad chunk)
  * fails with -EPROTO, a head over max_header_bytes or max_headers with
- * -EMSGSIZE, and its connection is closed. 1xx responses are skipped
- * (with `Expect: 100-continue` the body waits for the 100, at most
- * expect_timeout_ms); the response to HEAD, a 1xx, 204 or 304 has no body.
+ * -EMSGSIZE, and its connection is closed. 1xx responses are skipped.
+ * With `Expect: 100-continue` among the fields, the body waits for the
+ * 100 (at most expect_timeout_ms); a final response instead means the
+ * body is not sent, and the connection closes after it. The response to
+ * HEAD, a 1xx, 204 or 304 has no body. Trailers are read and dropped.
  *
  * Memory: a call and its response head live in one arena, taken from and
  * given back to the worker's pool with the read buffers: once the pool is
