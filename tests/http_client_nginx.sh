@@ -31,7 +31,20 @@ if [ ! -x "$nginx" ]; then
   exit 77
 fi
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# A free loopback port: the kernel's choice, or one nobody answers on.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' \
+    2>/dev/null && return
+  local p
+  for _ in $(seq 50); do
+    p=$((20000 + RANDOM % 30000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      echo "$p"
+      return
+    fi
+  done
+}
+port=$(free_port)
 mkdir -p "$work/www" "$work/tmp"
 chmod 755 "$work" "$work/www"
 echo "hello from nginx" >"$work/www/index.html"
