@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Server memory per idle echo connection.
+"""Server memory per idle echo (or HTTP keep-alive) connection.
 
 Starts examples/echo-server, opens N connections (default 10,000), echoes
 one message on each so every connection task has run and touched its stack
@@ -7,8 +7,13 @@ and buffer, then leaves them idle and reads the server's VmRSS from
 /proc/PID/status. Prints the RSS growth per connection (stack, task and
 connection state included) and exits non-zero above the limit.
 
+With --http it starts examples/http-hello instead and sends one GET / on
+each connection (a 200 with the body "Hello, World!" is checked), which
+leaves N idle keep-alive connections. tools/bench --suite http uses
+open_idle_http() from here for nginx and h2o as well.
+
 usage: bench/idle_rss.py [--build build] [--conns 10000] [--backend uring]
-                         [--workers 1] [--limit-kib 1]
+                         [--workers 1] [--limit-kib 1] [--http]
 """
 import argparse
 import os
@@ -65,6 +70,117 @@ def open_idle(port, n):
     return conns
 
 
+def open_idle_http(port, n, host="127.0.0.1", body=b"Hello, World!", max_inflight=512):
+    """Connects n sockets, sends one GET / on each and reads its response
+    (status 200, Content-Length framing, the given body), keeps them open.
+    Raises RuntimeError on anything else, a close included."""
+    request = (f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n").encode()
+    conns = []
+    sel = selectors.DefaultSelector()
+    try:
+        for _ in range(n):
+            s = socket.create_connection((host, port))
+            conns.append(s)
+            s.setblocking(False)
+            s.send(request)
+            sel.register(s, selectors.EVENT_READ, bytearray())
+            if len(sel.get_map()) >= max_inflight:  # bound the requests in flight
+                drain_http(sel, max_inflight // 2, body)
+        drain_http(sel, 0, body)
+    except BaseException:
+        for s in conns:
+            s.close()
+        raise
+    return conns
+
+
+def http_response_end(buf):
+    """Length of the first complete response in buf, or None if incomplete.
+    Raises ValueError if it is not one this benchmark accepts."""
+    head_end = buf.find(b"\r\n\r\n")
+    if head_end < 0:
+        return None
+    lines = bytes(buf[:head_end]).decode("latin-1").split("\r\n")
+    length = None
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value.strip())
+        elif name.strip().lower() == "transfer-encoding":
+            raise ValueError(f"Transfer-Encoding {value.strip()!r} (Content-Length expected)")
+    if length is None:
+        raise ValueError("no Content-Length in the response")
+    end = head_end + 4 + length
+    return end if len(buf) >= end else None
+
+
+def check_http_response(resp, body):
+    """Why the response (bytes) is not a text/plain 200 with the body that
+    keeps the connection open, or None."""
+    head, _, got = bytes(resp).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or parts[1] != "200":
+        return f"status line {lines[0]!r}"
+    if got != body:
+        return f"body {got[:40]!r} != {body!r}"
+    ctype = None
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        name, value = name.strip().lower(), value.strip()
+        if name == "connection" and "close" in value.lower():
+            return "the server closes the connection (Connection: close)"
+        if name == "content-type":
+            ctype = value
+    if ctype is None or not ctype.lower().startswith("text/plain"):
+        return f"Content-Type {ctype!r} (text/plain expected)"
+    return None
+
+
+def drain_http(sel, down_to, body):
+    deadline = time.monotonic() + 30
+    while len(sel.get_map()) > down_to:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(sel.get_map())} responses still missing after 30 s")
+        for key, _ in sel.select(timeout=1):
+            buf = key.data
+            try:
+                got = key.fileobj.recv(4096)
+            except ConnectionError as e:
+                raise RuntimeError(f"connection reset before its response: {e}") from None
+            if not got:
+                raise RuntimeError("connection closed before its response"
+                                   + (f" (after {len(buf)} bytes)" if buf else ""))
+            buf += got
+            try:
+                end = http_response_end(buf)
+            except ValueError as e:
+                raise RuntimeError(f"bad response: {e}") from None
+            if end is None:
+                continue
+            if end != len(buf):
+                raise RuntimeError(f"{len(buf) - end} bytes after the response")
+            why = check_http_response(buf, body)
+            if why:
+                raise RuntimeError(f"bad response: {why}")
+            sel.unregister(key.fileobj)
+
+
+def count_closed(conns):
+    """How many of the idle connections the server has closed (or reset, or
+    sent bytes on) since: each is read without blocking."""
+    closed = 0
+    for s in conns:
+        try:
+            s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            closed += 1  # end of stream, or bytes nobody asked for
+        except BlockingIOError:
+            pass
+        except OSError:
+            closed += 1
+    return closed
+
+
 def drain(sel, down_to):
     deadline = time.monotonic() + 30
     while len(sel.get_map()) > down_to:
@@ -84,6 +200,8 @@ def main():
     ap.add_argument("--backend", default="uring")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--limit-kib", type=float, default=1.0)
+    ap.add_argument("--http", action="store_true",
+                    help="examples/http-hello, one GET / per connection")
     a = ap.parse_args()
 
     need = a.conns + 64
@@ -91,20 +209,28 @@ def main():
     if soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
     port = free_port()
-    server = subprocess.Popen(
-        [os.path.join(a.build, "examples", "echo-server"), "--port", str(port),
-         "--backend", a.backend, "--workers", str(a.workers),
-         "--max-conns", str(a.conns + 16)],
-        stdout=subprocess.DEVNULL)
+    if a.http:
+        cmd = [os.path.join(a.build, "examples", "http-hello"), "--host", "127.0.0.1",
+               "--port", str(port), "--backend", a.backend, "--workers", str(a.workers)]
+    else:
+        cmd = [os.path.join(a.build, "examples", "echo-server"), "--port", str(port),
+               "--backend", a.backend, "--workers", str(a.workers),
+               "--max-conns", str(a.conns + 16)]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     try:
         wait_listening(port, server)
         time.sleep(0.2)
         before = rss_kib(server.pid)
-        conns = open_idle(port, a.conns)
+        conns = open_idle_http(port, a.conns) if a.http else open_idle(port, a.conns)
         time.sleep(0.5)
         after = rss_kib(server.pid)
         per = (after - before) / a.conns
-        print(f"idle connections: {a.conns}  backend: {a.backend}  workers: {a.workers}  "
+        closed = count_closed(conns) if a.http else 0
+        if closed:
+            print(f"the server closed {closed} of the {a.conns} idle connections",
+                  file=sys.stderr)
+        print(f"{'http ' if a.http else ''}"
+              f"idle connections: {a.conns}  backend: {a.backend}  workers: {a.workers}  "
               f"server RSS: {before} KiB -> {after} KiB  per connection: {per:.2f} KiB "
               f"(limit {a.limit_kib} KiB)")
         for s in conns:
@@ -118,7 +244,7 @@ def main():
     if server.returncode != 0:
         print(f"server exited with {server.returncode}", file=sys.stderr)
         return 1
-    return 0 if per <= a.limit_kib else 1
+    return 0 if per <= a.limit_kib and not closed else 1
 
 
 if __name__ == "__main__":

@@ -160,9 +160,12 @@ static bool parse_backend(const char *s, keel_backend_t *out) {
 /* Returns 0 to run, 1 on bad flags, 2 after --help. */
 static int parse_args(int argc, char **argv, app_t *app) {
   static const struct option longopts[] = {
-      {"host", required_argument, NULL, 'h'},      {"port", required_argument, NULL, 'p'},
-      {"workers", required_argument, NULL, 'w'},   {"backend", required_argument, NULL, 'b'},
-      {"max-conns", required_argument, NULL, 'm'}, {"help", no_argument, NULL, 'H'},
+      {"host", required_argument, NULL, 'h'},
+      {"port", required_argument, NULL, 'p'},
+      {"workers", required_argument, NULL, 'w'},
+      {"backend", required_argument, NULL, 'b'},
+      {"max-conns", required_argument, NULL, 'm'},
+      {"help", no_argument, NULL, 'H'},
       {NULL, 0, NULL, 0},
   };
   const char *host = "127.0.0.1";
@@ -171,13 +174,26 @@ static int parse_args(int argc, char **argv, app_t *app) {
   bool ok = true;
   while (ok && (c = getopt_long(argc, argv, "", longopts, &idx)) != -1) {
     switch (c) {
-    case 'h': host = optarg; break;
-    case 'p': ok = parse_long(optarg, 0, 65535, &port); break;
-    case 'w': ok = parse_long(optarg, 0, 4096, &workers); break;
-    case 'b': ok = parse_backend(optarg, &app->backend); break;
-    case 'm': ok = parse_long(optarg, 1, UINT_MAX, &app->max_conns); break;
-    case 'H': usage(stdout); return 2;
-    default: ok = false;
+    case 'h':
+      host = optarg;
+      break;
+    case 'p':
+      ok = parse_long(optarg, 0, 65535, &port);
+      break;
+    case 'w':
+      ok = parse_long(optarg, 0, 4096, &workers);
+      break;
+    case 'b':
+      ok = parse_backend(optarg, &app->backend);
+      break;
+    case 'm':
+      ok = parse_long(optarg, 1, UINT_MAX, &app->max_conns);
+      break;
+    case 'H':
+      usage(stdout);
+      return 2;
+    default:
+      ok = false;
     }
     if (!ok && c != '?')
       fprintf(stderr, "http-hello: bad value for --%s: %s\n", longopts[idx].name, optarg);

@@ -31,7 +31,8 @@ static long query_num(const char *q, const char *key) {
 
 static int stream(keel_http_request_t *req, keel_http_response_t *res, void *ctx) {
   (void)ctx;
-  long chunks = query_num(keel_http_query(req), "chunks"), size = query_num(keel_http_query(req), "size");
+  long chunks = query_num(keel_http_query(req), "chunks"),
+       size = query_num(keel_http_query(req), "size");
   char buf[256];
   for (long i = 0; i < chunks; i++) {
     memset(buf, 'a' + (int)i, (size_t)size);
@@ -99,8 +100,8 @@ static void routes(void) {
   assert_int_equal(keel_http_route(router, "GET", "/silent", 0, silent, NULL), 0);
   assert_int_equal(keel_http_route(router, "GET", "/stream-fail", 0, stream_fail, NULL), 0);
   assert_int_equal(keel_http_route(router, "GET", "/sleep", 0, sleepy, NULL), 0);
-  assert_int_equal(keel_http_route(router, NULL, "/inspect/", KEEL_HTTP_ROUTE_PREFIX, inspect, NULL),
-                   0);
+  assert_int_equal(
+      keel_http_route(router, NULL, "/inspect/", KEEL_HTTP_ROUTE_PREFIX, inspect, NULL), 0);
   assert_int_equal(keel_http_route(router, NULL, "/inspect/", KEEL_HTTP_ROUTE_PREFIX, hello, NULL),
                    -EEXIST);
   assert_int_equal(keel_http_route(router, "GET", "nope", 0, hello, NULL), -EINVAL);
@@ -165,6 +166,28 @@ static int pipeline_case(void *arg) {
   CHECK_EQ(r.status, 200);
   CHECK(strcmp(r.body, "GET|/inspect/a?b=c|/inspect/a|b=c|11|2|v w") == 0);
   kt_resp_free(&r);
+  /* A batch long enough that its arena is recycled in the middle (the
+   * bodies are copied into it), then a request with a deadline: it must
+   * count from when the batch arrived, not from the clock's origin. */
+  size_t body = 4000, n = 24, len = 0, cap = n * (body + 128) + 128;
+  char *batch = malloc(cap);
+  CHECK(batch != NULL);
+  for (size_t i = 0; i < n; i++) {
+    len += (size_t)snprintf(batch + len, cap - len,
+                            "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %zu\r\n\r\n", body);
+    memset(batch + len, 'a' + (int)(i % 26), body);
+    len += body;
+  }
+  len += (size_t)snprintf(batch + len, cap - len, "GET /sleep?ms=5 HTTP/1.1\r\nHost: t\r\n\r\n");
+  int wrc = keel_write_all(c.s, batch, len, NULL);
+  free(batch);
+  CHECK_RC(wrc);
+  for (size_t i = 0; i <= n; i++) {
+    CHECK_RC(kt_response(&c, &r, false));
+    CHECK_EQ(r.status, 200);
+    CHECK_EQ(r.body_len, i < n ? body : 5);
+    kt_resp_free(&r);
+  }
   kt_disconnect(&c);
   return kt_server_stop(&srv);
 }
@@ -265,6 +288,16 @@ static int continue_case(void *arg) {
   KT_EXCHANGE(&c, "body", &r, 200);
   CHECK(strcmp(r.body, "body") == 0);
   kt_resp_free(&r);
+  /* Answered without reading the body the client holds back for a 100:
+   * the connection closes rather than wait for a body that may not come. */
+  KT_EXCHANGE(
+      &c, "POST /unread HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+      &r, 200);
+  CHECK(strcmp(kt_field(&r, "Connection"), "close") == 0);
+  kt_resp_free(&r);
+  CHECK(kt_closed(&c));
+  kt_disconnect(&c);
+  CHECK_RC(kt_connect(&srv, &c));
   /* An unknown expectation: 417 and the end. */
   KT_EXCHANGE(&c, "POST /echo HTTP/1.1\r\nHost: t\r\nExpect: fast\r\nContent-Length: 1\r\n\r\nx",
               &r, 417);
@@ -303,8 +336,8 @@ static int limits_case(void *arg) {
   CHECK_RC(refused(&srv, req, 414));
   snprintf(req, sizeof req, "GET / HTTP/1.1\r\nHost: t\r\nX-Big: %0600d\r\n\r\n", 0);
   CHECK_RC(refused(&srv, req, 431));
-  CHECK_RC(refused(&srv, "GET / HTTP/1.1\r\nHost: t\r\nA: 1\r\nB: 1\r\nC: 1\r\nD: 1\r\nE: 1\r\n\r\n",
-                   431));
+  CHECK_RC(refused(
+      &srv, "GET / HTTP/1.1\r\nHost: t\r\nA: 1\r\nB: 1\r\nC: 1\r\nD: 1\r\nE: 1\r\n\r\n", 431));
   CHECK_RC(refused(&srv, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 101\r\n\r\n", 413));
   /* A chunked body found over the limit while it is read. */
   CHECK_RC(refused(&srv,
@@ -317,7 +350,8 @@ static int limits_case(void *arg) {
   kt_conn_t c;
   kt_resp_t r;
   CHECK_RC(kt_connect(&srv, &c));
-  snprintf(req, sizeof req, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n%0100d", 7);
+  snprintf(req, sizeof req, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n%0100d",
+           7);
   KT_EXCHANGE(&c, req, &r, 200);
   CHECK_EQ(r.body_len, 100);
   kt_resp_free(&r);
@@ -463,7 +497,8 @@ static int unread_body_case(void *arg) {
   kt_resp_t r;
   CHECK_RC(kt_connect(&srv, &c));
   /* A small body the handler did not read is drained: the connection goes on. */
-  KT_EXCHANGE(&c, "POST /unread HTTP/1.1\r\nHost: t\r\nContent-Length: 20\r\n\r\n0123456789abcdefghij",
+  KT_EXCHANGE(&c,
+              "POST /unread HTTP/1.1\r\nHost: t\r\nContent-Length: 20\r\n\r\n0123456789abcdefghij",
               &r, 200);
   CHECK(kt_field(&r, "Connection") == NULL);
   kt_resp_free(&r);
@@ -528,11 +563,11 @@ static int router_case(void *arg) {
 
 /* ---- cmocka ---------------------------------------------------------------------- */
 
-#define CASE(name)                              \
-  static void test_##name(void **state) {       \
-    (void)state;                                \
-    routes();                                   \
-    kt_run_body(name##_case, NULL, 1);          \
+#define CASE(name)                        \
+  static void test_##name(void **state) { \
+    (void)state;                          \
+    routes();                             \
+    kt_run_body(name##_case, NULL, 1);    \
   }
 CASE(keepalive)
 CASE(pipeline)
@@ -551,12 +586,12 @@ CASE(router)
 int main(void) {
   kt_select_backends();
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_keepalive),   cmocka_unit_test(test_pipeline),
-      cmocka_unit_test(test_http10),      cmocka_unit_test(test_head),
-      cmocka_unit_test(test_chunked),     cmocka_unit_test(test_continue),
-      cmocka_unit_test(test_limits),      cmocka_unit_test(test_timeouts),
+      cmocka_unit_test(test_keepalive),    cmocka_unit_test(test_pipeline),
+      cmocka_unit_test(test_http10),       cmocka_unit_test(test_head),
+      cmocka_unit_test(test_chunked),      cmocka_unit_test(test_continue),
+      cmocka_unit_test(test_limits),       cmocka_unit_test(test_timeouts),
       cmocka_unit_test(test_max_requests), cmocka_unit_test(test_max_conns),
-      cmocka_unit_test(test_unread_body), cmocka_unit_test(test_handler_errors),
+      cmocka_unit_test(test_unread_body),  cmocka_unit_test(test_handler_errors),
       cmocka_unit_test(test_router),
   };
   int failed = cmocka_run_group_tests(tests, NULL, NULL);

@@ -64,8 +64,7 @@ typedef struct keel_http_header {
  * negative errno answers 500 (503 for -ETIMEDOUT: the request deadline)
  * if no response was started, or closes the connection if one was. A
  * handler that returns 0 without answering gets a 500 too. */
-typedef int (*keel_http_handler_fn)(keel_http_request_t *req, keel_http_response_t *res,
-                                    void *ctx);
+typedef int (*keel_http_handler_fn)(keel_http_request_t *req, keel_http_response_t *res, void *ctx);
 
 /* ---- Server --------------------------------------------------------------- */
 

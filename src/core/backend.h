@@ -36,6 +36,7 @@ typedef struct keel__io {
   bool registered;          /* epoll: added to the interest list */
   bool rd_ready, wr_ready;  /* epoll: may read/write without waiting for an edge */
   bool rd_hup, wr_hup;      /* epoll: hang-up or error seen: calls never wait again */
+  bool rd_edge;             /* epoll: a readable edge came after the last read */
   keel__queue_t rd_waiters; /* epoll: tasks waiting for readability */
   keel__queue_t wr_waiters; /* epoll: tasks waiting for writability */
   bool rd_drained;          /* io_uring: the last recv left nothing queued */

@@ -72,6 +72,7 @@ static void ep_dispatch(keel__worker_t *w, struct epoll_event *ev) {
     io->wr_hup = true;
   if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
     io->rd_ready = true;
+    io->rd_edge = true;
     keel__waiters_wake_all(&io->rd_waiters, 0);
   }
   if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR)) {
@@ -197,6 +198,8 @@ static inline __attribute__((always_inline)) ssize_t ep_io(keel__io_t *io, const
   for (;;) {
     if (*ready || *hup) {
       ssize_t n = ep_call_once(io, c);
+      if (!write)
+        io->rd_edge = false; /* what the edge announced has been read, or some of it */
       if (n >= 0) {
         if (n > 0 && (size_t)n < ep_call_want(c))
           *ready = false;
@@ -232,10 +235,12 @@ static ssize_t ep_writev(keel__io_t *io, const struct iovec *iov, int iovcnt) {
 static int ep_accept(keel__io_t *io) { return (int)ep_io(io, &(ep_call_t){.kind = EP_ACCEPT}); }
 
 /* rd_ready may only mean "unknown, try the call": ask the socket once
- * without waiting before waiting for an edge. */
+ * without waiting before waiting for an edge, unless an edge came since
+ * the last read (then bytes or the end of stream are there for sure: a
+ * parked connection woken by its next request pays no poll). */
 static void ep_arm_readable(keel__io_t *io, keel__wait_t *w) {
   keel__wait_init(w, keel__wait_abort_dequeue);
-  if (io->rd_ready && !io->rd_hup) {
+  if (io->rd_ready && !io->rd_edge && !io->rd_hup) {
     struct pollfd p = {io->fd, POLLIN | POLLRDHUP, 0};
     if (poll(&p, 1, 0) == 0)
       io->rd_ready = false;

@@ -46,6 +46,8 @@ static inline void keel__ctx_prefetch(const keel__ctx_t *c) {
 /* A task stack: one mmap with a PROT_NONE guard page at the low end. The
  * descriptor lives at the top of the mapping itself, so pooling and
  * allocating a stack costs no malloc. */
+#define KEEL__SHIELD_MAX 8 /* shields nested in one task */
+
 typedef struct keel__stack {
   struct keel__stack *next; /* pool link */
   char *map;                /* start of the mapping (guard page) */
@@ -56,6 +58,10 @@ typedef struct keel__stack {
   /* ThreadSanitizer: the fiber of the tasks that run on this stack, made
    * once and kept with it (making one maps and clears hundreds of KiB). */
   void *tsan_fiber;
+  /* The shields of the task running on this stack (keel_shield_begin):
+   * each one's deadline and the task's deadline from before it. */
+  int64_t shield_deadline[KEEL__SHIELD_MAX];
+  int64_t shield_saved_deadline[KEEL__SHIELD_MAX];
 } keel__stack_t;
 
 #define KEEL__STACK_MIN (16 * 1024)
@@ -64,6 +70,12 @@ typedef struct keel__stack {
 int keel__stack_alloc(keel__worker_t *w, size_t size, keel__stack_t **out);
 void keel__stack_release(keel__worker_t *w, keel__stack_t *s);
 void keel__stack_pool_destroy(keel__worker_t *w);
+/* Stacks a worker keeps pooled through an idle spell. */
+#define KEEL__STACK_POOL_KEEP 64
+/* Whether w pools more than that, or the depot holds any. */
+bool keel__stack_pool_excess(const keel__worker_t *w);
+/* Unmaps w's pooled stacks beyond KEEL__STACK_POOL_KEEP and the depot's. */
+void keel__stack_pool_trim(keel__worker_t *w);
 /* Unmaps the stacks in the runtime's shared depot (after the workers). */
 void keel__stack_depot_destroy(keel_runtime_t *rt);
 /* Per-thread SIGSEGV alternate stack, and the process-wide handler that

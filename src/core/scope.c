@@ -36,7 +36,7 @@ int keel_scope_open(const keel_scope_opts_t *opts, keel_scope_t **out) {
   keel_task_t *t = keel__task_self();
   if (!t)
     return -EINVAL;
-  keel_scope_t *s = calloc(1, sizeof *s);
+  keel_scope_t *s = keel__objcache_get(&t->worker->scope_cache, sizeof *s);
   if (!s)
     return -ENOMEM;
   keel_scope_t *parent = t->scope;
@@ -373,7 +373,8 @@ void keel__scope_free(keel_scope_t *s) {
     keel__queue_remove(q);
     keel__task_unref(keel__container_of(q, keel_task_t, scope_node));
   }
-  free(s);
+  keel__worker_t *w = keel__tls_worker;
+  keel__objcache_put(w ? &w->scope_cache : NULL, s);
 }
 
 /* ---- Dumps ------------------------------------------------------------------------ */

@@ -160,6 +160,35 @@ void keel__stack_release(keel__worker_t *w, keel__stack_t *s) {
   w->stack_pool_len++;
 }
 
+bool keel__stack_pool_excess(const keel__worker_t *w) {
+  return w->stack_pool_len > KEEL__STACK_POOL_KEEP ||
+         atomic_load_explicit(&w->rt->depot_len, memory_order_relaxed) > 0;
+}
+
+/* The pages a burst of tasks touched stay resident in their pooled
+ * stacks; an idle worker unmaps all but KEEL__STACK_POOL_KEEP of its own
+ * and empties the depot, so that the memory of a burst goes back to the
+ * system once it is over. */
+void keel__stack_pool_trim(keel__worker_t *w) {
+  while (w->stack_pool_len > KEEL__STACK_POOL_KEEP) {
+    keel__stack_t *s = w->stack_pool;
+    w->stack_pool = s->next;
+    w->stack_pool_len--;
+    stack_unmap(s);
+  }
+  keel_runtime_t *rt = w->rt;
+  keel__spin_lock(&rt->depot_lock);
+  keel__stack_t *depot = rt->depot;
+  rt->depot = NULL;
+  atomic_store_explicit(&rt->depot_len, 0, memory_order_relaxed);
+  keel__spin_unlock(&rt->depot_lock);
+  while (depot) {
+    keel__stack_t *s = depot;
+    depot = s->next;
+    stack_unmap(s);
+  }
+}
+
 void keel__stack_pool_destroy(keel__worker_t *w) {
   while (w->stack_pool) {
     keel__stack_t *s = w->stack_pool;

@@ -255,7 +255,7 @@ static keel_outcome_t outcome_of(keel_task_t *t, int rc) {
   if (rc >= 0) /* a count or a flag: success */
     return o;
   if (t->shield_depth > 0) { /* shields left open: judge by the scopes */
-    t->deadline_ns = t->shield_saved_deadline[0];
+    t->deadline_ns = t->stack->shield_saved_deadline[0];
     t->shield_depth = 0;
   }
   keel_cancel_reason_t reason = KEEL_CANCEL_NONE;
@@ -319,7 +319,7 @@ int keel_spawn(keel_scope_t *scope, keel_task_fn fn, void *arg, const keel_spawn
     return -EINVAL;
   if (stack_size < KEEL__STACK_MIN)
     stack_size = KEEL__STACK_MIN;
-  keel_task_t *t = calloc(1, sizeof *t);
+  keel_task_t *t = keel__objcache_get(&w->task_cache, sizeof *t);
   if (!t)
     return -ENOMEM;
   /* The stack comes from the spawner's worker (its cache), so a spawn that
@@ -327,7 +327,7 @@ int keel_spawn(keel_scope_t *scope, keel_task_fn fn, void *arg, const keel_spawn
    * The stack goes back to the cache of the worker the task ends on. */
   if (keel__stack_alloc(w, stack_size, &t->stack) != 0) {
     keel_log(KEEL_LOG_ERROR, "no memory for a stack of %zu bytes", stack_size);
-    free(t);
+    keel__objcache_put(&w->task_cache, t);
     return -ENOMEM;
   }
   t->worker = target;
@@ -343,7 +343,7 @@ int keel_spawn(keel_scope_t *scope, keel_task_fn fn, void *arg, const keel_spawn
   int rc = keel__scope_add_task(scope, t);
   if (rc != 0) {
     keel__stack_release(w, t->stack);
-    free(t);
+    keel__objcache_put(&w->task_cache, t);
     return rc;
   }
   if (opts->handle)
@@ -360,8 +360,10 @@ int keel_spawn(keel_scope_t *scope, keel_task_fn fn, void *arg, const keel_spawn
 }
 
 void keel__task_unref(keel_task_t *t) {
-  if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1)
-    free(t);
+  if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1) {
+    keel__worker_t *w = keel__tls_worker;
+    keel__objcache_put(w ? &w->task_cache : NULL, t);
+  }
 }
 
 void keel__task_ready(keel_task_t *t) {
@@ -380,7 +382,7 @@ void keel__task_ready(keel_task_t *t) {
 /* Inside a shield: the shield's deadline, or a nearer one the task set
  * inside it. */
 static int64_t shield_deadline(const keel_task_t *t) {
-  int64_t d = t->shield_deadline[t->shield_depth - 1];
+  int64_t d = t->stack->shield_deadline[t->shield_depth - 1];
   return t->deadline_ns < d ? t->deadline_ns : d;
 }
 
@@ -562,8 +564,8 @@ keel_cancel_reason_t keel_cancel_origin(void) {
   if (r != KEEL_CANCEL_NONE)
     return r;
   /* Not cancelled: the deadlines outside any shield. */
-  int64_t d =
-      scopes_deadline(t->scope, t->shield_depth > 0 ? t->shield_saved_deadline[0] : t->deadline_ns);
+  int64_t d = scopes_deadline(t->scope, t->shield_depth > 0 ? t->stack->shield_saved_deadline[0]
+                                                            : t->deadline_ns);
   return d != KEEL_DEADLINE_NONE && keel__now_ns() >= d ? KEEL_CANCEL_TIMEOUT : KEEL_CANCEL_NONE;
 }
 
@@ -580,8 +582,8 @@ void keel_shield_begin(int64_t deadline_ns) {
   }
   if (t->shield_depth > 0 && shield_deadline(t) < deadline_ns)
     deadline_ns = shield_deadline(t);
-  t->shield_saved_deadline[t->shield_depth] = t->deadline_ns;
-  t->shield_deadline[t->shield_depth++] = deadline_ns;
+  t->stack->shield_saved_deadline[t->shield_depth] = t->deadline_ns;
+  t->stack->shield_deadline[t->shield_depth++] = deadline_ns;
   /* A per-task deadline from before the shield belongs to the work the
    * shield protects from cancellation: it comes back at the end. */
   t->deadline_ns = KEEL_DEADLINE_NONE;
@@ -591,6 +593,6 @@ void keel_shield_end(void) {
   keel_task_t *t = keel__task_self();
   if (t && t->shield_depth > 0) {
     t->shield_depth--;
-    t->deadline_ns = t->shield_saved_deadline[t->shield_depth];
+    t->deadline_ns = t->stack->shield_saved_deadline[t->shield_depth];
   }
 }

@@ -23,7 +23,6 @@ enum keel__task_state {
   KEEL__TASK_DONE,
 };
 
-#define KEEL__SHIELD_MAX 8
 #define KEEL__NAME_MAX 32
 
 struct keel_task {
@@ -42,8 +41,9 @@ struct keel_task {
   keel__wait_t *wait;  /* when BLOCKED */
   int64_t deadline_ns; /* per task; inside a shield, set within the shield */
   int shield_depth;
-  int64_t shield_deadline[KEEL__SHIELD_MAX];
-  int64_t shield_saved_deadline[KEEL__SHIELD_MAX]; /* deadline_ns before each shield */
+  /* The shields' deadlines are kept in t->stack (keel__stack_t): a task
+   * inside a shield always holds its stack, and an idle task without one
+   * then costs 128 bytes less. */
   keel_outcome_t outcome;
   keel__queue_t open_scopes; /* scopes this task opened and has not closed */
   keel__msg_t start_msg;     /* spawn onto another worker */

@@ -62,6 +62,8 @@ void keel__worker_destroy(keel__worker_t *w) {
   }
   w->ops->destroy(w);
   keel__stack_pool_destroy(w);
+  keel__objcache_close(&w->task_cache);
+  keel__objcache_close(&w->scope_cache);
   if (w->wake_fd >= 0)
     close(w->wake_fd);
   w->wake_fd = -1;
@@ -141,6 +143,10 @@ static bool idle_spin(keel__worker_t *w, int64_t timeout_ns) {
   }
 }
 
+/* A worker that sleeps this long with stacks to spare gives them back
+ * (keel__stack_pool_trim): after a burst, not in the steady state. */
+#define IDLE_TRIM_NS (200 * KEEL_NS_PER_MS)
+
 void keel__worker_loop(keel__worker_t *w) {
   while (!w->stop) {
     keel__worker_run_ready(w, RUN_BUDGET);
@@ -150,14 +156,22 @@ void keel__worker_loop(keel__worker_t *w) {
     int64_t timeout = poll_timeout_ns(w);
     if (timeout != 0 && idle_spin(w, timeout))
       timeout = 0;
+    bool trim = timeout != 0 && !w->virtual_time && keel__stack_pool_excess(w);
+    if (trim && (timeout < 0 || timeout > IDLE_TRIM_NS))
+      timeout = IDLE_TRIM_NS;
     if (timeout != 0) {
       atomic_store(&w->sleeping, true);
       if (atomic_load(&w->inbox) != NULL)
         timeout = 0;
     }
+    int64_t slept_from = trim ? keel__now_ns() : 0;
     w->ops->poll(w, timeout);
     atomic_store_explicit(&w->sleeping, false, memory_order_relaxed);
-    keel__wheel_advance(&w->wheel, keel__tick_floor(w, keel__now_ns()));
+    int64_t now = keel__now_ns();
+    keel__wheel_advance(&w->wheel, keel__tick_floor(w, now));
+    if (trim && timeout == IDLE_TRIM_NS && now - slept_from >= IDLE_TRIM_NS &&
+        poll_timeout_ns(w) != 0)
+      keel__stack_pool_trim(w);
   }
   keel__worker_drain_inbox(w); /* messages that raced the stop still release their references */
 }

@@ -7,6 +7,8 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "backend.h"
 #include "fiber.h"
@@ -33,6 +35,17 @@ typedef struct keel__slot {
   void *state;
   void (*destroy)(keel__worker_t *w, void *state);
 } keel__slot_t;
+
+/* Freed task and scope structs kept for the next spawn or scope on this
+ * worker, so that a task per request allocates nothing once warm. Off
+ * under the sanitizers, which must see every free to catch a use after
+ * it. */
+#define KEEL__OBJ_CACHE 64
+typedef struct keel__objcache {
+  void *items[KEEL__OBJ_CACHE];
+  int n;
+  bool closed; /* the worker is being destroyed: free, do not keep */
+} keel__objcache_t;
 
 struct keel__worker {
   keel_runtime_t *rt;
@@ -61,11 +74,12 @@ struct keel__worker {
   keel__stack_t *stack_pool;
   size_t stack_pool_len;
   keel__slot_t slots[KEEL__SLOTS]; /* the layers' per-worker state */
-  size_t tasks;                    /* live tasks on this worker */
-  int run_budget;                  /* task runs left before the next poll */
-  int64_t stack_fail_log_ns;       /* when a restarting task last found no stack */
-  int64_t inbox_last_ns;           /* when messages last arrived (idle spinning) */
-  bool inbox_fresh;                /* messages drained since inbox_last_ns was set */
+  keel__objcache_t task_cache, scope_cache;
+  size_t tasks;              /* live tasks on this worker */
+  int run_budget;            /* task runs left before the next poll */
+  int64_t stack_fail_log_ns; /* when a restarting task last found no stack */
+  int64_t inbox_last_ns;     /* when messages last arrived (idle spinning) */
+  bool inbox_fresh;          /* messages drained since inbox_last_ns was set */
   void *altstack;
   stack_t prev_altstack;
   void *asan_fake_stack;
@@ -117,6 +131,35 @@ struct keel_runtime {
 extern _Thread_local keel__worker_t *keel__tls_worker;
 
 static inline keel__worker_t *keel__worker_current(void) { return keel__tls_worker; }
+
+/* A zeroed object of size bytes, from c when it holds one. */
+static inline void *keel__objcache_get(keel__objcache_t *c, size_t size) {
+  if (c && c->n > 0) {
+    void *p = c->items[--c->n];
+    memset(p, 0, size);
+    return p;
+  }
+  return calloc(1, size);
+}
+
+/* Frees p, or keeps it in c (the calling thread's worker's cache). */
+static inline void keel__objcache_put(keel__objcache_t *c, void *p) {
+#if KEEL_ASAN || KEEL_TSAN
+  (void)c;
+#else
+  if (c && !c->closed && c->n < KEEL__OBJ_CACHE) {
+    c->items[c->n++] = p;
+    return;
+  }
+#endif
+  free(p);
+}
+
+static inline void keel__objcache_close(keel__objcache_t *c) {
+  while (c->n > 0)
+    free(c->items[--c->n]);
+  c->closed = true;
+}
 static inline keel_task_t *keel__task_self(void) {
   keel__worker_t *w = keel__tls_worker;
   return w ? w->current : NULL;

@@ -10,6 +10,7 @@
  * llhttp straight into the caller's buffer of keel_http_read: llhttp is
  * never given more bytes than the caller has room for, and a body it
  * decodes is never longer than its input. */
+#include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,50 +22,67 @@
 /* ---- llhttp callbacks ----------------------------------------------------- */
 
 static int fail(http_conn_t *c, int status) {
-  c->err_status = (uint16_t)status;
+  c->b->err_status = (uint16_t)status;
   return -1;
 }
 
 static int on_url(llhttp_t *p, const char *at, size_t len) {
   http_conn_t *c = C_OF(p);
   (void)at;
-  c->url_len += (uint32_t)len;
-  return c->url_len > c->lim->max_url ? fail(c, 414) : 0;
+  c->b->url_len += (uint32_t)len;
+  return c->b->url_len > c->lim->max_url ? fail(c, 414) : 0;
 }
 
 /* Fields after the head are trailers: bounded, validated, never framing. */
+/* The byte k places before p in the body bytes seen so far (the current
+ * feed from base, then the two bytes kept from the feeds before). */
+static char byte_before(const http_batch_t *b, const char *p, int k) {
+  ptrdiff_t in_feed = p - b->base;
+  if (in_feed >= k)
+    return p[-k];
+  return b->tail[2 - (k - (int)in_feed)];
+}
+
+/* llhttp 8.1.0 takes a bare LF for the end of a trailer line: every line
+ * of the trailer section must end with CRLF. */
+static bool crlf_before(const http_batch_t *b, const char *p) {
+  return byte_before(b, p, 2) == '\r' && byte_before(b, p, 1) == '\n';
+}
+
 static int on_field(llhttp_t *p, const char *at, size_t len) {
   http_conn_t *c = C_OF(p);
-  if (!c->in_trailers)
+  if (!c->b->in_trailers)
     return 0;
+  if (c->b->field_len == 0 && !crlf_before(c->b, at))
+    return fail(c, 400);
   for (size_t i = 0; i < len; i++) {
     if (!keel__http_token_char((unsigned char)at[i]))
       return fail(c, 400);
-    if (c->field_len < sizeof c->field)
-      c->field[c->field_len++] = at[i];
+    if (c->b->field_len < sizeof c->b->field)
+      c->b->field[c->b->field_len++] = at[i];
   }
   return 0;
 }
 
 static int on_field_complete(llhttp_t *p) {
   http_conn_t *c = C_OF(p);
-  if (!c->in_trailers)
+  if (!c->b->in_trailers)
     return 0;
-  static const char *const framing[] = {"content-length", "transfer-encoding", "host",
-                                        "connection", "trailer", "te", "expect"};
-  size_t n = c->field_len;
-  c->field_len = 0;
-  if (++c->nfields > HTTP_MAX_TRAILERS || n == 0)
+  static const char *const framing[] = {
+      "content-length", "transfer-encoding", "host", "connection", "trailer", "te", "expect"};
+  size_t n = c->b->field_len;
+  c->b->field_len = 0;
+  if (++c->b->nfields > HTTP_MAX_TRAILERS || n == 0)
     return fail(c, n == 0 ? 400 : 431);
   for (size_t i = 0; i < sizeof framing / sizeof framing[0]; i++)
-    if (keel__http_name_eq(c->field, n, framing[i]))
+    if (keel__http_name_eq(c->b->field, n, framing[i]))
       return fail(c, 400);
   return 0;
 }
 
 static int on_value(llhttp_t *p, const char *at, size_t len) {
   http_conn_t *c = C_OF(p);
-  if (!c->in_trailers)
+  if (!c->b->in_trailers)
     return 0;
   for (size_t i = 0; i < len; i++) {
     unsigned char ch = (unsigned char)at[i];
@@ -78,14 +96,14 @@ static int on_value(llhttp_t *p, const char *at, size_t len) {
  * one runs on to on_message_complete, which pauses too. */
 static int on_headers_complete(llhttp_t *p) {
   http_conn_t *c = C_OF(p);
-  c->in_trailers = false;
+  c->b->in_trailers = false;
   bool body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
   return body ? HPE_PAUSED : 0;
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t len) {
   http_conn_t *c = C_OF(p);
-  keel_http_request_t *req = c->req;
+  keel_http_request_t *req = c->b->req;
   if (!req || !req->dst)
     return fail(c, 400);
   req->body_read += len;
@@ -104,11 +122,11 @@ static int on_message_complete(llhttp_t *p) {
 
 static int on_chunk_header(llhttp_t *p) {
   http_conn_t *c = C_OF(p);
-  c->ext_len = 0;
+  c->b->ext_len = 0;
   if (p->content_length == 0) { /* the last chunk: trailers may follow */
-    c->in_trailers = true;
-    c->nfields = 0;
-    c->field_len = 0;
+    c->b->in_trailers = true;
+    c->b->nfields = 0;
+    c->b->field_len = 0;
   }
   return 0;
 }
@@ -117,9 +135,9 @@ static int on_chunk_header(llhttp_t *p) {
  * free of control bytes (CVE-2024-27982's family). */
 static int on_ext(llhttp_t *p, const char *at, size_t len) {
   http_conn_t *c = C_OF(p);
-  if (c->ext_len + len > HTTP_MAX_CHUNK_EXT)
+  if (c->b->ext_len + len > HTTP_MAX_CHUNK_EXT)
     return fail(c, 400);
-  c->ext_len = (uint16_t)(c->ext_len + len);
+  c->b->ext_len = (uint16_t)(c->b->ext_len + len);
   for (size_t i = 0; i < len; i++) {
     unsigned char ch = (unsigned char)at[i];
     if (ch != '\t' && (ch < 0x20 || ch == 0x7f))
@@ -150,15 +168,29 @@ const llhttp_settings_t keel__http_settings = {
 
 /* ---- Arenas ------------------------------------------------------------- */
 
+static void arena_put(http_conn_t *c);
+
+/* An arena for a batch of requests, with the batch's state in it. */
 static int arena_get(http_conn_t *c) {
   if (c->arena)
     return 0;
   if (c->w && c->w->narenas > 0) {
     c->arena = c->w->arenas[--c->w->narenas];
-    return 0;
+  } else {
+    keel_arena_opts_t ao = {.chunk_size = HTTP_ARENA_CHUNK};
+    int rc = keel_arena_open(&ao, &c->arena);
+    if (rc < 0)
+      return rc;
   }
-  keel_arena_opts_t ao = {.chunk_size = HTTP_ARENA_CHUNK};
-  return keel_arena_open(&ao, &c->arena);
+  c->b = keel_arena_alloc(c->arena, sizeof *c->b);
+  if (!c->b) {
+    arena_put(c);
+    return -ENOMEM;
+  }
+  memset(c->b, 0, sizeof *c->b);
+  llhttp_init(&c->b->parser, HTTP_REQUEST, &keel__http_settings);
+  c->b->parser.data = c;
+  return 0;
 }
 
 /* Gives the arena back: everything in it (requests, queued output) is
@@ -172,9 +204,7 @@ static void arena_put(http_conn_t *c) {
   else
     keel_arena_close(c->arena);
   c->arena = NULL;
-  c->out = NULL;
-  c->out_len = c->out_cap = 0;
-  c->req = NULL;
+  c->b = NULL;
 }
 
 /* ---- Bodies --------------------------------------------------------------- */
@@ -211,26 +241,43 @@ static int send_continue(keel_http_request_t *req) {
   return rc < 0 ? rc : keel__http_flush(c);
 }
 
+/* Keeps the last two bytes of a feed for byte_before. */
+static void keep_tail(http_batch_t *b, const char *data, size_t n) {
+  if (n >= 2) {
+    b->tail[0] = data[n - 2];
+    b->tail[1] = data[n - 1];
+  } else if (n == 1) {
+    b->tail[0] = b->tail[1];
+    b->tail[1] = data[0];
+  }
+}
+
 /* Gives llhttp what the caller has room for. Returns 0 to go on. */
 static int body_step(http_conn_t *c, keel_http_request_t *req) {
   size_t avail;
   const char *data = keel_bufstream_peek(c->bs, &avail);
   size_t feed = avail < req->room - req->got ? avail : req->room - req->got;
-  c->base = data;
-  llhttp_errno_t err = llhttp_execute(&c->parser, data, feed);
+  c->b->base = data;
+  llhttp_errno_t err = llhttp_execute(&c->b->parser, data, feed);
   if (err == HPE_OK) {
+    keep_tail(c->b, data, feed);
     keel_bufstream_consume(c->bs, feed);
     return 0;
   }
   if (err == HPE_PAUSED) {
-    keel_bufstream_consume(c->bs, (size_t)(llhttp_get_error_pos(&c->parser) - data));
-    llhttp_resume(&c->parser);
+    const char *end = llhttp_get_error_pos(&c->b->parser);
+    if (req->content_length < 0 && !crlf_before(c->b, end)) { /* the last line of a chunked body */
+      c->b->err_status = 400;
+      return (int)body_error(req, -EPROTO);
+    }
+    keel_bufstream_consume(c->bs, (size_t)(end - data));
+    llhttp_resume(&c->b->parser);
     req->body_done = true;
     return 0;
   }
-  if (c->err_status == 0)
-    c->err_status = 400;
-  return (int)body_error(req, c->err_status == 413 ? -EMSGSIZE : -EPROTO);
+  if (c->b->err_status == 0)
+    c->b->err_status = 400;
+  return (int)body_error(req, c->b->err_status == 413 ? -EMSGSIZE : -EPROTO);
 }
 
 ssize_t keel_http_read(keel_http_request_t *req, void *buf, size_t len) {
@@ -315,10 +362,10 @@ static int new_request(http_conn_t *c) {
   memset(req, 0, sizeof *req);
   req->c = c;
   keel__http_response_init(&req->res, req);
-  c->req = req;
-  c->url_len = 0;
-  c->err_status = 0;
-  c->in_trailers = false;
+  c->b->req = req;
+  c->b->url_len = 0;
+  c->b->err_status = 0;
+  c->b->in_trailers = false;
   return 0;
 }
 
@@ -331,16 +378,22 @@ static int method_status(const char *p, size_t n) {
   return i > 0 && i < n && p[i] == ' ' ? 501 : 400;
 }
 
+/* "HTTP/d.d" with digits keel does not speak is 505 (llhttp refuses
+ * HTTP/1.2 as it refuses HTTP/2.0; RFC 9112 §2.3 would let a server answer
+ * a later 1.x as 1.1, but 505 is the honest answer for what keel cannot
+ * know it speaks), anything else 400. */
 static int version_status(const char *p, size_t n) {
   const char *v = memmem(p, n, " HTTP/", 6);
-  if (v && (size_t)(p + n - v) >= 9 && v[6] >= '0' && v[6] <= '9' && v[6] != '1' && v[7] == '.')
+  if (v && (size_t)(p + n - v) >= 11 && isdigit((unsigned char)v[6]) && v[7] == '.' &&
+      isdigit((unsigned char)v[8]) && v[9] == '\r' && v[10] == '\n' &&
+      !(v[6] == '1' && (v[8] == '0' || v[8] == '1')))
     return 505;
   return 400;
 }
 
 static int error_status(http_conn_t *c, llhttp_errno_t err, const char *data, size_t n) {
-  if (err == HPE_USER && c->err_status)
-    return c->err_status;
+  if (err == HPE_USER && c->b->err_status)
+    return c->b->err_status;
   if (err == HPE_INVALID_METHOD)
     return method_status(data, n);
   if (err == HPE_INVALID_VERSION)
@@ -356,19 +409,19 @@ static int head_fail(http_conn_t *c, int status) {
 
 /* The head is complete: the first head_len buffered bytes. */
 static int head_done(http_conn_t *c, const char *data, size_t head_len, llhttp_errno_t err) {
-  keel_http_request_t *req = c->req;
+  keel_http_request_t *req = c->b->req;
   /* Paused at the end of the message when no body follows. */
-  bool body = (c->parser.flags & F_CHUNKED) ||
-              ((c->parser.flags & F_CONTENT_LENGTH) && c->parser.content_length > 0);
-  if (!llhttp_should_keep_alive(&c->parser))
+  bool body = (c->b->parser.flags & F_CHUNKED) ||
+              ((c->b->parser.flags & F_CONTENT_LENGTH) && c->b->parser.content_length > 0);
+  if (!llhttp_should_keep_alive(&c->b->parser))
     req->res.close = true;
   int st = keel__http_request_parse(c, data, head_len);
   keel_bufstream_consume(c->bs, head_len);
   if (err == HPE_PAUSED_UPGRADE) {
-    llhttp_resume_after_upgrade(&c->parser);
+    llhttp_resume_after_upgrade(&c->b->parser);
     req->res.close = true; /* no upgrade taken: the connection ends here */
   } else {
-    llhttp_resume(&c->parser);
+    llhttp_resume(&c->b->parser);
   }
   req->body_done = !body;
   if (st != 0)
@@ -376,7 +429,7 @@ static int head_done(http_conn_t *c, const char *data, size_t head_len, llhttp_e
   return 1;
 }
 
-/* Reads the next request head. Returns 1 with c->req ready, 0 when the
+/* Reads the next request head. Returns 1 with c->b->req ready, 0 when the
  * connection ended cleanly (end of stream, idle timeout, shutdown between
  * requests), or -1 after queueing an error response. */
 static int read_head(http_conn_t *c) {
@@ -390,11 +443,11 @@ static int read_head(http_conn_t *c) {
     size_t avail;
     const char *data = keel_bufstream_peek(c->bs, &avail);
     if (avail > parsed) {
-      c->base = data;
-      llhttp_errno_t err = llhttp_execute(&c->parser, data + parsed, avail - parsed);
+      c->b->base = data;
+      llhttp_errno_t err = llhttp_execute(&c->b->parser, data + parsed, avail - parsed);
       if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
         keel_task_set_deadline(KEEL_DEADLINE_NONE);
-        size_t head_len = (size_t)(llhttp_get_error_pos(&c->parser) - data);
+        size_t head_len = (size_t)(llhttp_get_error_pos(&c->b->parser) - data);
         if (head_len > c->lim->max_header_bytes)
           return head_fail(c, 431);
         return head_done(c, data, head_len, err);
@@ -470,7 +523,7 @@ static void end_watch(keel_http_request_t *req) {
 }
 
 static void serve_request(http_conn_t *c) {
-  keel_http_request_t *req = c->req;
+  keel_http_request_t *req = c->b->req;
   if (++c->requests >= c->lim->max_requests)
     req->res.close = true;
   keel_scope_opts_t so = {.flags = KEEL_SCOPE_SHIELD, .name = "http-request"};
@@ -505,9 +558,9 @@ static void serve_request(http_conn_t *c) {
  * error response, it stops sending and reads (and drops) what the client
  * still sends for a moment, so that closing does not reset the connection
  * under the response before the client read it. */
-static int conn_end(http_conn_t *c) {
-  bool linger = c->linger && c->out_len > 0;
-  if (c->out_len > 0 && keel__http_flush(c) == 0 && linger) {
+int keel__http_conn_end(http_conn_t *c) {
+  bool queued = c->b && c->b->out_len > 0;
+  if (queued && keel__http_flush(c) == 0 && c->linger) {
     keel_shield_begin(keel_now_ns() + 1000 * KEEL_NS_PER_MS);
     keel_stream_shutdown(c->s, SHUT_WR);
     for (size_t dropped = 0; dropped < HTTP_DRAIN_BODY;) {
@@ -554,11 +607,11 @@ int keel__http_conn_run(http_conn_t *c) {
       int rc = conn_idle(c);
       if (rc < 0 && rc != -EBUSY)
         break;
-    } else if (c->out_len == 0 && keel_arena_used(c->arena) > HTTP_ARENA_FLUSH) {
+    } else if (c->b->out_len == 0 && keel_arena_used(c->arena) > HTTP_ARENA_FLUSH) {
       arena_put(c);
     }
   }
-  return conn_end(c);
+  return keel__http_conn_end(c);
 }
 
 int keel__http_conn_open(const http_limits_t *lim, http_worker_t *w, keel_stream_t *s,
@@ -582,8 +635,6 @@ int keel__http_conn_open(const http_limits_t *lim, http_worker_t *w, keel_stream
   c->s = s;
   c->tcp = tcp;
   c->task = keel_task_current();
-  llhttp_init(&c->parser, HTTP_REQUEST, &keel__http_settings);
-  c->parser.data = c;
   if (w)
     w->live++;
   *out = c;

@@ -66,7 +66,7 @@ struct keel_http_request {
   int64_t content_length; /* -1: chunked */
   uint64_t body_read;
   bool body_done, expect_continue, sent_continue, head_method, client_gone;
-  int body_error;   /* sticky error of the body (negative errno) */
+  int body_error; /* sticky error of the body (negative errno) */
   keel_scope_t *scope, *watch;
   int handler_rc;
   /* keel_http_read's destination while llhttp runs */
@@ -75,33 +75,42 @@ struct keel_http_request {
   keel_http_response_t res;
 };
 
+/* What a connection needs only while it works through a batch of
+ * requests: it lives in the arena, which goes back to the worker when the
+ * connection turns idle between requests (always at a message boundary,
+ * where a fresh parser equals the one it replaces). */
+typedef struct http_batch {
+  keel_http_request_t *req; /* the request being parsed or served */
+  char *out;                /* queued response bytes, in the arena */
+  size_t out_len, out_cap;
+  const char *base;    /* the buffered bytes llhttp is given (callbacks) */
+  uint32_t url_len;    /* request target bytes seen */
+  uint16_t nfields;    /* trailer fields seen */
+  uint16_t ext_len;    /* chunk extension bytes of this chunk */
+  uint16_t err_status; /* the status a callback's error answers */
+  bool in_trailers;
+  uint8_t field_len;
+  char field[24]; /* the start of a trailer field's name */
+  char tail[2];   /* the last two body bytes of the feeds before this one */
+  llhttp_t parser;
+} http_batch_t;
+
 /* One connection: allocated when accepted, freed when closed. Small, since
  * it is most of what an idle keep-alive connection costs. */
 struct http_conn {
   const http_limits_t *lim;
-  http_worker_t *w; /* NULL for keel_http_serve_stream */
-  keel_stream_t *s; /* the transport: writes go here */
-  keel_tcp_t *tcp;  /* for parking, or NULL */
+  http_worker_t *w;  /* NULL for keel_http_serve_stream */
+  keel_stream_t *s;  /* the transport: writes go here */
+  keel_tcp_t *tcp;   /* for parking, or NULL */
   keel_task_t *task; /* the connection's own task (not a handler's) */
   keel_bufstream_t *bs;
-  keel_arena_t *arena;       /* while a batch is under way */
-  keel_http_request_t *req;  /* the request being parsed or served */
-  char *out;                 /* queued response bytes, in the arena */
-  size_t out_len, out_cap;
-  int64_t now;               /* the clock at the last fill */
-  const char *base;          /* the buffered bytes llhttp is given (callbacks) */
-  uint32_t url_len;          /* request target bytes seen */
-  uint16_t nfields;          /* header or trailer fields seen */
-  uint16_t ext_len;          /* chunk extension bytes of this chunk */
-  uint16_t err_status;       /* the status a callback's error answers */
-  bool in_trailers;
+  keel_arena_t *arena; /* while a batch is under way, else NULL */
+  http_batch_t *b;     /* in the arena, likewise */
+  int64_t now;         /* the clock at the last fill: bytes buffered arrived by then */
+  unsigned requests;
   bool broken; /* the transport failed: nothing more is written */
   bool close;  /* close after the responses queued */
   bool linger; /* an error response: read a while before closing */
-  char field[24];            /* the start of a trailer field's name */
-  uint8_t field_len;
-  unsigned requests;
-  llhttp_t parser;
 };
 
 extern const llhttp_settings_t keel__http_settings;
@@ -124,6 +133,9 @@ void keel__http_response_init(keel_http_response_t *res, keel_http_request_t *re
 
 /* conn.c */
 int keel__http_conn_run(http_conn_t *c);
+/* Flushes what is queued (within a shield when the connection is being
+ * drained), closes the connection and frees it. Returns 0. */
+int keel__http_conn_end(http_conn_t *c);
 /* Opens the connection state over s (taking it), or returns a negative
  * errno and closes s. */
 int keel__http_conn_open(const http_limits_t *lim, http_worker_t *w, keel_stream_t *s,

@@ -8,6 +8,7 @@
  * again, strictly: one pass over a copy in the arena that validates every
  * byte, cuts names and values with NUL terminators and checks the framing
  * fields. A message it refuses gets its status and the connection closes. */
+#include <ctype.h>
 #include <errno.h>
 #include <string.h>
 
@@ -63,9 +64,8 @@ static int parse_request_line(keel_http_request_t *req, const http_limits_t *lim
   if (end - p < 10 || memcmp(p, "HTTP/", 5) != 0 || p[5] < '0' || p[5] > '9' || p[6] != '.' ||
       p[7] < '0' || p[7] > '9' || p[8] != '\r' || p[9] != '\n')
     return 400;
-  if (p[5] != '1')
+  if (p[5] != '1' || (p[7] != '0' && p[7] != '1'))
     return 505;
-  /* RFC 9112 §2.3: a later 1.x is answered as the highest 1.x known. */
   req->version = p[7] == '0' ? 10 : 11;
   *pp = p + 10;
   return 0;
@@ -134,15 +134,38 @@ static int parse_fields(keel_http_request_t *req, const http_limits_t *lim, char
   return 400; /* no empty line */
 }
 
-/* Host (RFC 9112 §3.2, RFC 3986 §3.2.2): reg-name, IP literal, port. */
+/* RFC 3986 unreserved, sub-delims and '%' (pct-encoded, loosely). */
+static bool reg_name_char(unsigned char ch) {
+  return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+         (ch != 0 && strchr("-._~!$&'()*+,;=%", ch) != NULL);
+}
+
+/* Host (RFC 9112 §3.2, RFC 3986 §3.2.2): uri-host [":" port], the host
+ * a reg-name, an IPv4 address or an IP literal in brackets, the port
+ * digits only. Empty is allowed (a target without authority). */
 static bool host_ok(const char *v, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    unsigned char ch = (unsigned char)v[i];
-    bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              strchr("-._~!$&'()*+,;=:[]%", ch) != NULL;
-    if (!ok || ch == 0)
+  size_t i = 0;
+  if (n > 0 && v[0] == '[') {
+    while (i < n && v[i] != ']') {
+      unsigned char ch = (unsigned char)v[i];
+      if (i > 0 && !(ch == ':' || ch == '.' || isxdigit(ch) || reg_name_char(ch)))
+        return false;
+      i++;
+    }
+    if (i == n)
       return false;
+    i++;
+  } else {
+    while (i < n && reg_name_char((unsigned char)v[i]))
+      i++;
   }
+  if (i == n)
+    return true;
+  if (v[i++] != ':')
+    return false;
+  for (; i < n; i++)
+    if (v[i] < '0' || v[i] > '9')
+      return false;
   return true;
 }
 
@@ -274,7 +297,7 @@ static int split_target(keel_http_request_t *req, keel_arena_t *a) {
 }
 
 int keel__http_request_parse(http_conn_t *c, const char *src, size_t n) {
-  keel_http_request_t *req = c->req;
+  keel_http_request_t *req = c->b->req;
   char *h = keel_arena_alloc_aligned(c->arena, n + 1, 1);
   if (!h)
     return 503;
@@ -287,7 +310,7 @@ int keel__http_request_parse(http_conn_t *c, const char *src, size_t n) {
   if (st == 0 && strcmp(req->method, "CONNECT") == 0)
     st = 501; /* keel is no proxy */
   if (st == 0)
-    st = check_fields(req, &c->parser);
+    st = check_fields(req, &c->b->parser);
   if (st == 0)
     st = split_target(req, c->arena);
   if (st == 0 && req->content_length > 0 && (uint64_t)req->content_length > c->lim->max_body)

@@ -18,18 +18,18 @@ void keel__http_response_init(keel_http_response_t *res, keel_http_request_t *re
 /* ---- The output queue ----------------------------------------------------- */
 
 static int out_reserve(http_conn_t *c, size_t n) {
-  if (c->out_cap - c->out_len >= n)
+  if (c->b->out_cap - c->b->out_len >= n)
     return 0;
-  size_t cap = c->out_cap ? c->out_cap * 2 : 2048;
-  while (cap - c->out_len < n)
+  size_t cap = c->b->out_cap ? c->b->out_cap * 2 : 2048;
+  while (cap - c->b->out_len < n)
     cap *= 2;
   char *p = keel_arena_alloc_aligned(c->arena, cap, 1);
   if (!p)
     return -ENOMEM;
-  if (c->out_len)
-    memcpy(p, c->out, c->out_len);
-  c->out = p;
-  c->out_cap = cap;
+  if (c->b->out_len)
+    memcpy(p, c->b->out, c->b->out_len);
+  c->b->out = p;
+  c->b->out_cap = cap;
   return 0;
 }
 
@@ -37,8 +37,8 @@ int keel__http_queue(http_conn_t *c, const void *p, size_t n) {
   int rc = out_reserve(c, n);
   if (rc < 0)
     return rc;
-  memcpy(c->out + c->out_len, p, n);
-  c->out_len += n;
+  memcpy(c->b->out + c->b->out_len, p, n);
+  c->b->out_len += n;
   return 0;
 }
 
@@ -54,16 +54,16 @@ static int write_out(http_conn_t *c, struct iovec *iov, int n) {
   int rc = keel_writev_all(c->s, iov, n, NULL);
   if (shield)
     keel_shield_end();
-  c->out_len = 0;
+  c->b->out_len = 0;
   if (rc < 0)
     c->broken = true;
   return rc;
 }
 
 int keel__http_flush(http_conn_t *c) {
-  if (c->out_len == 0)
+  if (!c->b || c->b->out_len == 0)
     return 0;
-  struct iovec iov = {c->out, c->out_len};
+  struct iovec iov = {c->b->out, c->b->out_len};
   return write_out(c, &iov, 1);
 }
 
@@ -135,9 +135,12 @@ static bool closing(keel_http_response_t *res) {
   http_conn_t *c = req->c;
   if (res->close || c->close || c->broken || draining(c))
     return true;
-  /* A body the handler left unread is drained only when it is small. */
-  if (!req->body_done && (req->content_length < 0 ||
-                          (uint64_t)req->content_length - req->body_read > HTTP_DRAIN_BODY))
+  /* A body the handler left unread is drained only when it is small, and
+   * never when the client waits for a 100 it will not get (it may not
+   * send the body at all). */
+  if (!req->body_done &&
+      (req->content_length < 0 || (req->expect_continue && !req->sent_continue) ||
+       (uint64_t)req->content_length - req->body_read > HTTP_DRAIN_BODY))
     return true;
   return false;
 }
@@ -153,7 +156,7 @@ static int emit_head(keel_http_response_t *res, int64_t body_len) {
   int rc = out_reserve(c, 200 + rlen + c->lim->server_name_len + res->hdrs_len);
   if (rc < 0)
     return rc;
-  char *p = c->out + c->out_len;
+  char *p = c->b->out + c->b->out_len;
   p = put(p, "HTTP/1.1 ", 9);
   p = put_u64(p, (uint64_t)res->status);
   *p++ = ' ';
@@ -186,7 +189,7 @@ static int emit_head(keel_http_response_t *res, int64_t body_len) {
   if (res->hdrs_len)
     p = put(p, res->hdrs, res->hdrs_len);
   p = put(p, "\r\n", 2);
-  c->out_len = (size_t)(p - c->out);
+  c->b->out_len = (size_t)(p - c->b->out);
   c->close = c->close || close;
   res->head_sent = true;
   res->no_body = req->head_method || bodyless_status(res->status);
@@ -297,8 +300,8 @@ int keel_http_add_trailer(keel_http_response_t *res, const char *name, const cha
     return -EALREADY;
   if (!field_name_ok(name, nl) || !field_value_ok(value, vl))
     return -EINVAL;
-  return append_field(res->req->c, &res->trailers, &res->trailers_len, &res->trailers_cap, name,
-                      nl, value, vl);
+  return append_field(res->req->c, &res->trailers, &res->trailers_len, &res->trailers_cap, name, nl,
+                      value, vl);
 }
 
 int keel_http_send(keel_http_response_t *res, const void *body, size_t len) {
@@ -317,7 +320,7 @@ int keel_http_send(keel_http_response_t *res, const void *body, size_t len) {
   res->sent = len;
   if (len <= HTTP_OUT_INLINE)
     return keel__http_queue(c, body, len);
-  struct iovec iov[2] = {{c->out, c->out_len}, {(void *)body, len}};
+  struct iovec iov[2] = {{c->b->out, c->b->out_len}, {(void *)body, len}};
   return write_out(c, iov, 2);
 }
 
@@ -337,7 +340,7 @@ ssize_t keel_http_write(keel_http_response_t *res, const void *buf, size_t len) 
   char size[24], *p = size;
   struct iovec iov[4];
   int n = 0;
-  iov[n++] = (struct iovec){c->out, c->out_len};
+  iov[n++] = (struct iovec){c->b->out, c->b->out_len};
   if (res->chunked) {
     p = put(put_hex(p, len), "\r\n", 2);
     iov[n++] = (struct iovec){size, (size_t)(p - size)};
@@ -420,7 +423,7 @@ void keel__http_response_end(keel_http_request_t *req) {
     else if (req->body_error == -ETIMEDOUT)
       st = 408;
     else if (req->body_error == -EPROTO)
-      st = c->err_status ? c->err_status : 400;
+      st = c->b->err_status ? c->b->err_status : 400;
     keel__http_error_response(c, st);
     return;
   }

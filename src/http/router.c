@@ -59,8 +59,11 @@ int keel_http_route(keel_http_router_t *r, const char *method, const char *path,
     r->routes = p;
     r->cap = cap;
   }
-  route_t rt = {.path = strdup(path), .path_len = strlen(path), .prefix = prefix,
-                .handler = handler, .ctx = ctx};
+  route_t rt = {.path = strdup(path),
+                .path_len = strlen(path),
+                .prefix = prefix,
+                .handler = handler,
+                .ctx = ctx};
   rt.method = method ? strdup(method) : NULL;
   if (!rt.path || (method && !rt.method)) {
     free(rt.path);
@@ -82,8 +85,7 @@ static bool method_matches(const route_t *rt, const char *m) {
 static long path_rank(const route_t *rt, const char *path, size_t len) {
   if (!rt->prefix)
     return len == rt->path_len && memcmp(path, rt->path, len) == 0 ? (long)SIZE_MAX / 2 : -1;
-  return len >= rt->path_len && memcmp(path, rt->path, rt->path_len) == 0 ? (long)rt->path_len
-                                                                           : -1;
+  return len >= rt->path_len && memcmp(path, rt->path, rt->path_len) == 0 ? (long)rt->path_len : -1;
 }
 
 static int not_allowed(const keel_http_router_t *r, keel_http_response_t *res, long rank,

@@ -17,12 +17,6 @@ typedef struct server {
   http_worker_t *workers;
 } server_t;
 
-typedef struct conn_start {
-  server_t *srv;
-  http_worker_t *w;
-  keel_tcp_t *tcp;
-} conn_start_t;
-
 static int64_t ms_or(int64_t ms, int64_t dflt_ms) {
   if (ms < 0)
     return 0;
@@ -36,7 +30,8 @@ void keel__http_limits(const keel_http_server_opts_t *o, http_limits_t *lim) {
   lim->handler = o->handler;
   lim->ctx = o->ctx;
   lim->max_url = o->max_url ? o->max_url : KEEL_HTTP_DEFAULT_MAX_URL;
-  lim->max_header_bytes = o->max_header_bytes ? o->max_header_bytes : KEEL_HTTP_DEFAULT_MAX_HEADER_BYTES;
+  lim->max_header_bytes =
+      o->max_header_bytes ? o->max_header_bytes : KEEL_HTTP_DEFAULT_MAX_HEADER_BYTES;
   lim->max_headers = o->max_headers ? o->max_headers : KEEL_HTTP_DEFAULT_MAX_HEADERS;
   lim->max_body = o->max_body ? o->max_body : KEEL_HTTP_DEFAULT_MAX_BODY;
   lim->header_timeout_ns = ms_or(o->header_timeout_ms, 10000);
@@ -82,11 +77,8 @@ int keel_http_serve_stream(keel_stream_t *s, const keel_http_server_opts_t *opts
 /* ---- Accepting ------------------------------------------------------------ */
 
 static int conn_task(void *arg) {
-  conn_start_t cs = *(conn_start_t *)arg;
-  free(arg);
-  http_conn_t *c;
-  if (keel__http_conn_open(&cs.srv->lim, cs.w, keel_tcp_stream(cs.tcp), cs.tcp, &c) < 0)
-    return 0;
+  http_conn_t *c = arg;
+  c->task = keel_task_current();
   keel__http_conn_run(c);
   return 0; /* a connection's failure is its peer's business, not the scope's */
 }
@@ -96,15 +88,12 @@ static void start_conn(server_t *srv, http_worker_t *w, keel_tcp_t *tcp) {
     keel_tcp_close(tcp); /* over the limit: closed at once, no response */
     return;
   }
-  conn_start_t *cs = malloc(sizeof *cs);
-  if (cs) {
-    *cs = (conn_start_t){srv, w, tcp};
-    keel_spawn_opts_t so = {.name = "http-conn"};
-    if (keel_spawn(w->conns, conn_task, cs, &so) == 0)
-      return;
-    free(cs);
-  }
-  keel_tcp_close(tcp);
+  http_conn_t *c;
+  if (keel__http_conn_open(&srv->lim, w, keel_tcp_stream(tcp), tcp, &c) < 0)
+    return; /* closed by the open */
+  keel_spawn_opts_t so = {.name = "http-conn"};
+  if (keel_spawn(w->conns, conn_task, c, &so) < 0)
+    keel__http_conn_end(c);
 }
 
 static bool accept_error_transient(int err) {
@@ -261,40 +250,75 @@ int keel_http_serve(const char *hostport, const keel_http_server_opts_t *opts) {
 
 const char *keel_http_reason(int status) {
   switch (status) {
-  case 100: return "Continue";
-  case 101: return "Switching Protocols";
-  case 200: return "OK";
-  case 201: return "Created";
-  case 202: return "Accepted";
-  case 204: return "No Content";
-  case 206: return "Partial Content";
-  case 301: return "Moved Permanently";
-  case 302: return "Found";
-  case 303: return "See Other";
-  case 304: return "Not Modified";
-  case 307: return "Temporary Redirect";
-  case 308: return "Permanent Redirect";
-  case 400: return "Bad Request";
-  case 401: return "Unauthorized";
-  case 403: return "Forbidden";
-  case 404: return "Not Found";
-  case 405: return "Method Not Allowed";
-  case 408: return "Request Timeout";
-  case 409: return "Conflict";
-  case 411: return "Length Required";
-  case 413: return "Content Too Large";
-  case 414: return "URI Too Long";
-  case 415: return "Unsupported Media Type";
-  case 417: return "Expectation Failed";
-  case 426: return "Upgrade Required";
-  case 429: return "Too Many Requests";
-  case 431: return "Request Header Fields Too Large";
-  case 500: return "Internal Server Error";
-  case 501: return "Not Implemented";
-  case 502: return "Bad Gateway";
-  case 503: return "Service Unavailable";
-  case 504: return "Gateway Timeout";
-  case 505: return "HTTP Version Not Supported";
-  default: return "";
+  case 100:
+    return "Continue";
+  case 101:
+    return "Switching Protocols";
+  case 200:
+    return "OK";
+  case 201:
+    return "Created";
+  case 202:
+    return "Accepted";
+  case 204:
+    return "No Content";
+  case 206:
+    return "Partial Content";
+  case 301:
+    return "Moved Permanently";
+  case 302:
+    return "Found";
+  case 303:
+    return "See Other";
+  case 304:
+    return "Not Modified";
+  case 307:
+    return "Temporary Redirect";
+  case 308:
+    return "Permanent Redirect";
+  case 400:
+    return "Bad Request";
+  case 401:
+    return "Unauthorized";
+  case 403:
+    return "Forbidden";
+  case 404:
+    return "Not Found";
+  case 405:
+    return "Method Not Allowed";
+  case 408:
+    return "Request Timeout";
+  case 409:
+    return "Conflict";
+  case 411:
+    return "Length Required";
+  case 413:
+    return "Content Too Large";
+  case 414:
+    return "URI Too Long";
+  case 415:
+    return "Unsupported Media Type";
+  case 417:
+    return "Expectation Failed";
+  case 426:
+    return "Upgrade Required";
+  case 429:
+    return "Too Many Requests";
+  case 431:
+    return "Request Header Fields Too Large";
+  case 500:
+    return "Internal Server Error";
+  case 501:
+    return "Not Implemented";
+  case 502:
+    return "Bad Gateway";
+  case 503:
+    return "Service Unavailable";
+  case 504:
+    return "Gateway Timeout";
+  case 505:
+    return "HTTP Version Not Supported";
+  default:
+    return "";
   }
 }
