@@ -219,6 +219,167 @@ int keel_http_route(keel_http_router_t *r, const char *method, const char *path,
 int keel_http_router_handler(keel_http_request_t *req, keel_http_response_t *res, void *router);
 int keel_http_router_close(keel_http_router_t *r);
 
+/* ---- Client --------------------------------------------------------------- */
+
+/* keel_http_call_open sends one request and reads the head of its
+ * response; the body is then read in pieces (keel_http_call_read) or whole
+ * (keel_http_call_body), and keel_http_call_close frees the call.
+ * keel_http_fetch opens a call and reads its whole body. Everything runs
+ * under the calling task's deadlines and cancellation: there is no
+ * per-request timeout (use keel_timeout or a scope deadline). A call
+ * belongs to the worker that opened it.
+ *
+ * Connections are pooled per worker (no lock: each worker keeps its own)
+ * and per origin (scheme, host, port). A client (keel_http_client_open)
+ * has its own settings; a NULL client is the runtime's default one, made
+ * on each worker on first use with every default, and closed when
+ * keel_run returns.
+ *   - At most max_conns_per_origin connections per origin and worker; a
+ *     call that finds them all busy waits for one (FIFO) under its
+ *     deadline.
+ *   - An idle connection is reused, most recent first, until
+ *     idle_timeout_ms, shortened by a response's `Keep-Alive: timeout=N`
+ *     to N-1 s; before reuse it is checked without waiting, and one that
+ *     became readable (closed by the server, or stray bytes) is closed.
+ *   - A request that fails on a reused connection before any byte of its
+ *     response arrived (the server closed it at that very moment) is sent
+ *     once more on a new connection if its method is idempotent (GET,
+ *     HEAD, PUT, DELETE, OPTIONS, TRACE) and its body can be sent again (a
+ *     whole body, or a streamed one not started yet). Any other request
+ *     fails with that error: -ECONNRESET (closed or reset before a byte of
+ *     the response) or -EPIPE (closed while the request was sent); the
+ *     server may or may not have acted on it.
+ *   - A connection carries another request only when its response was
+ *     read to the end and said nothing against it: not HTTP/1.0 without
+ *     keep-alive, no `Connection: close` either way, no body delimited by
+ *     the end of the connection, no error, no byte past the response.
+ *
+ * Responses are parsed with llhttp (strict) and keel's own strict reading
+ * of the head: a malformed response (bad status line or fields, obs-fold,
+ * a bare CR or LF, Content-Length twice or invalid, Content-Length with
+ * Transfer-Encoding, a Transfer-Encoding other than chunked, a bad chunk)
+ * fails with -EPROTO, a head over max_header_bytes or max_headers with
+ * -EMSGSIZE, and its connection is closed. 1xx responses are skipped.
+ * With `Expect: 100-continue` among the fields, the body waits for the
+ * 100 (at most expect_timeout_ms); a final response instead means the
+ * body is not sent, and the connection closes after it. The response to
+ * HEAD, a 1xx, 204 or 304 has no body. Trailers are read and dropped.
+ *
+ * Memory: a call and its response head live in one arena, taken from and
+ * given back to the worker's pool with the read buffers: once the pool is
+ * warm, a request on a kept connection allocates nothing.
+ *
+ * TLS: https:// URLs fail with -EPROTONOSUPPORT until keel has TLS; the
+ * connection is a keel_stream_t, so a TLS stream goes in its place. */
+
+typedef struct keel_http_client keel_http_client_t;
+typedef struct keel_http_call keel_http_call_t;
+
+/* Zeroed (or a NULL pointer): every default. */
+typedef struct keel_http_client_opts {
+  unsigned max_conns_per_origin; /* per worker; 0: 8 */
+  unsigned max_idle;             /* idle connections kept per worker; 0: 64 */
+  int64_t idle_timeout_ms;       /* 0: 30 s; negative: no reuse */
+  size_t max_header_bytes;       /* a response's status line + fields; 0: 64 KiB */
+  size_t max_headers;            /* fields of a response; 0: 100 */
+  size_t max_body;               /* keel_http_call_body, keel_http_fetch; 0: 8 MiB */
+  int64_t expect_timeout_ms;     /* wait for 100 Continue at most; 0: 1 s */
+  bool no_retry;                 /* never send a request twice */
+} keel_http_client_opts_t;
+
+#define KEEL_HTTP_CLIENT_DEFAULT_MAX_HEADER_BYTES ((size_t)64 * 1024)
+#define KEEL_HTTP_CLIENT_DEFAULT_MAX_BODY ((size_t)8 * 1024 * 1024)
+
+/* A client: a connection pool with its settings, usable from every worker.
+ * Returns 0, -EINVAL (outside keel_run) or -ENOMEM. */
+int keel_http_client_open(const keel_http_client_opts_t *opts, keel_http_client_t **out);
+/* Closes the idle connections on every worker and frees the client; calls
+ * still open finish on their own and close their connections. No call may
+ * be opened on it any more. Must run in a task. Returns 0, -EINVAL
+ * (outside a task) or -ENOMEM. NULL: 0. */
+int keel_http_client_close(keel_http_client_t *client);
+
+/* A streamed request body: fills buf with up to len bytes and returns the
+ * count, 0 at the end, or a negative errno that fails the request. */
+typedef ssize_t (*keel_http_body_fn)(void *ctx, void *buf, size_t len);
+
+/* A request. Only url is required. */
+typedef struct keel_http_call_opts {
+  const char *method; /* NULL: "GET" */
+  /* "http://host[:port][/path][?query]": no user info; a #fragment is
+   * not sent. */
+  const char *url;
+  /* Fields to send (a name_len or value_len of 0: strlen). keel writes
+   * Host (unless given), Content-Length or Transfer-Encoding itself: a
+   * Content-Length or Transfer-Encoding field is -EINVAL, as are names
+   * that are not tokens and values with CR, LF or NUL. `Connection:
+   * close` closes the connection after the response. */
+  const keel_http_header_t *headers;
+  size_t nheaders;
+  /* A whole body (sent with Content-Length; also for POST/PUT with none) */
+  const void *body;
+  size_t body_len;
+  /* or a streamed one: body_fn(body_ctx, ...) until it returns 0, sent
+   * with Content-Length when body_fn_length > 0, else chunked. */
+  keel_http_body_fn body_fn;
+  void *body_ctx;
+  int64_t body_fn_length;
+} keel_http_call_opts_t;
+
+/* Sends the request (on a pooled connection or a new one) and reads the
+ * response head, 1xx skipped. Returns 0 and *out, to be closed with
+ * keel_http_call_close; or a negative errno: -EINVAL (a bad URL, method
+ * or field; outside a task), -EPROTONOSUPPORT (https://, another scheme),
+ * a name resolution or connect error (-ECONNREFUSED, -ENOENT, ...),
+ * -ECONNRESET / -EPIPE (the connection closed under the request), -EPROTO
+ * (a malformed response), -EMSGSIZE (a head over the limits), the body
+ * function's error, -ECANCELED / -ETIMEDOUT, -ENOMEM. */
+int keel_http_call_open(keel_http_client_t *client, const keel_http_call_opts_t *req,
+                        keel_http_call_t **out);
+
+/* keel_http_call_open and keel_http_call_body at once: on 0 the whole
+ * body is there (keel_http_call_body gives it again) and the connection
+ * is back in the pool. The call is to be closed as ever. Its errors, and
+ * keel_http_call_read's. */
+int keel_http_fetch(keel_http_client_t *client, const keel_http_call_opts_t *req,
+                    keel_http_call_t **out);
+
+/* The response: status (200), HTTP version (10, 11), reason phrase. */
+int keel_http_call_status(const keel_http_call_t *call);
+int keel_http_call_version(const keel_http_call_t *call);
+const char *keel_http_call_reason(const keel_http_call_t *call);
+/* Its header fields, in the order received; the first named name
+ * (case-insensitive) or NULL. */
+size_t keel_http_call_header_count(const keel_http_call_t *call);
+const keel_http_header_t *keel_http_call_header_at(const keel_http_call_t *call, size_t i);
+const char *keel_http_call_header(const keel_http_call_t *call, const char *name);
+/* The body's declared length; -1 when it has none (chunked, or up to the
+ * end of the connection); 0 for a response without a body (HEAD, 204...). */
+int64_t keel_http_call_content_length(const keel_http_call_t *call);
+/* Whether the request went over a connection an earlier request used,
+ * and whether it was sent twice (the first connection failed under it). */
+bool keel_http_call_reused(const keel_http_call_t *call);
+bool keel_http_call_retried(const keel_http_call_t *call);
+
+/* Reads up to len bytes of the body (chunked framing removed). Returns
+ * the count (> 0), 0 at the end of the body, or a negative errno: -EPROTO
+ * (a malformed body), -EPIPE (the connection ended before the body did),
+ * -ECANCELED, -ETIMEDOUT... An error is sticky and closes the connection.
+ * At the end of the body the connection goes back to the pool. */
+ssize_t keel_http_call_read(keel_http_call_t *call, void *buf, size_t len);
+
+/* Reads the rest of the body into the call's arena, up to max_body.
+ * Returns 0 and the body in *data (NUL-terminated, not counted in *len),
+ * or keel_http_call_read's errors, or -EMSGSIZE past max_body. */
+int keel_http_call_body(keel_http_call_t *call, const void **data, size_t *len);
+
+/* Memory that lives until the call is closed. */
+keel_arena_t *keel_http_call_arena(keel_http_call_t *call);
+
+/* Frees the call. A connection whose body was not read to the end is
+ * closed, unless the rest of it is already buffered. Returns 0. NULL: 0. */
+int keel_http_call_close(keel_http_call_t *call);
+
 #ifdef __cplusplus
 }
 #endif

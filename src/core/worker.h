@@ -25,7 +25,12 @@
 /* State that a layer above the kernel keeps per worker (a buffer cache,
  * the lab network), freed with the worker: the kernel knows neither its
  * type nor its layer, only how to free it. */
-enum { KEEL__SLOT_BUFS, KEEL__SLOT_LABNET, KEEL__SLOTS };
+enum {
+  KEEL__SLOT_BUFS,
+  KEEL__SLOT_LABNET,
+  KEEL__SLOT_HTTP_CLIENT, /* the HTTP client's default pool (src/http/pool.c) */
+  KEEL__SLOTS
+};
 typedef struct keel__slot {
   void *state;
   void (*destroy)(keel__worker_t *w, void *state);
