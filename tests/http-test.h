@@ -17,7 +17,7 @@ typedef struct kt_server {
   keel_http_server_opts_t opts;
   keel_scope_t *scope;
   char addr[KEEL_ADDRSTRLEN];
-  bool listening;
+  atomic_bool listening; /* set on the listening worker's thread */
   int rc;
 } kt_server_t;
 
@@ -32,7 +32,7 @@ static kt_server_t *kt_on_listen_target;
 static void kt_on_listen(const keel_addr_t *addr, void *ctx) {
   (void)ctx;
   keel_addr_format(addr, kt_on_listen_target->addr, sizeof kt_on_listen_target->addr);
-  kt_on_listen_target->listening = true;
+  atomic_store(&kt_on_listen_target->listening, true);
 }
 
 /* Starts the server (opts: handler, ctx, limits) in a scope of its own and
@@ -45,9 +45,9 @@ static inline int kt_server_start(kt_server_t *srv, const keel_http_server_opts_
   CHECK_RC(keel_scope_open(NULL, &srv->scope));
   keel_spawn_opts_t so = {.name = "server"};
   CHECK_RC(keel_spawn(srv->scope, kt_server_task, srv, &so));
-  for (int i = 0; i < 5000 && !srv->listening; i++)
+  for (int i = 0; i < 5000 && !atomic_load(&srv->listening); i++)
     CHECK_RC(keel_sleep_ms(1));
-  CHECK(srv->listening);
+  CHECK(atomic_load(&srv->listening));
   return 0;
 }
 
