@@ -1,7 +1,8 @@
 /* http-get: fetches a URL with keel's HTTP client, like a minimal curl.
  *
  *   http-get URL [-X METHOD] [-I] [-H 'Name: value']... [-d BODY] [-o FILE]
- *            [--repeat N] [--backend auto|uring|epoll] [--bench N [--conns C]]
+ *            [--repeat N] [--backend auto|uring|epoll]
+ *            [--bench N] [--duration S] [--conns C]
  *
  * Prints the status line, the header fields and the body of the response
  * (-I: a HEAD request; -o: the body goes to FILE). With --repeat N it
@@ -10,10 +11,14 @@
  * requests from C tasks on one worker (C connections at most), reads every
  * body and prints requests/s and the process's CPU time per request
  * (getrusage: user + system), as
- *   requests: N  errors: E  reused: R  seconds: S  req/s: X  cpu_us_per_req: Y
- * Exits 0 when every request got a response (any status), 1 otherwise. */
+ *   requests: N  errors: E  non_2xx: K  body_bytes: B  reused: R  seconds: S
+ *   req/s: X  cpu_us_per_req: Y
+ * on one line (B: the bodies' bytes, all responses together). --duration S
+ * stops it after S seconds (without --bench: only then). Exits 0 when every
+ * request got a response (any status), 1 otherwise. */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,11 +33,14 @@ typedef struct app {
   keel_http_header_t fields[MAX_FIELDS];
   char *field_copies[MAX_FIELDS];
   long repeat, bench, conns;
+  double duration; /* --duration: seconds, 0: none */
   keel_backend_t backend;
   keel_http_client_t *client;
   FILE *out; /* the body */
   /* --bench */
-  long next, done, errors, reused;
+  long next, done, errors, reused, non_2xx;
+  long long body_bytes;
+  int64_t stop_ns; /* --duration: no request starts after this; 0: none */
   int first_error;
 } app_t;
 
@@ -76,11 +84,17 @@ static int get_once(app_t *app, long i) {
 
 static int bench_task(void *arg) {
   app_t *app = arg;
-  while (app->next < app->bench) {
+  while (app->next < app->bench && (app->stop_ns == 0 || keel_now_ns() < app->stop_ns)) {
     app->next++;
     keel_http_call_t *call;
     int rc = keel_http_fetch(app->client, &app->req, &call);
     if (rc == 0) {
+      const void *body;
+      size_t len;
+      int status = keel_http_call_status(call);
+      app->non_2xx += status < 200 || status > 299;
+      if (keel_http_call_body(call, &body, &len) == 0)
+        app->body_bytes += (long long)len;
       app->reused += keel_http_call_reused(call);
       keel_http_call_close(call);
     } else {
@@ -106,14 +120,17 @@ static int bench(app_t *app) {
     return rc;
   int64_t t0 = keel_now_ns();
   double cpu0 = cpu_seconds();
+  if (app->duration > 0)
+    app->stop_ns = t0 + (int64_t)(app->duration * 1e9);
   for (long i = 0; i < app->conns && rc == 0; i++)
     rc = keel_spawn(scope, bench_task, app, &(keel_spawn_opts_t){.name = "bench"});
   keel_scope_close(scope);
   double secs = (double)(keel_now_ns() - t0) / 1e9, cpu = cpu_seconds() - cpu0;
-  printf(
-      "requests: %ld  errors: %ld  reused: %ld  seconds: %.3f  req/s: %.0f  cpu_us_per_req: %.2f\n",
-      app->done, app->errors, app->reused, secs, (double)app->done / secs,
-      app->done ? cpu * 1e6 / (double)app->done : 0.0);
+  printf("requests: %ld  errors: %ld  non_2xx: %ld  body_bytes: %lld  reused: %ld  seconds: %.3f  "
+         "req/s: %.0f  cpu_us_per_req: %.2f\n",
+         app->done, app->errors, app->non_2xx, app->body_bytes, app->reused, secs,
+         (double)app->done / secs, app->done ? cpu * 1e6 / (double)app->done : 0.0);
+  fflush(stdout);
   if (app->errors)
     fprintf(stderr, "http-get: first error: %s\n", keel_strerror(app->first_error));
   return rc < 0 ? rc : app->errors ? -EIO : 0;
@@ -155,17 +172,20 @@ static int add_field(app_t *app, const char *arg) {
 }
 
 static void usage(void) {
-  fprintf(stderr,
-          "usage: http-get URL [-X METHOD] [-I] [-H 'Name: value']... [-d BODY] [-o FILE]\n"
-          "                [--repeat N] [--backend auto|uring|epoll] [--bench N [--conns C]]\n");
+  fprintf(stderr, "usage: http-get URL [-X METHOD] [-I] [-H 'Name: value']... [-d BODY] [-o FILE]\n"
+                  "                [--repeat N] [--backend auto|uring|epoll]\n"
+                  "                [--bench N] [--duration S] [--conns C]\n");
   exit(2);
 }
 
 static void parse_args(app_t *app, int argc, char **argv) {
-  static const struct option longs[] = {
-      {"repeat", required_argument, NULL, 'r'}, {"backend", required_argument, NULL, 'b'},
-      {"bench", required_argument, NULL, 'n'},  {"conns", required_argument, NULL, 'c'},
-      {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
+  static const struct option longs[] = {{"repeat", required_argument, NULL, 'r'},
+                                        {"backend", required_argument, NULL, 'b'},
+                                        {"bench", required_argument, NULL, 'n'},
+                                        {"conns", required_argument, NULL, 'c'},
+                                        {"duration", required_argument, NULL, 's'},
+                                        {"help", no_argument, NULL, 'h'},
+                                        {NULL, 0, NULL, 0}};
   int ch;
   while ((ch = getopt_long(argc, argv, "X:H:d:o:Ih", longs, NULL)) != -1) {
     switch (ch) {
@@ -201,6 +221,11 @@ static void parse_args(app_t *app, int argc, char **argv) {
     case 'c':
       app->conns = strtol(optarg, NULL, 10);
       break;
+    case 's':
+      app->duration = strtod(optarg, NULL);
+      if (!(app->duration > 0))
+        usage();
+      break;
     case 'b':
       if (strcmp(optarg, "uring") == 0)
         app->backend = KEEL_BACKEND_URING;
@@ -215,6 +240,8 @@ static void parse_args(app_t *app, int argc, char **argv) {
   }
   if (optind != argc - 1 || app->repeat < 1 || app->conns < 1 || app->bench < 0)
     usage();
+  if (app->duration > 0 && app->bench == 0)
+    app->bench = LONG_MAX; /* until the time is up */
   app->req.url = argv[optind];
   if (!app->out)
     app->out = stdout;

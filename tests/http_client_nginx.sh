@@ -2,8 +2,9 @@
 # examples/http-get (keel's HTTP client) against nginx on loopback, on
 # io_uring and on epoll: static files with Content-Length (small and 5 MiB),
 # a gzip'd chunked body, HEAD, keep-alive reuse with --repeat, Keep-Alive:
-# timeout=N, Connection: close, 204, 404 and 405. nginx (Debian
-# nginx-light) is installed if missing; without it the script exits 77.
+# timeout=N, Connection: close, 204, 404 and 405, and the counts of --bench
+# (with --duration too). nginx (Debian nginx-light) is installed if
+# missing; without it the script exits 77.
 #
 #   http_client_nginx.sh HTTP_GET
 set -u
@@ -136,6 +137,10 @@ for backend in "${backends[@]}"; do
   check "404 exit 0" test "$rc" = 0
   run -d 'x=1' "$base/index.html"
   check "POST to a file: 405" grep -q '^HTTP/1.1 405' "$work/out"
+  run --bench 200 --conns 4 "$base/index.html"
+  check "bench: 200 requests, every body" grep -q '^requests: 200  errors: 0  non_2xx: 0  body_bytes: 3400 ' "$work/out"
+  run --duration 0.2 --conns 4 "$base/missing"
+  check "bench --duration: 404s counted" grep -Eq '^requests: ([1-9][0-9]*)  errors: 0  non_2xx: \1 ' "$work/out"
   run "http://127.0.0.1:1/"
   check "refused: exit 1" test "$rc" = 1
 done
