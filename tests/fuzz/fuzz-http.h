@@ -56,6 +56,11 @@ typedef enum fz_known {
    * request has its text body after the head, where the client reads no
    * body (known-head-error-body). */
   FZ_KNOWN_HEAD_ERROR_BODY,
+  /* A chunked body whose trailer section ends in a bare LF instead of
+   * CRLF ("0\r\n\n") is taken as complete, and the bytes after it as the
+   * next request: llhttp 8.1.0's strict mode lets it through, and keel
+   * checks line ends in heads only (known-trailer-bare-lf). */
+  FZ_KNOWN_TRAILER_BARE_LF,
   FZ_NKNOWN
 } fz_known_t;
 
@@ -75,9 +80,12 @@ _Noreturn void fz_fail(const fz_run_t *run, ptrdiff_t at, const char *fmt, ...)
 void fz_check_output(const fz_run_t *run);
 void fz_check_requests(const fz_run_t *run);
 
-/* A chunked body at p (n bytes): 0 and *end (bytes used) when it is
- * complete and well-formed, the decoded bytes appended to *dec (malloc'd,
- * may be NULL), or -1. */
-int fz_dechunk(const char *p, size_t n, size_t *end, char **dec, size_t *dec_len);
+/* A chunked body at p (n bytes), read as RFC 9112 §7.1 writes it: 0 when
+ * it is complete and well-formed, 1 when the bytes end first, -1 when
+ * malformed; *end: the bytes it used, the decoded bytes appended to *dec
+ * (malloc'd; dec may be NULL). flags: FZ_DECHUNK_TRAILER_LF takes a bare
+ * LF for the empty line that ends the trailer section. */
+enum { FZ_DECHUNK_TRAILER_LF = 1u << 0 };
+int fz_dechunk(const char *p, size_t n, unsigned flags, size_t *end, char **dec, size_t *dec_len);
 
 #endif

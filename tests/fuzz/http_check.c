@@ -84,11 +84,16 @@ static int chunk_size_line(const char *p, size_t n, size_t at, uint64_t *size, s
   return 0;
 }
 
-/* Trailer lines after the last chunk, up to the empty line. */
-static int trailer_section(const char *p, size_t n, size_t at, size_t *end) {
+/* Trailer lines after the last chunk, up to the empty line (or a bare
+ * LF in its place, with FZ_DECHUNK_TRAILER_LF). */
+static int trailer_section(const char *p, size_t n, size_t at, unsigned flags, size_t *end) {
   for (;;) {
     if (at + 2 <= n && p[at] == '\r' && p[at + 1] == '\n') {
       *end = at + 2;
+      return 0;
+    }
+    if (at < n && p[at] == '\n' && (flags & FZ_DECHUNK_TRAILER_LF)) {
+      *end = at + 1;
       return 0;
     }
     size_t next;
@@ -99,7 +104,7 @@ static int trailer_section(const char *p, size_t n, size_t at, size_t *end) {
   }
 }
 
-int fz_dechunk(const char *p, size_t n, size_t *end, char **dec, size_t *dec_len) {
+int fz_dechunk(const char *p, size_t n, unsigned flags, size_t *end, char **dec, size_t *dec_len) {
   size_t at = 0;
   for (;;) {
     uint64_t size;
@@ -109,7 +114,7 @@ int fz_dechunk(const char *p, size_t n, size_t *end, char **dec, size_t *dec_len
       return rc;
     at = next;
     if (size == 0)
-      return trailer_section(p, n, at, end);
+      return trailer_section(p, n, at, flags, end);
     size_t have = n - at < size ? n - at : (size_t)size;
     dec_append(dec, dec_len, p + at, have);
     if (have < size || n - at - have < 2)
@@ -272,7 +277,7 @@ static int response_body(const fz_run_t *run, const fz_resp_t *r, const fz_call_
   }
   if (r->codings) {
     size_t used;
-    int rc = fz_dechunk(run->out + at, left, &used, body, body_len);
+    int rc = fz_dechunk(run->out + at, left, 0, &used, body, body_len);
     if (rc < 0)
       fz_fail(run, (ptrdiff_t)at, "malformed chunked response body");
     *end = at + used;
@@ -328,14 +333,14 @@ static bool final_response(const fz_run_t *run, size_t *pos, const fz_resp_t *r,
     ended_inside(run, *pos);
     return false;
   }
-  if (r->status >= 400)
+  if (r->status >= 400) {
     check_error_body(run, *pos, r, call, body, len);
-  size_t head_error_end = head_error_body(run, r, call);
-  if (head_error_end)
-    end = head_error_end;
-  else if (call && !bodyless(r->status) && !call->head &&
-           (len != call->resp_len || (len && memcmp(body, call->resp, len) != 0)))
+    size_t head_error_end = head_error_body(run, r, call);
+    end = head_error_end ? head_error_end : end;
+  } else if (call && !bodyless(r->status) && !call->head &&
+             (len != call->resp_len || (len && memcmp(body, call->resp, len) != 0))) {
     fz_fail(run, (ptrdiff_t)*pos, "response %zu's body is not what its handler sent", k);
+  }
   free(body);
   if (r->close && end != run->out_len)
     fz_fail(run, (ptrdiff_t)end, "bytes after a response with Connection: close");
@@ -395,18 +400,32 @@ static size_t count_crlf(const char *p, size_t n) {
 
 /* The body the handler read against the bytes its framing covers (the
  * reference reading of them in ref): the same when it read to the end,
- * a prefix of them otherwise. */
-static void check_body(const fz_run_t *run, size_t i, const char *ref, size_t ref_len,
-                       bool ref_complete) {
+ * a prefix of them otherwise. Returns NULL, or what is wrong. */
+static const char *body_mismatch(const fz_run_t *run, size_t i, const char *ref, size_t ref_len,
+                                 bool ref_complete) {
   const fz_call_t *call = &run->calls[i];
   if (call->body_len > ref_len || (call->body_len && memcmp(call->body, ref, call->body_len)))
-    fz_fail(run, -1, "request %zu's body (%zu bytes) is not what the client sent", i,
-            call->body_len);
+    return "its body is not what the client sent";
   if (call->body_complete && (!ref_complete || call->body_len != ref_len))
-    fz_fail(run, -1, "request %zu's body ended after %zu bytes; the client's bytes say %s", i,
-            call->body_len, ref_complete ? "elsewhere" : "it does not end there");
+    return "its body ended where the client's bytes say it does not";
   if (!ref_complete && i + 1 < run->ncalls)
-    fz_fail(run, -1, "request %zu follows a body (request %zu) that does not end", i + 1, i);
+    return "another request follows its body, which does not end";
+  return NULL;
+}
+
+/* A chunked body at body_at read with flags: NULL, or what is wrong; *at
+ * and *complete say where it ends. */
+static const char *chunked_mismatch(const fz_run_t *run, size_t i, size_t body_at, unsigned flags,
+                                    size_t *at, bool *complete) {
+  size_t used = 0, dec_len = 0;
+  char *dec = NULL;
+  int rc = fz_dechunk((const char *)run->in + body_at, run->in_len - body_at, flags, &used, &dec,
+                      &dec_len);
+  const char *why = body_mismatch(run, i, dec, dec_len, rc == 0);
+  free(dec);
+  *at = body_at + used;
+  *complete = rc == 0;
+  return why;
 }
 
 /* Checks the i-th request at *at and moves *at past its body. Returns
@@ -428,17 +447,20 @@ static bool check_request(const fz_run_t *run, size_t i, size_t *at) {
   if (call->content_length >= 0) {
     uint64_t cl = (uint64_t)call->content_length;
     bool complete = cl <= left;
-    check_body(run, i, in + body_at, complete ? (size_t)cl : left, complete);
+    const char *why = body_mismatch(run, i, in + body_at, complete ? (size_t)cl : left, complete);
+    if (why)
+      fz_fail(run, -1, "request %zu (Content-Length %llu): %s", i, (unsigned long long)cl, why);
     *at = body_at + (complete ? (size_t)cl : left);
     return complete;
   }
-  size_t used = 0, dec_len = 0;
-  char *dec = NULL;
-  int rc = fz_dechunk(in + body_at, left, &used, &dec, &dec_len);
-  check_body(run, i, dec, dec_len, rc == 0);
-  free(dec);
-  *at = body_at + used;
-  return rc == 0;
+  bool complete;
+  const char *why = chunked_mismatch(run, i, body_at, 0, at, &complete);
+  if (why && !chunked_mismatch(run, i, body_at, FZ_DECHUNK_TRAILER_LF, at, &complete) &&
+      fz_known(FZ_KNOWN_TRAILER_BARE_LF))
+    why = NULL;
+  if (why)
+    fz_fail(run, -1, "request %zu (chunked): %s", i, why);
+  return complete;
 }
 
 void fz_check_requests(const fz_run_t *run) {

@@ -130,6 +130,7 @@ _Noreturn void fz_fail(const fz_run_t *run, ptrdiff_t at, const char *fmt, ...) 
 static const char *const fz_known_text[FZ_NKNOWN] = {
     [FZ_KNOWN_SILENT_CLIENT] = "a connection that never sends a byte is never timed out",
     [FZ_KNOWN_HEAD_ERROR_BODY] = "keel's error responses to HEAD requests carry a body",
+    [FZ_KNOWN_TRAILER_BARE_LF] = "a bare LF ends a chunked body's trailer section",
 };
 
 static bool known_seen[FZ_NKNOWN];
