@@ -17,8 +17,9 @@
  *                   (else it stays open: the server's timeouts end it)
  *         bit 3     the pipe moves random parts of each read and write
  *         bit 4     a slow client: 3 s of virtual time between pieces
- *         bits 5-7  what the handler does with the first request (the
- *                   requests after it take the next ways in turn)
+ *         bits 5-7  what the handler does with the first request, plus 8
+ *                   when in[3]'s top bit is set (fz_style_t; the requests
+ *                   after it take the next ways in turn)
  *   in[1], in[2]    sizes of the pieces the client writes, in turn (0:
  *                   the rest); each piece reaches the server alone
  *   in[3]           the lab seed */
@@ -39,7 +40,7 @@
 /* The server's limits: defaults, small ones, short timeouts and few
  * requests, middle-sized ones. */
 static const keel_http_server_opts_t fz_profiles[4] = {
-    {.max_body = 0},
+    {0},
     {.max_url = 40,
      .max_header_bytes = 256,
      .max_headers = 6,
@@ -432,7 +433,8 @@ static int handler(keel_http_request_t *req, keel_http_response_t *res, void *ct
   fz_conn_t *x = ctx;
   fz_run_t *run = x->run;
   fz_call_t *call = call_new(run);
-  call->style = (int)((x->ctrl[0] >> 5) + run->ncalls - 1) % FZ_NSTYLES;
+  size_t first = (size_t)(x->ctrl[0] >> 5) + (x->ctrl[3] & 0x80 ? 8 : 0);
+  call->style = (int)((first + run->ncalls - 1) % FZ_NSTYLES);
   check_line(run, req, call);
   check_fields(run, req, call);
   int rc = run_style(run, req, res, call);
