@@ -61,6 +61,12 @@ typedef enum fz_known {
    * next request: llhttp 8.1.0's strict mode lets it through, and keel
    * checks line ends in heads only (known-trailer-bare-lf). */
   FZ_KNOWN_TRAILER_BARE_LF,
+  /* A client that shuts down writing after pipelined requests loses the
+   * responses keel had queued for the ones already answered, when a later
+   * handler waits: the end of stream cancels it as a client gone, the
+   * connection is marked broken and the queue is dropped unsent
+   * (known-half-close-drops). */
+  FZ_KNOWN_HALF_CLOSE_DROPS,
   FZ_NKNOWN
 } fz_known_t;
 

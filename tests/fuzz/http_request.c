@@ -132,6 +132,8 @@ static const char *const fz_known_text[FZ_NKNOWN] = {
     [FZ_KNOWN_SILENT_CLIENT] = "a connection that never sends a byte is never timed out",
     [FZ_KNOWN_HEAD_ERROR_BODY] = "keel's error responses to HEAD requests carry a body",
     [FZ_KNOWN_TRAILER_BARE_LF] = "a bare LF ends a chunked body's trailer section",
+    [FZ_KNOWN_HALF_CLOSE_DROPS] =
+        "a client that shuts down writing loses the responses to its pipelined requests",
 };
 
 static bool known_seen[FZ_NKNOWN];

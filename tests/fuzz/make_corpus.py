@@ -88,6 +88,7 @@ SEEDS = {
     # Known open issues of keel's (FZ_KNOWN_* in http_request.c).
     "known-silent-client": (ctrl(flags=0), b""),
     "known-head-error-body": (ctrl(style=7), b"HEAD / HTTP/1.1\r\n" + H + b"\r\n"),
+    "known-half-close-drops": (ctrl(style=5), (b"GET / HTTP/1.1\r\n" + H + b"\r\n") * 2),
     "known-trailer-bare-lf": (ctrl(), post(TE, b"0\r\n\nGET /s HTTP/1.1\r\n" + H + b"\r\n")),
 }
 
