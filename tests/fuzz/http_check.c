@@ -241,9 +241,7 @@ static void check_framing(const fz_run_t *run, size_t pos, const fz_resp_t *r,
     fz_fail(run, (ptrdiff_t)pos, "chunked response to an HTTP/1.0 request");
   bool framed = r->lengths || r->codings || bodyless(r->status);
   if (!framed && (!r->close || !call || call->version != 10))
-    fz_fail(run, (ptrdiff_t)pos,
-            "a body to the close outside HTTP/1.0, or without "
-            "Connection: close");
+    fz_fail(run, (ptrdiff_t)pos, "a body to the close: not HTTP/1.0, or no Connection: close");
   if (call && call->version == 10 && !r->close && !r->keep_alive)
     fz_fail(run, (ptrdiff_t)pos, "HTTP/1.0 response kept alive without saying so");
   if (r->status >= 400 && !r->close)

@@ -85,7 +85,6 @@ typedef struct fz_conn {
 
 /* ---- Failing ---------------------------------------------------------------- */
 
-static const fz_run_t *fz_current;
 static bool show;   /* FZ_SHOW=1: print every run's bytes both ways */
 static bool strict; /* FZ_STRICT=1: known issues fail too */
 
@@ -115,8 +114,6 @@ _Noreturn void fz_fail(const fz_run_t *run, ptrdiff_t at, const char *fmt, ...) 
   vfprintf(stderr, fmt, ap);
   fputc('\n', stderr);
   va_end(ap);
-  if (!run)
-    run = fz_current;
   if (run) {
     dump("client sent", run->in, run->in_len, 0, 1024);
     size_t from = at > 64 ? (size_t)at - 64 : 0;
@@ -227,6 +224,23 @@ typedef struct fz_framing {
   bool last_chunked, expect_ok;
 } fz_framing_t;
 
+/* Whether the last coding of a Transfer-Encoding list is chunked (empty
+ * list elements do not count: RFC 9110 §5.6.1). */
+static bool last_coding_chunked(const char *v) {
+  bool chunked = false;
+  for (const char *p = v; *p;) {
+    size_t n = strcspn(p, ","), a = 0, b = n;
+    while (a < b && (p[a] == ' ' || p[a] == '\t'))
+      a++;
+    while (b > a && (p[b - 1] == ' ' || p[b - 1] == '\t'))
+      b--;
+    if (b > a)
+      chunked = b - a == 7 && strncasecmp(p + a, "chunked", 7) == 0;
+    p += n + (p[n] == ',');
+  }
+  return chunked;
+}
+
 static void note_field(fz_framing_t *f, const keel_http_header_t *h) {
   if (strcasecmp(h->name, "content-length") == 0) {
     f->lengths++;
@@ -234,11 +248,7 @@ static void note_field(fz_framing_t *f, const keel_http_header_t *h) {
     f->length = (int64_t)strtoll(h->value, &end, 10);
   } else if (strcasecmp(h->name, "transfer-encoding") == 0) {
     f->codings++;
-    const char *last = strrchr(h->value, ',');
-    last = last ? last + 1 : h->value;
-    last += strspn(last, " \t");
-    f->last_chunked =
-        strncasecmp(last, "chunked", 7) == 0 && last[7 + strspn(last + 7, " \t")] == 0;
+    f->last_chunked = last_coding_chunked(h->value);
   } else if (strcasecmp(h->name, "host") == 0) {
     f->hosts++;
   } else if (strcasecmp(h->name, "expect") == 0) {
@@ -533,46 +543,55 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+/* The connection and the run of one input (at least FZ_CTRL bytes). */
+static void conn_init(fz_conn_t *x, fz_run_t *run, const uint8_t *data, size_t size) {
+  *x = (fz_conn_t){.run = run, .ctrl = data, .opts = fz_profiles[data[0] & 3]};
+  x->opts.handler = handler;
+  x->opts.ctx = x;
+  x->pieces[0] = data[1];
+  x->pieces[1] = data[2];
+  x->gap_ns = data[0] & 16 ? FZ_SLOW_GAP_NS : 1;
+  const keel_http_server_opts_t *o = &x->opts;
+  *run = (fz_run_t){
+      .in = data + FZ_CTRL,
+      .in_len = size - FZ_CTRL,
+      .max_body = o->max_body ? o->max_body : KEEL_HTTP_DEFAULT_MAX_BODY,
+      .max_headers = o->max_headers ? o->max_headers : KEEL_HTTP_DEFAULT_MAX_HEADERS,
+      .max_url = o->max_url ? o->max_url : KEEL_HTTP_DEFAULT_MAX_URL,
+      .half_close = (data[0] & 4) != 0,
+  };
+}
+
+/* Everything the run must show once keel_run has returned rc. */
+static void check_run(const fz_conn_t *x, const fz_run_t *run, int rc) {
+  if (rc != 0)
+    fz_fail(run, -1, "keel_run: %s", keel_strerror(rc));
+  if (x->hung && !(run->in_len == 0 && !run->half_close && fz_known(FZ_KNOWN_SILENT_CLIENT)))
+    fz_fail(run, -1, "the connection did not end within an hour of virtual time");
+  if (x->serve_rc != 0)
+    fz_fail(run, -1, "keel_http_serve_stream: %s", keel_strerror(x->serve_rc));
+  if (show) {
+    dump("client sent", run->in, run->in_len, 0, SIZE_MAX / 2);
+    dump("server sent", run->out, run->out_len, 0, SIZE_MAX / 2);
+    fprintf(stderr, "requests the handler saw: %zu\n", run->ncalls);
+  }
+  fz_check_output(run);
+  fz_check_requests(run);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < FZ_CTRL)
     return 0;
-  fz_conn_t x = {.ctrl = data, .opts = fz_profiles[data[0] & 3]};
-  x.opts.handler = handler;
-  x.opts.ctx = &x;
-  x.pieces[0] = data[1];
-  x.pieces[1] = data[2];
-  x.gap_ns = data[0] & 16 ? FZ_SLOW_GAP_NS : 1;
-  fz_run_t run = {
-      .in = data + FZ_CTRL,
-      .in_len = size - FZ_CTRL,
-      .max_body = x.opts.max_body ? x.opts.max_body : KEEL_HTTP_DEFAULT_MAX_BODY,
-      .max_headers = x.opts.max_headers ? x.opts.max_headers : KEEL_HTTP_DEFAULT_MAX_HEADERS,
-      .max_url = x.opts.max_url ? x.opts.max_url : KEEL_HTTP_DEFAULT_MAX_URL,
-      .half_close = (data[0] & 4) != 0,
-  };
-  x.run = &run;
-  fz_current = &run;
+  fz_conn_t x;
+  fz_run_t run;
+  conn_init(&x, &run, data, size);
   keel_config_t cfg;
   keel_config_init(&cfg);
   cfg.backend = KEEL_BACKEND_LAB;
   cfg.workers = 1;
   cfg.lab_seed = (uint64_t)data[3] + 1;
   cfg.no_stack_guard_handler = true; /* the sanitizers' own handler reports faults */
-  int rc = keel_run(&cfg, fz_main, &x);
-  if (rc != 0)
-    fz_fail(&run, -1, "keel_run: %s", keel_strerror(rc));
-  if (x.hung && !(run.in_len == 0 && !run.half_close && fz_known(FZ_KNOWN_SILENT_CLIENT)))
-    fz_fail(&run, -1, "the connection did not end within an hour of virtual time");
-  if (x.serve_rc != 0)
-    fz_fail(&run, -1, "keel_http_serve_stream: %s", keel_strerror(x.serve_rc));
-  if (show) {
-    dump("client sent", run.in, run.in_len, 0, SIZE_MAX / 2);
-    dump("server sent", run.out, run.out_len, 0, SIZE_MAX / 2);
-    fprintf(stderr, "requests the handler saw: %zu\n", run.ncalls);
-  }
-  fz_check_output(&run);
-  fz_check_requests(&run);
-  fz_current = NULL;
+  check_run(&x, &run, keel_run(&cfg, fz_main, &x));
   run_free(&run);
   return 0;
 }
