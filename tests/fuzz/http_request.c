@@ -219,9 +219,9 @@ static void check_line(fz_run_t *run, keel_http_request_t *req, fz_call_t *call)
 }
 
 typedef struct fz_framing {
-  int lengths, codings, hosts, expects;
+  int lengths, codings, hosts, expects, other_expects;
   int64_t length;
-  bool last_chunked, expect_ok;
+  bool last_chunked;
 } fz_framing_t;
 
 /* Whether the last coding of a Transfer-Encoding list is chunked (empty
@@ -253,7 +253,7 @@ static void note_field(fz_framing_t *f, const keel_http_header_t *h) {
     f->hosts++;
   } else if (strcasecmp(h->name, "expect") == 0) {
     f->expects++;
-    f->expect_ok = strcasecmp(h->value, "100-continue") == 0;
+    f->other_expects += strcasecmp(h->value, "100-continue") != 0;
   }
 }
 
@@ -280,8 +280,8 @@ static void check_fields(fz_run_t *run, keel_http_request_t *req, fz_call_t *cal
             f.codings, (long long)cl);
   if (f.hosts > 1 || (call->version == 11 && f.hosts != 1))
     fz_fail(run, -1, "%d Host fields in an HTTP/1.%d request", f.hosts, call->version % 10);
-  if (call->version == 11 && f.expects && (f.expects > 1 || !f.expect_ok))
-    fz_fail(run, -1, "an Expect other than one 100-continue reached the handler");
+  if (call->version == 11 && f.other_expects)
+    fz_fail(run, -1, "an Expect other than 100-continue reached the handler");
   call->content_length = cl;
   call->nheaders = n;
   call->expect_continue = call->version == 11 && f.expects > 0;
