@@ -140,7 +140,10 @@ void keel__http_error_response(http_conn_t *c, int status);
 void keel__http_response_end(keel_http_request_t *req);
 void keel__http_response_init(keel_http_response_t *res, keel_http_request_t *req);
 
-/* conn.c */
+/* conn.c: runs a new connection in the calling task (its own from now
+ * on): the first request's head must come within header_timeout_ms of
+ * this call; until its first byte the task waits parked (TCP). */
+int keel__http_conn_start(http_conn_t *c);
 int keel__http_conn_run(http_conn_t *c);
 /* Flushes what is queued (within a shield when the connection is being
  * drained), closes the connection and frees it. Returns 0. */

@@ -298,6 +298,11 @@ static int split_target(keel_http_request_t *req, keel_arena_t *a) {
 
 int keel__http_request_parse(http_conn_t *c, const char *src, size_t n) {
   keel_http_request_t *req = c->b->req;
+  /* Empty lines before a request line are ignored (RFC 9112 §2.2). */
+  while (n >= 2 && src[0] == '\r' && src[1] == '\n') {
+    src += 2;
+    n -= 2;
+  }
   char *h = keel_arena_alloc_aligned(c->arena, n + 1, 1);
   if (!h)
     return 503;
