@@ -148,10 +148,8 @@ static int parse_head(http_conn_t *c, const char *data, size_t parsed, size_t av
       return head_fail(c, 431);
     return head_done(c, data, head_len, err);
   }
-  if (err != HPE_OK) {
-    c->b->req->head_method = avail >= 5 && memcmp(data, "HEAD ", 5) == 0;
+  if (err != HPE_OK)
     return head_fail(c, error_status(c, err, data, avail));
-  }
   return avail > c->lim->max_header_bytes ? head_fail(c, 431) : 0;
 }
 

@@ -43,36 +43,6 @@ typedef struct fz_run {
   ssize_t read_end; /* the client's last read: 0 at end of stream, or an error */
 } fz_run_t;
 
-/* Open issues of keel's, each with a regression input in the corpus
- * (corpus/http_request/known-*): a run that shows one is let through, with
- * a note the first time, so that fuzzing goes on finding others.
- * FZ_STRICT=1 fails them like any other violation. */
-typedef enum fz_known {
-  /* A connection that never sends a byte is never timed out: the header
-   * timeout starts at its first byte, the keep-alive one after a response
-   * (known-silent-client). */
-  FZ_KNOWN_SILENT_CLIENT,
-  /* An error response of keel's (keel__http_error_response) to a HEAD
-   * request has its text body after the head, where the client reads no
-   * body (known-head-error-body). */
-  FZ_KNOWN_HEAD_ERROR_BODY,
-  /* A chunked body whose trailer section ends in a bare LF instead of
-   * CRLF ("0\r\n\n") is taken as complete, and the bytes after it as the
-   * next request: llhttp 8.1.0's strict mode lets it through, and keel
-   * checks line ends in heads only (known-trailer-bare-lf). */
-  FZ_KNOWN_TRAILER_BARE_LF,
-  /* A client that shuts down writing after pipelined requests loses the
-   * responses keel had queued for the ones already answered, when a later
-   * handler waits: the end of stream cancels it as a client gone, the
-   * connection is marked broken and the queue is dropped unsent
-   * (known-half-close-drops). */
-  FZ_KNOWN_HALF_CLOSE_DROPS,
-  FZ_NKNOWN
-} fz_known_t;
-
-/* Whether a run showing known issue k is let through (noted once). */
-bool fz_known(fz_known_t k);
-
 /* Prints the message (and where in the server's output, if at >= 0) and
  * aborts, so that libFuzzer reports the input. */
 _Noreturn void fz_fail(const fz_run_t *run, ptrdiff_t at, const char *fmt, ...)

@@ -269,7 +269,11 @@ static int response_body(const fz_run_t *run, const fz_resp_t *r, const fz_call_
   size_t at = r->head_end, left = run->out_len - at;
   *body = NULL;
   *body_len = 0;
-  if (bodyless(r->status) || (call && call->head)) {
+  /* keel's error response to a request its handler never saw leaves out
+   * the body when that request was HEAD: the output then ends at the head
+   * (an error response is the last). */
+  bool unseen_head = !call && r->status >= 400 && left == 0;
+  if (bodyless(r->status) || (call && call->head) || unseen_head) {
     *end = at;
     return 0;
   }
@@ -293,22 +297,10 @@ static void check_error_body(const fz_run_t *run, size_t pos, const fz_resp_t *r
                              const fz_call_t *call, const char *body, size_t len) {
   const char *reason = keel_http_reason(r->status);
   size_t rl = strlen(reason);
-  bool head = call && call->head;
+  bool head = (call && call->head) || (!call && len == 0);
   if (!r->text_plain || !r->lengths || r->length != rl + 1 ||
       (!head && (len != rl + 1 || memcmp(body, reason, rl) != 0 || body[rl] != '\n')))
     fz_fail(run, (ptrdiff_t)pos, "error response %d is not keel's", r->status);
-}
-
-/* keel's error response to a HEAD request, with its body all the same
- * (FZ_KNOWN_HEAD_ERROR_BODY): where it ends, or 0 if it is not that. */
-static size_t head_error_body(const fz_run_t *run, const fz_resp_t *r, const fz_call_t *call) {
-  const char *reason = keel_http_reason(r->status);
-  size_t rl = strlen(reason), at = r->head_end;
-  if (!call || !call->head || r->status < 400 || !r->lengths || r->length != rl + 1 ||
-      run->out_len - at < rl + 1 || memcmp(run->out + at, reason, rl) != 0 ||
-      run->out[at + rl] != '\n' || !fz_known(FZ_KNOWN_HEAD_ERROR_BODY))
-    return 0;
-  return at + rl + 1;
 }
 
 /* The output ends before the end of response k (inside it, or before
@@ -322,7 +314,7 @@ static void ended_early(const fz_run_t *run, size_t pos, size_t k, bool inside) 
   size_t cut = 0;
   while (cut < run->ncalls && !run->calls[cut].cut_short)
     cut++;
-  if (k < cut && !fz_known(FZ_KNOWN_HALF_CLOSE_DROPS))
+  if (k < cut)
     fz_fail(run, (ptrdiff_t)pos, "response %zu, answered before any handler was cut short, is %s",
             k, inside ? "cut" : "missing");
 }
@@ -342,8 +334,6 @@ static bool final_response(const fz_run_t *run, size_t *pos, const fz_resp_t *r,
   }
   if (r->status >= 400) {
     check_error_body(run, *pos, r, call, body, len);
-    size_t head_error_end = head_error_body(run, r, call);
-    end = head_error_end ? head_error_end : end;
   } else if (call && !bodyless(r->status) && !call->head &&
              (len != call->resp_len || (len && memcmp(body, call->resp, len) != 0))) {
     fz_fail(run, (ptrdiff_t)*pos, "response %zu's body is not what its handler sent", k);
@@ -441,6 +431,9 @@ static const char *chunked_mismatch(const fz_run_t *run, size_t i, size_t body_a
 static bool check_request(const fz_run_t *run, size_t i, size_t *at) {
   const fz_call_t *call = &run->calls[i];
   const char *in = (const char *)run->in;
+  /* Empty lines before a request line are skipped (RFC 9112 §2.2). */
+  while (*at + 2 <= run->in_len && in[*at] == '\r' && in[*at + 1] == '\n')
+    *at += 2;
   if (!request_line_at(run, *at, call))
     fz_fail(run, -1, "request %zu (%s %s) does not start at byte %zu, where request %zu ended", i,
             call->method, call->target, *at, i ? i - 1 : 0);
@@ -462,9 +455,6 @@ static bool check_request(const fz_run_t *run, size_t i, size_t *at) {
   }
   bool complete;
   const char *why = chunked_mismatch(run, i, body_at, 0, at, &complete);
-  if (why && !chunked_mismatch(run, i, body_at, FZ_DECHUNK_TRAILER_LF, at, &complete) &&
-      fz_known(FZ_KNOWN_TRAILER_BARE_LF))
-    why = NULL;
   if (why)
     fz_fail(run, -1, "request %zu (chunked): %s", i, why);
   return complete;

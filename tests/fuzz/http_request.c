@@ -85,8 +85,7 @@ typedef struct fz_conn {
 
 /* ---- Failing ---------------------------------------------------------------- */
 
-static bool show;   /* FZ_SHOW=1: print every run's bytes both ways */
-static bool strict; /* FZ_STRICT=1: known issues fail too */
+static bool show; /* FZ_SHOW=1: print every run's bytes both ways */
 
 static void dump(const char *label, const void *p, size_t n, size_t from, size_t max) {
   const unsigned char *b = p;
@@ -121,28 +120,6 @@ _Noreturn void fz_fail(const fz_run_t *run, ptrdiff_t at, const char *fmt, ...) 
     fprintf(stderr, "requests the handler saw: %zu\n", run->ncalls);
   }
   abort();
-}
-
-/* ---- Known issues ------------------------------------------------------------------ */
-
-static const char *const fz_known_text[FZ_NKNOWN] = {
-    [FZ_KNOWN_SILENT_CLIENT] = "a connection that never sends a byte is never timed out",
-    [FZ_KNOWN_HEAD_ERROR_BODY] = "keel's error responses to HEAD requests carry a body",
-    [FZ_KNOWN_TRAILER_BARE_LF] = "a bare LF ends a chunked body's trailer section",
-    [FZ_KNOWN_HALF_CLOSE_DROPS] =
-        "a client that shuts down writing loses the responses to its pipelined requests",
-};
-
-static bool known_seen[FZ_NKNOWN];
-
-bool fz_known(fz_known_t k) {
-  if (strict)
-    return false;
-  if (!known_seen[k])
-    fprintf(stderr, "http_request: known issue, not failed (FZ_STRICT=1 fails it): %s\n",
-            fz_known_text[k]);
-  known_seen[k] = true;
-  return true;
 }
 
 /* ---- Buffers -------------------------------------------------------------------- */
@@ -536,8 +513,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc, (void)argv;
   const char *env = getenv("FZ_SHOW");
   show = env && *env && strcmp(env, "0") != 0;
-  env = getenv("FZ_STRICT");
-  strict = env && *env && strcmp(env, "0") != 0;
   return 0;
 }
 
@@ -566,7 +541,7 @@ static void conn_init(fz_conn_t *x, fz_run_t *run, const uint8_t *data, size_t s
 static void check_run(const fz_conn_t *x, const fz_run_t *run, int rc) {
   if (rc != 0)
     fz_fail(run, -1, "keel_run: %s", keel_strerror(rc));
-  if (x->hung && !(run->in_len == 0 && !run->half_close && fz_known(FZ_KNOWN_SILENT_CLIENT)))
+  if (x->hung)
     fz_fail(run, -1, "the connection did not end within an hour of virtual time");
   if (x->serve_rc != 0)
     fz_fail(run, -1, "keel_http_serve_stream: %s", keel_strerror(x->serve_rc));

@@ -85,11 +85,11 @@ SEEDS = {
     "bad-connect": (ctrl(), b"CONNECT a:443 HTTP/1.1\r\n" + H + b"\r\n"),
     "bad-expect": (ctrl(), post(b"Expect: 200-ok\r\nContent-Length: 1\r\n", b"z")),
     "bad-target": (ctrl(), b"GET /a\x7fb HTTP/1.1\r\n" + H + b"\r\n"),
-    # Known open issues of keel's (FZ_KNOWN_* in http_request.c).
-    "known-silent-client": (ctrl(flags=0), b""),
-    "known-head-error-body": (ctrl(style=7), b"HEAD / HTTP/1.1\r\n" + H + b"\r\n"),
-    "known-half-close-drops": (ctrl(style=5), (b"GET / HTTP/1.1\r\n" + H + b"\r\n") * 2),
-    "known-trailer-bare-lf": (ctrl(), post(TE, b"0\r\n\nGET /s HTTP/1.1\r\n" + H + b"\r\n")),
+    # What fuzzing found, fixed since: regression inputs.
+    "regress-silent-client": (ctrl(flags=0), b""),
+    "regress-head-error-body": (ctrl(style=7), b"HEAD / HTTP/1.1\r\n" + H + b"\r\n"),
+    "regress-half-close-drops": (ctrl(style=5), (b"GET / HTTP/1.1\r\n" + H + b"\r\n") * 2),
+    "regress-trailer-bare-lf": (ctrl(), post(TE, b"0\r\n\nGET /s HTTP/1.1\r\n" + H + b"\r\n")),
 }
 
 
