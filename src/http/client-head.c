@@ -17,7 +17,6 @@ bool keel__hc_bodyless(const keel_http_call_t *call, int status) {
 }
 
 /* A field value byte (RFC 9110 §5.5): VCHAR, SP, HTAB or obs-text. */
-static bool value_char(unsigned char ch) { return ch == '\t' || (ch >= 0x20 && ch != 0x7f); }
 
 /* "HTTP/1.x SP 3DIGIT [SP reason] CRLF". */
 static int parse_status_line(keel_http_call_t *call, char **pp, char *end) {
@@ -33,41 +32,13 @@ static int parse_status_line(keel_http_call_t *call, char **pp, char *end) {
   char *reason = p; /* "HTTP/1.1 200\r\n": no reason at all */
   if (*p == ' ') {
     reason = ++p;
-    while (p < end && value_char((unsigned char)*p))
+    while (p < end && keel__http_value_char((unsigned char)*p))
       p++;
   }
   if (end - p < 2 || p[0] != '\r' || p[1] != '\n')
     return -EPROTO;
   *p = '\0';
   call->reason = reason;
-  *pp = p + 2;
-  return 0;
-}
-
-/* One "name: value CRLF" line: a token, the colon at once, a value of
- * value bytes, CRLF and nothing else (a bare CR or LF, a NUL: -EPROTO). */
-static int parse_field(char **pp, char *end, keel_http_header_t *h) {
-  char *p = *pp, *name = p;
-  while (p < end && keel__http_token_char((unsigned char)*p))
-    p++;
-  if (p == name || p >= end || *p != ':')
-    return -EPROTO;
-  h->name = name;
-  h->name_len = (size_t)(p - name);
-  *p++ = '\0';
-  while (p < end && (*p == ' ' || *p == '\t'))
-    p++;
-  char *v = p;
-  while (p < end && value_char((unsigned char)*p))
-    p++;
-  if (end - p < 2 || p[0] != '\r' || p[1] != '\n')
-    return -EPROTO;
-  char *ve = p;
-  while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
-    ve--;
-  *ve = '\0';
-  h->value = v;
-  h->value_len = (size_t)(ve - v);
   *pp = p + 2;
   return 0;
 }
@@ -87,25 +58,11 @@ static int parse_fields(keel_http_call_t *call, char *p, char *end) {
       return p + 2 == end ? 0 : -EPROTO;
     if (*p == ' ' || *p == '\t' || call->nheaders == lines) /* obs-fold (§5.2) */
       return -EPROTO;
-    if (parse_field(&p, end, &call->headers[call->nheaders]) < 0)
+    if (keel__http_parse_field(&p, end, &call->headers[call->nheaders]) < 0)
       return -EPROTO;
     call->nheaders++;
   }
   return -EPROTO;
-}
-
-/* 1*DIGIT, at most 18 digits. */
-static bool parse_length(const char *v, size_t n, int64_t *out) {
-  if (n == 0 || n > 18)
-    return false;
-  int64_t x = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (v[i] < '0' || v[i] > '9')
-      return false;
-    x = x * 10 + (v[i] - '0');
-  }
-  *out = x;
-  return true;
 }
 
 /* Keep-Alive: timeout=N (RFC 2068 §19.7.1.1): the server closes an idle
@@ -137,7 +94,7 @@ typedef struct framing {
 static int scan_field(keel_http_call_t *call, const keel_http_header_t *h, framing_t *f) {
   if (keel__http_name_eq(h->name, h->name_len, "content-length")) {
     f->lengths++;
-    return parse_length(h->value, h->value_len, &f->length) ? 0 : -EPROTO;
+    return keel__http_parse_length(h->value, h->value_len, &f->length) ? 0 : -EPROTO;
   }
   if (keel__http_name_eq(h->name, h->name_len, "transfer-encoding")) {
     f->codings++;

@@ -108,6 +108,8 @@ static void consume(hc_conn_t *c, size_t n) {
 }
 
 static int head_append(keel_http_call_t *call, const char *p, size_t n) {
+  if (n == 0) /* nothing to keep (and maybe no head buffer yet) */
+    return 0;
   size_t max = call->pool->lim.max_header_bytes;
   if (call->head_len + n > max)
     return -EMSGSIZE;

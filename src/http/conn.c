@@ -136,6 +136,23 @@ static int head_done(http_conn_t *c, const char *data, size_t head_len, llhttp_e
   return 1;
 }
 
+/* Gives llhttp the head's bytes from parsed to avail. Returns 0 when it
+ * wants more, else what read_head returns. */
+static int parse_head(http_conn_t *c, const char *data, size_t parsed, size_t avail) {
+  c->b->base = data;
+  llhttp_errno_t err = llhttp_execute(&c->b->parser, data + parsed, avail - parsed);
+  if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
+    keel_task_set_deadline(KEEL_DEADLINE_NONE);
+    size_t head_len = (size_t)(llhttp_get_error_pos(&c->b->parser) - data);
+    if (head_len > c->lim->max_header_bytes)
+      return head_fail(c, 431);
+    return head_done(c, data, head_len, err);
+  }
+  if (err != HPE_OK)
+    return head_fail(c, error_status(c, err, data, avail));
+  return avail > c->lim->max_header_bytes ? head_fail(c, 431) : 0;
+}
+
 /* Reads the next request head. Returns 1 with c->b->req ready, 0 when the
  * connection ended cleanly (end of stream, idle timeout, shutdown between
  * requests), or -1 after queueing an error response. */
@@ -143,27 +160,20 @@ static int read_head(http_conn_t *c) {
   if (new_request(c) < 0)
     return -1;
   size_t parsed = 0;
-  bool timed = keel_bufstream_buffered(c->bs) > 0;
-  if (timed)
+  /* The head's time runs from its first byte; the first request's from
+   * the connection's start (set by keel__http_conn_start), so that a
+   * client that never sends a byte is timed out too. */
+  bool timed = c->requests == 0 || keel_bufstream_buffered(c->bs) > 0;
+  if (timed && c->requests > 0)
     keel_task_set_deadline(c->now + c->lim->header_timeout_ns);
   for (;;) {
     size_t avail;
     const char *data = keel_bufstream_peek(c->bs, &avail);
     if (avail > parsed) {
-      c->b->base = data;
-      llhttp_errno_t err = llhttp_execute(&c->b->parser, data + parsed, avail - parsed);
-      if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
-        keel_task_set_deadline(KEEL_DEADLINE_NONE);
-        size_t head_len = (size_t)(llhttp_get_error_pos(&c->b->parser) - data);
-        if (head_len > c->lim->max_header_bytes)
-          return head_fail(c, 431);
-        return head_done(c, data, head_len, err);
-      }
-      if (err != HPE_OK)
-        return head_fail(c, error_status(c, err, data, avail));
+      int rc = parse_head(c, data, parsed, avail);
+      if (rc != 0)
+        return rc;
       parsed = avail;
-      if (parsed > c->lim->max_header_bytes)
-        return head_fail(c, 431);
     }
     ssize_t n = keel_bufstream_fill(c->bs);
     c->now = keel_now_ns();
@@ -298,6 +308,15 @@ static int conn_idle(http_conn_t *c) {
   if (c->tcp)
     return keel_tcp_park(c->tcp, conn_resume, c); /* returns only if it cannot park */
   return 0;
+}
+
+int keel__http_conn_start(http_conn_t *c) {
+  c->task = keel_task_current();
+  c->now = keel_now_ns();
+  keel_task_set_deadline(c->now + c->lim->header_timeout_ns);
+  if (c->tcp)
+    keel_tcp_park(c->tcp, conn_resume, c); /* returns only if it cannot park */
+  return keel__http_conn_run(c);
 }
 
 int keel__http_conn_run(http_conn_t *c) {

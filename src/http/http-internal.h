@@ -119,8 +119,22 @@ extern const llhttp_settings_t keel__http_settings;
  * the start of the buffer. Returns 0 or the status to answer (400, 414,
  * 431, 501, 505, 417...). */
 int keel__http_request_parse(http_conn_t *c, const char *head, size_t head_len);
+
+/* fields.c */
 bool keel__http_token_char(unsigned char ch);
+/* A field value byte (RFC 9110 §5.5): VCHAR, SP, HTAB or obs-text. */
+bool keel__http_value_char(unsigned char ch);
+/* Case-insensitive comparison of a field name with a lowercase literal. */
 bool keel__http_name_eq(const char *a, size_t alen, const char *lit);
+/* Reads one "name: value CRLF" line at *pp into h, cutting name and value
+ * with NUL terminators (the value without its surrounding whitespace):
+ * a non-empty token, the colon at once (no whitespace before it, RFC 9112
+ * §5.1), value bytes only, and CRLF (no bare CR or LF, §2.2). Returns 0
+ * and moves *pp past the line, or -1. */
+int keel__http_parse_field(char **pp, char *end, keel_http_header_t *h);
+/* A Content-Length value: 1*DIGIT, at most 18 digits (no sign, no list,
+ * no junk). */
+bool keel__http_parse_length(const char *v, size_t n, int64_t *out);
 
 /* parse.c: whether the two bytes before p (in the feed from b->base, then
  * those kept by keel__http_keep_tail) are CRLF. */
@@ -140,7 +154,10 @@ void keel__http_error_response(http_conn_t *c, int status);
 void keel__http_response_end(keel_http_request_t *req);
 void keel__http_response_init(keel_http_response_t *res, keel_http_request_t *req);
 
-/* conn.c */
+/* conn.c: runs a new connection in the calling task (its own from now
+ * on): the first request's head must come within header_timeout_ms of
+ * this call; until its first byte the task waits parked (TCP). */
+int keel__http_conn_start(http_conn_t *c);
 int keel__http_conn_run(http_conn_t *c);
 /* Flushes what is queued (within a shield when the connection is being
  * drained), closes the connection and frees it. Returns 0. */

@@ -14,28 +14,7 @@
 
 #include "http-internal.h"
 
-/* RFC 9110 §5.6.2 tchar. */
-bool keel__http_token_char(unsigned char ch) {
-  if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'))
-    return true;
-  return ch != 0 && strchr("!#$%&'*+-.^_`|~", ch) != NULL;
-}
-
 static char lower(char ch) { return ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch; }
-
-/* Case-insensitive comparison of a field name with a lowercase literal. */
-bool keel__http_name_eq(const char *a, size_t alen, const char *lit) {
-  size_t n = strlen(lit);
-  if (alen != n)
-    return false;
-  for (size_t i = 0; i < n; i++)
-    if (lower(a[i]) != lit[i])
-      return false;
-  return true;
-}
-
-/* A field value byte (RFC 9110 §5.5): VCHAR, SP, HTAB or obs-text. */
-static bool value_char(unsigned char ch) { return ch == '\t' || (ch >= 0x20 && ch != 0x7f); }
 
 /* Request target bytes: visible ASCII only (RFC 9112 §3.2; no obs-text,
  * no whitespace, no controls). */
@@ -71,36 +50,6 @@ static int parse_request_line(keel_http_request_t *req, const http_limits_t *lim
   return 0;
 }
 
-/* Reads one "name: value CRLF" line at *pp into h. Returns 0 or 400. */
-static int parse_field(char **pp, char *end, keel_http_header_t *h) {
-  char *p = *pp, *name = p;
-  while (p < end && keel__http_token_char((unsigned char)*p))
-    p++;
-  /* An empty name, whitespace before the colon (§5.1), anything else. */
-  if (p == name || p >= end || *p != ':')
-    return 400;
-  h->name = name;
-  h->name_len = (size_t)(p - name);
-  *p++ = '\0';
-  while (p < end && (*p == ' ' || *p == '\t'))
-    p++;
-  char *v = p;
-  while (p < end && value_char((unsigned char)*p))
-    p++;
-  /* The value ends at CRLF and nowhere else: a bare CR (§2.2,
-   * CVE-2023-30589), a bare LF, a NUL or another control is refused. */
-  if (end - p < 2 || p[0] != '\r' || p[1] != '\n')
-    return 400;
-  char *ve = p;
-  while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
-    ve--;
-  *ve = '\0';
-  h->value = v;
-  h->value_len = (size_t)(ve - v);
-  *pp = p + 2;
-  return 0;
-}
-
 /* Counts the lines of the block, to size the field array. */
 static size_t count_lines(const char *p, size_t n) {
   size_t lines = 0;
@@ -127,7 +76,7 @@ static int parse_fields(keel_http_request_t *req, const http_limits_t *lim, char
       return 400;
     if (req->nheaders == max)
       return 400;
-    if (parse_field(&p, end, &req->headers[req->nheaders]) != 0)
+    if (keel__http_parse_field(&p, end, &req->headers[req->nheaders]) != 0)
       return 400;
     req->nheaders++;
   }
@@ -166,20 +115,6 @@ static bool host_ok(const char *v, size_t n) {
   for (; i < n; i++)
     if (v[i] < '0' || v[i] > '9')
       return false;
-  return true;
-}
-
-/* 1*DIGIT, at most 18 digits (no sign, no list, no junk). */
-static bool parse_length(const char *v, size_t n, int64_t *out) {
-  if (n == 0 || n > 18)
-    return false;
-  int64_t x = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (v[i] < '0' || v[i] > '9')
-      return false;
-    x = x * 10 + (v[i] - '0');
-  }
-  *out = x;
   return true;
 }
 
@@ -228,7 +163,7 @@ static int scan_field(keel_http_request_t *req, const keel_http_header_t *h, fra
   }
   if (keel__http_name_eq(n, nl, "content-length")) {
     f->lengths++;
-    return parse_length(h->value, h->value_len, &f->length) ? 0 : 400;
+    return keel__http_parse_length(h->value, h->value_len, &f->length) ? 0 : 400;
   }
   if (keel__http_name_eq(n, nl, "transfer-encoding")) {
     f->codings++;
@@ -298,6 +233,11 @@ static int split_target(keel_http_request_t *req, keel_arena_t *a) {
 
 int keel__http_request_parse(http_conn_t *c, const char *src, size_t n) {
   keel_http_request_t *req = c->b->req;
+  /* Empty lines before a request line are ignored (RFC 9112 §2.2). */
+  while (n >= 2 && src[0] == '\r' && src[1] == '\n') {
+    src += 2;
+    n -= 2;
+  }
   char *h = keel_arena_alloc_aligned(c->arena, n + 1, 1);
   if (!h)
     return 503;

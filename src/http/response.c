@@ -405,7 +405,9 @@ void keel__http_error_response(http_conn_t *c, int status) {
   p = put_u64(p, rlen + 1);
   p = put(p, "\r\nConnection: close\r\n\r\n", 23);
   c->close = true;
-  if (keel__http_queue(c, head, (size_t)(p - head)) == 0 && keel__http_queue(c, reason, rlen) == 0)
+  bool head_method = c->b->req && c->b->req->head_method; /* no body for HEAD */
+  if (keel__http_queue(c, head, (size_t)(p - head)) == 0 && !head_method &&
+      keel__http_queue(c, reason, rlen) == 0)
     keel__http_queue(c, "\n", 1);
 }
 
@@ -413,7 +415,11 @@ void keel__http_response_end(keel_http_request_t *req) {
   keel_http_response_t *res = &req->res;
   http_conn_t *c = req->c;
   if (req->client_gone) {
-    c->broken = true;
+    /* No answer for it; the answers queued before it still go out, unless
+     * this one was cut in the middle. */
+    c->close = true;
+    if (res->head_sent && !res->finished)
+      c->broken = true;
     return;
   }
   if (!res->head_sent) {

@@ -71,15 +71,13 @@ int keel_http_serve_stream(keel_stream_t *s, const keel_http_server_opts_t *opts
   int rc = keel__http_conn_open(&lim, NULL, s, NULL, &c);
   if (rc < 0)
     return rc;
-  return keel__http_conn_run(c);
+  return keel__http_conn_start(c);
 }
 
 /* ---- Accepting ------------------------------------------------------------ */
 
 static int conn_task(void *arg) {
-  http_conn_t *c = arg;
-  c->task = keel_task_current();
-  keel__http_conn_run(c);
+  keel__http_conn_start(arg);
   return 0; /* a connection's failure is its peer's business, not the scope's */
 }
 
