@@ -1,7 +1,7 @@
 /* http-hello: keel's HTTP/1.1 server with a few routes.
  *
  *   http-hello [--host H] [--port P] [--workers N] [--backend auto|uring|epoll]
- *              [--max-conns N]
+ *              [--max-conns N] [--max-requests N]
  *
  *   GET  /                        200 "Hello, World!" (text/plain, 13 bytes)
  *   POST /echo                    200 with the request body
@@ -24,7 +24,7 @@ typedef struct app {
   char hostport[300];
   int workers;
   keel_backend_t backend;
-  long max_conns;
+  long max_conns, max_requests;
   keel_http_router_t *router;
 } app_t;
 
@@ -105,6 +105,7 @@ static int main_task(void *arg) {
       .ctx = app->router,
       .on_listen = on_listen,
       .max_conns = (unsigned)app->max_conns,
+      .max_requests = (unsigned)app->max_requests,
   };
   int rc = keel_http_serve(app->hostport, &opts);
   if (rc < 0) {
@@ -127,12 +128,14 @@ static int add_routes(keel_http_router_t *r) {
 
 static void usage(FILE *out) {
   fprintf(out, "usage: http-hello [options]\n"
-               "  --host H        address to listen on (default 127.0.0.1)\n"
-               "  --port P        port, 0 = any free one (default 8080)\n"
-               "  --workers N     worker threads, 0 = one per CPU (default 0)\n"
-               "  --backend B     auto|uring|epoll (default auto)\n"
-               "  --max-conns N   connections per worker; more are closed (default 10000)\n"
-               "  --help          this text\n");
+               "  --host H          address to listen on (default 127.0.0.1)\n"
+               "  --port P          port, 0 = any free one (default 8080)\n"
+               "  --workers N       worker threads, 0 = one per CPU (default 0)\n"
+               "  --backend B       auto|uring|epoll (default auto)\n"
+               "  --max-conns N     connections per worker; more are closed (default 10000)\n"
+               "  --max-requests N  requests per connection, the last with Connection: close\n"
+               "                    (default 10000)\n"
+               "  --help            this text\n");
 }
 
 static bool parse_long(const char *s, long lo, long hi, long *out) {
@@ -165,6 +168,7 @@ static int parse_args(int argc, char **argv, app_t *app) {
       {"workers", required_argument, NULL, 'w'},
       {"backend", required_argument, NULL, 'b'},
       {"max-conns", required_argument, NULL, 'm'},
+      {"max-requests", required_argument, NULL, 'r'},
       {"help", no_argument, NULL, 'H'},
       {NULL, 0, NULL, 0},
   };
@@ -188,6 +192,9 @@ static int parse_args(int argc, char **argv, app_t *app) {
       break;
     case 'm':
       ok = parse_long(optarg, 1, UINT_MAX, &app->max_conns);
+      break;
+    case 'r':
+      ok = parse_long(optarg, 1, UINT_MAX, &app->max_requests);
       break;
     case 'H':
       usage(stdout);
@@ -217,7 +224,7 @@ static int parse_args(int argc, char **argv, app_t *app) {
 }
 
 int main(int argc, char **argv) {
-  app_t app = {.backend = KEEL_BACKEND_AUTO, .max_conns = 10000};
+  app_t app = {.backend = KEEL_BACKEND_AUTO, .max_conns = 10000, .max_requests = 10000};
   int rc = parse_args(argc, argv, &app);
   if (rc != 0)
     return rc == 2 ? 0 : 1;
