@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "http-internal.h"
+#include "tcp-pool-internal.h"
 
 /* ---- Arenas ------------------------------------------------------------- */
 
@@ -153,6 +154,22 @@ static int parse_head(http_conn_t *c, const char *data, size_t parsed, size_t av
   return avail > c->lim->max_header_bytes ? head_fail(c, 431) : 0;
 }
 
+/* Waits for more of a head. A connection the server is draining still
+ * has its request read when its bytes came before the drain (they wait in
+ * the socket or in keel's buffer) or a head was begun: that request is in
+ * flight, and is served, with Connection: close. */
+static ssize_t fill_head(http_conn_t *c, size_t parsed) {
+  ssize_t n = keel_bufstream_fill(c->bs);
+  if (n != -ECANCELED || !c->w || keel_scope_cancel_reason(c->w->conns) == KEEL_CANCEL_NONE)
+    return n;
+  if (parsed == 0 && (!c->tcp || keel__tcp_readable_now(c->tcp) != 1))
+    return n;
+  keel_shield_begin(0); /* the runtime's drain deadline */
+  n = keel_bufstream_fill(c->bs);
+  keel_shield_end();
+  return n;
+}
+
 /* Reads the next request head. Returns 1 with c->b->req ready, 0 when the
  * connection ended cleanly (end of stream, idle timeout, shutdown between
  * requests), or -1 after queueing an error response. */
@@ -175,7 +192,7 @@ static int read_head(http_conn_t *c) {
         return rc;
       parsed = avail;
     }
-    ssize_t n = keel_bufstream_fill(c->bs);
+    ssize_t n = fill_head(c, parsed);
     c->now = keel_now_ns();
     if (n > 0 && !timed) {
       timed = true;
