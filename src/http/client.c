@@ -61,49 +61,32 @@ static ssize_t scan_fields(keel_http_call_t *call, const keel_http_call_opts_t *
   return (ssize_t)total;
 }
 
-static char *put(char *p, const char *s, size_t n) {
-  memcpy(p, s, n);
-  return p + n;
-}
-
-static char *put_u64(char *p, uint64_t v) {
-  char tmp[24];
-  size_t n = 0;
-  do {
-    tmp[n++] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v);
-  while (n)
-    *p++ = tmp[--n];
-  return p;
-}
-
 /* The framing fields: a whole body always has a length (POST and PUT
  * without one say 0); a streamed one its length or chunked. */
 static char *put_framing(char *p, const keel_http_call_opts_t *req, const char *method) {
   if (req->body_fn && req->body_fn_length <= 0)
-    return put(p, "Transfer-Encoding: chunked\r\n", 28);
+    return keel__http_put(p, "Transfer-Encoding: chunked\r\n", 28);
   uint64_t n = req->body_fn ? (uint64_t)req->body_fn_length : req->body_len;
   if (n == 0 && strcmp(method, "POST") != 0 && strcmp(method, "PUT") != 0 &&
       strcmp(method, "PATCH") != 0)
     return p;
-  p = put(p, "Content-Length: ", 16);
-  p = put_u64(p, n);
-  return put(p, "\r\n", 2);
+  p = keel__http_put(p, "Content-Length: ", 16);
+  p = keel__http_put_u64(p, n);
+  return keel__http_put(p, "\r\n", 2);
 }
 
 static char *put_host(char *p, const hc_url_t *u) {
-  p = put(p, "Host: ", 6);
+  p = keel__http_put(p, "Host: ", 6);
   if (u->ipv6)
     *p++ = '[';
-  p = put(p, u->host, u->host_len);
+  p = keel__http_put(p, u->host, u->host_len);
   if (u->ipv6)
     *p++ = ']';
   if (u->port != (u->tls ? 443 : 80)) {
     *p++ = ':';
-    p = put_u64(p, u->port);
+    p = keel__http_put_u64(p, u->port);
   }
-  return put(p, "\r\n", 2);
+  return keel__http_put(p, "\r\n", 2);
 }
 
 static int format_request(keel_http_call_t *call, const keel_http_call_opts_t *req,
@@ -121,23 +104,23 @@ static int format_request(keel_http_call_t *call, const keel_http_call_opts_t *r
   char *head = keel_arena_alloc_aligned(call->arena, cap, 1), *p = head;
   if (!head)
     return -ENOMEM;
-  p = put(p, method, ml);
+  p = keel__http_put(p, method, ml);
   *p++ = ' ';
   if (slash)
     *p++ = '/';
-  p = put(p, u->target, u->target_len);
-  p = put(p, " HTTP/1.1\r\n", 11);
+  p = keel__http_put(p, u->target, u->target_len);
+  p = keel__http_put(p, " HTTP/1.1\r\n", 11);
   if (!has_host)
     p = put_host(p, u);
   for (size_t i = 0; i < req->nheaders; i++) {
     const keel_http_header_t *h = &req->headers[i];
-    p = put(p, h->name, h->name_len ? h->name_len : strlen(h->name));
-    p = put(p, ": ", 2);
-    p = put(p, h->value, h->value_len ? h->value_len : strlen(h->value));
-    p = put(p, "\r\n", 2);
+    p = keel__http_put(p, h->name, h->name_len ? h->name_len : strlen(h->name));
+    p = keel__http_put(p, ": ", 2);
+    p = keel__http_put(p, h->value, h->value_len ? h->value_len : strlen(h->value));
+    p = keel__http_put(p, "\r\n", 2);
   }
   p = put_framing(p, req, method);
-  p = put(p, "\r\n", 2);
+  p = keel__http_put(p, "\r\n", 2);
   call->req_head = head;
   call->req_head_len = (size_t)(p - head);
   static const char *const idempotent[] = {"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"};
@@ -152,18 +135,8 @@ static int format_request(keel_http_call_t *call, const keel_http_call_opts_t *r
 
 /* "hex CRLF" before a chunk of n bytes. */
 static size_t chunk_prefix(char *p, size_t n) {
-  static const char digits[] = "0123456789abcdef";
-  char tmp[16];
-  size_t k = 0, len = 0;
-  do {
-    tmp[k++] = digits[n & 15];
-    n >>= 4;
-  } while (n);
-  while (k)
-    p[len++] = tmp[--k];
-  p[len++] = '\r';
-  p[len++] = '\n';
-  return len;
+  char *e = keel__http_put(keel__http_put_hex(p, n), "\r\n", 2);
+  return (size_t)(e - p);
 }
 
 static int send_streamed(keel_http_call_t *call, const keel_http_call_opts_t *req, char *buf) {

@@ -1,6 +1,7 @@
 /* Header fields, read the same strict way in requests (request.c) and
  * responses (client-head.c): tokens, values, "name: value CRLF" lines and
  * Content-Length values. */
+#include <stdint.h>
 #include <string.h>
 
 #include "http-internal.h"
@@ -69,4 +70,36 @@ bool keel__http_parse_length(const char *v, size_t n, int64_t *out) {
   }
   *out = x;
   return true;
+}
+
+/* ---- Formatting heads by hand (no printf per message) ---- */
+
+char *keel__http_put(char *p, const char *s, size_t n) {
+  memcpy(p, s, n);
+  return p + n;
+}
+
+char *keel__http_put_u64(char *p, uint64_t v) {
+  char tmp[24];
+  size_t n = 0;
+  do {
+    tmp[n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  while (n)
+    *p++ = tmp[--n];
+  return p;
+}
+
+char *keel__http_put_hex(char *p, uint64_t v) {
+  static const char digits[] = "0123456789abcdef";
+  char tmp[20];
+  size_t n = 0;
+  do {
+    tmp[n++] = digits[v & 15];
+    v >>= 4;
+  } while (v);
+  while (n)
+    *p++ = tmp[--n];
+  return p;
 }

@@ -135,6 +135,11 @@ int keel__http_parse_field(char **pp, char *end, keel_http_header_t *h);
 /* A Content-Length value: 1*DIGIT, at most 18 digits (no sign, no list,
  * no junk). */
 bool keel__http_parse_length(const char *v, size_t n, int64_t *out);
+/* Writes the n bytes at s, v in decimal, v in lowercase hex at p; each
+ * returns the end of what it wrote (room is the caller's). */
+char *keel__http_put(char *p, const char *s, size_t n);
+char *keel__http_put_u64(char *p, uint64_t v);
+char *keel__http_put_hex(char *p, uint64_t v);
 
 /* parse.c: whether the two bytes before p (in the feed from b->base, then
  * those kept by keel__http_keep_tail) are CRLF. */

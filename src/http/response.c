@@ -69,36 +69,6 @@ int keel__http_flush(http_conn_t *c) {
 
 /* ---- Heads ---------------------------------------------------------------- */
 
-static char *put(char *p, const char *s, size_t n) {
-  memcpy(p, s, n);
-  return p + n;
-}
-
-static char *put_u64(char *p, uint64_t v) {
-  char tmp[24];
-  size_t n = 0;
-  do {
-    tmp[n++] = (char)('0' + v % 10);
-    v /= 10;
-  } while (v);
-  while (n)
-    *p++ = tmp[--n];
-  return p;
-}
-
-static char *put_hex(char *p, uint64_t v) {
-  static const char digits[] = "0123456789abcdef";
-  char tmp[20];
-  size_t n = 0;
-  do {
-    tmp[n++] = digits[v & 15];
-    v >>= 4;
-  } while (v);
-  while (n)
-    *p++ = tmp[--n];
-  return p;
-}
-
 static void format_date(char *buf, size_t *len, time_t sec) {
   struct tm tm;
   gmtime_r(&sec, &tm);
@@ -114,13 +84,13 @@ static char *put_date(http_conn_t *c, char *p) {
     char buf[64];
     size_t n;
     format_date(buf, &n, ts.tv_sec);
-    return put(p, buf, n);
+    return keel__http_put(p, buf, n);
   }
   if (w->date_sec != ts.tv_sec) {
     format_date(w->date, &w->date_len, ts.tv_sec);
     w->date_sec = ts.tv_sec;
   }
-  return put(p, w->date, w->date_len);
+  return keel__http_put(p, w->date, w->date_len);
 }
 
 static bool draining(http_conn_t *c) {
@@ -157,25 +127,25 @@ static int emit_head(keel_http_response_t *res, int64_t body_len) {
   if (rc < 0)
     return rc;
   char *p = c->b->out + c->b->out_len;
-  p = put(p, "HTTP/1.1 ", 9);
-  p = put_u64(p, (uint64_t)res->status);
+  p = keel__http_put(p, "HTTP/1.1 ", 9);
+  p = keel__http_put_u64(p, (uint64_t)res->status);
   *p++ = ' ';
-  p = put(p, reason, rlen);
-  p = put(p, "\r\n", 2);
+  p = keel__http_put(p, reason, rlen);
+  p = keel__http_put(p, "\r\n", 2);
   if (!c->lim->no_date && !res->user_date)
     p = put_date(c, p);
   if (c->lim->server_name_len) {
-    p = put(p, "Server: ", 8);
-    p = put(p, c->lim->server_name, c->lim->server_name_len);
-    p = put(p, "\r\n", 2);
+    p = keel__http_put(p, "Server: ", 8);
+    p = keel__http_put(p, c->lim->server_name, c->lim->server_name_len);
+    p = keel__http_put(p, "\r\n", 2);
   }
   if (!bodyless_status(res->status)) {
     if (body_len >= 0) {
-      p = put(p, "Content-Length: ", 16);
-      p = put_u64(p, (uint64_t)body_len);
-      p = put(p, "\r\n", 2);
+      p = keel__http_put(p, "Content-Length: ", 16);
+      p = keel__http_put_u64(p, (uint64_t)body_len);
+      p = keel__http_put(p, "\r\n", 2);
     } else if (res->declared < 0 && req->version >= 11) {
-      p = put(p, "Transfer-Encoding: chunked\r\n", 28);
+      p = keel__http_put(p, "Transfer-Encoding: chunked\r\n", 28);
       res->chunked = true;
     } else if (res->declared < 0) {
       res->until_close = true; /* HTTP/1.0: the end of the body is the end of the connection */
@@ -183,12 +153,12 @@ static int emit_head(keel_http_response_t *res, int64_t body_len) {
     }
   }
   if (close)
-    p = put(p, "Connection: close\r\n", 19);
+    p = keel__http_put(p, "Connection: close\r\n", 19);
   else if (req->version == 10)
-    p = put(p, "Connection: keep-alive\r\n", 24);
+    p = keel__http_put(p, "Connection: keep-alive\r\n", 24);
   if (res->hdrs_len)
-    p = put(p, res->hdrs, res->hdrs_len);
-  p = put(p, "\r\n", 2);
+    p = keel__http_put(p, res->hdrs, res->hdrs_len);
+  p = keel__http_put(p, "\r\n", 2);
   c->b->out_len = (size_t)(p - c->b->out);
   c->close = c->close || close;
   res->head_sent = true;
@@ -241,10 +211,10 @@ static int append_field(http_conn_t *c, char **buf, size_t *len, size_t *cap, co
     *cap = ncap;
   }
   char *p = *buf + *len;
-  p = put(p, name, nl);
-  p = put(p, ": ", 2);
-  p = put(p, value, vl);
-  p = put(p, "\r\n", 2);
+  p = keel__http_put(p, name, nl);
+  p = keel__http_put(p, ": ", 2);
+  p = keel__http_put(p, value, vl);
+  p = keel__http_put(p, "\r\n", 2);
   *len = (size_t)(p - *buf);
   return 0;
 }
@@ -342,7 +312,7 @@ ssize_t keel_http_write(keel_http_response_t *res, const void *buf, size_t len) 
   int n = 0;
   iov[n++] = (struct iovec){c->b->out, c->b->out_len};
   if (res->chunked) {
-    p = put(put_hex(p, len), "\r\n", 2);
+    p = keel__http_put(keel__http_put_hex(p, len), "\r\n", 2);
     iov[n++] = (struct iovec){size, (size_t)(p - size)};
   }
   iov[n++] = (struct iovec){(void *)buf, len};
@@ -394,16 +364,16 @@ void keel__http_error_response(http_conn_t *c, int status) {
   char head[256], *p = head;
   const char *reason = keel_http_reason(status);
   size_t rlen = strlen(reason);
-  p = put(p, "HTTP/1.1 ", 9);
-  p = put_u64(p, (uint64_t)status);
+  p = keel__http_put(p, "HTTP/1.1 ", 9);
+  p = keel__http_put_u64(p, (uint64_t)status);
   *p++ = ' ';
-  p = put(p, reason, rlen);
-  p = put(p, "\r\n", 2);
+  p = keel__http_put(p, reason, rlen);
+  p = keel__http_put(p, "\r\n", 2);
   if (!c->lim->no_date)
     p = put_date(c, p);
-  p = put(p, "Content-Type: text/plain\r\nContent-Length: ", 42);
-  p = put_u64(p, rlen + 1);
-  p = put(p, "\r\nConnection: close\r\n\r\n", 23);
+  p = keel__http_put(p, "Content-Type: text/plain\r\nContent-Length: ", 42);
+  p = keel__http_put_u64(p, rlen + 1);
+  p = keel__http_put(p, "\r\nConnection: close\r\n\r\n", 23);
   c->close = true;
   bool head_method = c->b->req && c->b->req->head_method; /* no body for HEAD */
   if (keel__http_queue(c, head, (size_t)(p - head)) == 0 && !head_method &&
