@@ -90,28 +90,6 @@ static void start_conn(server_t *srv, keel_scope_t *conns, keel_tcp_t *tcp) {
   atomic_fetch_sub_explicit(&srv->conns, 1, memory_order_relaxed);
 }
 
-/* Errors of accept(2) that concern one connection, not the listener. */
-static bool accept_error_transient(int err) {
-  switch (err) {
-  case -ECONNABORTED:
-  case -EPROTO:
-  case -EPERM:
-  case -EINTR:
-  case -EAGAIN:
-  case -ENOBUFS:
-  case -ENOMEM:
-  case -ENETDOWN:
-  case -ENONET:
-  case -EHOSTUNREACH:
-  case -EHOSTDOWN:
-  case -ENETUNREACH:
-  case -EOPNOTSUPP:
-    return true;
-  default:
-    return false;
-  }
-}
-
 /* Accepts until cancelled. Returns 0 on cancellation, or a fatal error. */
 static int accept_loop(server_t *srv, keel_listener_t *l, keel_scope_t *conns) {
   for (;;) {
@@ -121,7 +99,7 @@ static int accept_loop(server_t *srv, keel_listener_t *l, keel_scope_t *conns) {
       start_conn(srv, conns, tcp);
     } else if (rc == -ECANCELED || rc == -ETIMEDOUT) {
       return 0;
-    } else if (accept_error_transient(rc)) {
+    } else if (keel_tcp_accept_error_transient(rc)) {
       /* Memory pressure is worth a pause; the others are one peer's failure. */
       if ((rc == -ENOBUFS || rc == -ENOMEM) && keel_sleep_ms(10) < 0)
         return 0;

@@ -320,9 +320,24 @@ static void test_listener_closed_during_backoff(void **state) {
   }
 }
 
+/* Which accept errors concern one connection (accept again) and which the
+ * listener (stop): the accept loops of http and the echo example ask. */
+static void test_transient_errors(void **state) {
+  (void)state;
+  const int transient[] = {ECONNABORTED, EPROTO,      EPERM,     EINTR,  EAGAIN,
+                           ENOBUFS,      ENOMEM,      ENETDOWN,  ENONET, EHOSTUNREACH,
+                           EHOSTDOWN,    ENETUNREACH, EOPNOTSUPP};
+  for (size_t i = 0; i < sizeof transient / sizeof transient[0]; i++)
+    assert_true(keel_tcp_accept_error_transient(-transient[i]));
+  const int fatal[] = {EBADF, EINVAL, ENOTSOCK, EFAULT, ECANCELED, 0};
+  for (size_t i = 0; i < sizeof fatal / sizeof fatal[0]; i++)
+    assert_false(keel_tcp_accept_error_transient(-fatal[i]));
+}
+
 int main(void) {
   kt_select_backends();
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_transient_errors),
       cmocka_unit_test(test_accept_emfile),
       cmocka_unit_test(test_listener_closed_during_backoff),
   };

@@ -76,6 +76,10 @@ int keel_tcp_listen(const char *hostport, const keel_listen_opts_t *opts, keel_l
  * Running out of descriptors (EMFILE/ENFILE) is logged and retried after
  * a short back-off, never returned. */
 int keel_tcp_accept(keel_listener_t *l, keel_tcp_t **out);
+/* Whether an error of keel_tcp_accept concerns one connection (it aborted,
+ * a firewall refused it, memory is short for a moment: accept again, after
+ * a short pause for -ENOBUFS / -ENOMEM) rather than the listener. */
+bool keel_tcp_accept_error_transient(int err);
 
 /* Local address of the listener (e.g. to learn an ephemeral port): its
  * keel_addr_format string connects to it, in lab mode too. */

@@ -94,27 +94,6 @@ static void start_conn(server_t *srv, http_worker_t *w, keel_tcp_t *tcp) {
     keel__http_conn_end(c);
 }
 
-static bool accept_error_transient(int err) {
-  switch (err) {
-  case -ECONNABORTED:
-  case -EPROTO:
-  case -EPERM:
-  case -EINTR:
-  case -EAGAIN:
-  case -ENOBUFS:
-  case -ENOMEM:
-  case -ENETDOWN:
-  case -ENONET:
-  case -EHOSTUNREACH:
-  case -EHOSTDOWN:
-  case -ENETUNREACH:
-  case -EOPNOTSUPP:
-    return true;
-  default:
-    return false;
-  }
-}
-
 static int accept_loop(server_t *srv, http_worker_t *w, keel_listener_t *l) {
   for (;;) {
     keel_tcp_t *tcp;
@@ -123,7 +102,7 @@ static int accept_loop(server_t *srv, http_worker_t *w, keel_listener_t *l) {
       start_conn(srv, w, tcp);
     } else if (rc == -ECANCELED || rc == -ETIMEDOUT) {
       return 0;
-    } else if (accept_error_transient(rc)) {
+    } else if (keel_tcp_accept_error_transient(rc)) {
       if ((rc == -ENOBUFS || rc == -ENOMEM) && keel_sleep_ms(10) < 0)
         return 0;
     } else {

@@ -275,6 +275,27 @@ static int accept_backoff(keel_listener_t *l, int err, int64_t *backoff_ms) {
   return rc;
 }
 
+bool keel_tcp_accept_error_transient(int err) {
+  switch (err) {
+  case -ECONNABORTED:
+  case -EPROTO:
+  case -EPERM:
+  case -EINTR:
+  case -EAGAIN:
+  case -ENOBUFS:
+  case -ENOMEM:
+  case -ENETDOWN:
+  case -ENONET:
+  case -EHOSTUNREACH:
+  case -EHOSTDOWN:
+  case -ENETUNREACH:
+  case -EOPNOTSUPP:
+    return true;
+  default:
+    return false;
+  }
+}
+
 int keel_tcp_accept(keel_listener_t *l, keel_tcp_t **out) {
   if (!OWNED_HERE(&l->io))
     return -EXDEV;
