@@ -62,6 +62,7 @@ enum {
   KEEL_STREAM_Q_NODELAY,      /* int: TCP_NODELAY now (1 or 0) */
   KEEL_STREAM_Q_SET_NODELAY,  /* int in: sets TCP_NODELAY */
   KEEL_STREAM_Q_TRANSPORT,    /* const char *: name of the stream at the bottom */
+  KEEL_STREAM_Q_TLS,          /* keel_tls_t *: the TLS layer (keel/tls.h) */
   KEEL_STREAM_Q_USER = 0x1000 /* first key for a layer's own properties */
 };
 /* Returns 0 when a layer answered, -ENOTSUP when none knows, -EINVAL for a
