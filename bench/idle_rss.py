@@ -94,6 +94,118 @@ def open_idle_http(port, n, host="127.0.0.1", body=b"Hello, World!", max_infligh
     return conns
 
 
+def tls_client_context(alpn=("http/1.1",)):
+    """A client context for the benchmark's test certificate: TLS 1.3, no
+    verification (the certificate is self-signed; the handshakes' cost is
+    what matters), ALPN http/1.1 offered."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    return ctx
+
+
+def open_idle_https(port, n, host="127.0.0.1", body=b"Hello, World!", max_inflight=256,
+                    context=None):
+    """open_idle_http over TLS: connects n sockets, runs a full TLS
+    handshake on each (context: tls_client_context() by default, no session
+    reuse), sends one GET / and reads its response (checked as
+    open_idle_http does), keeps them open. Returns the SSL sockets. Raises
+    RuntimeError on a failed handshake, a close or a bad response."""
+    import ssl
+    ctx = context or tls_client_context()
+    request = (f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n").encode()
+    conns = []
+    sel = selectors.DefaultSelector()
+    try:
+        for _ in range(n):
+            raw = socket.create_connection((host, port))
+            s = ctx.wrap_socket(raw, do_handshake_on_connect=False)
+            conns.append(s)
+            s.setblocking(False)
+            # state: [handshaken, request sent, response bytes]
+            state = [False, False, bytearray()]
+            sel.register(s, selectors.EVENT_WRITE, state)
+            if len(sel.get_map()) >= max_inflight:
+                drain_https(sel, max_inflight // 2, body, request)
+        drain_https(sel, 0, body, request)
+    except BaseException:
+        for s in conns:
+            s.close()
+        raise
+    return conns
+
+
+def drain_https(sel, down_to, body, request):
+    import ssl
+    deadline = time.monotonic() + 60
+    while len(sel.get_map()) > down_to:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(sel.get_map())} TLS connections still unanswered after "
+                               "60 s")
+        for key, _ in sel.select(timeout=1):
+            s, state = key.fileobj, key.data
+            try:
+                if not state[0]:
+                    s.do_handshake()
+                    state[0] = True
+                if not state[1]:
+                    s.sendall(request)  # small: fits the socket buffer at once
+                    state[1] = True
+                    sel.modify(s, selectors.EVENT_READ, state)
+                while True:
+                    got = s.recv(4096)
+                    if not got:
+                        raise RuntimeError("connection closed before its response"
+                                           + (f" (after {len(state[2])} bytes)"
+                                              if state[2] else ""))
+                    state[2] += got
+                    if s.pending() == 0:
+                        break
+            except ssl.SSLWantReadError:
+                sel.modify(s, selectors.EVENT_READ, state)
+                continue
+            except ssl.SSLWantWriteError:
+                sel.modify(s, selectors.EVENT_WRITE, state)
+                continue
+            except ssl.SSLError as e:
+                raise RuntimeError(f"TLS: {e}") from None
+            except ConnectionError as e:
+                raise RuntimeError(f"connection reset before its response: {e}") from None
+            buf = state[2]
+            try:
+                end = http_response_end(buf)
+            except ValueError as e:
+                raise RuntimeError(f"bad response: {e}") from None
+            if end is None:
+                continue
+            if end != len(buf):
+                raise RuntimeError(f"{len(buf) - end} bytes after the response")
+            why = check_http_response(buf, body)
+            if why:
+                raise RuntimeError(f"bad response: {why}")
+            sel.unregister(s)
+
+
+def count_closed_tls(conns):
+    """count_closed for the SSL sockets of open_idle_https: the socket under
+    each is read without blocking (and without TLS), so a close, a reset or
+    bytes nobody asked for (a close_notify included) count."""
+    closed = 0
+    for s in conns:
+        try:
+            socket.socket.recv(s, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            closed += 1
+        except BlockingIOError:
+            pass
+        except OSError:
+            closed += 1
+    return closed
+
+
 def http_response_end(buf):
     """Length of the first complete response in buf, or None if incomplete.
     Raises ValueError if it is not one this benchmark accepts."""
