@@ -12,8 +12,14 @@ each connection (a 200 with the body "Hello, World!" is checked), which
 leaves N idle keep-alive connections. tools/bench --suite http uses
 open_idle_http() from here for nginx and h2o as well.
 
+With --http --tls-cert F --tls-key F, http-hello serves HTTPS with that
+certificate and every connection runs a full TLS 1.3 handshake first
+(python ssl, no verification, no resumption): N idle TLS connections.
+tools/bench --suite tls uses open_idle_https() from here.
+
 usage: bench/idle_rss.py [--build build] [--conns 10000] [--backend uring]
                          [--workers 1] [--limit-kib 1] [--http]
+                         [--tls-cert F --tls-key F]
 """
 import argparse
 import os
@@ -314,7 +320,12 @@ def main():
     ap.add_argument("--limit-kib", type=float, default=1.0)
     ap.add_argument("--http", action="store_true",
                     help="examples/http-hello, one GET / per connection")
+    ap.add_argument("--tls-cert", help="with --http: serve HTTPS with this certificate")
+    ap.add_argument("--tls-key", help="with --http: the certificate's key")
     a = ap.parse_args()
+    tls = bool(a.tls_cert or a.tls_key)
+    if tls and not (a.http and a.tls_cert and a.tls_key):
+        ap.error("--tls-cert and --tls-key go together, with --http")
 
     need = a.conns + 64
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -324,6 +335,8 @@ def main():
     if a.http:
         cmd = [os.path.join(a.build, "examples", "http-hello"), "--host", "127.0.0.1",
                "--port", str(port), "--backend", a.backend, "--workers", str(a.workers)]
+        if tls:
+            cmd += ["--tls-cert", a.tls_cert, "--tls-key", a.tls_key]
     else:
         cmd = [os.path.join(a.build, "examples", "echo-server"), "--port", str(port),
                "--backend", a.backend, "--workers", str(a.workers),
@@ -333,15 +346,18 @@ def main():
         wait_listening(port, server)
         time.sleep(0.2)
         before = rss_kib(server.pid)
-        conns = open_idle_http(port, a.conns) if a.http else open_idle(port, a.conns)
+        if tls:
+            conns = open_idle_https(port, a.conns)
+        else:
+            conns = open_idle_http(port, a.conns) if a.http else open_idle(port, a.conns)
         time.sleep(0.5)
         after = rss_kib(server.pid)
         per = (after - before) / a.conns
-        closed = count_closed(conns) if a.http else 0
+        closed = (count_closed_tls(conns) if tls else count_closed(conns)) if a.http else 0
         if closed:
             print(f"the server closed {closed} of the {a.conns} idle connections",
                   file=sys.stderr)
-        print(f"{'http ' if a.http else ''}"
+        print(f"{'https ' if tls else 'http ' if a.http else ''}"
               f"idle connections: {a.conns}  backend: {a.backend}  workers: {a.workers}  "
               f"server RSS: {before} KiB -> {after} KiB  per connection: {per:.2f} KiB "
               f"(limit {a.limit_kib} KiB)")
