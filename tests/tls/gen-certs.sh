@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Generates the certificates of keel's TLS tests into OUTDIR with the
 # openssl command (OpenSSL 3.0's CLI) and nothing else. The build runs it
-# (tests/tls/meson.build: the files land in BUILD/tests/tls/certs/) and
+# (tests/tls/meson.build: the files land in BUILD/tests/tls/) and
 # gives the directory to every test as KEEL_TEST_CERTS. No key is ever
 # committed: they exist only where this script writes them.
 #
@@ -51,6 +51,7 @@ command -v "$openssl" >/dev/null 2>&1 || {
 
 umask 077
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
 tmp=$(mktemp -d "$out/.gen.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 cd "$tmp"
