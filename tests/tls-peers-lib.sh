@@ -15,6 +15,7 @@ if [ $# -lt 4 ]; then
   exit 2
 fi
 echo_server=$1
+# shellcheck disable=SC2034 # for the scripts that source this
 http_get=$3
 # shellcheck source=tests/http-peers-lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/http-peers-lib.sh" "$2" "$4"
@@ -23,8 +24,9 @@ certs=${KEEL_TEST_CERTS:-}
 [ -n "$certs" ] ||
   skip "no test certificates: KEEL_TEST_CERTS is not set (the build makes them with the openssl command; tools/setup installs it)"
 for f in ca server other client expired wronghost selfsigned server-ed25519; do
-  [ -s "$certs/$f.pem" ] && [ -s "$certs/$f.key" ] ||
+  if [ ! -s "$certs/$f.pem" ] || [ ! -s "$certs/$f.key" ]; then
     fail "$certs/$f.pem or $f.key is missing (tests/tls/gen-certs.sh $certs makes them)"
+  fi
 done
 
 # Processes other than the keel server (s_server, s_client, python peers),
@@ -73,6 +75,7 @@ start_hello() {
 }
 
 # The TLS flags of the examples with the test certificates.
+# shellcheck disable=SC2034 # for the scripts that source this
 tls_server_flags=(--tls-cert "$certs/server.pem" --tls-key "$certs/server.key")
 
 # wait_exit PID SECONDS: waits up to SECONDS for PID (a child) to exit and
@@ -110,6 +113,7 @@ start_s_server() {
   for _ in $(seq 300); do
     line=$(grep -m1 '^ACCEPT 127\.0\.0\.1:[0-9]*' "$work/s_server.log" 2>/dev/null)
     if [ -n "$line" ]; then
+      # shellcheck disable=SC2034 # for the scripts that source this
       s_port=${line##*:}
       return 0
     fi
@@ -146,7 +150,7 @@ s_client_echo() {
   exec {fd}>"$work/$name.in"
   # s_client reads its input and the server's bytes in one loop: writing
   # all of the file before reading any cannot dead-lock it.
-  timeout 120 cat "$file" >&"$fd" 2>/dev/null ||
+  timeout 120 cat "$file" 1>&"$fd" 2>/dev/null ||
     { exec {fd}>&-; fail "$name: s_client did not take its input: $(cat "$work/$name.err")"; }
   ticks=1200
   got=0

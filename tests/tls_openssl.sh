@@ -92,7 +92,7 @@ sc_echo() {
   local name=$1 file=$2 size want got=0 ticks=1200
   size=$(stat -c %s "$file")
   want=$((sc_sent[$name] + size))
-  timeout 60 cat "$file" >&"${sc_fd[$name]}" 2>/dev/null ||
+  timeout 60 cat "$file" 1>&"${sc_fd[$name]}" 2>/dev/null ||
     fail "$name: s_client took no input: $(cat "$work/$name.err")"
   sc_sent[$name]=$want
   while ((ticks-- > 0)); do
