@@ -15,6 +15,7 @@
 #include "stream.h"
 #include "sync.h"
 #include "tcp.h"
+#include "tls.h"
 #include "watch.h"
 
 #define KEEL_VERSION_MAJOR 0

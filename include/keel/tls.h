@@ -137,8 +137,8 @@ typedef struct keel_tls_ctx_opts {
    * the first of its own that the client offers (none in common: the
    * handshake fails with no_application_protocol); a client offers them. */
   const char *const *alpn;
-  int min_version; /* 0: KEEL_TLS_1_2 */
-  int max_version; /* 0: KEEL_TLS_1_3 */
+  int min_version;          /* 0: KEEL_TLS_1_2 */
+  int max_version;          /* 0: KEEL_TLS_1_3 */
   const char *ciphers;      /* TLS 1.2 suites (OpenSSL syntax); NULL: the default policy */
   const char *ciphersuites; /* TLS 1.3 suites; NULL: OpenSSL's three AEADs */
   const char *groups;       /* NULL: "X25519:P-256:P-384" */
