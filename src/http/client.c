@@ -256,7 +256,8 @@ static bool retryable(const keel_http_call_t *call, int rc) {
 }
 
 static int attempt(keel_http_call_t *call, const keel_http_call_opts_t *req, bool fresh) {
-  int rc = keel__hc_conn_get(call->origin, fresh, &call->conn, &call->reused);
+  int rc = keel__hc_conn_get(call->origin, fresh, &call->conn, &call->reused, req->why,
+                             req->why_len);
   if (rc < 0)
     return rc;
   call->conn->uses++;
