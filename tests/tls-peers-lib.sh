@@ -168,6 +168,13 @@ s_client_echo() {
   cmp "$file" "$work/$name.out" || fail "$name: the echoed bytes differ from those sent"
 }
 
+# no_sanitizer_report FILE WHAT: FILE (a keel program's stderr) holds no
+# sanitizer report: a program expected to fail must fail for its reason.
+no_sanitizer_report() {
+  ! grep -Eq 'ERROR: (Address|Leak|Thread|Memory)Sanitizer|WARNING: ThreadSanitizer|runtime error:' "$1" ||
+    fail "$2: a sanitizer report: $(grep -Em3 'Sanitizer|runtime error:' "$1")"
+}
+
 # expect_in FILE REGEX WHAT: FILE matches the extended REGEX (ignoring
 # case), or the test fails saying WHAT was expected.
 expect_in() {

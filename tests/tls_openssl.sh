@@ -178,6 +178,7 @@ get_fails() {
   local name=$1 regex=$2 url=$3
   shift 3
   get "$name" "$url" "$@" && fail "$name: http-get $url $* succeeded: $(head -n1 "$work/$name.head")"
+  no_sanitizer_report "$work/$name.err" "$name"
   expect_in "$work/$name.err" "$regex" "$name: the reason \"$regex\" on stderr"
   echo "  $name: $(grep -Eio -m1 -- "$regex" "$work/$name.err")"
 }
