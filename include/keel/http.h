@@ -155,6 +155,9 @@ int keel_http_body(keel_http_request_t *req, const void **data, size_t *len);
 
 /* Memory that lives until the response is sent (the connection's arena). */
 keel_arena_t *keel_http_arena(keel_http_request_t *req);
+/* The connection's TLS layer (HTTPS: keel_tls_info, keel_tls_peer_subject
+ * for a client certificate), or NULL over plain HTTP. */
+keel_tls_t *keel_http_tls(const keel_http_request_t *req);
 
 /* The peer's address (-ENOTSUP for a stream that has none). */
 int keel_http_peer_addr(const keel_http_request_t *req, keel_addr_t *out);
