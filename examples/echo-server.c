@@ -106,7 +106,15 @@ static int conn_echo(void *arg) {
   return conn_wait(ca);
 }
 
-static int conn_task(void *arg) { return conn_wait(arg); }
+static int conn_task(void *arg) {
+  conn_arg_t *ca = arg;
+  if (!ca->server->tls)
+    return conn_wait(ca);
+  /* TLS: the ClientHello must come within the handshake limit. */
+  keel_task_set_deadline(keel_now_ns() + KEEL_TLS_DEFAULT_HANDSHAKE_TIMEOUT_MS * KEEL_NS_PER_MS);
+  int rc = keel_tcp_park(ca->tcp, conn_echo, ca); /* returns only if it cannot park */
+  return rc < 0 ? conn_end(ca) : 0;
+}
 
 /* Takes ownership of tcp: spawns its task, or closes it when over the
  * connection limit or when the task cannot be started. */
