@@ -65,11 +65,16 @@ static int conn_wait(conn_arg_t *ca) {
   return rc < 0 ? conn_end(ca) : 0;
 }
 
-/* The echo over TLS: the handshake runs on the first read. Between
+/* The echo over TLS, after the handshake. Between
  * messages the task waits for readability, holding its stack but no
  * buffer (the TLS stream gives OpenSSL's and keel's back meanwhile). */
 static int tls_echo(conn_arg_t *ca) {
   keel_stream_t *s = keel_tls_stream(ca->tls);
+  /* Under the deadline set at the accept (conn_task). */
+  int rc = keel_tls_handshake(ca->tls);
+  keel_task_set_deadline(KEEL_DEADLINE_NONE);
+  if (rc < 0)
+    return conn_end(ca);
   char buf[ECHO_BUF_SIZE];
   for (;;) {
     if (ca->server->idle_ns > 0)
