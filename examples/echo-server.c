@@ -65,11 +65,16 @@ static int conn_wait(conn_arg_t *ca) {
   return rc < 0 ? conn_end(ca) : 0;
 }
 
-/* The echo over TLS: the handshake runs on the first read. Between
+/* The echo over TLS, after the handshake. Between
  * messages the task waits for readability, holding its stack but no
  * buffer (the TLS stream gives OpenSSL's and keel's back meanwhile). */
 static int tls_echo(conn_arg_t *ca) {
   keel_stream_t *s = keel_tls_stream(ca->tls);
+  /* Under the deadline set at the accept (conn_task). */
+  int rc = keel_tls_handshake(ca->tls);
+  keel_task_set_deadline(KEEL_DEADLINE_NONE);
+  if (rc < 0)
+    return conn_end(ca);
   char buf[ECHO_BUF_SIZE];
   for (;;) {
     if (ca->server->idle_ns > 0)
@@ -106,7 +111,15 @@ static int conn_echo(void *arg) {
   return conn_wait(ca);
 }
 
-static int conn_task(void *arg) { return conn_wait(arg); }
+static int conn_task(void *arg) {
+  conn_arg_t *ca = arg;
+  if (!ca->server->tls)
+    return conn_wait(ca);
+  /* TLS: the ClientHello must come within the handshake limit. */
+  keel_task_set_deadline(keel_now_ns() + KEEL_TLS_DEFAULT_HANDSHAKE_TIMEOUT_MS * KEEL_NS_PER_MS);
+  int rc = keel_tcp_park(ca->tcp, conn_echo, ca); /* returns only if it cannot park */
+  return rc < 0 ? conn_end(ca) : 0;
+}
 
 /* Takes ownership of tcp: spawns its task, or closes it when over the
  * connection limit or when the task cannot be started. */

@@ -32,6 +32,22 @@ int keel__tls_ctx_error(char *reason, size_t len, int err, const char *what) {
   return err;
 }
 
+/* An alert's name: OpenSSL 3.0 names the TLS 1.3 ones "unknown". */
+static const char *alert_name(int desc) {
+  switch (desc) {
+  case 109:
+    return "missing extension";
+  case 115:
+    return "unknown PSK identity";
+  case 116:
+    return "certificate required";
+  case 120:
+    return "no application protocol";
+  default:
+    return SSL_alert_desc_string_long(desc);
+  }
+}
+
 /* The errno for an alert, received or sent. */
 static int alert_errno(int desc) {
   switch (desc) {
@@ -67,7 +83,7 @@ static int reason_error(keel_tls_t *t, unsigned long e) {
   if (ERR_GET_LIB(e) == ERR_LIB_SSL && r >= SSL_AD_REASON_OFFSET &&
       r < SSL_AD_REASON_OFFSET + 256) {
     int desc = r - SSL_AD_REASON_OFFSET;
-    keel__tls_set_reason(t, "alert received: %s", SSL_alert_desc_string_long(desc));
+    keel__tls_set_reason(t, "alert received: %s", alert_name(desc));
     return alert_errno(desc);
   }
   const char *why = ERR_reason_error_string(e);
