@@ -9,7 +9,8 @@
  *                           [--ciphersuites S] [--buffer BYTES]
  *
  * server: one connection, SSL_read into a 64 KiB buffer until close_notify
- * or the end of the stream; client: SSL_write of 64 KiB at a time (records
+ * or the end of the stream, with read-ahead into a read buffer of the same
+ * size (many records per read(2), as keel's BIO reads); client: SSL_write of 64 KiB at a time (records
  * of 16 KiB, OpenSSL's maximum, as keel's), SSL_shutdown and a shutdown of
  * the socket's writing side, then reads to the server's end and closes (a
  * close with the server's session tickets unread would reset the
@@ -88,6 +89,10 @@ static SSL_CTX *make_ctx(const bulk_t *b) {
     return NULL;
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+  /* Reads as a careful application does them: many records per read(2)
+   * into a buffer of the read size, not a header and a body per record. */
+  SSL_CTX_set_read_ahead(ctx, 1);
+  SSL_CTX_set_default_read_buffer_len(ctx, b->buffer);
   bool ok = SSL_CTX_set1_groups_list(ctx, "X25519:P-256:P-384") == 1;
   if (ok && b->ciphersuites != NULL)
     ok = SSL_CTX_set_ciphersuites(ctx, b->ciphersuites) == 1 &&
