@@ -10,11 +10,12 @@
  *
  * server: one connection, SSL_read into a 64 KiB buffer until close_notify
  * or the end of the stream, with read-ahead into a read buffer of the same
- * size (many records per read(2), as keel's BIO reads); client: SSL_write of 64 KiB at a time (records
- * of 16 KiB, OpenSSL's maximum, as keel's), SSL_shutdown and a shutdown of
- * the socket's writing side, then reads to the server's end and closes (a
- * close with the server's session tickets unread would reset the
- * connection under the server's last reads). Both print
+ * size (many records per read(2), as keel's BIO reads); client: SSL_write
+ * of 64 KiB at a time (records of 16 KiB, OpenSSL's maximum, as keel's),
+ * SSL_shutdown and a shutdown of the socket's writing side, then reads to
+ * the server's end and closes (a close with the server's session tickets
+ * unread would reset the connection under the server's last reads). Both
+ * print one line:
  *   bytes: N  seconds: S  version: V  cipher: C  resumed: 0|1  peer_closed: 0|1  cpu_s: X
  * The client verifies nothing (SSL_VERIFY_NONE). Numeric addresses only. */
 #include <errno.h>
