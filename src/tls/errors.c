@@ -53,6 +53,20 @@ static int alert_errno(int desc) {
   }
 }
 
+/* An alert's name. OpenSSL 3.0's table lacks two of TLS 1.3's alerts (RFC
+ * 8446) and calls them "unknown": a client without the certificate a
+ * server requires receives certificate_required. */
+static const char *alert_name(int desc) {
+  switch (desc) {
+  case SSL_AD_MISSING_EXTENSION:
+    return "missing extension";
+  case SSL_AD_CERTIFICATE_REQUIRED:
+    return "certificate required";
+  default:
+    return SSL_alert_desc_string_long(desc);
+  }
+}
+
 /* The peer's certificate did not verify (our side said so). */
 static int verify_error(keel_tls_t *t, long vr) {
   keel__tls_set_reason(t, "%s", X509_verify_cert_error_string(vr));
@@ -67,7 +81,7 @@ static int reason_error(keel_tls_t *t, unsigned long e) {
   if (ERR_GET_LIB(e) == ERR_LIB_SSL && r >= SSL_AD_REASON_OFFSET &&
       r < SSL_AD_REASON_OFFSET + 256) {
     int desc = r - SSL_AD_REASON_OFFSET;
-    keel__tls_set_reason(t, "alert received: %s", SSL_alert_desc_string_long(desc));
+    keel__tls_set_reason(t, "alert received: %s", alert_name(desc));
     return alert_errno(desc);
   }
   const char *why = ERR_reason_error_string(e);
