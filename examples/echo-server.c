@@ -1,7 +1,10 @@
 /* echo-server: a TCP echo server on keel, one SO_REUSEPORT listener per worker.
  *
  *   echo-server [--host H] [--port P] [--workers N] [--backend auto|uring|epoll]
- *               [--max-conns N] [--idle-timeout MS]
+ *               [--max-conns N] [--idle-timeout MS] [--tls-cert F --tls-key F]
+ *
+ * With --tls-cert and --tls-key each connection is a TLS stream over the
+ * TCP one (keel/tls.h), and the same echo runs over it.
  *
  * SIGINT/SIGTERM shut it down cleanly (exit 0); a startup failure exits 1. */
 #include <errno.h>
@@ -28,16 +31,22 @@ typedef struct server {
   atomic_long conns;    /* live connections, all workers */
   atomic_int listening; /* listeners up, to print the banner once all are */
   keel_addr_t bound;    /* worker 0's listener address, for --port 0 */
+  const char *tls_cert, *tls_key;
+  keel_tls_ctx_t *tls; /* --tls-cert: connections speak TLS */
 } server_t;
 
 /* One connection: its task's argument for the connection's whole life. */
 typedef struct conn_arg {
   server_t *server;
   keel_tcp_t *tcp;
+  keel_tls_t *tls; /* over tcp, with --tls-cert */
 } conn_arg_t;
 
 static int conn_end(conn_arg_t *ca) {
-  keel_tcp_close(ca->tcp);
+  if (ca->tls)
+    keel_close(keel_tls_stream(ca->tls)); /* close_notify, then the TCP connection */
+  else
+    keel_tcp_close(ca->tcp);
   atomic_fetch_sub_explicit(&ca->server->conns, 1, memory_order_relaxed);
   free(ca);
   /* Peer errors are the peer's business: never fail the scope for them. */
@@ -56,10 +65,41 @@ static int conn_wait(conn_arg_t *ca) {
   return rc < 0 ? conn_end(ca) : 0;
 }
 
+/* The echo over TLS, after the handshake. Between
+ * messages the task waits for readability, holding its stack but no
+ * buffer (the TLS stream gives OpenSSL's and keel's back meanwhile). */
+static int tls_echo(conn_arg_t *ca) {
+  keel_stream_t *s = keel_tls_stream(ca->tls);
+  /* Under the deadline set at the accept (conn_task). */
+  int rc = keel_tls_handshake(ca->tls);
+  keel_task_set_deadline(KEEL_DEADLINE_NONE);
+  if (rc < 0)
+    return conn_end(ca);
+  char buf[ECHO_BUF_SIZE];
+  for (;;) {
+    if (ca->server->idle_ns > 0)
+      keel_task_set_deadline(keel_now_ns() + ca->server->idle_ns);
+    if (keel_stream_wait_readable(s) < 0)
+      break;
+    ssize_t n = keel_read(s, buf, sizeof buf);
+    if (n <= 0)
+      break; /* the end, a TLS failure (the peer's business), idle, shutdown */
+    keel_task_set_deadline(KEEL_DEADLINE_NONE);
+    if (keel_write_all(s, buf, (size_t)n, NULL) < 0)
+      break;
+  }
+  return conn_end(ca);
+}
+
 /* Echoes what has arrived, then waits again. The buffer is on a stack the
  * task holds only while bytes are in flight. */
 static int conn_echo(void *arg) {
   conn_arg_t *ca = arg;
+  if (ca->server->tls) {
+    if (keel_tls_open(ca->server->tls, keel_tcp_stream(ca->tcp), NULL, &ca->tls) < 0)
+      return conn_end(ca);
+    return tls_echo(ca);
+  }
   keel_stream_t *s = keel_tcp_stream(ca->tcp);
   char buf[ECHO_BUF_SIZE];
   ssize_t n = keel_read(s, buf, sizeof buf);
@@ -71,7 +111,15 @@ static int conn_echo(void *arg) {
   return conn_wait(ca);
 }
 
-static int conn_task(void *arg) { return conn_wait(arg); }
+static int conn_task(void *arg) {
+  conn_arg_t *ca = arg;
+  if (!ca->server->tls)
+    return conn_wait(ca);
+  /* TLS: the ClientHello must come within the handshake limit. */
+  keel_task_set_deadline(keel_now_ns() + KEEL_TLS_DEFAULT_HANDSHAKE_TIMEOUT_MS * KEEL_NS_PER_MS);
+  int rc = keel_tcp_park(ca->tcp, conn_echo, ca); /* returns only if it cannot park */
+  return rc < 0 ? conn_end(ca) : 0;
+}
 
 /* Takes ownership of tcp: spawns its task, or closes it when over the
  * connection limit or when the task cannot be started. */
@@ -81,6 +129,7 @@ static void start_conn(server_t *srv, keel_scope_t *conns, keel_tcp_t *tcp) {
   if (ca != NULL) {
     ca->server = srv;
     ca->tcp = tcp;
+    ca->tls = NULL;
     keel_spawn_opts_t so = {.name = "conn", .on_worker = KEEL_WORKER_CURRENT};
     if (keel_spawn(conns, conn_task, ca, &so) == 0)
       return;
@@ -122,8 +171,8 @@ static void announce(server_t *srv, keel_listener_t *l) {
   const char *shown = srv->hostport;
   if (keel_listener_addr(l, &addr) == 0)
     shown = keel_addr_format(&addr, text, sizeof text);
-  printf("echo-server listening on %s (backend %s, %d workers)\n", shown, keel_backend_name(),
-         keel_worker_count());
+  printf("echo-server listening on %s (backend %s, %d workers%s)\n", shown, keel_backend_name(),
+         keel_worker_count(), srv->tls ? ", tls" : "");
   fflush(stdout);
 }
 
@@ -219,6 +268,8 @@ static void usage(FILE *out) {
                "  --backend B        auto|uring|epoll (default auto)\n"
                "  --max-conns N      connections per process; more are closed (default 10000)\n"
                "  --idle-timeout MS  close a connection idle this long, 0 = never (default 0)\n"
+               "  --tls-cert F       speak TLS with this certificate chain (PEM) ...\n"
+               "  --tls-key F        ... and its private key (PEM)\n"
                "  --help             this text\n");
 }
 
@@ -274,6 +325,12 @@ static bool apply_option(server_t *srv, flags_t *f, int c, const char *val) {
     return parse_long(val, 0, LONG_MAX, &f->max_conns);
   case 'i':
     return parse_long(val, 0, INT64_MAX / KEEL_NS_PER_MS, &f->idle_ms);
+  case 'C':
+    srv->tls_cert = val;
+    return true;
+  case 'K':
+    srv->tls_key = val;
+    return true;
   default:
     return false;
   }
@@ -288,6 +345,8 @@ static int parse_args(int argc, char **argv, server_t *srv) {
       {"backend", required_argument, NULL, 'b'},
       {"max-conns", required_argument, NULL, 'm'},
       {"idle-timeout", required_argument, NULL, 'i'},
+      {"tls-cert", required_argument, NULL, 'C'},
+      {"tls-key", required_argument, NULL, 'K'},
       {"help", no_argument, NULL, 'H'},
       {NULL, 0, NULL, 0},
   };
@@ -305,6 +364,10 @@ static int parse_args(int argc, char **argv, server_t *srv) {
   }
   if (ok && optind < argc) {
     fprintf(stderr, "echo-server: unexpected argument: %s\n", argv[optind]);
+    ok = false;
+  }
+  if (ok && !srv->tls_cert != !srv->tls_key) {
+    fprintf(stderr, "echo-server: --tls-cert and --tls-key go together\n");
     ok = false;
   }
   if (ok && !format_hostport(srv, f.host, f.port)) {
@@ -331,12 +394,23 @@ int main(int argc, char **argv) {
   if (rc != 0)
     return rc == 2 ? 0 : 1;
 
+  if (srv.tls_cert) {
+    keel_tls_ctx_opts_t to = {.server = true,
+                              .cert = {.cert_file = srv.tls_cert, .key_file = srv.tls_key}};
+    char why[KEEL_TLS_REASON_MAX];
+    rc = keel_tls_ctx_open(&to, &srv.tls, why, sizeof why);
+    if (rc < 0) {
+      fprintf(stderr, "echo-server: TLS: %s (%s)\n", why, keel_strerror(rc));
+      return 1;
+    }
+  }
   keel_config_t cfg;
   keel_config_init(&cfg);
   cfg.workers = srv.workers;
   cfg.backend = srv.backend;
   cfg.handle_signals = true;
   rc = keel_run(&cfg, main_task, &srv);
+  keel_tls_ctx_close(srv.tls);
   if (rc < 0) {
     fprintf(stderr, "echo-server: cannot start the runtime: %s\n", keel_strerror(rc));
     return 1;

@@ -3,6 +3,13 @@
  *   http-get URL [-X METHOD] [-I] [-H 'Name: value']... [-d BODY] [-o FILE]
  *            [--repeat N] [--backend auto|uring|epoll]
  *            [--bench N] [--duration S] [--conns C]
+ *            [--cacert F] [--insecure] [--cert F --key F] [--resolve HOST:PORT:ADDR]...
+ *
+ * https:// URLs verify the server against OpenSSL's default CA paths, or
+ * --cacert F; --insecure verifies nothing; --cert/--key send a client
+ * certificate; --resolve connects to ADDR for HOST:PORT (the name is still
+ * sent and verified), as curl's does. A TLS failure prints its reason
+ * ("certificate has expired", "hostname mismatch", ...) and exits 1.
  *
  * Prints the status line, the header fields and the body of the response
  * (-I: a HEAD request; -o: the body goes to FILE). With --repeat N it
@@ -27,6 +34,7 @@
 #include "keel/keel.h"
 
 #define MAX_FIELDS 32
+#define MAX_RESOLVE 8
 
 typedef struct app {
   keel_http_call_opts_t req;
@@ -36,6 +44,13 @@ typedef struct app {
   double duration; /* --duration: seconds, 0: none */
   keel_backend_t backend;
   keel_http_client_t *client;
+  /* TLS */
+  const char *cacert, *cert, *key;
+  bool insecure;
+  const char *resolve[MAX_RESOLVE + 1];
+  int nresolve;
+  keel_tls_ctx_t *tls;
+  char why[KEEL_TLS_REASON_MAX];
   FILE *out; /* the body */
   /* --bench */
   long next, done, errors, reused, non_2xx;
@@ -58,9 +73,11 @@ static void print_head(const keel_http_call_t *call) {
 
 static int get_once(app_t *app, long i) {
   keel_http_call_t *call;
+  app->why[0] = '\0';
   int rc = keel_http_call_open(app->client, &app->req, &call);
   if (rc < 0) {
-    fprintf(stderr, "http-get: %s: %s\n", app->req.url, keel_strerror(rc));
+    fprintf(stderr, "http-get: %s: %s%s%s\n", app->req.url, keel_strerror(rc),
+            app->why[0] ? ": " : "", app->why);
     return rc;
   }
   if (app->repeat > 1)
@@ -132,16 +149,44 @@ static int bench(app_t *app) {
          (double)app->done / secs, app->done ? cpu * 1e6 / (double)app->done : 0.0);
   fflush(stdout);
   if (app->errors)
-    fprintf(stderr, "http-get: first error: %s\n", keel_strerror(app->first_error));
+    fprintf(stderr, "http-get: first error: %s%s%s\n", keel_strerror(app->first_error),
+            app->why[0] ? ": " : "", app->why);
   return rc < 0 ? rc : app->errors ? -EIO : 0;
+}
+
+/* A client TLS context when an option asks for one; else the client's
+ * default serves https. */
+static int tls_open(app_t *app) {
+  if (!app->cacert && !app->insecure && !app->cert)
+    return 0;
+  static const char *const alpn[] = {"http/1.1", NULL};
+  keel_tls_ctx_opts_t o = {
+      .ca_file = app->cacert,
+      .insecure_no_verify = app->insecure,
+      .cert = {.cert_file = app->cert, .key_file = app->key},
+      .alpn = alpn,
+  };
+  int rc = keel_tls_ctx_open(&o, &app->tls, app->why, sizeof app->why);
+  if (rc < 0)
+    fprintf(stderr, "http-get: TLS: %s (%s)\n", app->why, keel_strerror(rc));
+  return rc;
 }
 
 static int main_task(void *arg) {
   app_t *app = arg;
-  keel_http_client_opts_t co = {.max_conns_per_origin = (unsigned)app->conns};
-  int rc = keel_http_client_open(&co, &app->client);
+  int rc = tls_open(app);
   if (rc < 0)
     return rc;
+  keel_http_client_opts_t co = {
+      .max_conns_per_origin = (unsigned)app->conns,
+      .tls = app->tls,
+      .resolve = app->nresolve ? app->resolve : NULL,
+  };
+  rc = keel_http_client_open(&co, &app->client);
+  if (rc < 0) {
+    keel_tls_ctx_close(app->tls);
+    return rc;
+  }
   if (app->bench > 0) {
     rc = bench(app);
   } else {
@@ -149,6 +194,7 @@ static int main_task(void *arg) {
       rc = get_once(app, i);
   }
   keel_http_client_close(app->client);
+  keel_tls_ctx_close(app->tls);
   return rc;
 }
 
@@ -174,18 +220,20 @@ static int add_field(app_t *app, const char *arg) {
 static void usage(void) {
   fprintf(stderr, "usage: http-get URL [-X METHOD] [-I] [-H 'Name: value']... [-d BODY] [-o FILE]\n"
                   "                [--repeat N] [--backend auto|uring|epoll]\n"
-                  "                [--bench N] [--duration S] [--conns C]\n");
+                  "                [--bench N] [--duration S] [--conns C]\n"
+                  "                [--cacert F] [--insecure] [--cert F --key F]\n"
+                  "                [--resolve HOST:PORT:ADDR]...\n");
   exit(2);
 }
 
 static void parse_args(app_t *app, int argc, char **argv) {
-  static const struct option longs[] = {{"repeat", required_argument, NULL, 'r'},
-                                        {"backend", required_argument, NULL, 'b'},
-                                        {"bench", required_argument, NULL, 'n'},
-                                        {"conns", required_argument, NULL, 'c'},
-                                        {"duration", required_argument, NULL, 's'},
-                                        {"help", no_argument, NULL, 'h'},
-                                        {NULL, 0, NULL, 0}};
+  static const struct option longs[] = {
+      {"repeat", required_argument, NULL, 'r'},   {"backend", required_argument, NULL, 'b'},
+      {"bench", required_argument, NULL, 'n'},    {"conns", required_argument, NULL, 'c'},
+      {"duration", required_argument, NULL, 's'}, {"cacert", required_argument, NULL, 'A'},
+      {"insecure", no_argument, NULL, 'k'},       {"cert", required_argument, NULL, 'E'},
+      {"key", required_argument, NULL, 'K'},      {"resolve", required_argument, NULL, 'R'},
+      {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0}};
   int ch;
   while ((ch = getopt_long(argc, argv, "X:H:d:o:Ih", longs, NULL)) != -1) {
     switch (ch) {
@@ -226,6 +274,23 @@ static void parse_args(app_t *app, int argc, char **argv) {
       if (!(app->duration > 0))
         usage();
       break;
+    case 'A':
+      app->cacert = optarg;
+      break;
+    case 'k':
+      app->insecure = true;
+      break;
+    case 'E':
+      app->cert = optarg;
+      break;
+    case 'K':
+      app->key = optarg;
+      break;
+    case 'R':
+      if (app->nresolve == MAX_RESOLVE)
+        usage();
+      app->resolve[app->nresolve++] = optarg;
+      break;
     case 'b':
       if (strcmp(optarg, "uring") == 0)
         app->backend = KEEL_BACKEND_URING;
@@ -238,7 +303,8 @@ static void parse_args(app_t *app, int argc, char **argv) {
       usage();
     }
   }
-  if (optind != argc - 1 || app->repeat < 1 || app->conns < 1 || app->bench < 0)
+  if (optind != argc - 1 || app->repeat < 1 || app->conns < 1 || app->bench < 0 ||
+      !app->cert != !app->key)
     usage();
   if (app->duration > 0 && app->bench == 0)
     app->bench = LONG_MAX; /* until the time is up */
@@ -246,6 +312,8 @@ static void parse_args(app_t *app, int argc, char **argv) {
   if (!app->out)
     app->out = stdout;
   app->req.headers = app->fields;
+  app->req.why = app->why;
+  app->req.why_len = sizeof app->why;
 }
 
 int main(int argc, char **argv) {

@@ -2,6 +2,13 @@
  *
  *   http-hello [--host H] [--port P] [--workers N] [--backend auto|uring|epoll]
  *              [--max-conns N] [--max-requests N]
+ *              [--tls-cert F --tls-key F [--tls-sni-cert F --tls-sni-key F]
+ *               [--tls-client-ca F]]
+ *
+ * With --tls-cert and --tls-key it serves HTTPS (ALPN http/1.1, session
+ * tickets); --tls-sni-cert/--tls-sni-key add a certificate chosen by SNI
+ * for the names it carries; --tls-client-ca requires client certificates
+ * that verify against F.
  *
  *   GET  /                        200 "Hello, World!" (text/plain, 13 bytes)
  *   POST /echo                    200 with the request body
@@ -26,6 +33,9 @@ typedef struct app {
   keel_backend_t backend;
   long max_conns, max_requests;
   keel_http_router_t *router;
+  keel_tls_cert_t cert, sni_cert;
+  const char *client_ca;
+  keel_tls_ctx_t *tls;
 } app_t;
 
 static int hello(keel_http_request_t *req, keel_http_response_t *res, void *ctx) {
@@ -91,23 +101,54 @@ static int stream_route(keel_http_request_t *req, keel_http_response_t *res, voi
 }
 
 static void on_listen(const keel_addr_t *addr, void *ctx) {
-  (void)ctx;
   char text[KEEL_ADDRSTRLEN];
-  printf("http-hello listening on %s (backend %s, %d workers)\n",
-         keel_addr_format(addr, text, sizeof text), keel_backend_name(), keel_worker_count());
+  const app_t *app = ctx;
+  printf("http-hello listening on %s (backend %s, %d workers%s)\n",
+         keel_addr_format(addr, text, sizeof text), keel_backend_name(), keel_worker_count(),
+         app->tls ? ", https" : "");
   fflush(stdout);
+}
+
+static int route(keel_http_request_t *req, keel_http_response_t *res, void *ctx) {
+  const app_t *app = ctx;
+  return keel_http_router_handler(req, res, app->router);
+}
+
+/* The HTTPS context of --tls-cert and friends; 0 without them. */
+static int tls_open(app_t *app) {
+  if (!app->cert.cert_file)
+    return 0;
+  static const char *const alpn[] = {"http/1.1", NULL};
+  keel_tls_ctx_opts_t o = {
+      .server = true,
+      .cert = app->cert,
+      .sni_certs = &app->sni_cert,
+      .sni_count = app->sni_cert.cert_file ? 1 : 0,
+      .alpn = alpn,
+      .ca_file = app->client_ca,
+      .client_auth = app->client_ca ? KEEL_TLS_CLIENT_CERT_REQUIRE : KEEL_TLS_CLIENT_CERT_NONE,
+  };
+  char why[KEEL_TLS_REASON_MAX];
+  int rc = keel_tls_ctx_open(&o, &app->tls, why, sizeof why);
+  if (rc < 0)
+    fprintf(stderr, "http-hello: TLS: %s (%s)\n", why, keel_strerror(rc));
+  return rc;
 }
 
 static int main_task(void *arg) {
   app_t *app = arg;
+  if (tls_open(app) < 0)
+    return 1;
   keel_http_server_opts_t opts = {
-      .handler = keel_http_router_handler,
-      .ctx = app->router,
+      .handler = route,
+      .ctx = app,
       .on_listen = on_listen,
       .max_conns = (unsigned)app->max_conns,
       .max_requests = (unsigned)app->max_requests,
+      .tls = app->tls,
   };
   int rc = keel_http_serve(app->hostport, &opts);
+  keel_tls_ctx_close(app->tls);
   if (rc < 0) {
     fprintf(stderr, "http-hello: %s: %s\n", app->hostport, keel_strerror(rc));
     return 1;
@@ -135,6 +176,11 @@ static void usage(FILE *out) {
                "  --max-conns N     connections per worker; more are closed (default 10000)\n"
                "  --max-requests N  requests per connection, the last with Connection: close\n"
                "                    (default 10000)\n"
+               "  --tls-cert F      serve HTTPS with this certificate chain (PEM) ...\n"
+               "  --tls-key F       ... and its private key (PEM)\n"
+               "  --tls-sni-cert F  a second certificate, chosen by SNI ...\n"
+               "  --tls-sni-key F   ... and its key\n"
+               "  --tls-client-ca F require client certificates that verify against F\n"
                "  --help            this text\n");
 }
 
@@ -169,6 +215,11 @@ static int parse_args(int argc, char **argv, app_t *app) {
       {"backend", required_argument, NULL, 'b'},
       {"max-conns", required_argument, NULL, 'm'},
       {"max-requests", required_argument, NULL, 'r'},
+      {"tls-cert", required_argument, NULL, 'C'},
+      {"tls-key", required_argument, NULL, 'K'},
+      {"tls-sni-cert", required_argument, NULL, 'S'},
+      {"tls-sni-key", required_argument, NULL, 'T'},
+      {"tls-client-ca", required_argument, NULL, 'A'},
       {"help", no_argument, NULL, 'H'},
       {NULL, 0, NULL, 0},
   };
@@ -196,6 +247,21 @@ static int parse_args(int argc, char **argv, app_t *app) {
     case 'r':
       ok = parse_long(optarg, 1, UINT_MAX, &app->max_requests);
       break;
+    case 'C':
+      app->cert.cert_file = optarg;
+      break;
+    case 'K':
+      app->cert.key_file = optarg;
+      break;
+    case 'S':
+      app->sni_cert.cert_file = optarg;
+      break;
+    case 'T':
+      app->sni_cert.key_file = optarg;
+      break;
+    case 'A':
+      app->client_ca = optarg;
+      break;
     case 'H':
       usage(stdout);
       return 2;
@@ -207,6 +273,13 @@ static int parse_args(int argc, char **argv, app_t *app) {
   }
   if (ok && optind < argc) {
     fprintf(stderr, "http-hello: unexpected argument: %s\n", argv[optind]);
+    ok = false;
+  }
+  if (ok && (!app->cert.cert_file != !app->cert.key_file ||
+             !app->sni_cert.cert_file != !app->sni_cert.key_file ||
+             ((app->sni_cert.cert_file || app->client_ca) && !app->cert.cert_file))) {
+    fprintf(stderr, "http-hello: --tls-cert and --tls-key go together (and the other --tls "
+                    "options need them)\n");
     ok = false;
   }
   bool v6 = strchr(host, ':') != NULL && host[0] != '[';

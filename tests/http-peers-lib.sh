@@ -26,6 +26,9 @@ PY=/usr/bin/python3
 work=$(mktemp -d)
 server_pid=
 port=
+# The server's name in messages (a script that starts another keel example
+# through wait_listening sets it).
+server_label=${server_label:-http-hello}
 
 cleanup() {
   if [ -n "$server_pid" ]; then
@@ -93,13 +96,13 @@ wait_listening() {
       port=$(grep -o '127\.0\.0\.1:[0-9]*' <<<"$line" | head -n1)
       port=${port##*:}
       [[ $line == *"(backend $backend_name,"* ]] ||
-        fail "http-hello runs another backend than $backend_name: $line"
+        fail "$server_label runs another backend than $backend_name: $line"
       return 0
     fi
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
-  fail "http-hello --backend $backend did not start listening"
+  fail "$server_label --backend $backend did not start listening"
 }
 
 # start_server [ARGS...]: http-hello on a free port of 127.0.0.1 with this
@@ -119,10 +122,10 @@ stop_server() {
   wait "$server_pid"
   status=$?
   server_pid=
-  [ "$status" -eq 0 ] || fail "http-hello exited $status on SIGTERM"
+  [ "$status" -eq 0 ] || fail "$server_label exited $status on SIGTERM"
 }
 
 # A server still alive after a part: else the part crashed it.
 server_alive() {
-  kill -0 "$server_pid" 2>/dev/null || fail "http-hello died: $*"
+  kill -0 "$server_pid" 2>/dev/null || fail "$server_label died: $*"
 }

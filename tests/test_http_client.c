@@ -543,7 +543,7 @@ static int bad_requests_case(void *arg) {
     const char *url;
     int rc;
   } urls[] = {
-      {"https://example.test/", -EPROTONOSUPPORT},
+      {"gopher://example.test/", -EPROTONOSUPPORT},
       {"ftp://example.test/", -EPROTONOSUPPORT},
       {"http://", -EINVAL},
       {"http://user@host/", -EINVAL},

@@ -42,6 +42,7 @@
 #include "core.h"
 #include "stream.h"
 #include "tcp.h"
+#include "tls.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -89,6 +90,12 @@ typedef struct keel_http_server_opts {
   unsigned max_conns;           /* per worker; 0: 10,000 (more are closed at once) */
   const char *server_name;      /* a Server header; NULL: none */
   bool no_date;                 /* no Date header */
+  /* HTTPS: a server context (keel/tls.h), ALPN {"http/1.1"} for clients
+   * that offer it; it must outlive the server. Each connection's
+   * handshake runs in its task under the context's handshake limit (and
+   * header_timeout_ms from the accept); a failed one closes that
+   * connection only. NULL: plain HTTP. */
+  keel_tls_ctx_t *tls;
 } keel_http_server_opts_t;
 
 #define KEEL_HTTP_DEFAULT_MAX_URL ((size_t)8 * 1024)
@@ -148,6 +155,9 @@ int keel_http_body(keel_http_request_t *req, const void **data, size_t *len);
 
 /* Memory that lives until the response is sent (the connection's arena). */
 keel_arena_t *keel_http_arena(keel_http_request_t *req);
+/* The connection's TLS layer (HTTPS: keel_tls_info, keel_tls_peer_subject
+ * for a client certificate), or NULL over plain HTTP. */
+keel_tls_t *keel_http_tls(const keel_http_request_t *req);
 
 /* The peer's address (-ENOTSUP for a stream that has none). */
 int keel_http_peer_addr(const keel_http_request_t *req, keel_addr_t *out);
@@ -269,8 +279,12 @@ int keel_http_router_close(keel_http_router_t *r);
  * given back to the worker's pool with the read buffers: once the pool is
  * warm, a request on a kept connection allocates nothing.
  *
- * TLS: https:// URLs fail with -EPROTONOSUPPORT until keel has TLS; the
- * connection is a keel_stream_t, so a TLS stream goes in its place. */
+ * https:// runs over keel's TLS stream (keel/tls.h): the server is
+ * verified (chain, and the URL's host as its name) unless the client's
+ * context says otherwise, and each worker's pool keeps the sessions per
+ * origin, so a new connection to an origin resumes the last session. A
+ * TLS failure fails the call with the errors of keel/tls.h (-EKEYREJECTED,
+ * -EKEYEXPIRED, -EPROTO, ...) and its reason goes to the call's `why`. */
 
 typedef struct keel_http_client keel_http_client_t;
 typedef struct keel_http_call keel_http_call_t;
@@ -285,6 +299,15 @@ typedef struct keel_http_client_opts {
   size_t max_body;               /* keel_http_call_body, keel_http_fetch; 0: 8 MiB */
   int64_t expect_timeout_ms;     /* wait for 100 Continue at most; 0: 1 s */
   bool no_retry;                 /* never send a request twice */
+  /* https: a client context (keel/tls.h) that outlives the client; NULL:
+   * one made per worker on first use, which verifies servers against
+   * OpenSSL's default CA paths (SSL_CERT_FILE, SSL_CERT_DIR), offers ALPN
+   * http/1.1 and keeps sessions for resumption. */
+  keel_tls_ctx_t *tls;
+  /* Addresses to connect to instead of resolving, as curl's --resolve:
+   * "host:port:address" entries (NULL-terminated list); the host is still
+   * the name sent and verified. */
+  const char *const *resolve;
 } keel_http_client_opts_t;
 
 #define KEEL_HTTP_CLIENT_DEFAULT_MAX_HEADER_BYTES ((size_t)64 * 1024)
@@ -324,12 +347,17 @@ typedef struct keel_http_call_opts {
   keel_http_body_fn body_fn;
   void *body_ctx;
   int64_t body_fn_length;
+  /* Optional: when the call fails and there is more to say than the
+   * errno (a TLS failure: "certificate has expired"), why gets it. */
+  char *why;
+  size_t why_len;
 } keel_http_call_opts_t;
 
 /* Sends the request (on a pooled connection or a new one) and reads the
  * response head, 1xx skipped. Returns 0 and *out, to be closed with
  * keel_http_call_close; or a negative errno: -EINVAL (a bad URL, method
- * or field; outside a task), -EPROTONOSUPPORT (https://, another scheme),
+ * or field; outside a task), -EPROTONOSUPPORT (a scheme other than http
+ * and https), a TLS failure (keel/tls.h; its reason in req->why),
  * a name resolution or connect error (-ECONNREFUSED, -ENOENT, ...),
  * -ECONNRESET / -EPIPE (the connection closed under the request), -EPROTO
  * (a malformed response), -EMSGSIZE (a head over the limits), the body

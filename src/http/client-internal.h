@@ -27,6 +27,8 @@ typedef struct hc_limits {
   int64_t expect_timeout_ns;
   size_t max_header_bytes, max_headers, max_body;
   bool no_retry;
+  keel_tls_ctx_t *tls;        /* the user's, or NULL: the pool's own */
+  const char *const *resolve; /* "host:port:address" overrides */
 } hc_limits_t;
 
 /* A URL split up (pointers into the URL; host without brackets). */
@@ -63,7 +65,8 @@ typedef struct hc_conn {
   keel__queue_t lru;  /* in the pool's idle list, oldest first */
   hc_origin_t *origin;
   keel_tcp_t *tcp;  /* the socket under s: the liveness check looks at it */
-  keel_stream_t *s; /* what requests go through: TCP now, a TLS stream later */
+  keel_tls_t *tls;  /* https: the TLS layer over tcp */
+  keel_stream_t *s; /* what requests go through: TCP or TLS */
   char *buf;        /* HC_BUF_SIZE bytes while in use; NULL when idle */
   size_t head, len; /* the buffered bytes: buf[head, head + len) */
   int64_t idle_deadline;
@@ -81,6 +84,7 @@ struct hc_pool {
   bool closing;   /* its client was closed: freed when the last call closes */
   int64_t next_prune;
   int nbufs, narenas;
+  keel_tls_ctx_t *own_tls; /* https without a context of the user's: made on first use */
   char *bufs[HC_BUF_CACHE];
   keel_arena_t *arenas[HC_ARENA_CACHE];
 };
@@ -137,8 +141,10 @@ int keel__hc_origin_get(hc_pool_t *p, const hc_url_t *url, hc_origin_t **out);
 /* Drops the caller's use; frees the origin when nobody uses it. */
 void keel__hc_origin_put(hc_origin_t *o);
 /* A live idle connection of o, or a new one (fresh: never an idle one).
- * The caller holds one of o's permits. */
-int keel__hc_conn_get(hc_origin_t *o, bool fresh, hc_conn_t **out, bool *reused);
+ * The caller holds one of o's permits. A failure's reason in words goes
+ * to why (may be NULL) when there is more to say than the errno (TLS). */
+int keel__hc_conn_get(hc_origin_t *o, bool fresh, hc_conn_t **out, bool *reused, char *why,
+                      size_t why_len);
 /* Back to o's idle list (keep, idle_ns > 0) or closed. */
 void keel__hc_conn_put(hc_conn_t *c, bool keep, int64_t idle_ns);
 char *keel__hc_buf_take(hc_pool_t *p);

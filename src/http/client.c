@@ -3,6 +3,7 @@
  * connection failed under an idempotent request before any byte of its
  * response), Expect: 100-continue, streamed bodies, and the accessors. */
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -256,12 +257,19 @@ static bool retryable(const keel_http_call_t *call, int rc) {
 }
 
 static int attempt(keel_http_call_t *call, const keel_http_call_opts_t *req, bool fresh) {
-  int rc = keel__hc_conn_get(call->origin, fresh, &call->conn, &call->reused);
+  int rc =
+      keel__hc_conn_get(call->origin, fresh, &call->conn, &call->reused, req->why, req->why_len);
   if (rc < 0)
     return rc;
   call->conn->uses++;
   response_reset(call);
-  return exchange(call, req);
+  rc = exchange(call, req);
+  /* A TLS failure after the handshake (TLS 1.3: the server refuses the
+   * client's certificate once the client is done) has its reason too. */
+  if (rc < 0 && req->why && req->why_len && call->conn && call->conn->tls &&
+      keel_tls_reason(call->conn->tls)[0])
+    snprintf(req->why, req->why_len, "%s", keel_tls_reason(call->conn->tls));
+  return rc;
 }
 
 /* Takes a permit of the origin (waiting for one under the deadline) and

@@ -17,6 +17,7 @@
 
 #include "http-internal.h"
 #include "tcp-pool-internal.h"
+#include "tls-internal.h"
 
 /* ---- Arenas ------------------------------------------------------------- */
 
@@ -322,7 +323,9 @@ static int conn_resume(void *arg) { return keel__http_conn_run(arg); }
 static int conn_idle(http_conn_t *c) {
   arena_put(c);
   keel_task_set_deadline(keel_now_ns() + c->lim->keepalive_timeout_ns);
-  if (c->tcp)
+  /* Over TLS, only once the TLS layer holds nothing either; else the
+   * next read waits on the stack. */
+  if (c->tcp && (!c->tls || keel__tls_idle(c->tls) == 0))
     return keel_tcp_park(c->tcp, conn_resume, c); /* returns only if it cannot park */
   return 0;
 }

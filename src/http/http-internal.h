@@ -9,6 +9,7 @@
 #include "keel/arena.h"
 #include "keel/bufstream.h"
 #include "keel/http.h"
+#include "keel/tls.h"
 #include "llhttp.h"
 
 #define HTTP_ARENA_CACHE 32          /* idle arenas kept per worker */
@@ -102,6 +103,7 @@ struct http_conn {
   http_worker_t *w;  /* NULL for keel_http_serve_stream */
   keel_stream_t *s;  /* the transport: writes go here */
   keel_tcp_t *tcp;   /* for parking, or NULL */
+  keel_tls_t *tls;   /* the TLS layer over tcp (HTTPS), or NULL */
   keel_task_t *task; /* the connection's own task (not a handler's) */
   keel_bufstream_t *bs;
   keel_arena_t *arena; /* while a batch is under way, else NULL */

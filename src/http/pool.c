@@ -18,8 +18,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <stdio.h>
+#include <strings.h>
+
 #include "client-internal.h"
 #include "tcp-pool-internal.h"
+#include "tls-internal.h"
 #include "worker.h"
 
 #define CONN_OF_NODE(q) keel__container_of(q, hc_conn_t, node)
@@ -50,6 +54,8 @@ static void limits(const keel_http_client_opts_t *o, hc_limits_t *lim) {
   lim->max_headers = o->max_headers ? o->max_headers : 100;
   lim->max_body = o->max_body ? o->max_body : KEEL_HTTP_CLIENT_DEFAULT_MAX_BODY;
   lim->no_retry = o->no_retry;
+  lim->tls = o->tls;
+  lim->resolve = o->resolve;
 }
 
 /* ---- Buffers and arenas ------------------------------------------------- */
@@ -105,6 +111,7 @@ static void pool_free_rest(hc_pool_t *p) {
     free(p->bufs[i]);
   for (int i = 0; i < p->narenas; i++)
     keel_arena_close(p->arenas[i]);
+  keel_tls_ctx_close(p->own_tls);
   free(p);
 }
 
@@ -115,6 +122,8 @@ static void pool_destroy_stopped(keel__worker_t *w, void *state) {
   while (!keel__queue_empty(&p->idle)) {
     hc_conn_t *c = CONN_OF_LRU(p->idle.next);
     keel__queue_remove(&c->lru);
+    if (c->tls)
+      keel__tls_free_stopped(c->tls);
     if (!c->lab)
       keel__tcp_free_stopped(c->tcp);
     free(c);
@@ -189,11 +198,68 @@ static void pool_prune(hc_pool_t *p, bool all) {
   }
 }
 
-static int conn_open(hc_origin_t *o, hc_conn_t **out) {
+/* Where to connect: o->hostport, or the address a "host:port:address"
+ * entry of the client's resolve list gives for it. */
+static const char *connect_target(const hc_origin_t *o, char *buf, size_t len) {
+  const char *const *r = o->pool->lim.resolve;
+  for (; r && *r; r++) {
+    const char *colon = strchr(*r, ':');
+    if (!colon || (size_t)(colon - *r) != o->host_len || strncasecmp(*r, o->host, o->host_len))
+      continue;
+    char *end;
+    unsigned long port = strtoul(colon + 1, &end, 10);
+    if (*end != ':' || port != o->port)
+      continue;
+    const char *addr = end + 1;
+    bool v6 = strchr(addr, ':') && addr[0] != '[';
+    if (snprintf(buf, len, v6 ? "[%s]:%u" : "%s:%u", addr, o->port) < (int)len)
+      return buf;
+  }
+  return o->hostport;
+}
+
+/* The TLS context for https: the user's, or the pool's own (made on
+ * first use: OpenSSL's default CA paths, ALPN http/1.1, sessions kept). */
+static int pool_tls(hc_pool_t *p, keel_tls_ctx_t **out, char *why, size_t why_len) {
+  if (p->lim.tls) {
+    *out = p->lim.tls;
+    return 0;
+  }
+  if (!p->own_tls) {
+    static const char *const alpn[] = {"http/1.1", NULL};
+    keel_tls_ctx_opts_t to = {.alpn = alpn};
+    int rc = keel_tls_ctx_open(&to, &p->own_tls, why, why_len);
+    if (rc < 0)
+      return rc;
+  }
+  *out = p->own_tls;
+  return 0;
+}
+
+/* TLS over the new connection, its handshake done: the server verified
+ * as o->host, the session cached under o->hostport (for resumption). */
+static int conn_tls(hc_conn_t *c, char *why, size_t why_len) {
+  hc_origin_t *o = c->origin;
+  keel_tls_ctx_t *ctx;
+  int rc = pool_tls(o->pool, &ctx, why, why_len);
+  if (rc < 0)
+    return rc;
+  keel_tls_opts_t to = {.server_name = o->host, .session_key = o->hostport};
+  if ((rc = keel_tls_open(ctx, c->s, &to, &c->tls)) < 0)
+    return rc;
+  c->s = keel_tls_stream(c->tls);
+  rc = keel_tls_handshake(c->tls);
+  if (rc < 0 && why && why_len)
+    snprintf(why, why_len, "%s", keel_tls_reason(c->tls));
+  return rc;
+}
+
+static int conn_open(hc_origin_t *o, hc_conn_t **out, char *why, size_t why_len) {
   hc_conn_t *c = calloc(1, sizeof *c);
   if (!c)
     return -ENOMEM;
-  int rc = keel_tcp_connect(o->hostport, &c->tcp);
+  char target[300];
+  int rc = keel_tcp_connect(connect_target(o, target, sizeof target), &c->tcp);
   if (rc < 0) {
     free(c);
     return rc;
@@ -201,17 +267,24 @@ static int conn_open(hc_origin_t *o, hc_conn_t **out) {
   c->origin = o;
   c->s = keel_tcp_stream(c->tcp);
   c->lab = keel_tcp_fd(c->tcp) < 0;
-  /* TLS goes here: c->s becomes a TLS stream over the socket (SNI o->host). */
+  if (o->tls && (rc = conn_tls(c, why, why_len)) < 0) {
+    keel_close(c->s);
+    free(c);
+    return rc;
+  }
   *out = c;
   return 0;
 }
 
-/* An idle connection may carry a request: not expired, nothing to read. */
+/* An idle connection may carry a request: not expired, nothing to read
+ * (in the socket, or buffered by the TLS layer). */
 static bool conn_alive(hc_conn_t *c, int64_t now) {
-  return c->idle_deadline > now && keel__tcp_readable_now(c->tcp) == 0;
+  return c->idle_deadline > now && keel__tcp_readable_now(c->tcp) == 0 &&
+         (!c->tls || keel__tls_idle(c->tls) == 0);
 }
 
-int keel__hc_conn_get(hc_origin_t *o, bool fresh, hc_conn_t **out, bool *reused) {
+int keel__hc_conn_get(hc_origin_t *o, bool fresh, hc_conn_t **out, bool *reused, char *why,
+                      size_t why_len) {
   hc_pool_t *p = o->pool;
   pool_prune(p, false);
   int64_t now = keel_now_ns();
@@ -232,7 +305,7 @@ int keel__hc_conn_get(hc_origin_t *o, bool fresh, hc_conn_t **out, bool *reused)
     return 0;
   }
   hc_conn_t *c;
-  int rc = conn_open(o, &c);
+  int rc = conn_open(o, &c, why, why_len);
   if (rc < 0)
     return rc;
   c->buf = keel__hc_buf_take(p);
@@ -248,7 +321,7 @@ int keel__hc_conn_get(hc_origin_t *o, bool fresh, hc_conn_t **out, bool *reused)
 void keel__hc_conn_put(hc_conn_t *c, bool keep, int64_t idle_ns) {
   hc_origin_t *o = c->origin;
   hc_pool_t *p = o->pool;
-  if (!keep || idle_ns <= 0 || c->len > 0 || p->closing) {
+  if (!keep || idle_ns <= 0 || c->len > 0 || p->closing || (c->tls && keel__tls_idle(c->tls) < 0)) {
     conn_close(c);
     return;
   }

@@ -269,6 +269,9 @@ int keel_http_version(const keel_http_request_t *req) { return req->version; }
 size_t keel_http_header_count(const keel_http_request_t *req) { return req->nheaders; }
 int64_t keel_http_content_length(const keel_http_request_t *req) { return req->content_length; }
 keel_arena_t *keel_http_arena(keel_http_request_t *req) { return req->c->arena; }
+keel_tls_t *keel_http_tls(const keel_http_request_t *req) {
+  return req->c->tls ? req->c->tls : keel_tls_of(req->c->s);
+}
 
 const keel_http_header_t *keel_http_header_at(const keel_http_request_t *req, size_t i) {
   return i < req->nheaders ? &req->headers[i] : NULL;

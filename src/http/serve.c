@@ -86,9 +86,20 @@ static void start_conn(server_t *srv, http_worker_t *w, keel_tcp_t *tcp) {
     keel_tcp_close(tcp); /* over the limit: closed at once, no response */
     return;
   }
+  keel_stream_t *s = keel_tcp_stream(tcp);
+  keel_tls_t *tls = NULL;
+  if (srv->opts->tls) {
+    /* The handshake runs in the connection's task, on its first read. */
+    if (keel_tls_open(srv->opts->tls, s, NULL, &tls) < 0) {
+      keel_tcp_close(tcp);
+      return;
+    }
+    s = keel_tls_stream(tls);
+  }
   http_conn_t *c;
-  if (keel__http_conn_open(&srv->lim, w, keel_tcp_stream(tcp), tcp, &c) < 0)
+  if (keel__http_conn_open(&srv->lim, w, s, tcp, &c) < 0)
     return; /* closed by the open */
+  c->tls = tls;
   keel_spawn_opts_t so = {.name = "http-conn"};
   if (keel_spawn(w->conns, conn_task, c, &so) < 0)
     keel__http_conn_end(c);

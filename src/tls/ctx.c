@@ -346,8 +346,8 @@ static int ticket_key_init(const tls_ticket_key_t *k, unsigned char *iv, EVP_CIP
 }
 
 /* OpenSSL's ticket callback: 1 = done, 2 = decrypted but please issue a
- * fresh ticket (the key is no longer the newest), 0 = unknown key (a full
- * handshake), -1 = error. */
+ * fresh ticket (the key is no longer the newest, or TLS 1.3), 0 = unknown
+ * key (a full handshake), -1 = error. */
 static int ticket_cb(SSL *ssl, unsigned char *name, unsigned char *iv, EVP_CIPHER_CTX *cctx,
                      EVP_MAC_CTX *hctx, int enc) {
   keel_tls_ctx_t *ctx = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
@@ -367,7 +367,10 @@ static int ticket_cb(SSL *ssl, unsigned char *name, unsigned char *iv, EVP_CIPHE
   pthread_mutex_unlock(&ctx->lock);
   if (found < 0)
     return enc ? -1 : 0;
-  int ret = found == 0 ? 1 : 2;
+  /* 2: a fresh ticket goes out. Always on a TLS 1.3 resumption: clients
+   * use a ticket once (RFC 8446, C.4), so each resumption must leave
+   * them another. */
+  int ret = enc || (found == 0 && SSL_version(ssl) < TLS1_3_VERSION) ? 1 : 2;
   if (enc) {
     memcpy(name, k.name, sizeof k.name);
     if (RAND_bytes(iv, EVP_CIPHER_get_iv_length(EVP_aes_256_cbc())) != 1)

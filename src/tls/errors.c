@@ -32,6 +32,22 @@ int keel__tls_ctx_error(char *reason, size_t len, int err, const char *what) {
   return err;
 }
 
+/* An alert's name: OpenSSL 3.0 names the TLS 1.3 ones "unknown". */
+static const char *alert_name(int desc) {
+  switch (desc) {
+  case 109:
+    return "missing extension";
+  case 115:
+    return "unknown PSK identity";
+  case 116:
+    return "certificate required";
+  case 120:
+    return "no application protocol";
+  default:
+    return SSL_alert_desc_string_long(desc);
+  }
+}
+
 /* The errno for an alert, received or sent. */
 static int alert_errno(int desc) {
   switch (desc) {
@@ -50,20 +66,6 @@ static int alert_errno(int desc) {
     return -ENOPROTOOPT;
   default:
     return -EPROTO;
-  }
-}
-
-/* An alert's name. OpenSSL 3.0's table lacks two of TLS 1.3's alerts (RFC
- * 8446) and calls them "unknown": a client without the certificate a
- * server requires receives certificate_required. */
-static const char *alert_name(int desc) {
-  switch (desc) {
-  case SSL_AD_MISSING_EXTENSION:
-    return "missing extension";
-  case SSL_AD_CERTIFICATE_REQUIRED:
-    return "certificate required";
-  default:
-    return SSL_alert_desc_string_long(desc);
   }
 }
 

@@ -416,6 +416,22 @@ static int tls_wait_readable(keel_stream_t *s) {
   return (int)op_leave(t, rc, &t->reader);
 }
 
+int keel__tls_idle(keel_tls_t *t) {
+  if (t->hs_state != HS_DONE || t->reader || t->writing || t->flushing || t->rlen > 0 ||
+      t->wlen > 0 || SSL_has_pending(t->ssl))
+    return -EBUSY;
+  (void)SSL_free_buffers(t->ssl);
+  keel__tls_bufs_settle(t);
+  return 0;
+}
+
+void keel__tls_free_stopped(keel_tls_t *t) {
+  free(t->rbuf);
+  free(t->wbuf);
+  t->rbuf = t->wbuf = NULL;
+  tls_free(t);
+}
+
 /* ---- Writing -------------------------------------------------------------------- */
 
 /* The next piece of the caller's bytes for one record, from (*i, *off):
