@@ -536,16 +536,24 @@ static int setup_trust(keel_tls_ctx_t *ctx, const keel_tls_ctx_opts_t *o, char *
   return 0;
 }
 
-static int setup_server(keel_tls_ctx_t *ctx, const keel_tls_ctx_opts_t *o, char *reason,
-                        size_t rlen) {
+/* The context's own certificate: a server's default, a client's. */
+static int use_cert(keel_tls_ctx_t *ctx, const keel_tls_cert_t *c, char *reason, size_t rlen) {
   loaded_cert_t lc;
-  int rc = load_cert(&o->cert, &lc, reason, rlen);
+  int rc = load_cert(c, &lc, reason, rlen);
   if (rc < 0)
     return rc;
   int ok = SSL_CTX_use_cert_and_key(ctx->ssl, lc.cert, lc.key, lc.chain, 1);
   loaded_free(&lc);
   if (!ok)
     return keel__tls_ctx_error(reason, rlen, -EINVAL, "certificate: refused by OpenSSL");
+  return 0;
+}
+
+static int setup_server(keel_tls_ctx_t *ctx, const keel_tls_ctx_opts_t *o, char *reason,
+                        size_t rlen) {
+  int rc = use_cert(ctx, &o->cert, reason, rlen);
+  if (rc < 0)
+    return rc;
   if ((rc = load_sni(ctx, o, reason, rlen)) < 0)
     return rc;
   static const unsigned char sid_ctx[] = "keel";
@@ -572,14 +580,9 @@ static int setup_server(keel_tls_ctx_t *ctx, const keel_tls_ctx_opts_t *o, char 
 static int setup_client(keel_tls_ctx_t *ctx, const keel_tls_ctx_opts_t *o, char *reason,
                         size_t rlen) {
   if (cert_given(&o->cert)) {
-    loaded_cert_t lc;
-    int rc = load_cert(&o->cert, &lc, reason, rlen);
+    int rc = use_cert(ctx, &o->cert, reason, rlen);
     if (rc < 0)
       return rc;
-    int ok = SSL_CTX_use_cert_and_key(ctx->ssl, lc.cert, lc.key, lc.chain, 1);
-    loaded_free(&lc);
-    if (!ok)
-      return keel__tls_ctx_error(reason, rlen, -EINVAL, "client certificate: refused by OpenSSL");
   }
   if (o->handshake_timeout_ms > 0)
     ctx->handshake_timeout_ns = o->handshake_timeout_ms * KEEL_NS_PER_MS;
