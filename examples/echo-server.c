@@ -65,41 +65,56 @@ static int conn_wait(conn_arg_t *ca) {
   return rc < 0 ? conn_end(ca) : 0;
 }
 
-/* The echo over TLS, after the handshake. Between
- * messages the task waits for readability, holding its stack but no
- * buffer (the TLS stream gives OpenSSL's and keel's back meanwhile). */
-static int tls_echo(conn_arg_t *ca) {
+static int tls_echo(void *arg);
+
+static int tls_park(conn_arg_t *ca) {
+  int rc = keel_tcp_park(ca->tcp, tls_echo, ca); /* returns only if it cannot park */
+  return rc < 0 ? conn_end(ca) : 0;
+}
+
+/* Echoes over TLS. Between messages, once the TLS layer holds nothing,
+ * the task parks on the TCP connection below as a plain connection does
+ * (no stack, no buffer; OpenSSL's buffers are given back too) and comes
+ * back here; while it holds bytes (the rest of a record), the next read
+ * waits on the stack. */
+static int tls_echo(void *arg) {
+  conn_arg_t *ca = arg;
   keel_stream_t *s = keel_tls_stream(ca->tls);
-  /* Under the deadline set at the accept (conn_task). */
+  char buf[ECHO_BUF_SIZE];
+  for (;;) {
+    ssize_t n = keel_read(s, buf, sizeof buf);
+    if (n <= 0)
+      return conn_end(ca); /* the end, a TLS failure (the peer's business), idle, shutdown */
+    keel_task_set_deadline(KEEL_DEADLINE_NONE);
+    if (keel_write_all(s, buf, (size_t)n, NULL) < 0)
+      return conn_end(ca);
+    if (ca->server->idle_ns > 0)
+      keel_task_set_deadline(keel_now_ns() + ca->server->idle_ns);
+    if (keel_tls_idle(ca->tls) == 0)
+      return tls_park(ca);
+  }
+}
+
+/* The first bytes of a TLS connection: the handshake, under the deadline
+ * set at the accept (conn_task), then the echo. */
+static int tls_start(conn_arg_t *ca) {
+  if (keel_tls_open(ca->server->tls, keel_tcp_stream(ca->tcp), NULL, &ca->tls) < 0)
+    return conn_end(ca);
   int rc = keel_tls_handshake(ca->tls);
   keel_task_set_deadline(KEEL_DEADLINE_NONE);
   if (rc < 0)
     return conn_end(ca);
-  char buf[ECHO_BUF_SIZE];
-  for (;;) {
-    if (ca->server->idle_ns > 0)
-      keel_task_set_deadline(keel_now_ns() + ca->server->idle_ns);
-    if (keel_stream_wait_readable(s) < 0)
-      break;
-    ssize_t n = keel_read(s, buf, sizeof buf);
-    if (n <= 0)
-      break; /* the end, a TLS failure (the peer's business), idle, shutdown */
-    keel_task_set_deadline(KEEL_DEADLINE_NONE);
-    if (keel_write_all(s, buf, (size_t)n, NULL) < 0)
-      break;
-  }
-  return conn_end(ca);
+  if (ca->server->idle_ns > 0)
+    keel_task_set_deadline(keel_now_ns() + ca->server->idle_ns);
+  return keel_tls_idle(ca->tls) == 0 ? tls_park(ca) : tls_echo(ca);
 }
 
 /* Echoes what has arrived, then waits again. The buffer is on a stack the
  * task holds only while bytes are in flight. */
 static int conn_echo(void *arg) {
   conn_arg_t *ca = arg;
-  if (ca->server->tls) {
-    if (keel_tls_open(ca->server->tls, keel_tcp_stream(ca->tcp), NULL, &ca->tls) < 0)
-      return conn_end(ca);
-    return tls_echo(ca);
-  }
+  if (ca->server->tls)
+    return tls_start(ca);
   keel_stream_t *s = keel_tcp_stream(ca->tcp);
   char buf[ECHO_BUF_SIZE];
   ssize_t n = keel_read(s, buf, sizeof buf);

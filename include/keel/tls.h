@@ -223,6 +223,15 @@ typedef struct keel_tls_info {
 /* Fills *info; -EINVAL when t is NULL. */
 int keel_tls_info(const keel_tls_t *t, keel_tls_info_t *info);
 
+/* Between messages: gives OpenSSL's buffers and keel's back, and returns
+ * 0 when t holds no byte at all (none received and not yet read, none to
+ * send, the handshake done and no task in t), so that the task may hand
+ * its stack back with keel_tcp_park on the TCP connection below and lose
+ * nothing: when bytes arrive, it reads them through t. -EBUSY otherwise
+ * (then wait with keel_stream_wait_readable, which holds no buffer
+ * either). Never parks. */
+int keel_tls_idle(keel_tls_t *t);
+
 /* The subject of the peer's certificate, one line ("CN=client,O=..."),
  * into buf. Returns its length, or -ENOENT (no certificate), -ENOSPC. */
 int keel_tls_peer_subject(const keel_tls_t *t, char *buf, size_t len);

@@ -17,7 +17,6 @@
 
 #include "http-internal.h"
 #include "tcp-pool-internal.h"
-#include "tls-internal.h"
 
 /* ---- Arenas ------------------------------------------------------------- */
 
@@ -325,7 +324,7 @@ static int conn_idle(http_conn_t *c) {
   keel_task_set_deadline(keel_now_ns() + c->lim->keepalive_timeout_ns);
   /* Over TLS, only once the TLS layer holds nothing either; else the
    * next read waits on the stack. */
-  if (c->tcp && (!c->tls || keel__tls_idle(c->tls) == 0))
+  if (c->tcp && (!c->tls || keel_tls_idle(c->tls) == 0))
     return keel_tcp_park(c->tcp, conn_resume, c); /* returns only if it cannot park */
   return 0;
 }

@@ -280,7 +280,7 @@ static int conn_open(hc_origin_t *o, hc_conn_t **out, char *why, size_t why_len)
  * (in the socket, or buffered by the TLS layer). */
 static bool conn_alive(hc_conn_t *c, int64_t now) {
   return c->idle_deadline > now && keel__tcp_readable_now(c->tcp) == 0 &&
-         (!c->tls || keel__tls_idle(c->tls) == 0);
+         (!c->tls || keel_tls_idle(c->tls) == 0);
 }
 
 int keel__hc_conn_get(hc_origin_t *o, bool fresh, hc_conn_t **out, bool *reused, char *why,
@@ -321,7 +321,7 @@ int keel__hc_conn_get(hc_origin_t *o, bool fresh, hc_conn_t **out, bool *reused,
 void keel__hc_conn_put(hc_conn_t *c, bool keep, int64_t idle_ns) {
   hc_origin_t *o = c->origin;
   hc_pool_t *p = o->pool;
-  if (!keep || idle_ns <= 0 || c->len > 0 || p->closing || (c->tls && keel__tls_idle(c->tls) < 0)) {
+  if (!keep || idle_ns <= 0 || c->len > 0 || p->closing || (c->tls && keel_tls_idle(c->tls) < 0)) {
     conn_close(c);
     return;
   }

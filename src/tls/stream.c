@@ -416,7 +416,9 @@ static int tls_wait_readable(keel_stream_t *s) {
   return (int)op_leave(t, rc, &t->reader);
 }
 
-int keel__tls_idle(keel_tls_t *t) {
+int keel_tls_idle(keel_tls_t *t) {
+  if (!t)
+    return -EINVAL;
   if (t->hs_state != HS_DONE || t->reader || t->writing || t->flushing || t->rlen > 0 ||
       t->wlen > 0 || SSL_has_pending(t->ssl))
     return -EBUSY;

@@ -124,11 +124,6 @@ SSL_SESSION *keel__tls_session_get(keel_tls_ctx_t *ctx, const char *key);
 int keel__tls_alpn_wire(const char *const *list, unsigned char **out, size_t *len);
 
 /* stream.c, for the layers above */
-/* Between messages: gives OpenSSL's buffers and keel's back. Returns 0
- * when t holds nothing, so that a park on the transport below loses
- * nothing (keel_tcp_park), or -EBUSY when bytes wait in t to be read or
- * sent. Never parks. */
-int keel__tls_idle(keel_tls_t *t);
 /* Frees t without any I/O, leaving its inner stream alone: for streams
  * that outlive their worker's loop (the HTTP client's idle pool). */
 void keel__tls_free_stopped(keel_tls_t *t);
