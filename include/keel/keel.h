@@ -17,6 +17,7 @@
 #include "tcp.h"
 #include "tls.h"
 #include "watch.h"
+#include "ws.h"
 
 #define KEEL_VERSION_MAJOR 0
 #define KEEL_VERSION_MINOR 1

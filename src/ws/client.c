@@ -1,0 +1,2 @@
+/* WebSocket: client (being written). */
+#include "ws-internal.h"

@@ -1,0 +1,2 @@
+/* WebSocket: deflate (being written). */
+#include "ws-internal.h"

@@ -1,0 +1,2 @@
+/* WebSocket: frame (being written). */
+#include "ws-internal.h"

@@ -1,0 +1,2 @@
+/* WebSocket: handshake (being written). */
+#include "ws-internal.h"

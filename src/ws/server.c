@@ -1,0 +1,2 @@
+/* WebSocket: server (being written). */
+#include "ws-internal.h"

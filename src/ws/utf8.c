@@ -1,0 +1,2 @@
+/* WebSocket: utf8 (being written). */
+#include "ws-internal.h"

@@ -1,0 +1,2 @@
+/* WebSocket: ws (being written). */
+#include "ws-internal.h"
