@@ -450,16 +450,19 @@ int keel__http_upgrade(keel_http_request_t *req, const void *head, size_t head_l
     if (keel_scope_live(req->watch) > 0 || req->client_gone)
       return -EPIPE;
   }
+  /* From here the connection's task starts no watch and sends nothing
+   * more for this request, whatever happens to the write. */
+  req->upgraded = true;
+  req->res.head_sent = req->res.finished = true;
   int rc = keel__http_queue(c, head, head_len);
   if (rc == 0)
     rc = keel__http_flush(c);
   if (rc < 0) {
     c->broken = true;
+    req->up_run = NULL;
     return rc;
   }
   c->b->out_len = 0;
-  req->res.head_sent = req->res.finished = true;
-  req->upgraded = true;
   if (req->scope)
     keel_scope_set_deadline(req->scope, KEEL_DEADLINE_NONE);
   up->bs = c->bs;

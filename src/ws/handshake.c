@@ -7,7 +7,7 @@
 
 #include "handshake.h"
 
-static const char ws_guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC11B85";
+static const char ws_guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 int keel__ws_accept_key(const char *key, size_t key_len, char out[WS_ACCEPT_LEN + 1]) {
   unsigned char md[EVP_MAX_MD_SIZE];

@@ -898,15 +898,19 @@ int keel_ws_open(keel_stream_t *s, bool server, const keel_ws_opts_t *opts,
 
 /* ---- The per-message style ------------------------------------------------ */
 
-static int ws_resume(void *arg) { return keel__ws_run(arg); }
+static int ws_loop(keel_ws_t *ws, bool may_park);
 
-int keel__ws_run(void *arg) {
-  keel_ws_t *ws = arg;
+/* Woken from a park: read first (the park's reason is in the first read). */
+static int ws_resume(void *arg) { return ws_loop(arg, false); }
+
+int keel__ws_run(void *arg) { return ws_loop(arg, true); }
+
+static int ws_loop(keel_ws_t *ws, bool may_park) {
   keel_task_set_deadline(KEEL_DEADLINE_NONE);
-  for (;;) {
+  for (;; may_park = true) {
     release(ws);
     /* Nothing buffered: wait without a stack or a buffer. */
-    if (ws->tcp && !ws->closed && !ws->err && keel_bufstream_buffered(ws->bs) == 0 &&
+    if (may_park && ws->tcp && !ws->closed && !ws->err && keel_bufstream_buffered(ws->bs) == 0 &&
         (!ws->tls || keel_tls_idle(ws->tls) == 0) && keel_cancelled() == KEEL_CANCEL_NONE) {
       if (ws->msg.cap && !ws->msg_op)
         ws_buf_free(&ws->msg);
