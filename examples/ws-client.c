@@ -90,6 +90,12 @@ static int main_task(void *arg) {
   }
   if (keel_ws_subprotocol(ws))
     fprintf(stderr, "ws-client: subprotocol %s\n", keel_ws_subprotocol(ws));
+  keel_ws_deflate_params_t dp;
+  if (keel_ws_deflate(ws, &dp))
+    fprintf(stderr,
+            "ws-client: permessage-deflate (server window %d%s, client window %d%s)\n",
+            dp.server_max_window_bits, dp.server_no_context_takeover ? ", no context" : "",
+            dp.client_max_window_bits, dp.client_no_context_takeover ? ", no context" : "");
   const void *data;
   size_t len;
   if (app->echo) {
