@@ -418,7 +418,7 @@ def main():
         target = Target(args.url)
     except ValueError as exc:
         parser.error(str(exc))
-    ctx = Context(args.timeout, args.lenient, args.max_message)
+    ctx = Context(args.timeout, args.lenient)
     report = Report()
     for case in cases:
         try:

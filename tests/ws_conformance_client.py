@@ -513,7 +513,7 @@ def main():
         return 0
     if not args.program:
         parser.error("the program to test is required")
-    ctx = Context(args.timeout, args.lenient, args.max_message)
+    ctx = Context(args.timeout, args.lenient)
     run = Run(args.program, ctx, args.deflate, args.start_timeout)
     report = Report()
     for case in cases:

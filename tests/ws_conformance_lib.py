@@ -136,8 +136,8 @@ def describe_close(payload):
 class Context:
     """What every step may consult: --lenient, --timeout."""
 
-    def __init__(self, timeout=2.0, lenient=False, max_message=1 << 20):
-        self.timeout, self.lenient, self.max_message = timeout, lenient, max_message
+    def __init__(self, timeout=2.0, lenient=False):
+        self.timeout, self.lenient = timeout, lenient
 
 
 class Session:
