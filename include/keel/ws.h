@@ -102,7 +102,9 @@ enum {
 typedef struct keel_ws_deflate_opts {
   bool enable;
   /* Server: keep the compressor's context across messages (it then costs
-   * the connection its deflate state). Client: ask for it (the default). */
+   * the connection its deflate state). Client: ask for it; unset, the
+   * offer has server_no_context_takeover, so that the client's
+   * decompressor keeps nothing between messages either. */
   bool server_context_takeover;
   /* Ask the client (server: in the answer; client: in the offer) not to
    * keep its compressor's context, so that the server's decompressor
