@@ -367,11 +367,15 @@ def deflate_cases(max_message):
 
 
 def quoted_bits(sock, req, run):
-    if not offers_of(req):
+    offers = offers_of(req)
+    if not offers:
         raise CaseFail("a permessage-deflate offer", "none")
+    # An offer of server_no_context_takeover is accepted only by answering it.
+    snct = "server_no_context_takeover" in offers[0]
+    ext = "permessage-deflate; " + ("server_no_context_takeover; " if snct else "")
     sock.sendall(response_head(req, fields={
-        "Sec-WebSocket-Extensions": 'permessage-deflate; server_max_window_bits="10"'}))
-    s = Session(sock, False, run.ctx, req.rest, Pmd(PmdParams(smwb=10), client=False))
+        "Sec-WebSocket-Extensions": ext + 'server_max_window_bits="10"'}))
+    s = Session(sock, False, run.ctx, req.rest, Pmd(PmdParams(snct=snct, smwb=10), client=False))
     return session_line(s, messages_of("compressible text", 4096, 2)())
 
 

@@ -287,6 +287,9 @@ int keel_ws_close(keel_ws_t *ws, int code, const char *reason);
  * came), and its reason (NUL-terminated, "" if none). */
 int keel_ws_close_code(const keel_ws_t *ws);
 const char *keel_ws_close_reason(const keel_ws_t *ws);
+/* The code of the close keel sent (1005 for one without a code), 0 if it
+ * sent none: after an error, the code it failed the connection with. */
+int keel_ws_close_sent(const keel_ws_t *ws);
 
 /* ---- About the connection ----------------------------------------------------- */
 

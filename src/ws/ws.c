@@ -61,7 +61,7 @@ struct keel_ws {
   int err; /* sticky: the connection failed */
   /* Closing. */
   bool close_sent, close_rcvd, closed;
-  uint16_t close_code;
+  uint16_t close_code, sent_code;
   char *close_reason;
   /* Writing. */
   keel_mutex_t msg_lock, frame_lock;
@@ -233,6 +233,7 @@ static int close_out(keel_ws_t *ws, int code, const char *reason, size_t rlen) {
     n = 2 + rlen;
   }
   ws->close_sent = true;
+  ws->sent_code = code ? (uint16_t)code : KEEL_WS_NO_STATUS;
   ws->close_by = keel_now_ns() + ws->close_timeout_ns;
   struct iovec v = {body, n};
   return frame_send(ws, KEEL_WS_CLOSE, true, 0, &v, 1);
@@ -829,6 +830,8 @@ int keel_ws_close(keel_ws_t *ws, int code, const char *reason) {
 int keel_ws_close_code(const keel_ws_t *ws) {
   return ws->close_rcvd ? ws->close_code : KEEL_WS_ABNORMAL;
 }
+
+int keel_ws_close_sent(const keel_ws_t *ws) { return ws->close_sent ? ws->sent_code : 0; }
 
 const char *keel_ws_close_reason(const keel_ws_t *ws) {
   return ws->close_reason ? ws->close_reason : "";
