@@ -107,10 +107,11 @@ static int converse(run_t *run) {
     keel_ws_close(ws, 0, NULL);
     return rc;
   }
-  CHECK_RC(keel_ws_shutdown(ws, KEEL_WS_NORMAL, NULL));
   const void *d;
   size_t n;
-  rc = keel_ws_recv(ws, &d, &n);
+  rc = keel_ws_shutdown(ws, KEEL_WS_NORMAL, NULL);
+  if (rc == 0)
+    rc = keel_ws_recv(ws, &d, &n);
   keel_ws_close(ws, 0, NULL);
   if (rc < 0) {
     CHECK(run->drops);
