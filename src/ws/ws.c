@@ -496,7 +496,7 @@ static int control(keel_ws_t *ws, unsigned opcode, const uint8_t *p, size_t n) {
 
 /* Checks text as it comes: fails (1007) at the first bad byte. */
 static int text_check(keel_ws_t *ws, const uint8_t *p, size_t n) {
-  if (ws->msg_op == KEEL_WS_TEXT && !ws_utf8_feed(&ws->utf8, p, n))
+  if (n > 0 && ws->msg_op == KEEL_WS_TEXT && !ws_utf8_feed(&ws->utf8, p, n))
     return fail(ws, KEEL_WS_INVALID_DATA, -EILSEQ);
   return 0;
 }
@@ -514,7 +514,7 @@ static int payload_in(keel_ws_t *ws, uint8_t *p, size_t take) {
     if (rc < 0)
       return fail(ws, rc == -ENOMEM ? KEEL_WS_INTERNAL_ERROR : KEEL_WS_INVALID_DATA,
                   rc == -ENOMEM ? -ENOMEM : -EPROTO);
-    return text_check(ws, ws->msg.p + before, ws->msg.len - before);
+    return ws->msg.len > before ? text_check(ws, ws->msg.p + before, ws->msg.len - before) : 0;
   }
   int rc = ws_buf_reserve(&ws->msg, take, ws->max_message);
   if (rc < 0)
@@ -537,7 +537,7 @@ static int message_end(keel_ws_t *ws) {
       return fail(ws, KEEL_WS_TOO_BIG, -EMSGSIZE);
     if (rc < 0)
       return fail(ws, KEEL_WS_INVALID_DATA, -EPROTO);
-    if ((rc = text_check(ws, ws->msg.p + before, ws->msg.len - before)) < 0)
+    if (ws->msg.len > before && (rc = text_check(ws, ws->msg.p + before, ws->msg.len - before)) < 0)
       return rc;
   }
   if (ws->msg_op == KEEL_WS_TEXT && !ws_utf8_complete(&ws->utf8))
