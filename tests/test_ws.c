@@ -275,12 +275,12 @@ static int errors_case(void *arg) {
     bool unmasked;
     int code;
   } cases[] = {
-      {true, 0, KEEL_WS_TEXT, "x", 1, true, 1002},       /* unmasked from a client */
-      {true, 4, KEEL_WS_TEXT, "x", 1, false, 1002},      /* RSV1 without an extension */
-      {true, 0, 3, "x", 1, false, 1002},                 /* reserved opcode */
-      {true, 0, 0xb, "", 0, false, 1002},                /* reserved control opcode */
+      {true, 0, KEEL_WS_TEXT, "x", 1, true, 1002},          /* unmasked from a client */
+      {true, 4, KEEL_WS_TEXT, "x", 1, false, 1002},         /* RSV1 without an extension */
+      {true, 0, 3, "x", 1, false, 1002},                    /* reserved opcode */
+      {true, 0, 0xb, "", 0, false, 1002},                   /* reserved control opcode */
       {true, 0, KEEL_WS_CONTINUATION, "x", 1, false, 1002}, /* nothing to continue */
-      {false, 0, KEEL_WS_PING, "", 0, false, 1002},      /* fragmented control frame */
+      {false, 0, KEEL_WS_PING, "", 0, false, 1002},         /* fragmented control frame */
       {true, 0, KEEL_WS_TEXT, bad_utf8, sizeof bad_utf8, false, 1007},
       {true, 0, KEEL_WS_BINARY, big, sizeof big, false, 1009},
       {true, 0, KEEL_WS_CLOSE, close_1, 1, false, 1002},
@@ -570,11 +570,11 @@ static void test_wss(void **state) {
 int main(void) {
   kt_select_backends();
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_echo_msg),   cmocka_unit_test(test_echo_seq),
+      cmocka_unit_test(test_echo_msg),     cmocka_unit_test(test_echo_seq),
       cmocka_unit_test(test_echo_deflate), cmocka_unit_test(test_handshake),
-      cmocka_unit_test(test_errors_msg), cmocka_unit_test(test_errors_seq),
-      cmocka_unit_test(test_duplex),     cmocka_unit_test(test_drain),
-      cmocka_unit_test(test_liveness),   cmocka_unit_test(test_options),
+      cmocka_unit_test(test_errors_msg),   cmocka_unit_test(test_errors_seq),
+      cmocka_unit_test(test_duplex),       cmocka_unit_test(test_drain),
+      cmocka_unit_test(test_liveness),     cmocka_unit_test(test_options),
       cmocka_unit_test(test_wss),
   };
   return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));

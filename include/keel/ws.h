@@ -129,11 +129,11 @@ typedef int (*keel_ws_message_fn)(keel_ws_t *ws, int opcode, const void *data, s
 
 /* Zeroed (or a NULL pointer): every default. Times in milliseconds. */
 typedef struct keel_ws_opts {
-  size_t max_message;        /* a whole message, after inflating; 0: 1 MiB (1009) */
-  int64_t close_timeout_ms;  /* wait for the peer's close; 0: 5 s */
-  int64_t ping_interval_ms;  /* send a ping after this long without one; 0: none */
-  int64_t pong_timeout_ms;   /* no pong by then: dropped (-ETIMEDOUT); 0: 10 s */
-  int64_t idle_timeout_ms;   /* close with 1001 after this long without a frame; 0: none */
+  size_t max_message;       /* a whole message, after inflating; 0: 1 MiB (1009) */
+  int64_t close_timeout_ms; /* wait for the peer's close; 0: 5 s */
+  int64_t ping_interval_ms; /* send a ping after this long without one; 0: none */
+  int64_t pong_timeout_ms;  /* no pong by then: dropped (-ETIMEDOUT); 0: 10 s */
+  int64_t idle_timeout_ms;  /* close with 1001 after this long without a frame; 0: none */
   /* Subprotocols: a server's, in its order of preference (the first of
    * them the client offers is chosen); a client's, offered in that order.
    * NULL-terminated, or NULL for none. */

@@ -20,10 +20,11 @@
 #include "http-internal.h"
 #include "keel/sync.h"
 
-#define WS_MASK_CHUNK (16 * 1024)     /* a client masks its payload this much at a time */
-#define WS_KEEP_MSG_BUF (64 * 1024)   /* a bigger message buffer is freed after use */
+#define WS_MASK_CHUNK (16 * 1024)   /* a client masks its payload this much at a time */
+#define WS_KEEP_MSG_BUF (64 * 1024) /* a bigger message buffer is freed after use */
 #define WS_FINISH_SHIELD_NS (1000 * KEEL_NS_PER_MS)
-#define WS_CLIENT_EOF_NS (1000 * KEEL_NS_PER_MS) /* a client waits this long for the server's FIN */
+#define WS_CLIENT_EOF_NS (1000 * KEEL_NS_PER_MS) /* a client waits this long for the server's FIN \
+                                                  */
 
 struct keel_ws {
   keel_bufstream_t *bs;
@@ -48,10 +49,10 @@ struct keel_ws {
   bool closing;             /* keel_ws_close is under way */
   /* Reading (one task at a time). */
   keel_task_t *reader;
-  size_t pending; /* bytes handed out in place, consumed at the next receive */
-  ws_buf_t msg;   /* the message being assembled */
+  size_t pending;  /* bytes handed out in place, consumed at the next receive */
+  ws_buf_t msg;    /* the message being assembled */
   size_t part_off; /* keel_ws_recv_part: bytes of msg handed out */
-  ws_frame_t f;   /* the frame being read */
+  ws_frame_t f;    /* the frame being read */
   uint64_t f_left;
   unsigned f_phase;
   uint8_t msg_op; /* the opcode of the message under way; 0: none */
@@ -239,9 +240,7 @@ static int close_out(keel_ws_t *ws, int code, const char *reason, size_t rlen) {
   return frame_send(ws, KEEL_WS_CLOSE, true, 0, &v, 1);
 }
 
-static int check_worker(const keel_ws_t *ws) {
-  return keel_worker_id() == ws->worker ? 0 : -EXDEV;
-}
+static int check_worker(const keel_ws_t *ws) { return keel_worker_id() == ws->worker ? 0 : -EXDEV; }
 
 static int data_opcode_ok(int opcode) { return opcode == KEEL_WS_TEXT || opcode == KEEL_WS_BINARY; }
 
@@ -430,7 +429,8 @@ static ssize_t fill(keel_ws_t *ws) {
 }
 
 static int check_header(keel_ws_t *ws, const ws_frame_t *f) {
-  unsigned allowed = ws->deflate && (f->opcode == KEEL_WS_TEXT || f->opcode == KEEL_WS_BINARY) ? 4 : 0;
+  unsigned allowed =
+      ws->deflate && (f->opcode == KEEL_WS_TEXT || f->opcode == KEEL_WS_BINARY) ? 4 : 0;
   if (f->rsv & ~allowed)
     return fail(ws, KEEL_WS_PROTOCOL_ERROR, -EPROTO);
   switch (f->opcode) {
@@ -887,9 +887,9 @@ int keel__ws_new(keel_bufstream_t *bs, keel_tcp_t *tcp, keel_tls_t *tls, bool se
   if (pmd) {
     ws->deflate = true;
     ws->pmdp = *pmd;
-    int rc = ws_pmd_open(pmd, server, opts->deflate.level ? opts->deflate.level : 6,
-                         opts->deflate.mem_level ? opts->deflate.mem_level : 8, pmd_cache(),
-                         &ws->pmd);
+    int rc =
+        ws_pmd_open(pmd, server, opts->deflate.level ? opts->deflate.level : 6,
+                    opts->deflate.mem_level ? opts->deflate.mem_level : 8, pmd_cache(), &ws->pmd);
     if (rc < 0) {
       free(ws->subprotocol);
       free(ws);
