@@ -23,9 +23,27 @@
 #define WS_MASK_CHUNK (16 * 1024)   /* a client masks its payload this much at a time */
 #define WS_KEEP_MSG_BUF (64 * 1024) /* a bigger message buffer is freed after use */
 #define WS_FINISH_SHIELD_NS (1000 * KEEL_NS_PER_MS)
-#define WS_CLIENT_EOF_NS (1000 * KEEL_NS_PER_MS) /* a client waits this long for the server's FIN \
-                                                  */
+#define WS_CLIENT_EOF_NS                                                   \
+  (1000 * KEEL_NS_PER_MS) /* a client waits this long for the server's FIN \
+                           */
 
+/* A lock between the tasks of one worker (a WebSocket's tasks all are):
+ * 16 bytes, with the wait queue made on first contention. */
+typedef struct ws_lock {
+  keel_task_t *owner;
+  keel_notify_t *wq;
+} ws_lock_t;
+
+/* What only a connection with permessage-deflate needs. */
+typedef struct ws_z {
+  ws_pmd_t *pmd;
+  ws_pmd_params_t params;
+  size_t min_size; /* shorter messages go uncompressed */
+  ws_buf_t out;    /* compressed output */
+} ws_z_t;
+
+/* Every field counts: an idle WebSocket is this struct, its buffered
+ * stream and its TCP connection. */
 struct keel_ws {
   keel_bufstream_t *bs;
   keel_stream_t *s; /* the buffered stream's view: writes pass through */
@@ -35,44 +53,80 @@ struct keel_ws {
   void (*on_close)(keel_ws_t *ws, int code, void *ctx);
   void *ctx;
   size_t max_message;
-  int64_t close_timeout_ns, ping_interval_ns, pong_timeout_ns, idle_timeout_ns;
+  int32_t close_timeout_ms, ping_interval_ms, pong_timeout_ms, idle_timeout_ms;
   int64_t last_rx;  /* when bytes last arrived */
   int64_t pong_by;  /* a ping is unanswered: the pong is due by then (0: none) */
   int64_t close_by; /* a close was sent: the peer's is due by then (0: none) */
-  ws_pmd_t *pmd;
-  ws_pmd_params_t pmdp;
+  ws_z_t *z;        /* permessage-deflate, or NULL */
   char *subprotocol;
-  int worker;
-  bool server, deflate;
   keel_http_request_t *req; /* sequential style: the request upgraded, for its hooks */
-  int hook_busy;            /* the drain hook runs (in the connection's task) */
-  bool closing;             /* keel_ws_close is under way */
+  int worker;
+  int hook_busy; /* the drain hook runs (in the connection's task) */
+  bool server;
+  bool closing; /* keel_ws_close is under way */
   /* Reading (one task at a time). */
+  bool msg_z; /* the message under way is compressed */
+  bool in_frame, msg_ready;
+  uint8_t msg_op; /* the opcode of the message under way; 0: none */
+  ws_utf8_t utf8;
+  unsigned f_phase;
   keel_task_t *reader;
   size_t pending;  /* bytes handed out in place, consumed at the next receive */
   ws_buf_t msg;    /* the message being assembled */
   size_t part_off; /* keel_ws_recv_part: bytes of msg handed out */
   ws_frame_t f;    /* the frame being read */
   uint64_t f_left;
-  unsigned f_phase;
-  uint8_t msg_op; /* the opcode of the message under way; 0: none */
-  bool msg_z;     /* it is compressed */
-  bool in_frame, msg_ready, part_first;
-  ws_utf8_t utf8;
   int err; /* sticky: the connection failed */
   /* Closing. */
   bool close_sent, close_rcvd, closed;
   uint16_t close_code, sent_code;
   char *close_reason;
   /* Writing. */
-  keel_mutex_t msg_lock, frame_lock;
-  keel_task_t *frag_owner; /* the task with a fragmented message open */
   bool frag_z;
   int wr_err;
-  uint8_t *pong; /* a pong owed: [0] its length, then the payload */
+  ws_lock_t msg_lock, frame_lock;
+  keel_task_t *frag_owner; /* the task with a fragmented message open */
+  uint8_t *pong;           /* a pong owed: [0] its length, then the payload */
   uint8_t *mask_buf;
-  ws_buf_t zout; /* compressed output */
 };
+
+#define MS(x) ((int64_t)(x)*KEEL_NS_PER_MS)
+
+static int lock(ws_lock_t *l) {
+  keel_task_t *self = keel_task_current();
+  while (l->owner) {
+    if (!l->wq) {
+      if (!(l->wq = malloc(sizeof *l->wq)))
+        return -ENOMEM;
+      keel_notify_init(l->wq);
+    }
+    int rc = keel_notify_wait(l->wq);
+    if (rc < 0)
+      return rc;
+  }
+  l->owner = self;
+  return 0;
+}
+
+static int try_lock(ws_lock_t *l) {
+  if (l->owner)
+    return -EBUSY;
+  l->owner = keel_task_current();
+  return 0;
+}
+
+static void unlock(ws_lock_t *l) {
+  l->owner = NULL;
+  if (l->wq)
+    keel_notify_one(l->wq);
+}
+
+static void lock_free(ws_lock_t *l) {
+  if (l->wq) {
+    keel_notify_destroy(l->wq);
+    free(l->wq);
+  }
+}
 
 static ws_pmd_cache_t *pmd_cache(void);
 
@@ -199,12 +253,12 @@ static void pong_out(keel_ws_t *ws) {
 
 static int frame_send(keel_ws_t *ws, unsigned opcode, bool fin, unsigned rsv,
                       const struct iovec *iov, int iovcnt) {
-  int rc = keel_mutex_lock(&ws->frame_lock);
+  int rc = lock(&ws->frame_lock);
   if (rc < 0)
     return rc;
   rc = frame_out(ws, opcode, fin, rsv, iov, iovcnt);
   pong_out(ws);
-  keel_mutex_unlock(&ws->frame_lock);
+  unlock(&ws->frame_lock);
   return rc;
 }
 
@@ -218,9 +272,9 @@ static void pong_owed(keel_ws_t *ws, const uint8_t *data, size_t len) {
   memcpy(p + 1, data, len);
   free(ws->pong);
   ws->pong = p;
-  if (keel_mutex_try_lock(&ws->frame_lock) == 0) {
+  if (try_lock(&ws->frame_lock) == 0) {
     pong_out(ws);
-    keel_mutex_unlock(&ws->frame_lock);
+    unlock(&ws->frame_lock);
   }
 }
 
@@ -235,7 +289,7 @@ static int close_out(keel_ws_t *ws, int code, const char *reason, size_t rlen) {
   }
   ws->close_sent = true;
   ws->sent_code = code ? (uint16_t)code : KEEL_WS_NO_STATUS;
-  ws->close_by = keel_now_ns() + ws->close_timeout_ns;
+  ws->close_by = keel_now_ns() + MS(ws->close_timeout_ms);
   struct iovec v = {body, n};
   return frame_send(ws, KEEL_WS_CLOSE, true, 0, &v, 1);
 }
@@ -252,31 +306,29 @@ static int send_message(keel_ws_t *ws, int opcode, const struct iovec *iov, int 
   for (int i = 0; i < iovcnt; i++)
     len += iov[i].iov_len;
   unsigned rsv = 0;
-  bool z = ws->pmd && (first ? len >= 1 : ws->frag_z);
-  if (first && z) {
-    size_t min = 32;
-    z = len >= min || !fin;
-  }
+  bool z = ws->z && (first ? len >= 1 : ws->frag_z);
+  if (first && z)
+    z = len >= ws->z->min_size || !fin;
   if (!z)
     return frame_send(ws, first ? (unsigned)opcode : KEEL_WS_CONTINUATION, fin, 0, iov, iovcnt);
-  ws->zout.len = 0;
+  ws->z->out.len = 0;
   for (int i = 0; i < iovcnt; i++) {
     bool last = fin && i == iovcnt - 1;
-    int rc = ws_pmd_deflate(ws->pmd, iov[i].iov_base, iov[i].iov_len, last, &ws->zout);
+    int rc = ws_pmd_deflate(ws->z->pmd, iov[i].iov_base, iov[i].iov_len, last, &ws->z->out);
     if (rc < 0)
       return rc;
   }
   if (fin && iovcnt == 0) {
-    int rc = ws_pmd_deflate(ws->pmd, NULL, 0, true, &ws->zout);
+    int rc = ws_pmd_deflate(ws->z->pmd, NULL, 0, true, &ws->z->out);
     if (rc < 0)
       return rc;
   }
   if (first)
     rsv = 4; /* RSV1: this message is compressed */
-  struct iovec v = {ws->zout.p, ws->zout.len};
+  struct iovec v = {ws->z->out.p, ws->z->out.len};
   int rc = frame_send(ws, first ? (unsigned)opcode : KEEL_WS_CONTINUATION, fin, rsv, &v, 1);
-  if (ws->zout.cap > WS_KEEP_MSG_BUF)
-    ws_buf_free(&ws->zout);
+  if (ws->z->out.cap > WS_KEEP_MSG_BUF)
+    ws_buf_free(&ws->z->out);
   if (first)
     ws->frag_z = true;
   return rc;
@@ -290,11 +342,11 @@ int keel_ws_sendv(keel_ws_t *ws, int opcode, const struct iovec *iov, int iovcnt
     return rc;
   if (ws->frag_owner == keel_task_current())
     return -EINVAL; /* its own fragmented message is open */
-  if ((rc = keel_mutex_lock(&ws->msg_lock)) < 0)
+  if ((rc = lock(&ws->msg_lock)) < 0)
     return rc;
   rc = send_message(ws, opcode, iov, iovcnt, true, true);
   ws->frag_z = false;
-  keel_mutex_unlock(&ws->msg_lock);
+  unlock(&ws->msg_lock);
   return rc;
 }
 
@@ -314,7 +366,7 @@ int keel_ws_send_part(keel_ws_t *ws, int opcode, const void *data, size_t len, b
   if (first ? !data_opcode_ok(opcode) : opcode != KEEL_WS_CONTINUATION)
     return -EINVAL;
   if (first) {
-    if ((rc = keel_mutex_lock(&ws->msg_lock)) < 0)
+    if ((rc = lock(&ws->msg_lock)) < 0)
       return rc;
     ws->frag_owner = self;
     ws->frag_z = false;
@@ -326,7 +378,7 @@ int keel_ws_send_part(keel_ws_t *ws, int opcode, const void *data, size_t len, b
      * never end (the connection cannot send any more). */
     ws->frag_owner = NULL;
     ws->frag_z = false;
-    keel_mutex_unlock(&ws->msg_lock);
+    unlock(&ws->msg_lock);
   }
   return rc;
 }
@@ -363,10 +415,11 @@ static int64_t next_timer(const keel_ws_t *ws) {
     t = ws->close_by;
   if (ws->pong_by && ws->pong_by < t)
     t = ws->pong_by;
-  else if (!ws->pong_by && ws->ping_interval_ns > 0 && ws->last_rx + ws->ping_interval_ns < t)
-    t = ws->last_rx + ws->ping_interval_ns;
-  if (ws->idle_timeout_ns > 0 && !ws->close_sent && ws->last_rx + ws->idle_timeout_ns < t)
-    t = ws->last_rx + ws->idle_timeout_ns;
+  else if (!ws->pong_by && MS(ws->ping_interval_ms) > 0 &&
+           ws->last_rx + MS(ws->ping_interval_ms) < t)
+    t = ws->last_rx + MS(ws->ping_interval_ms);
+  if (MS(ws->idle_timeout_ms) > 0 && !ws->close_sent && ws->last_rx + MS(ws->idle_timeout_ms) < t)
+    t = ws->last_rx + MS(ws->idle_timeout_ms);
   return t;
 }
 
@@ -384,12 +437,14 @@ static int timer_due(keel_ws_t *ws, int64_t now) {
     keel_stream_shutdown(ws->s, SHUT_RDWR);
     return -ETIMEDOUT;
   }
-  if (ws->idle_timeout_ns > 0 && !ws->close_sent && now >= ws->last_rx + ws->idle_timeout_ns) {
+  if (MS(ws->idle_timeout_ms) > 0 && !ws->close_sent &&
+      now >= ws->last_rx + MS(ws->idle_timeout_ms)) {
     close_out(ws, KEEL_WS_GOING_AWAY, "idle", 4);
     return 1;
   }
-  if (!ws->pong_by && ws->ping_interval_ns > 0 && now >= ws->last_rx + ws->ping_interval_ns) {
-    ws->pong_by = now + ws->pong_timeout_ns;
+  if (!ws->pong_by && MS(ws->ping_interval_ms) > 0 &&
+      now >= ws->last_rx + MS(ws->ping_interval_ms)) {
+    ws->pong_by = now + MS(ws->pong_timeout_ms);
     struct iovec v = {NULL, 0};
     frame_send(ws, KEEL_WS_PING, true, 0, &v, 1);
     return 1;
@@ -429,8 +484,7 @@ static ssize_t fill(keel_ws_t *ws) {
 }
 
 static int check_header(keel_ws_t *ws, const ws_frame_t *f) {
-  unsigned allowed =
-      ws->deflate && (f->opcode == KEEL_WS_TEXT || f->opcode == KEEL_WS_BINARY) ? 4 : 0;
+  unsigned allowed = ws->z && (f->opcode == KEEL_WS_TEXT || f->opcode == KEEL_WS_BINARY) ? 4 : 0;
   if (f->rsv & ~allowed)
     return fail(ws, KEEL_WS_PROTOCOL_ERROR, -EPROTO);
   switch (f->opcode) {
@@ -508,7 +562,7 @@ static int payload_in(keel_ws_t *ws, uint8_t *p, size_t take) {
     if (ws->f.masked)
       ws->f_phase = ws_mask(p, p, take, ws->f.key, ws->f_phase);
     size_t before = ws->msg.len;
-    int rc = ws_pmd_inflate(ws->pmd, p, take, false, &ws->msg, ws->max_message);
+    int rc = ws_pmd_inflate(ws->z->pmd, p, take, false, &ws->msg, ws->max_message);
     if (rc == -EMSGSIZE)
       return fail(ws, KEEL_WS_TOO_BIG, -EMSGSIZE);
     if (rc < 0)
@@ -532,7 +586,7 @@ static int payload_in(keel_ws_t *ws, uint8_t *p, size_t take) {
 static int message_end(keel_ws_t *ws) {
   if (ws->msg_z) {
     size_t before = ws->msg.len;
-    int rc = ws_pmd_inflate(ws->pmd, NULL, 0, true, &ws->msg, ws->max_message);
+    int rc = ws_pmd_inflate(ws->z->pmd, NULL, 0, true, &ws->msg, ws->max_message);
     if (rc == -EMSGSIZE)
       return fail(ws, KEEL_WS_TOO_BIG, -EMSGSIZE);
     if (rc < 0)
@@ -766,7 +820,7 @@ int keel_ws_shutdown(keel_ws_t *ws, int code, const char *reason) {
 static void ws_free(keel_ws_t *ws) {
   if (ws->frag_owner == keel_task_current()) {
     ws->frag_owner = NULL;
-    keel_mutex_unlock(&ws->msg_lock);
+    unlock(&ws->msg_lock);
   }
   /* The drain hook may be parked in a write of its own: let it finish. */
   if (ws->hook_busy) {
@@ -776,15 +830,18 @@ static void ws_free(keel_ws_t *ws) {
     keel_shield_end();
   }
   keel_close(keel_bufstream_stream(ws->bs));
-  ws_pmd_close(ws->pmd);
+  if (ws->z) {
+    ws_pmd_close(ws->z->pmd);
+    ws_buf_free(&ws->z->out);
+    free(ws->z);
+  }
   ws_buf_free(&ws->msg);
-  ws_buf_free(&ws->zout);
   free(ws->pong);
   free(ws->mask_buf);
   free(ws->subprotocol);
   free(ws->close_reason);
-  keel_mutex_destroy(&ws->msg_lock);
-  keel_mutex_destroy(&ws->frame_lock);
+  lock_free(&ws->msg_lock);
+  lock_free(&ws->frame_lock);
   free(ws);
 }
 
@@ -840,9 +897,9 @@ const char *keel_ws_close_reason(const keel_ws_t *ws) {
 const char *keel_ws_subprotocol(const keel_ws_t *ws) { return ws->subprotocol; }
 
 bool keel_ws_deflate(const keel_ws_t *ws, keel_ws_deflate_params_t *params) {
-  if (ws->deflate && params)
-    *params = ws->pmdp;
-  return ws->deflate;
+  if (ws->z && params)
+    *params = ws->z->params;
+  return ws->z != NULL;
 }
 
 keel_stream_t *keel_ws_stream(keel_ws_t *ws) { return ws->s; }
@@ -850,6 +907,11 @@ keel_stream_t *keel_ws_stream(keel_ws_t *ws) { return ws->s; }
 void *keel_ws_ctx(const keel_ws_t *ws) { return ws->ctx; }
 
 /* ---- Opening -------------------------------------------------------------- */
+
+/* A time in ms from the options: def for 0 (or less), at most INT32_MAX. */
+static int32_t clamp_ms(int64_t ms, int32_t def) {
+  return ms <= 0 ? def : ms > INT32_MAX ? INT32_MAX : (int32_t)ms;
+}
 
 int keel__ws_new(keel_bufstream_t *bs, keel_tcp_t *tcp, keel_tls_t *tls, bool server,
                  const keel_ws_opts_t *opts, const ws_pmd_params_t *pmd, const char *subprotocol,
@@ -870,27 +932,27 @@ int keel__ws_new(keel_bufstream_t *bs, keel_tcp_t *tcp, keel_tls_t *tls, bool se
   ws->on_close = opts->on_close;
   ws->ctx = opts->ctx;
   ws->max_message = opts->max_message ? opts->max_message : KEEL_WS_DEFAULT_MAX_MESSAGE;
-  ws->close_timeout_ns =
-      (opts->close_timeout_ms > 0 ? opts->close_timeout_ms : 5000) * KEEL_NS_PER_MS;
-  ws->ping_interval_ns = opts->ping_interval_ms > 0 ? opts->ping_interval_ms * KEEL_NS_PER_MS : 0;
-  ws->pong_timeout_ns =
-      (opts->pong_timeout_ms > 0 ? opts->pong_timeout_ms : 10000) * KEEL_NS_PER_MS;
-  ws->idle_timeout_ns = opts->idle_timeout_ms > 0 ? opts->idle_timeout_ms * KEEL_NS_PER_MS : 0;
+  ws->close_timeout_ms = clamp_ms(opts->close_timeout_ms, 5000);
+  ws->ping_interval_ms = clamp_ms(opts->ping_interval_ms, 0);
+  ws->pong_timeout_ms = clamp_ms(opts->pong_timeout_ms, 10000);
+  ws->idle_timeout_ms = clamp_ms(opts->idle_timeout_ms, 0);
   ws->last_rx = keel_now_ns();
-  keel_mutex_init(&ws->msg_lock);
-  keel_mutex_init(&ws->frame_lock);
   if (subprotocol && !(ws->subprotocol = strdup(subprotocol))) {
     ws->bs = NULL;
     free(ws);
     return -ENOMEM;
   }
   if (pmd) {
-    ws->deflate = true;
-    ws->pmdp = *pmd;
-    int rc =
-        ws_pmd_open(pmd, server, opts->deflate.level ? opts->deflate.level : 6,
-                    opts->deflate.mem_level ? opts->deflate.mem_level : 8, pmd_cache(), &ws->pmd);
+    int rc = -ENOMEM;
+    if ((ws->z = calloc(1, sizeof *ws->z))) {
+      ws->z->params = *pmd;
+      ws->z->min_size = opts->deflate.min_size ? opts->deflate.min_size : 32;
+      rc = ws_pmd_open(pmd, server, opts->deflate.level ? opts->deflate.level : 6,
+                       opts->deflate.mem_level ? opts->deflate.mem_level : 8, pmd_cache(),
+                       &ws->z->pmd);
+    }
     if (rc < 0) {
+      free(ws->z);
       free(ws->subprotocol);
       free(ws);
       return rc;
@@ -960,7 +1022,7 @@ static int ws_loop(keel_ws_t *ws, bool may_park) {
   }
   if (ws->on_close)
     ws->on_close(ws, keel_ws_close_code(ws), ws->ctx);
-  keel_shield_begin(keel_now_ns() + ws->close_timeout_ns);
+  keel_shield_begin(keel_now_ns() + MS(ws->close_timeout_ms));
   keel_ws_close(ws, 0, NULL);
   keel_shield_end();
   return 0;
@@ -972,7 +1034,7 @@ void keel__ws_set_request(keel_ws_t *ws, keel_http_request_t *req) { ws->req = r
 int keel__ws_orphan(void *arg) {
   keel_ws_t *ws = arg;
   ws->req = NULL;
-  keel_shield_begin(keel_now_ns() + ws->close_timeout_ns);
+  keel_shield_begin(keel_now_ns() + MS(ws->close_timeout_ms));
   keel_ws_close(ws, KEEL_WS_NORMAL, NULL);
   keel_shield_end();
   return 0;
@@ -980,7 +1042,7 @@ int keel__ws_orphan(void *arg) {
 
 int keel__ws_drain(void *arg) {
   keel_ws_t *ws = arg;
-  int ms = (int)(ws->close_timeout_ns / KEEL_NS_PER_MS);
+  int ms = ws->close_timeout_ms;
   if (ws->closing || ws->close_sent || ws->err || ws->wr_err)
     return ms;
   ws->hook_busy++;
