@@ -203,6 +203,68 @@ static int echo_msg_case(void *arg) { return (void)arg, echo_run(false, false); 
 static int echo_seq_case(void *arg) { return (void)arg, echo_run(true, false); }
 static int echo_deflate_case(void *arg) { return (void)arg, echo_run(false, true); }
 
+/* Pieces: a message far over max_message goes through keel_ws_recv_part
+ * uncompressed as its frames arrive; a compressed one is inflated whole. */
+static int pieces_run(bool deflate) {
+  srv_cfg_t cfg = {0};
+  cfg.ws.deflate.enable = deflate;
+  kt_server_t srv;
+  CHECK_RC(start(&srv, &cfg));
+  char url[128];
+  url_of(&srv, url, sizeof url, "ws");
+  keel_ws_opts_t co = {.max_message = deflate ? 400000 : 1000};
+  co.deflate.enable = deflate;
+  keel_ws_t *ws;
+  CHECK_RC(keel_ws_connect(url, &co, &ws));
+  size_t big = 300000;
+  uint8_t *p = pattern(big, 7), *got = malloc(big);
+  CHECK_RC(keel_ws_send_part(ws, KEEL_WS_BINARY, p, 1000, false));
+  CHECK_RC(keel_ws_send_part(ws, KEEL_WS_CONTINUATION, p + 1000, big - 1000, true));
+  size_t have = 0;
+  int pieces = 0;
+  for (;;) {
+    keel_ws_part_t part;
+    ssize_t n = keel_ws_recv_part(ws, got + have, 777 < big - have ? 777 : big - have, &part);
+    CHECK(n >= 0 && n != KEEL_WS_CLOSED);
+    CHECK_EQ(part.opcode, KEEL_WS_BINARY);
+    CHECK_EQ(part.first, pieces == 0);
+    have += (size_t)n;
+    pieces++;
+    if (part.last)
+      break;
+    CHECK(have < big);
+  }
+  CHECK_EQ(have, big);
+  CHECK(memcmp(got, p, big) == 0);
+  /* Text split inside code points, then an empty message. */
+  const char *text = "\xe2\x82\xac\xf0\x9f\x98\x80";
+  CHECK_RC(keel_ws_send(ws, KEEL_WS_TEXT, text, strlen(text)));
+  char t[16];
+  size_t tl = 0;
+  for (;;) {
+    keel_ws_part_t part;
+    ssize_t n = keel_ws_recv_part(ws, t + tl, 2, &part);
+    CHECK(n >= 0 && n != KEEL_WS_CLOSED);
+    CHECK_EQ(part.opcode, KEEL_WS_TEXT);
+    tl += (size_t)n;
+    if (part.last)
+      break;
+  }
+  CHECK(tl == strlen(text) && memcmp(t, text, tl) == 0);
+  CHECK_RC(keel_ws_send(ws, KEEL_WS_BINARY, "", 0));
+  keel_ws_part_t part;
+  CHECK_EQ(keel_ws_recv_part(ws, t, sizeof t, &part), 0);
+  CHECK(part.first && part.last && part.opcode == KEEL_WS_BINARY);
+  CHECK_RC(keel_ws_shutdown(ws, KEEL_WS_NORMAL, NULL));
+  CHECK_EQ(keel_ws_recv_part(ws, t, sizeof t, &part), KEEL_WS_CLOSED);
+  CHECK_RC(keel_ws_close(ws, 0, NULL));
+  free(p);
+  free(got);
+  return kt_server_stop(&srv);
+}
+static int pieces_case(void *arg) { return (void)arg, pieces_run(false); }
+static int pieces_deflate_case(void *arg) { return (void)arg, pieces_run(true); }
+
 /* Refused upgrades: their statuses, and the server goes on. */
 static int handshake_case(void *arg) {
   (void)arg;
@@ -549,6 +611,8 @@ CASE(echo_msg)
 CASE(echo_seq)
 CASE(echo_deflate)
 CASE(handshake)
+CASE(pieces)
+CASE(pieces_deflate)
 CASE(errors_msg)
 CASE(errors_seq)
 CASE(duplex)
@@ -570,12 +634,19 @@ static void test_wss(void **state) {
 int main(void) {
   kt_select_backends();
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_echo_msg),     cmocka_unit_test(test_echo_seq),
-      cmocka_unit_test(test_echo_deflate), cmocka_unit_test(test_handshake),
-      cmocka_unit_test(test_errors_msg),   cmocka_unit_test(test_errors_seq),
-      cmocka_unit_test(test_duplex),       cmocka_unit_test(test_drain),
-      cmocka_unit_test(test_liveness),     cmocka_unit_test(test_options),
+      cmocka_unit_test(test_echo_msg),
+      cmocka_unit_test(test_echo_seq),
+      cmocka_unit_test(test_echo_deflate),
+      cmocka_unit_test(test_handshake),
+      cmocka_unit_test(test_errors_msg),
+      cmocka_unit_test(test_errors_seq),
+      cmocka_unit_test(test_duplex),
+      cmocka_unit_test(test_drain),
+      cmocka_unit_test(test_liveness),
+      cmocka_unit_test(test_options),
       cmocka_unit_test(test_wss),
+      cmocka_unit_test(test_pieces),
+      cmocka_unit_test(test_pieces_deflate),
   };
   return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -67,7 +67,9 @@ struct keel_ws {
   /* Reading (one task at a time). */
   bool msg_z; /* the message under way is compressed */
   bool in_frame, msg_ready;
-  uint8_t msg_op; /* the opcode of the message under way; 0: none */
+  bool part_first; /* keel_ws_recv_part: the next piece is its message's first */
+  uint8_t msg_op;  /* the opcode of the message under way; 0: none */
+  uint8_t part_op; /* keel_ws_recv_part: the opcode of the message assembled */
   ws_utf8_t utf8;
   unsigned f_phase;
   keel_task_t *reader;
@@ -614,79 +616,95 @@ static void release(keel_ws_t *ws) {
   }
 }
 
+enum { FS_FRAME = 1, FS_MESSAGE, FS_AGAIN };
+
+/* Reads the next frame's header. A control frame is handled whole
+ * (FS_AGAIN); so is a message of one frame already buffered when
+ * zero_copy (FS_MESSAGE: its opcode in *op, the payload unmasked in place,
+ * consumed at the next receive). A data frame otherwise: its header is
+ * consumed and its payload is next (FS_FRAME). whole: the message is to
+ * be assembled (max_message applies). 0 at the close, or an error. */
+static int frame_start(keel_ws_t *ws, bool zero_copy, bool whole, const void **data, size_t *len,
+                       int *op) {
+  size_t avail;
+  uint8_t *p = (uint8_t *)keel_bufstream_peek(ws->bs, &avail);
+  ws_frame_t f;
+  int hl = ws_frame_parse(p, avail, &f);
+  if (hl < 0)
+    return fail(ws, KEEL_WS_PROTOCOL_ERROR, -EPROTO);
+  if (hl > 0 && f.opcode & 8 && avail < hl + f.len)
+    hl = 0; /* a control frame is taken whole */
+  if (hl == 0) {
+    ssize_t n = fill(ws);
+    return n < 0 ? (int)n : FS_AGAIN;
+  }
+  int rc = check_header(ws, &f);
+  if (rc < 0)
+    return rc;
+  if (f.opcode & 8) {
+    uint8_t body[125];
+    if (f.masked)
+      ws_mask(body, p + hl, f.len, f.key, 0);
+    else
+      memcpy(body, p + hl, f.len);
+    keel_bufstream_consume(ws->bs, hl + f.len);
+    rc = control(ws, f.opcode, body, f.len);
+    return rc <= 0 ? rc : FS_AGAIN;
+  }
+  if (f.opcode != KEEL_WS_CONTINUATION) {
+    ws->msg_op = f.opcode;
+    ws->msg_z = f.rsv & 4;
+    ws->utf8 = (ws_utf8_t)WS_UTF8_INIT;
+    ws->msg.len = 0;
+    ws->part_first = true;
+  }
+  if (whole && !ws->msg_z && f.len > ws->max_message - ws->msg.len)
+    return fail(ws, KEEL_WS_TOO_BIG, -EMSGSIZE);
+  if (zero_copy && f.fin && f.opcode != KEEL_WS_CONTINUATION && !ws->msg_z && avail - hl >= f.len) {
+    uint8_t *pl = p + hl;
+    if (f.masked)
+      ws_mask(pl, pl, f.len, f.key, 0);
+    if ((rc = text_check(ws, pl, f.len)) < 0)
+      return rc;
+    if (f.opcode == KEEL_WS_TEXT && !ws_utf8_complete(&ws->utf8))
+      return fail(ws, KEEL_WS_INVALID_DATA, -EILSEQ);
+    *op = ws->msg_op;
+    ws->msg_op = 0;
+    ws->pending = hl + f.len;
+    if (ws->close_sent)
+      return FS_AGAIN; /* closing: data is dropped */
+    *data = pl;
+    *len = f.len;
+    return FS_MESSAGE;
+  }
+  keel_bufstream_consume(ws->bs, (size_t)hl);
+  ws->f = f;
+  ws->f_left = f.len;
+  ws->f_phase = 0;
+  ws->in_frame = true;
+  return FS_FRAME;
+}
+
 /* Reads frames until a whole message (returns its opcode, with *data and
  * *len), the close (0) or an error. zero_copy: a message of one buffered
  * frame may be handed out in place. */
-static int next_message(keel_ws_t *ws, const void **data, size_t *len, bool zero_copy) {
-  release(ws);
+static int read_message(keel_ws_t *ws, const void **data, size_t *len, bool zero_copy) {
   for (;;) {
     if (ws->closed)
       return 0;
     if (ws->err)
       return ws->err;
+    if (!ws->in_frame) {
+      int op = 0, r = frame_start(ws, zero_copy, true, data, len, &op);
+      if (r == FS_MESSAGE)
+        return op;
+      if (r == FS_AGAIN)
+        continue;
+      if (r <= 0)
+        return r;
+    }
     size_t avail;
     uint8_t *p = (uint8_t *)keel_bufstream_peek(ws->bs, &avail);
-    if (!ws->in_frame) {
-      ws_frame_t f;
-      int hl = ws_frame_parse(p, avail, &f);
-      if (hl < 0)
-        return fail(ws, KEEL_WS_PROTOCOL_ERROR, -EPROTO);
-      if (hl > 0 && f.opcode & 8 && avail < hl + f.len)
-        hl = 0; /* a control frame is taken whole */
-      if (hl == 0) {
-        ssize_t n = fill(ws);
-        if (n < 0)
-          return (int)n;
-        continue;
-      }
-      int rc = check_header(ws, &f);
-      if (rc < 0)
-        return rc;
-      if (f.opcode & 8) {
-        uint8_t body[125];
-        if (f.masked)
-          ws_mask(body, p + hl, f.len, f.key, 0);
-        else
-          memcpy(body, p + hl, f.len);
-        keel_bufstream_consume(ws->bs, hl + f.len);
-        rc = control(ws, f.opcode, body, f.len);
-        if (rc <= 0)
-          return rc;
-        continue;
-      }
-      if (f.opcode != KEEL_WS_CONTINUATION) {
-        ws->msg_op = f.opcode;
-        ws->msg_z = f.rsv & 4;
-        ws->utf8 = (ws_utf8_t)WS_UTF8_INIT;
-        ws->msg.len = 0;
-      }
-      if (!ws->msg_z && f.len > ws->max_message - ws->msg.len)
-        return fail(ws, KEEL_WS_TOO_BIG, -EMSGSIZE);
-      if (zero_copy && f.fin && f.opcode != KEEL_WS_CONTINUATION && !ws->msg_z &&
-          avail - hl >= f.len) {
-        uint8_t *pl = p + hl;
-        if (f.masked)
-          ws_mask(pl, pl, f.len, f.key, 0);
-        if ((rc = text_check(ws, pl, f.len)) < 0)
-          return rc;
-        if (f.opcode == KEEL_WS_TEXT && !ws_utf8_complete(&ws->utf8))
-          return fail(ws, KEEL_WS_INVALID_DATA, -EILSEQ);
-        int op = ws->msg_op;
-        ws->msg_op = 0;
-        ws->pending = hl + f.len;
-        if (ws->close_sent)
-          continue; /* closing: data is dropped */
-        *data = pl;
-        *len = f.len;
-        return op;
-      }
-      keel_bufstream_consume(ws->bs, (size_t)hl);
-      ws->f = f;
-      ws->f_left = f.len;
-      ws->f_phase = 0;
-      ws->in_frame = true;
-      p = (uint8_t *)keel_bufstream_peek(ws->bs, &avail);
-    }
     while (ws->f_left > 0) {
       if (avail == 0) {
         ssize_t n = fill(ws);
@@ -720,6 +738,11 @@ static int next_message(keel_ws_t *ws, const void **data, size_t *len, bool zero
   }
 }
 
+static int next_message(keel_ws_t *ws, const void **data, size_t *len, bool zero_copy) {
+  release(ws);
+  return read_message(ws, data, len, zero_copy);
+}
+
 int keel_ws_recv(keel_ws_t *ws, const void **data, size_t *len) {
   if (!ws || !data || !len)
     return -EINVAL;
@@ -734,10 +757,85 @@ int keel_ws_recv(keel_ws_t *ws, const void **data, size_t *len) {
   return rc;
 }
 
-/* Pieces: whole messages assembled as keel_ws_recv does (bounded by
- * max_message), handed out len bytes at a time; a frame of an
- * uncompressed message is passed on as it arrives instead, so a stream of
- * any length goes through in pieces. */
+/* The next piece of an assembled message (a compressed one). */
+static ssize_t assembled_piece(keel_ws_t *ws, void *buf, size_t len, keel_ws_part_t *part) {
+  size_t n = ws->msg.len - ws->part_off < len ? ws->msg.len - ws->part_off : len;
+  if (n)
+    memcpy(buf, ws->msg.p + ws->part_off, n);
+  part->opcode = ws->part_op;
+  part->first = ws->part_off == 0;
+  ws->part_off += n;
+  part->last = ws->part_off == ws->msg.len;
+  return (ssize_t)n;
+}
+
+/* Pieces: an uncompressed message is passed on as its frames arrive,
+ * however long; a compressed one is assembled (and inflated, up to
+ * max_message) first, then handed out len bytes at a time. */
+static ssize_t next_piece(keel_ws_t *ws, void *buf, size_t len, keel_ws_part_t *part) {
+  if (ws->msg_ready && ws->part_off < ws->msg.len)
+    return assembled_piece(ws, buf, len, part);
+  release(ws);
+  for (;;) {
+    if (ws->closed)
+      return KEEL_WS_CLOSED;
+    if (ws->err)
+      return ws->err;
+    if (!ws->in_frame) {
+      int op = 0, r = frame_start(ws, false, false, NULL, NULL, &op);
+      if (r == FS_AGAIN)
+        continue;
+      if (r <= 0)
+        return r == 0 ? KEEL_WS_CLOSED : r;
+      if (ws->msg_z) {
+        const void *d;
+        size_t n;
+        int mop = read_message(ws, &d, &n, false);
+        if (mop <= 0)
+          return mop == 0 ? KEEL_WS_CLOSED : mop;
+        ws->part_op = (uint8_t)mop;
+        ws->part_off = 0;
+        return assembled_piece(ws, buf, len, part);
+      }
+    }
+    size_t take = 0;
+    if (ws->f_left > 0) {
+      size_t avail;
+      uint8_t *p = (uint8_t *)keel_bufstream_peek(ws->bs, &avail);
+      if (avail == 0) {
+        ssize_t n = fill(ws);
+        if (n < 0)
+          return n;
+        continue;
+      }
+      take = avail < ws->f_left ? avail : (size_t)ws->f_left;
+      if (take > len)
+        take = len;
+      if (ws->f.masked)
+        ws->f_phase = ws_mask(buf, p, take, ws->f.key, ws->f_phase);
+      else
+        memcpy(buf, p, take);
+      keel_bufstream_consume(ws->bs, take);
+      ws->f_left -= take;
+      int rc = text_check(ws, buf, take);
+      if (rc < 0)
+        return rc;
+    }
+    if (ws->f_left == 0)
+      ws->in_frame = false;
+    bool last = !ws->in_frame && ws->f.fin;
+    if (last && ws->msg_op == KEEL_WS_TEXT && !ws_utf8_complete(&ws->utf8))
+      return fail(ws, KEEL_WS_INVALID_DATA, -EILSEQ);
+    part->opcode = ws->msg_op;
+    part->first = ws->part_first;
+    part->last = last;
+    ws->part_first = false;
+    if (last)
+      ws->msg_op = 0;
+    return (ssize_t)take;
+  }
+}
+
 ssize_t keel_ws_recv_part(keel_ws_t *ws, void *buf, size_t len, keel_ws_part_t *part) {
   if (!ws || !buf || !part || len == 0)
     return -EINVAL;
@@ -747,48 +845,9 @@ ssize_t keel_ws_recv_part(keel_ws_t *ws, void *buf, size_t len, keel_ws_part_t *
   if (ws->reader)
     return -EBUSY;
   ws->reader = keel_task_current();
-  ssize_t out;
-  if (ws->msg_ready && ws->part_off < ws->msg.len) {
-    /* The rest of an assembled message. */
-    size_t n = ws->msg.len - ws->part_off < len ? ws->msg.len - ws->part_off : len;
-    memcpy(buf, ws->msg.p + ws->part_off, n);
-    ws->part_off += n;
-    part->opcode = ws->msg_op ? ws->msg_op : part->opcode;
-    part->first = false;
-    part->last = ws->part_off == ws->msg.len;
-    ws->reader = NULL;
-    return (ssize_t)n;
-  }
-  const void *data;
-  size_t dlen;
-  int op = next_message(ws, &data, &dlen, true);
+  ssize_t n = next_piece(ws, buf, len, part);
   ws->reader = NULL;
-  if (op == 0)
-    return KEEL_WS_CLOSED;
-  if (op < 0)
-    return op;
-  size_t n = dlen < len ? dlen : len;
-  memcpy(buf, data, n);
-  part->opcode = op;
-  part->first = true;
-  part->last = n == dlen;
-  if (!part->last) {
-    /* Keep the rest: copy it out of the stream's buffer if it is there. */
-    if (ws->pending) {
-      ws->msg.len = 0;
-      if (ws_buf_reserve(&ws->msg, dlen, SIZE_MAX) < 0)
-        return fail(ws, KEEL_WS_INTERNAL_ERROR, -ENOMEM);
-      memcpy(ws->msg.p, data, dlen);
-      ws->msg.len = dlen;
-      keel_bufstream_consume(ws->bs, ws->pending);
-      ws->pending = 0;
-    }
-    ws->msg_ready = true;
-    ws->msg_op = 0;
-    ws->part_off = n;
-  }
-  out = (ssize_t)n;
-  return out;
+  return n;
 }
 
 /* ---- Closing -------------------------------------------------------------- */
