@@ -78,14 +78,16 @@ static int raw_upgrade(kt_server_t *srv, kt_conn_t *c, const char *extra) {
   return 0;
 }
 
-/* Writes one frame: masked with a fixed key unless unmasked is set. */
-static int raw_frame(kt_conn_t *c, bool fin, unsigned rsv, unsigned op, const void *p, size_t n,
-                     bool unmasked) {
+/* Writes one frame: masked with a fixed key unless unmasked is set.
+ * Returns 0 or the write's error. */
+static int raw_frame_rc(kt_conn_t *c, bool fin, unsigned rsv, unsigned op, const void *p, size_t n,
+                        bool unmasked) {
   uint8_t head[WS_MAX_HEAD];
   static const uint8_t key[4] = {0x37, 0xfa, 0x21, 0x3d};
   size_t hl = ws_frame_head(head, fin, rsv, op, n, unmasked ? NULL : key);
   uint8_t *buf = malloc(hl + n + 1);
-  CHECK(buf);
+  if (!buf)
+    return -ENOMEM;
   memcpy(buf, head, hl);
   if (unmasked)
     memcpy(buf + hl, p, n);
@@ -93,7 +95,12 @@ static int raw_frame(kt_conn_t *c, bool fin, unsigned rsv, unsigned op, const vo
     ws_mask(buf + hl, p, n, key, 0);
   int rc = keel_write_all(c->s, buf, hl + n, NULL);
   free(buf);
-  CHECK_RC(rc);
+  return rc;
+}
+
+static int raw_frame(kt_conn_t *c, bool fin, unsigned rsv, unsigned op, const void *p, size_t n,
+                     bool unmasked) {
+  CHECK_RC(raw_frame_rc(c, fin, rsv, op, p, n, unmasked));
   return 0;
 }
 
@@ -536,6 +543,45 @@ static int liveness_case(void *arg) {
   return kt_server_stop(&srv);
 }
 
+/* A peer that sends pings and reads nothing: the pongs it does not take
+ * end it after the close timeout, and the server goes on (lab network,
+ * small pipes so that they fill at once). */
+static int deaf_peer_case(void *arg) {
+  (void)arg;
+  keel_lab_net_faults_t f = {.conn = {.capacity = 4096}};
+  CHECK_RC(keel_lab_net_faults(&f));
+  srv_cfg_t cfg = {0};
+  cfg.ws.close_timeout_ms = 500;
+  kt_server_t srv;
+  CHECK_RC(start(&srv, &cfg));
+  kt_conn_t c = {0};
+  CHECK_RC(raw_upgrade(&srv, &c, NULL));
+  uint8_t payload[125] = {0};
+  int64_t t0 = keel_now_ns();
+  int sent = 0, rc = 0;
+  keel_task_set_deadline(t0 + 5000 * KEEL_NS_PER_MS);
+  while (rc == 0 && sent < 100000) {
+    rc = raw_frame_rc(&c, true, 0, KEEL_WS_PING, payload, sizeof payload, false);
+    sent++;
+  }
+  keel_task_set_deadline(KEEL_DEADLINE_NONE);
+  int64_t took = keel_now_ns() - t0;
+  CHECK(took >= 400 * KEEL_NS_PER_MS); /* the server waited for the pongs to be taken... */
+  CHECK(took < 4000 * KEEL_NS_PER_MS); /* ...for the close timeout, not for ever */
+  kt_disconnect(&c);
+  /* Another client is served as ever. */
+  char url[128];
+  url_of(&srv, url, sizeof url, "ws");
+  keel_ws_t *ws;
+  CHECK_RC(keel_ws_connect(url, NULL, &ws));
+  CHECK_RC(keel_ws_send(ws, KEEL_WS_TEXT, "ok", 2));
+  const void *d;
+  size_t n;
+  CHECK_EQ(keel_ws_recv(ws, &d, &n), KEEL_WS_TEXT);
+  CHECK_RC(keel_ws_close(ws, 0, NULL));
+  return kt_server_stop(&srv);
+}
+
 /* Subprotocols and the origin hook. */
 static bool origin_ok(const char *origin, void *ctx) {
   (void)ctx;
@@ -620,6 +666,14 @@ CASE(drain)
 CASE(liveness)
 CASE(options)
 
+static void test_deaf_peer(void **state) {
+  (void)state;
+  if (!kt_backend_selected(KEEL_BACKEND_LAB))
+    skip();
+  for (uint64_t seed = 1; seed <= 8; seed++)
+    kt_run_lab_body(deaf_peer_case, NULL, seed);
+}
+
 static void test_wss(void **state) {
   (void)state;
   const char *dir = getenv("KEEL_TEST_CERTS");
@@ -647,6 +701,7 @@ int main(void) {
       cmocka_unit_test(test_wss),
       cmocka_unit_test(test_pieces),
       cmocka_unit_test(test_pieces_deflate),
+      cmocka_unit_test(test_deaf_peer),
   };
   return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -264,9 +264,36 @@ static int frame_send(keel_ws_t *ws, unsigned opcode, bool fin, unsigned rsv,
   return rc;
 }
 
+/* keel's own control frames (pong, ping, close) wait at most the close
+ * timeout for the peer to take them (or the task's own deadline, if
+ * nearer): a peer that reads nothing is not waited on for ever. */
+static int64_t bound_begin(const keel_ws_t *ws) {
+  int64_t limit = keel_now_ns() + MS(ws->close_timeout_ms);
+  int64_t prev = keel_task_set_deadline(limit);
+  if (prev > 0 && prev < limit)
+    keel_task_set_deadline(prev);
+  return prev;
+}
+
+static void bound_end(int64_t prev) { keel_task_set_deadline(prev); }
+
 /* The reader's pong: now if no frame is being written, else left to the
- * writer (only the latest one). */
+ * writer (only the latest one is kept). A peer that takes no pong within
+ * the close timeout reads nothing: the connection is dropped. */
 static void pong_owed(keel_ws_t *ws, const uint8_t *data, size_t len) {
+  if (try_lock(&ws->frame_lock) == 0) {
+    int64_t prev = bound_begin(ws);
+    struct iovec v = {(void *)data, len};
+    int rc = frame_out(ws, KEEL_WS_PONG, true, 0, &v, 1);
+    bound_end(prev);
+    unlock(&ws->frame_lock);
+    if (rc == -ETIMEDOUT && keel_cancelled() == KEEL_CANCEL_NONE) {
+      ws->err = -ETIMEDOUT;
+      ws->close_code = KEEL_WS_ABNORMAL;
+      keel_stream_shutdown(ws->s, SHUT_RDWR);
+    }
+    return;
+  }
   uint8_t *p = malloc(1 + len);
   if (!p)
     return;
@@ -274,10 +301,6 @@ static void pong_owed(keel_ws_t *ws, const uint8_t *data, size_t len) {
   memcpy(p + 1, data, len);
   free(ws->pong);
   ws->pong = p;
-  if (try_lock(&ws->frame_lock) == 0) {
-    pong_out(ws);
-    unlock(&ws->frame_lock);
-  }
 }
 
 static int close_out(keel_ws_t *ws, int code, const char *reason, size_t rlen) {
@@ -293,7 +316,10 @@ static int close_out(keel_ws_t *ws, int code, const char *reason, size_t rlen) {
   ws->sent_code = code ? (uint16_t)code : KEEL_WS_NO_STATUS;
   ws->close_by = keel_now_ns() + MS(ws->close_timeout_ms);
   struct iovec v = {body, n};
-  return frame_send(ws, KEEL_WS_CLOSE, true, 0, &v, 1);
+  int64_t prev = bound_begin(ws);
+  int rc = frame_send(ws, KEEL_WS_CLOSE, true, 0, &v, 1);
+  bound_end(prev);
+  return rc;
 }
 
 static int check_worker(const keel_ws_t *ws) { return keel_worker_id() == ws->worker ? 0 : -EXDEV; }
@@ -448,7 +474,9 @@ static int timer_due(keel_ws_t *ws, int64_t now) {
       now >= ws->last_rx + MS(ws->ping_interval_ms)) {
     ws->pong_by = now + MS(ws->pong_timeout_ms);
     struct iovec v = {NULL, 0};
+    int64_t prev = bound_begin(ws);
     frame_send(ws, KEEL_WS_PING, true, 0, &v, 1);
+    bound_end(prev);
     return 1;
   }
   return 0;
