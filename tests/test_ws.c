@@ -540,6 +540,18 @@ static int liveness_case(void *arg) {
   CHECK_EQ(keel_ws_recv(ws, &d, &n), 0);
   CHECK_EQ(keel_ws_close_code(ws), KEEL_WS_GOING_AWAY);
   CHECK_RC(keel_ws_close(ws, 0, NULL));
+  /* Data that comes after the server's close is dropped, not echoed, and
+   * the close that follows it ends the connection. */
+  kt_conn_t c2 = {0};
+  CHECK_RC(raw_upgrade(&srv, &c2, NULL));
+  CHECK(raw_read(&c2, &op, buf, sizeof buf) >= 2);
+  CHECK_EQ(op, KEEL_WS_CLOSE);
+  CHECK_RC(raw_frame(&c2, true, 0, KEEL_WS_TEXT, "late", 4, false));
+  CHECK_RC(raw_frame(&c2, true, 0, KEEL_WS_BINARY, "later", 5, false));
+  static const uint8_t bye[] = {0x03, 0xe9};
+  CHECK_RC(raw_frame(&c2, true, 0, KEEL_WS_CLOSE, bye, sizeof bye, false));
+  CHECK(kt_closed(&c2));
+  kt_disconnect(&c2);
   return kt_server_stop(&srv);
 }
 

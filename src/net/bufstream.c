@@ -1,10 +1,11 @@
 /* Buffered streams (keel/bufstream.h): a read buffer over any stream.
  *
  * The buffer exists only while bytes are buffered or a fill is under way:
- * an idle connection holds none. Buffers of the default capacity come from
- * a small free list on the worker (w->buf_cache), so a connection that
- * reads one message at a time does not malloc per message; other sizes
- * are plain malloc/free. A buffered stream is used only from its worker,
+ * an idle connection holds none. Buffers come from small free lists on
+ * the worker, one per capacity in use (the default one, the HTTP server's
+ * header limit plus a margin, ...: at most BUF_CLASSES of them), so a
+ * connection that reads one message at a time does not malloc per
+ * message; a capacity beyond those classes is plain malloc/free. A buffered stream is used only from its worker,
  * which is what lets that list go without a lock.
  *
  * A reader parked in the inner stream comes back to b, which another task
@@ -31,8 +32,10 @@
 #define UNPOISON(addr, size) ((void)(addr), (void)(size))
 #endif
 
-/* Free default-capacity buffers a worker keeps: 1 MiB at 16 KiB each. */
+/* Free buffers a worker keeps per capacity (1 MiB at 16 KiB each), and
+ * the capacities it keeps them for. */
 #define BUF_CACHE_MAX 64
+#define BUF_CLASSES 4
 
 struct keel_bufstream {
   keel_stream_t super;
@@ -50,10 +53,16 @@ typedef struct cached_buf {
   struct cached_buf *next;
 } cached_buf_t;
 
-/* The worker's free buffers: its KEEL__SLOT_BUFS slot, made on first use. */
-typedef struct buf_cache {
+/* The worker's free buffers of one capacity. */
+typedef struct buf_list {
+  size_t capacity; /* 0: the class is free */
   cached_buf_t *head;
   size_t len;
+} buf_list_t;
+
+/* The worker's free buffers: its KEEL__SLOT_BUFS slot, made on first use. */
+typedef struct buf_cache {
+  buf_list_t lists[BUF_CLASSES];
 } buf_cache_t;
 
 /* ---- The worker's buffers ---------------------------------------------- */
@@ -61,11 +70,14 @@ typedef struct buf_cache {
 static void cache_destroy(keel__worker_t *w, void *state) {
   (void)w;
   buf_cache_t *cache = state;
-  while (cache->head) {
-    cached_buf_t *c = cache->head;
-    cache->head = c->next;
-    UNPOISON(c, KEEL_BUFSTREAM_DEFAULT_CAPACITY);
-    free(c);
+  for (int i = 0; i < BUF_CLASSES; i++) {
+    buf_list_t *l = &cache->lists[i];
+    while (l->head) {
+      cached_buf_t *c = l->head;
+      l->head = c->next;
+      UNPOISON(c, l->capacity);
+      free(c);
+    }
   }
   free(cache);
 }
@@ -82,30 +94,49 @@ static buf_cache_t *cache_of(keel__worker_t *w) {
 
 size_t keel__bufstream_cached(keel__worker_t *w) {
   buf_cache_t *cache = w->slots[KEEL__SLOT_BUFS].state;
-  return cache ? cache->len : 0;
+  size_t n = 0;
+  for (int i = 0; cache && i < BUF_CLASSES; i++)
+    n += cache->lists[i].len;
+  return n;
+}
+
+/* The list for buffers of this capacity: the one kept for it, else a free
+ * class taken for it; NULL when every class keeps another capacity. */
+static buf_list_t *list_of(buf_cache_t *cache, size_t capacity, bool take_free) {
+  buf_list_t *free_class = NULL;
+  for (int i = 0; cache && i < BUF_CLASSES; i++) {
+    if (cache->lists[i].capacity == capacity)
+      return &cache->lists[i];
+    if (!free_class && cache->lists[i].capacity == 0)
+      free_class = &cache->lists[i];
+  }
+  if (!take_free || !free_class)
+    return NULL;
+  free_class->capacity = capacity;
+  return free_class;
 }
 
 static char *buf_take(keel__worker_t *w, size_t capacity) {
-  buf_cache_t *cache = cache_of(w);
-  cached_buf_t *c = cache ? cache->head : NULL;
-  if (capacity != KEEL_BUFSTREAM_DEFAULT_CAPACITY || !c)
+  buf_list_t *l = list_of(cache_of(w), capacity, false);
+  cached_buf_t *c = l ? l->head : NULL;
+  if (!c)
     return malloc(capacity);
   UNPOISON(c, capacity);
-  cache->head = c->next;
-  cache->len--;
+  l->head = c->next;
+  l->len--;
   return (char *)c;
 }
 
 static void buf_give(keel__worker_t *w, char *buf, size_t capacity) {
-  buf_cache_t *cache = cache_of(w);
-  if (capacity != KEEL_BUFSTREAM_DEFAULT_CAPACITY || !cache || cache->len >= BUF_CACHE_MAX) {
+  buf_list_t *l = list_of(cache_of(w), capacity, true);
+  if (!l || l->len >= BUF_CACHE_MAX) {
     free(buf);
     return;
   }
   cached_buf_t *c = (cached_buf_t *)buf;
-  c->next = cache->head;
-  cache->head = c;
-  cache->len++;
+  c->next = l->head;
+  l->head = c;
+  l->len++;
   /* A stale pointer into a cached buffer is reported, not read silently. */
   POISON(buf + sizeof *c, capacity - sizeof *c);
 }

@@ -698,9 +698,11 @@ static int frame_start(keel_ws_t *ws, bool zero_copy, bool whole, const void **d
       return fail(ws, KEEL_WS_INVALID_DATA, -EILSEQ);
     *op = ws->msg_op;
     ws->msg_op = 0;
-    ws->pending = hl + f.len;
-    if (ws->close_sent)
+    if (ws->close_sent) {
+      keel_bufstream_consume(ws->bs, hl + f.len);
       return FS_AGAIN; /* closing: data is dropped */
+    }
+    ws->pending = hl + f.len;
     *data = pl;
     *len = f.len;
     return FS_MESSAGE;
