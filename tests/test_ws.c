@@ -546,8 +546,8 @@ static int liveness_case(void *arg) {
   CHECK_RC(raw_upgrade(&srv, &c2, NULL));
   CHECK(raw_read(&c2, &op, buf, sizeof buf) >= 2);
   CHECK_EQ(op, KEEL_WS_CLOSE);
-  CHECK_RC(raw_frame(&c2, true, 0, KEEL_WS_TEXT, "late", 4, false));
-  CHECK_RC(raw_frame(&c2, true, 0, KEEL_WS_BINARY, "later", 5, false));
+  CHECK_RC(raw_frame(&c2, true, 0, KEEL_WS_BINARY, "late", 4, false));
+  CHECK_RC(raw_frame(&c2, true, 0, KEEL_WS_TEXT, "later", 5, false));
   static const uint8_t bye[] = {0x03, 0xe9};
   CHECK_RC(raw_frame(&c2, true, 0, KEEL_WS_CLOSE, bye, sizeof bye, false));
   CHECK(kt_closed(&c2));
