@@ -30,6 +30,7 @@ enum {
   KEEL__SLOT_LABNET,
   KEEL__SLOT_HTTP_CLIENT, /* the HTTP client's default pool (src/http/pool.c) */
   KEEL__SLOT_TLS,         /* TLS ciphertext buffers (src/tls/bio.c) */
+  KEEL__SLOT_WS,          /* zlib streams for permessage-deflate (src/ws/ws.c) */
   KEEL__SLOTS
 };
 typedef struct keel__slot {

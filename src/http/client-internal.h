@@ -133,6 +133,10 @@ struct keel_http_call {
 int keel__hc_url_parse(const char *url, hc_url_t *out);
 
 /* pool.c */
+/* The worker's default client TLS context (OpenSSL's default CA paths,
+ * ALPN http/1.1, sessions kept), made on first use; the WebSocket client
+ * shares it. */
+int keel__hc_default_tls(keel_tls_ctx_t **out, char *why, size_t why_len);
 hc_pool_t *keel__hc_pool_get(keel_http_client_t *client);
 keel_arena_t *keel__hc_arena_take(hc_pool_t *p);
 void keel__hc_arena_give(hc_pool_t *p, keel_arena_t *a);

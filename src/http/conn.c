@@ -217,6 +217,9 @@ static int handler_task(void *arg) {
   req->handler_rc = req->c->lim->handler(req, &req->res, req->c->lim->ctx);
   if (req->watch)
     keel_scope_cancel(req->watch, KEEL_CANCEL_USER);
+  req->handler_done = true;
+  if (req->up_done)
+    keel_notify_one(req->up_done);
   return 0;
 }
 
@@ -256,6 +259,32 @@ static void end_watch(keel_http_request_t *req) {
   req->watch = NULL;
 }
 
+/* Waits for the handler. A drain that comes meanwhile reaches a handler
+ * that took the connection for another protocol through its drain hook
+ * (the handler's scope is shielded, so nothing else would tell it); other
+ * handlers finish as they are, and the join below waits for them. */
+static void await_handler(http_conn_t *c, keel_http_request_t *req) {
+  keel_notify_t done;
+  keel_notify_init(&done);
+  req->up_done = &done;
+  while (!req->handler_done) {
+    if (keel_notify_wait(&done) == 0)
+      continue;
+    if (req->upgraded && req->up_drain) {
+      keel_shield_begin(0);
+      int ms = req->up_drain(req->up_arg);
+      keel_shield_end();
+      /* The handler's scope is shielded from the drain: bound it now. */
+      if (ms > 0)
+        keel_scope_set_deadline(req->scope, keel_now_ns() + (int64_t)ms * KEEL_NS_PER_MS);
+    }
+    break;
+  }
+  req->up_done = NULL;
+  keel_notify_destroy(&done);
+  (void)c;
+}
+
 static void serve_request(http_conn_t *c) {
   keel_http_request_t *req = c->b->req;
   if (++c->requests >= c->lim->max_requests)
@@ -273,14 +302,20 @@ static void serve_request(http_conn_t *c) {
   } else {
     keel_yield();
     /* Still running: it waits on something. Watch the client meanwhile. */
-    if (keel_scope_live(req->scope) > 0 && req->body_done && !c->close &&
+    if (keel_scope_live(req->scope) > 0 && !req->upgraded && req->body_done && !c->close &&
         keel_bufstream_buffered(c->bs) == 0)
       start_watch(c, req);
+    if (keel_scope_live(req->scope) > 0)
+      await_handler(c, req);
     keel_scope_join(req->scope);
   }
   keel_scope_close(req->scope);
   req->scope = NULL;
   end_watch(req);
+  if (req->upgraded) {
+    c->close = true;
+    return;
+  }
   keel__http_response_end(req);
   if (!req->body_done && !c->close)
     keel__http_drain_body(c, req);
@@ -308,7 +343,8 @@ int keel__http_conn_end(http_conn_t *c) {
     keel_shield_end();
   }
   arena_put(c);
-  keel_close(keel_bufstream_stream(c->bs));
+  if (c->bs)
+    keel_close(keel_bufstream_stream(c->bs));
   if (c->w)
     c->w->live--;
   free(c);
@@ -343,6 +379,13 @@ int keel__http_conn_run(http_conn_t *c) {
     if (read_head(c) <= 0)
       break;
     serve_request(c);
+    keel_http_request_t *req = c->b->req;
+    if (req->upgraded) {
+      keel_task_fn run = req->up_run;
+      void *arg = req->up_arg;
+      keel__http_conn_end(c);
+      return run ? run(arg) : 0;
+    }
     if (c->broken || c->close)
       break;
     size_t buffered = keel_bufstream_buffered(c->bs);
@@ -384,4 +427,55 @@ int keel__http_conn_open(const http_limits_t *lim, http_worker_t *w, keel_stream
     w->live++;
   *out = c;
   return 0;
+}
+
+/* ---- Upgrades ------------------------------------------------------------- */
+
+int keel__http_upgrade(keel_http_request_t *req, const void *head, size_t head_len,
+                       http_upgrade_t *up) {
+  http_conn_t *c = req->c;
+  if (req->upgraded || keel_http_responded(&req->res))
+    return -EALREADY;
+  if (!req->body_done)
+    return -EBUSY;
+  if (c->broken || (req->scope && keel_scope_cancel_reason(req->scope) != KEEL_CANCEL_NONE))
+    return -EPIPE;
+  /* The watch reads the connection: stop it before taking the stream. */
+  if (req->watch) {
+    keel_scope_cancel(req->watch, KEEL_CANCEL_USER);
+    keel_shield_begin(keel_now_ns() + 1000 * KEEL_NS_PER_MS);
+    while (keel_scope_live(req->watch) > 0 && keel_yield() == 0)
+      ;
+    keel_shield_end();
+    if (keel_scope_live(req->watch) > 0 || req->client_gone)
+      return -EPIPE;
+  }
+  /* From here the connection's task starts no watch and sends nothing
+   * more for this request, whatever happens to the write. */
+  req->upgraded = true;
+  req->res.head_sent = req->res.finished = true;
+  int rc = keel__http_queue(c, head, head_len);
+  if (rc == 0)
+    rc = keel__http_flush(c);
+  if (rc < 0) {
+    c->broken = true;
+    req->up_run = NULL;
+    return rc;
+  }
+  c->b->out_len = 0;
+  if (req->scope)
+    keel_scope_set_deadline(req->scope, KEEL_DEADLINE_NONE);
+  up->bs = c->bs;
+  up->tcp = c->tcp;
+  up->tls = c->tls;
+  up->draining = c->w && keel_scope_cancel_reason(c->w->conns) != KEEL_CANCEL_NONE;
+  c->bs = NULL;
+  return 0;
+}
+
+void keel__http_upgrade_set(keel_http_request_t *req, keel_task_fn run, keel_task_fn drain,
+                            void *arg) {
+  req->up_run = run;
+  req->up_drain = drain;
+  req->up_arg = arg;
 }

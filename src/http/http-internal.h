@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "keel/arena.h"
+#include "keel/sync.h"
 #include "keel/bufstream.h"
 #include "keel/http.h"
 #include "keel/tls.h"
@@ -70,6 +71,12 @@ struct keel_http_request {
   int body_error; /* sticky error of the body (negative errno) */
   keel_scope_t *scope, *watch;
   int handler_rc;
+  /* Taken by another protocol (keel__http_upgrade): the connection's task
+   * no longer reads or writes it. */
+  bool upgraded, handler_done;
+  keel_task_fn up_run, up_drain; /* see keel__http_upgrade_set */
+  void *up_arg;
+  keel_notify_t *up_done; /* set while the connection's task waits on the handler */
   /* keel_http_read's destination while llhttp runs */
   char *dst;
   size_t room, got;
@@ -174,5 +181,33 @@ int keel__http_conn_end(http_conn_t *c);
 int keel__http_conn_open(const http_limits_t *lim, http_worker_t *w, keel_stream_t *s,
                          keel_tcp_t *tcp, http_conn_t **out);
 void keel__http_limits(const keel_http_server_opts_t *opts, http_limits_t *lim);
+
+/* The connection handed to another protocol (a WebSocket), from the
+ * request's handler before any response: what was queued for earlier
+ * requests and then head (the complete 101 response) are written; the
+ * request's deadline is lifted; the watch on the client stops; the
+ * connection's buffered stream (with the bytes read past the head still
+ * in it) is handed over in *bs, and its TCP connection (for parking, or
+ * NULL) in *tcp. The connection's task then neither reads nor writes it
+ * and does not close it. Returns 0, -EALREADY (a response was started),
+ * -EBUSY (a body is still unread), -EPIPE (the connection is broken or
+ * the handler's scope was cancelled), or the write's error (the
+ * connection is then still the HTTP server's, which closes it). */
+typedef struct http_upgrade {
+  keel_bufstream_t *bs;
+  keel_tcp_t *tcp;
+  keel_tls_t *tls;
+  bool draining; /* the server was already draining: say goodbye at once */
+} http_upgrade_t;
+int keel__http_upgrade(keel_http_request_t *req, const void *head, size_t head_len,
+                       http_upgrade_t *up);
+/* After keel__http_upgrade:
+ *   - run: once the handler returned, the connection's task frees the
+ *     HTTP state and goes on in run(arg) (it returns what run returns);
+ *   - drain: if the server drains while the handler still runs, the
+ *     connection's task calls drain(arg) once (inside a shield bounded by
+ *     the drain deadline), then waits for the handler as before. */
+void keel__http_upgrade_set(keel_http_request_t *req, keel_task_fn run, keel_task_fn drain,
+                            void *arg);
 
 #endif

@@ -236,6 +236,11 @@ static int pool_tls(hc_pool_t *p, keel_tls_ctx_t **out, char *why, size_t why_le
   return 0;
 }
 
+int keel__hc_default_tls(keel_tls_ctx_t **out, char *why, size_t why_len) {
+  hc_pool_t *p = keel__hc_pool_get(NULL);
+  return p ? pool_tls(p, out, why, why_len) : -EINVAL;
+}
+
 /* TLS over the new connection, its handshake done: the server verified
  * as o->host, the session cached under o->hostport (for resumption). */
 static int conn_tls(hc_conn_t *c, char *why, size_t why_len) {
