@@ -1,6 +1,6 @@
 /* ws-client: keel's WebSocket client from the command line.
  *
- *   ws-client URL [--send TEXT]... [--binary] [--echo] [--deflate]
+ *   ws-client URL [--send TEXT]... [--binary] [--echo] [--deflate] [--deflate-context]
  *             [--subprotocol P]... [--cacert F] [--insecure]
  *             [--backend auto|uring|epoll]
  *
@@ -14,7 +14,7 @@
  * Either way it ends by printing one line: `close CODE` (the close code
  * received, or the code keel sent when it failed the connection: 1002,
  * 1007, 1009) or `error NAME` (the handshake failed, or the connection was
- * lost), and exits 0; 1 for bad flags or an error before connecting. */
+ * lost; NAME as in <errno.h>: EPROTO, ECONNREFUSED...), and exits 0; 1 for bad flags or an error before connecting. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -38,28 +38,19 @@ typedef struct app {
   keel_backend_t backend;
 } app_t;
 
-/* The close code a failure stands for: what keel sent. */
-static int failure_code(int err) {
-  switch (err) {
-  case -EPROTO:
-    return KEEL_WS_PROTOCOL_ERROR;
-  case -EILSEQ:
-    return KEEL_WS_INVALID_DATA;
-  case -EMSGSIZE:
-    return KEEL_WS_TOO_BIG;
-  default:
-    return 0;
-  }
+/* "EPROTO" for -EPROTO. */
+static const char *errno_name(int err) {
+  const char *n = strerrorname_np(-err);
+  return n ? n : "EUNKNOWN";
 }
 
 static void report_end(keel_ws_t *ws, int rc) {
-  int code = failure_code(rc);
   if (rc == 0)
     printf("close %d\n", keel_ws_close_code(ws));
-  else if (code)
-    printf("close %d\n", code);
+  else if (keel_ws_close_sent(ws) && rc != -ETIMEDOUT && rc != -ECONNRESET && rc != -EPIPE)
+    printf("close %d\n", keel_ws_close_sent(ws)); /* the code keel failed it with */
   else
-    printf("error %s\n", keel_strerror(rc));
+    printf("error %s\n", errno_name(rc));
 }
 
 static int main_task(void *arg) {
@@ -83,13 +74,19 @@ static int main_task(void *arg) {
   if (rc < 0) {
     if (why[0])
       fprintf(stderr, "ws-client: %s\n", why);
-    printf("error %s\n", keel_strerror(rc));
+    printf("error %s\n", errno_name(rc));
     fflush(stdout);
     keel_tls_ctx_close(tls);
     return 0;
   }
   if (keel_ws_subprotocol(ws))
     fprintf(stderr, "ws-client: subprotocol %s\n", keel_ws_subprotocol(ws));
+  keel_ws_deflate_params_t dp;
+  if (keel_ws_deflate(ws, &dp))
+    fprintf(stderr,
+            "ws-client: permessage-deflate (server window %d%s, client window %d%s)\n",
+            dp.server_max_window_bits, dp.server_no_context_takeover ? ", no context" : "",
+            dp.client_max_window_bits, dp.client_no_context_takeover ? ", no context" : "");
   const void *data;
   size_t len;
   if (app->echo) {
@@ -127,6 +124,7 @@ static void usage(FILE *out) {
                "  --binary           send binary messages\n"
                "  --echo             send back every message received until the close\n"
                "  --deflate          offer permessage-deflate\n"
+               "  --deflate-context  offer it without asking the server to drop its context\n"
                "  --subprotocol P    offer subprotocol P (repeatable)\n"
                "  --max-message N    the largest message accepted (default 1 MiB)\n"
                "  --cacert F         verify wss:// servers against F\n"
@@ -141,6 +139,7 @@ int main(int argc, char **argv) {
       {"echo", no_argument, NULL, 'e'},              {"deflate", no_argument, NULL, 'd'},
       {"subprotocol", required_argument, NULL, 'p'}, {"max-message", required_argument, NULL, 'm'},
       {"cacert", required_argument, NULL, 'A'},      {"insecure", no_argument, NULL, 'k'},
+      {"deflate-context", no_argument, NULL, 'c'},
       {"backend", required_argument, NULL, 'B'},     {"help", no_argument, NULL, 'H'},
       {NULL, 0, NULL, 0},
   };
@@ -162,6 +161,10 @@ int main(int argc, char **argv) {
       break;
     case 'd':
       app.ws.deflate.enable = true;
+      break;
+    case 'c':
+      app.ws.deflate.enable = true;
+      app.ws.deflate.server_context_takeover = true;
       break;
     case 'p':
       ok = app.nprotos < MAX_PROTOS;

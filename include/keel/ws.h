@@ -102,7 +102,9 @@ enum {
 typedef struct keel_ws_deflate_opts {
   bool enable;
   /* Server: keep the compressor's context across messages (it then costs
-   * the connection its deflate state). Client: ask for it (the default). */
+   * the connection its deflate state). Client: ask for it; unset, the
+   * offer has server_no_context_takeover, so that the client's
+   * decompressor keeps nothing between messages either. */
   bool server_context_takeover;
   /* Ask the client (server: in the answer; client: in the offer) not to
    * keep its compressor's context, so that the server's decompressor
@@ -285,6 +287,9 @@ int keel_ws_close(keel_ws_t *ws, int code, const char *reason);
  * came), and its reason (NUL-terminated, "" if none). */
 int keel_ws_close_code(const keel_ws_t *ws);
 const char *keel_ws_close_reason(const keel_ws_t *ws);
+/* The code of the close keel sent (1005 for one without a code), 0 if it
+ * sent none: after an error, the code it failed the connection with. */
+int keel_ws_close_sent(const keel_ws_t *ws);
 
 /* ---- About the connection ----------------------------------------------------- */
 

@@ -112,6 +112,9 @@ typedef keel_ws_deflate_params_t ws_pmd_params_t;
 int ws_pmd_server_negotiate(const keel_ws_deflate_opts_t *cfg, const char *const *values,
                             size_t nvalues, ws_pmd_params_t *out, char *resp, size_t resp_cap);
 
+/* Room for any offer or response those make (NUL included). */
+#define WS_PMD_EXT_MAX 160
+
 /* Client: the offer for cfg (NUL-terminated). Returns its length, or -1
  * if it does not fit. */
 int ws_pmd_client_offer(const keel_ws_deflate_opts_t *cfg, char *buf, size_t cap);
@@ -130,13 +133,19 @@ int ws_pmd_client_accept(const keel_ws_deflate_opts_t *cfg, const char *const *v
  * one cache per worker, touched by its tasks only. */
 typedef struct ws_pmd_cache ws_pmd_cache_t;
 int ws_pmd_cache_open(ws_pmd_cache_t **out);
+/* After every ws_pmd_t that uses c is closed (they give their state back). */
 void ws_pmd_cache_close(ws_pmd_cache_t *c);
+/* The bytes of zlib state c keeps idle (for tests and the memory figures). */
+size_t ws_pmd_cache_held(const ws_pmd_cache_t *c);
 
 /* One connection's compression state: what it sends (the server's side
  * compresses with the server_* parameters) and what it receives. zlib
  * state is made on first use; a direction without context takeover takes
  * it from the cache for one message and gives it back at the message's
- * end. cache may be NULL (then such state is freed after each message). */
+ * end. cache may be NULL (then such state is freed after each message).
+ * level and mem_level as in keel_ws_deflate_opts_t (0: 6 and 8). Returns
+ * 0, -EINVAL (a window outside 8..15, or 0 for 15; a level or mem_level
+ * outside 1..9), -ENOMEM. */
 typedef struct ws_pmd ws_pmd_t;
 int ws_pmd_open(const ws_pmd_params_t *p, bool server, int level, int mem_level,
                 ws_pmd_cache_t *cache, ws_pmd_t **out);
@@ -146,11 +155,17 @@ void ws_pmd_close(ws_pmd_t *d);
  * piece of the message: the 00 00 ff ff tail is added then), appending to
  * out, which never grows past max. Returns 0; -EMSGSIZE as soon as the
  * output would pass max (the rest is not inflated); -EPROTO for data zlib
- * rejects (and for bytes after the end of the deflate stream); -ENOMEM. */
+ * rejects, a message that does not end at a block boundary, and bytes
+ * after the end of the deflate stream (but the 0x00 of RFC 7692
+ * §7.2.3.4); -ENOMEM. An empty payload is an empty message. After an
+ * error every call returns it. */
 int ws_pmd_inflate(ws_pmd_t *d, const uint8_t *in, size_t n, bool fin, ws_buf_t *out, size_t max);
 
 /* Compresses n bytes of a message (fin: the last piece; the 00 00 ff ff
- * of its final flush is removed), appending to out. Returns 0 or -ENOMEM. */
+ * of its final flush is removed), appending to out. A piece before the
+ * last may append nothing (zlib keeps what it has not yet coded); what it
+ * appends may be sent as it is, as a fragment. An empty message is the
+ * byte 0x00. Returns 0 or -ENOMEM. */
 int ws_pmd_deflate(ws_pmd_t *d, const uint8_t *in, size_t n, bool fin, ws_buf_t *out);
 
 /* The bytes of zlib state d holds now (for tests and the memory figures). */

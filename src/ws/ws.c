@@ -44,6 +44,8 @@ struct keel_ws {
   int worker;
   bool server, deflate;
   keel_http_request_t *req; /* sequential style: the request upgraded, for its hooks */
+  int hook_busy;            /* the drain hook runs (in the connection's task) */
+  bool closing;             /* keel_ws_close is under way */
   /* Reading (one task at a time). */
   keel_task_t *reader;
   size_t pending; /* bytes handed out in place, consumed at the next receive */
@@ -59,7 +61,7 @@ struct keel_ws {
   int err; /* sticky: the connection failed */
   /* Closing. */
   bool close_sent, close_rcvd, closed;
-  uint16_t close_code;
+  uint16_t close_code, sent_code;
   char *close_reason;
   /* Writing. */
   keel_mutex_t msg_lock, frame_lock;
@@ -231,6 +233,7 @@ static int close_out(keel_ws_t *ws, int code, const char *reason, size_t rlen) {
     n = 2 + rlen;
   }
   ws->close_sent = true;
+  ws->sent_code = code ? (uint16_t)code : KEEL_WS_NO_STATUS;
   ws->close_by = keel_now_ns() + ws->close_timeout_ns;
   struct iovec v = {body, n};
   return frame_send(ws, KEEL_WS_CLOSE, true, 0, &v, 1);
@@ -319,8 +322,9 @@ int keel_ws_send_part(keel_ws_t *ws, int opcode, const void *data, size_t len, b
   }
   struct iovec v = {(void *)data, len};
   rc = send_message(ws, opcode, &v, 1, fin, first);
-  if (fin || (rc < 0 && first && !ws->wr_err)) {
-    /* The message ended (or never began: nothing of it was sent). */
+  if (fin || ws->wr_err || (rc < 0 && first)) {
+    /* The message ended, never began (nothing of it was sent), or can
+     * never end (the connection cannot send any more). */
     ws->frag_owner = NULL;
     ws->frag_z = false;
     keel_mutex_unlock(&ws->msg_lock);
@@ -760,8 +764,17 @@ int keel_ws_shutdown(keel_ws_t *ws, int code, const char *reason) {
 }
 
 static void ws_free(keel_ws_t *ws) {
-  if (ws->req)
-    keel__http_upgrade_set(ws->req, NULL, NULL, NULL);
+  if (ws->frag_owner == keel_task_current()) {
+    ws->frag_owner = NULL;
+    keel_mutex_unlock(&ws->msg_lock);
+  }
+  /* The drain hook may be parked in a write of its own: let it finish. */
+  if (ws->hook_busy) {
+    keel_shield_begin(keel_now_ns() + WS_FINISH_SHIELD_NS);
+    while (ws->hook_busy && keel_yield() == 0)
+      ;
+    keel_shield_end();
+  }
   keel_close(keel_bufstream_stream(ws->bs));
   ws_pmd_close(ws->pmd);
   ws_buf_free(&ws->msg);
@@ -784,6 +797,11 @@ int keel_ws_close(keel_ws_t *ws, int code, const char *reason) {
   int rc = check_worker(ws);
   if (rc < 0)
     return rc;
+  ws->closing = true;
+  if (ws->req) {
+    keel__http_upgrade_set(ws->req, NULL, NULL, NULL);
+    ws->req = NULL;
+  }
   int first = 0;
   if (!ws->close_sent && !ws->err && !ws->wr_err)
     first = close_out(ws, code, reason ? reason : "", rlen);
@@ -812,6 +830,8 @@ int keel_ws_close(keel_ws_t *ws, int code, const char *reason) {
 int keel_ws_close_code(const keel_ws_t *ws) {
   return ws->close_rcvd ? ws->close_code : KEEL_WS_ABNORMAL;
 }
+
+int keel_ws_close_sent(const keel_ws_t *ws) { return ws->close_sent ? ws->sent_code : 0; }
 
 const char *keel_ws_close_reason(const keel_ws_t *ws) {
   return ws->close_reason ? ws->close_reason : "";
@@ -960,9 +980,13 @@ int keel__ws_orphan(void *arg) {
 
 int keel__ws_drain(void *arg) {
   keel_ws_t *ws = arg;
-  if (!ws->close_sent && !ws->err && !ws->wr_err)
-    close_out(ws, KEEL_WS_GOING_AWAY, "", 0);
-  return (int)(ws->close_timeout_ns / KEEL_NS_PER_MS);
+  int ms = (int)(ws->close_timeout_ns / KEEL_NS_PER_MS);
+  if (ws->closing || ws->close_sent || ws->err || ws->wr_err)
+    return ms;
+  ws->hook_busy++;
+  close_out(ws, KEEL_WS_GOING_AWAY, "", 0);
+  ws->hook_busy--;
+  return ms;
 }
 
 /* ---- The worker's deflate cache ------------------------------------------- */
