@@ -14,7 +14,8 @@
  * Either way it ends by printing one line: `close CODE` (the close code
  * received, or the code keel sent when it failed the connection: 1002,
  * 1007, 1009) or `error NAME` (the handshake failed, or the connection was
- * lost; NAME as in <errno.h>: EPROTO, ECONNREFUSED...), and exits 0; 1 for bad flags or an error before connecting. */
+ * lost; NAME as in <errno.h>: EPROTO, ECONNREFUSED...), and exits 0; 1 for bad flags or an error
+ * before connecting. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -83,8 +84,7 @@ static int main_task(void *arg) {
     fprintf(stderr, "ws-client: subprotocol %s\n", keel_ws_subprotocol(ws));
   keel_ws_deflate_params_t dp;
   if (keel_ws_deflate(ws, &dp))
-    fprintf(stderr,
-            "ws-client: permessage-deflate (server window %d%s, client window %d%s)\n",
+    fprintf(stderr, "ws-client: permessage-deflate (server window %d%s, client window %d%s)\n",
             dp.server_max_window_bits, dp.server_no_context_takeover ? ", no context" : "",
             dp.client_max_window_bits, dp.client_no_context_takeover ? ", no context" : "");
   const void *data;
@@ -135,12 +135,17 @@ static void usage(FILE *out) {
 
 int main(int argc, char **argv) {
   static const struct option longopts[] = {
-      {"send", required_argument, NULL, 's'},        {"binary", no_argument, NULL, 'b'},
-      {"echo", no_argument, NULL, 'e'},              {"deflate", no_argument, NULL, 'd'},
-      {"subprotocol", required_argument, NULL, 'p'}, {"max-message", required_argument, NULL, 'm'},
-      {"cacert", required_argument, NULL, 'A'},      {"insecure", no_argument, NULL, 'k'},
+      {"send", required_argument, NULL, 's'},
+      {"binary", no_argument, NULL, 'b'},
+      {"echo", no_argument, NULL, 'e'},
+      {"deflate", no_argument, NULL, 'd'},
+      {"subprotocol", required_argument, NULL, 'p'},
+      {"max-message", required_argument, NULL, 'm'},
+      {"cacert", required_argument, NULL, 'A'},
+      {"insecure", no_argument, NULL, 'k'},
       {"deflate-context", no_argument, NULL, 'c'},
-      {"backend", required_argument, NULL, 'B'},     {"help", no_argument, NULL, 'H'},
+      {"backend", required_argument, NULL, 'B'},
+      {"help", no_argument, NULL, 'H'},
       {NULL, 0, NULL, 0},
   };
   app_t app = {.backend = KEEL_BACKEND_AUTO};

@@ -125,11 +125,16 @@ static bool parse_backend(const char *s, keel_backend_t *out) {
 /* Returns 0 to run, 1 on bad flags, 2 after --help. */
 static int parse_args(int argc, char **argv, app_t *app) {
   static const struct option longopts[] = {
-      {"host", required_argument, NULL, 'h'},     {"port", required_argument, NULL, 'p'},
-      {"workers", required_argument, NULL, 'w'},  {"backend", required_argument, NULL, 'b'},
-      {"tls-cert", required_argument, NULL, 'C'}, {"tls-key", required_argument, NULL, 'K'},
-      {"max-message", required_argument, NULL, 'm'}, {"deflate", no_argument, NULL, 'd'},
-      {"sequential", no_argument, NULL, 's'},     {"help", no_argument, NULL, 'H'},
+      {"host", required_argument, NULL, 'h'},
+      {"port", required_argument, NULL, 'p'},
+      {"workers", required_argument, NULL, 'w'},
+      {"backend", required_argument, NULL, 'b'},
+      {"tls-cert", required_argument, NULL, 'C'},
+      {"tls-key", required_argument, NULL, 'K'},
+      {"max-message", required_argument, NULL, 'm'},
+      {"deflate", no_argument, NULL, 'd'},
+      {"sequential", no_argument, NULL, 's'},
+      {"help", no_argument, NULL, 'H'},
       {NULL, 0, NULL, 0},
   };
   const char *host = "127.0.0.1";

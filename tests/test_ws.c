@@ -78,14 +78,16 @@ static int raw_upgrade(kt_server_t *srv, kt_conn_t *c, const char *extra) {
   return 0;
 }
 
-/* Writes one frame: masked with a fixed key unless unmasked is set. */
-static int raw_frame(kt_conn_t *c, bool fin, unsigned rsv, unsigned op, const void *p, size_t n,
-                     bool unmasked) {
+/* Writes one frame: masked with a fixed key unless unmasked is set.
+ * Returns 0 or the write's error. */
+static int raw_frame_rc(kt_conn_t *c, bool fin, unsigned rsv, unsigned op, const void *p, size_t n,
+                        bool unmasked) {
   uint8_t head[WS_MAX_HEAD];
   static const uint8_t key[4] = {0x37, 0xfa, 0x21, 0x3d};
   size_t hl = ws_frame_head(head, fin, rsv, op, n, unmasked ? NULL : key);
   uint8_t *buf = malloc(hl + n + 1);
-  CHECK(buf);
+  if (!buf)
+    return -ENOMEM;
   memcpy(buf, head, hl);
   if (unmasked)
     memcpy(buf + hl, p, n);
@@ -93,7 +95,12 @@ static int raw_frame(kt_conn_t *c, bool fin, unsigned rsv, unsigned op, const vo
     ws_mask(buf + hl, p, n, key, 0);
   int rc = keel_write_all(c->s, buf, hl + n, NULL);
   free(buf);
-  CHECK_RC(rc);
+  return rc;
+}
+
+static int raw_frame(kt_conn_t *c, bool fin, unsigned rsv, unsigned op, const void *p, size_t n,
+                     bool unmasked) {
+  CHECK_RC(raw_frame_rc(c, fin, rsv, op, p, n, unmasked));
   return 0;
 }
 
@@ -203,6 +210,68 @@ static int echo_msg_case(void *arg) { return (void)arg, echo_run(false, false); 
 static int echo_seq_case(void *arg) { return (void)arg, echo_run(true, false); }
 static int echo_deflate_case(void *arg) { return (void)arg, echo_run(false, true); }
 
+/* Pieces: a message far over max_message goes through keel_ws_recv_part
+ * uncompressed as its frames arrive; a compressed one is inflated whole. */
+static int pieces_run(bool deflate) {
+  srv_cfg_t cfg = {0};
+  cfg.ws.deflate.enable = deflate;
+  kt_server_t srv;
+  CHECK_RC(start(&srv, &cfg));
+  char url[128];
+  url_of(&srv, url, sizeof url, "ws");
+  keel_ws_opts_t co = {.max_message = deflate ? 400000 : 1000};
+  co.deflate.enable = deflate;
+  keel_ws_t *ws;
+  CHECK_RC(keel_ws_connect(url, &co, &ws));
+  size_t big = 300000;
+  uint8_t *p = pattern(big, 7), *got = malloc(big);
+  CHECK_RC(keel_ws_send_part(ws, KEEL_WS_BINARY, p, 1000, false));
+  CHECK_RC(keel_ws_send_part(ws, KEEL_WS_CONTINUATION, p + 1000, big - 1000, true));
+  size_t have = 0;
+  int pieces = 0;
+  for (;;) {
+    keel_ws_part_t part;
+    ssize_t n = keel_ws_recv_part(ws, got + have, 777 < big - have ? 777 : big - have, &part);
+    CHECK(n >= 0 && n != KEEL_WS_CLOSED);
+    CHECK_EQ(part.opcode, KEEL_WS_BINARY);
+    CHECK_EQ(part.first, pieces == 0);
+    have += (size_t)n;
+    pieces++;
+    if (part.last)
+      break;
+    CHECK(have < big);
+  }
+  CHECK_EQ(have, big);
+  CHECK(memcmp(got, p, big) == 0);
+  /* Text split inside code points, then an empty message. */
+  const char *text = "\xe2\x82\xac\xf0\x9f\x98\x80";
+  CHECK_RC(keel_ws_send(ws, KEEL_WS_TEXT, text, strlen(text)));
+  char t[16];
+  size_t tl = 0;
+  for (;;) {
+    keel_ws_part_t part;
+    ssize_t n = keel_ws_recv_part(ws, t + tl, 2, &part);
+    CHECK(n >= 0 && n != KEEL_WS_CLOSED);
+    CHECK_EQ(part.opcode, KEEL_WS_TEXT);
+    tl += (size_t)n;
+    if (part.last)
+      break;
+  }
+  CHECK(tl == strlen(text) && memcmp(t, text, tl) == 0);
+  CHECK_RC(keel_ws_send(ws, KEEL_WS_BINARY, "", 0));
+  keel_ws_part_t part;
+  CHECK_EQ(keel_ws_recv_part(ws, t, sizeof t, &part), 0);
+  CHECK(part.first && part.last && part.opcode == KEEL_WS_BINARY);
+  CHECK_RC(keel_ws_shutdown(ws, KEEL_WS_NORMAL, NULL));
+  CHECK_EQ(keel_ws_recv_part(ws, t, sizeof t, &part), KEEL_WS_CLOSED);
+  CHECK_RC(keel_ws_close(ws, 0, NULL));
+  free(p);
+  free(got);
+  return kt_server_stop(&srv);
+}
+static int pieces_case(void *arg) { return (void)arg, pieces_run(false); }
+static int pieces_deflate_case(void *arg) { return (void)arg, pieces_run(true); }
+
 /* Refused upgrades: their statuses, and the server goes on. */
 static int handshake_case(void *arg) {
   (void)arg;
@@ -275,12 +344,12 @@ static int errors_case(void *arg) {
     bool unmasked;
     int code;
   } cases[] = {
-      {true, 0, KEEL_WS_TEXT, "x", 1, true, 1002},       /* unmasked from a client */
-      {true, 4, KEEL_WS_TEXT, "x", 1, false, 1002},      /* RSV1 without an extension */
-      {true, 0, 3, "x", 1, false, 1002},                 /* reserved opcode */
-      {true, 0, 0xb, "", 0, false, 1002},                /* reserved control opcode */
+      {true, 0, KEEL_WS_TEXT, "x", 1, true, 1002},          /* unmasked from a client */
+      {true, 4, KEEL_WS_TEXT, "x", 1, false, 1002},         /* RSV1 without an extension */
+      {true, 0, 3, "x", 1, false, 1002},                    /* reserved opcode */
+      {true, 0, 0xb, "", 0, false, 1002},                   /* reserved control opcode */
       {true, 0, KEEL_WS_CONTINUATION, "x", 1, false, 1002}, /* nothing to continue */
-      {false, 0, KEEL_WS_PING, "", 0, false, 1002},      /* fragmented control frame */
+      {false, 0, KEEL_WS_PING, "", 0, false, 1002},         /* fragmented control frame */
       {true, 0, KEEL_WS_TEXT, bad_utf8, sizeof bad_utf8, false, 1007},
       {true, 0, KEEL_WS_BINARY, big, sizeof big, false, 1009},
       {true, 0, KEEL_WS_CLOSE, close_1, 1, false, 1002},
@@ -474,6 +543,45 @@ static int liveness_case(void *arg) {
   return kt_server_stop(&srv);
 }
 
+/* A peer that sends pings and reads nothing: the pongs it does not take
+ * end it after the close timeout, and the server goes on (lab network,
+ * small pipes so that they fill at once). */
+static int deaf_peer_case(void *arg) {
+  (void)arg;
+  keel_lab_net_faults_t f = {.conn = {.capacity = 4096}};
+  CHECK_RC(keel_lab_net_faults(&f));
+  srv_cfg_t cfg = {0};
+  cfg.ws.close_timeout_ms = 500;
+  kt_server_t srv;
+  CHECK_RC(start(&srv, &cfg));
+  kt_conn_t c = {0};
+  CHECK_RC(raw_upgrade(&srv, &c, NULL));
+  uint8_t payload[125] = {0};
+  int64_t t0 = keel_now_ns();
+  int sent = 0, rc = 0;
+  keel_task_set_deadline(t0 + 5000 * KEEL_NS_PER_MS);
+  while (rc == 0 && sent < 100000) {
+    rc = raw_frame_rc(&c, true, 0, KEEL_WS_PING, payload, sizeof payload, false);
+    sent++;
+  }
+  keel_task_set_deadline(KEEL_DEADLINE_NONE);
+  int64_t took = keel_now_ns() - t0;
+  CHECK(took >= 400 * KEEL_NS_PER_MS); /* the server waited for the pongs to be taken... */
+  CHECK(took < 4000 * KEEL_NS_PER_MS); /* ...for the close timeout, not for ever */
+  kt_disconnect(&c);
+  /* Another client is served as ever. */
+  char url[128];
+  url_of(&srv, url, sizeof url, "ws");
+  keel_ws_t *ws;
+  CHECK_RC(keel_ws_connect(url, NULL, &ws));
+  CHECK_RC(keel_ws_send(ws, KEEL_WS_TEXT, "ok", 2));
+  const void *d;
+  size_t n;
+  CHECK_EQ(keel_ws_recv(ws, &d, &n), KEEL_WS_TEXT);
+  CHECK_RC(keel_ws_close(ws, 0, NULL));
+  return kt_server_stop(&srv);
+}
+
 /* Subprotocols and the origin hook. */
 static bool origin_ok(const char *origin, void *ctx) {
   (void)ctx;
@@ -549,12 +657,22 @@ CASE(echo_msg)
 CASE(echo_seq)
 CASE(echo_deflate)
 CASE(handshake)
+CASE(pieces)
+CASE(pieces_deflate)
 CASE(errors_msg)
 CASE(errors_seq)
 CASE(duplex)
 CASE(drain)
 CASE(liveness)
 CASE(options)
+
+static void test_deaf_peer(void **state) {
+  (void)state;
+  if (!kt_backend_selected(KEEL_BACKEND_LAB))
+    skip();
+  for (uint64_t seed = 1; seed <= 8; seed++)
+    kt_run_lab_body(deaf_peer_case, NULL, seed);
+}
 
 static void test_wss(void **state) {
   (void)state;
@@ -570,12 +688,20 @@ static void test_wss(void **state) {
 int main(void) {
   kt_select_backends();
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_echo_msg),   cmocka_unit_test(test_echo_seq),
-      cmocka_unit_test(test_echo_deflate), cmocka_unit_test(test_handshake),
-      cmocka_unit_test(test_errors_msg), cmocka_unit_test(test_errors_seq),
-      cmocka_unit_test(test_duplex),     cmocka_unit_test(test_drain),
-      cmocka_unit_test(test_liveness),   cmocka_unit_test(test_options),
+      cmocka_unit_test(test_echo_msg),
+      cmocka_unit_test(test_echo_seq),
+      cmocka_unit_test(test_echo_deflate),
+      cmocka_unit_test(test_handshake),
+      cmocka_unit_test(test_errors_msg),
+      cmocka_unit_test(test_errors_seq),
+      cmocka_unit_test(test_duplex),
+      cmocka_unit_test(test_drain),
+      cmocka_unit_test(test_liveness),
+      cmocka_unit_test(test_options),
       cmocka_unit_test(test_wss),
+      cmocka_unit_test(test_pieces),
+      cmocka_unit_test(test_pieces_deflate),
+      cmocka_unit_test(test_deaf_peer),
   };
   return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

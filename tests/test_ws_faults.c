@@ -27,8 +27,7 @@ static int echo_msg(keel_ws_t *ws, int op, const void *data, size_t len, void *c
 static int handler(keel_http_request_t *req, keel_http_response_t *res, void *ctx) {
   run_t *run = ctx;
   if (!run->sequential)
-    return keel_ws_accept(req, res, &run->ws, NULL) < 0 && !keel_http_responded(res) ? -EPROTO
-                                                                                      : 0;
+    return keel_ws_accept(req, res, &run->ws, NULL) < 0 && !keel_http_responded(res) ? -EPROTO : 0;
   keel_ws_opts_t o = run->ws;
   o.on_message = NULL;
   keel_ws_t *ws;
@@ -180,12 +179,12 @@ static void run_seeds(bool drops, bool sequential, bool deflate) {
     fail_msg("no connection was dropped: the case tested nothing");
 }
 
-#define CASE(name, drops, seq, deflate)   \
-  static void test_##name(void **state) { \
-    (void)state;                          \
+#define CASE(name, drops, seq, deflate)         \
+  static void test_##name(void **state) {       \
+    (void)state;                                \
     if (!kt_backend_selected(KEEL_BACKEND_LAB)) \
-      skip();                             \
-    run_seeds(drops, seq, deflate);       \
+      skip();                                   \
+    run_seeds(drops, seq, deflate);             \
   }
 CASE(split_per_message, false, false, false)
 CASE(split_sequential, false, true, false)
@@ -197,8 +196,8 @@ CASE(dropped_deflate, true, false, true)
 int main(void) {
   kt_select_backends();
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_split_per_message), cmocka_unit_test(test_split_sequential),
-      cmocka_unit_test(test_split_deflate),     cmocka_unit_test(test_dropped),
+      cmocka_unit_test(test_split_per_message),  cmocka_unit_test(test_split_sequential),
+      cmocka_unit_test(test_split_deflate),      cmocka_unit_test(test_dropped),
       cmocka_unit_test(test_dropped_sequential), cmocka_unit_test(test_dropped_deflate),
   };
   return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));

@@ -129,11 +129,11 @@ typedef int (*keel_ws_message_fn)(keel_ws_t *ws, int opcode, const void *data, s
 
 /* Zeroed (or a NULL pointer): every default. Times in milliseconds. */
 typedef struct keel_ws_opts {
-  size_t max_message;        /* a whole message, after inflating; 0: 1 MiB (1009) */
-  int64_t close_timeout_ms;  /* wait for the peer's close; 0: 5 s */
-  int64_t ping_interval_ms;  /* send a ping after this long without one; 0: none */
-  int64_t pong_timeout_ms;   /* no pong by then: dropped (-ETIMEDOUT); 0: 10 s */
-  int64_t idle_timeout_ms;   /* close with 1001 after this long without a frame; 0: none */
+  size_t max_message;       /* a whole message, after inflating; 0: 1 MiB (1009) */
+  int64_t close_timeout_ms; /* wait for the peer's close; 0: 5 s */
+  int64_t ping_interval_ms; /* send a ping after this long without one; 0: none */
+  int64_t pong_timeout_ms;  /* no pong by then: dropped (-ETIMEDOUT); 0: 10 s */
+  int64_t idle_timeout_ms;  /* close with 1001 after this long without a frame; 0: none */
   /* Subprotocols: a server's, in its order of preference (the first of
    * them the client offers is chosen); a client's, offered in that order.
    * NULL-terminated, or NULL for none. */
@@ -237,12 +237,15 @@ typedef struct keel_ws_part {
   bool first, last;
 } keel_ws_part_t;
 
-/* Receives the next piece of a message, up to len bytes, into buf
- * (text still checked as UTF-8; a piece may end inside a code point).
- * Returns the count (>= 0: an empty message is one piece of 0 bytes, with
- * first and last), with *part; KEEL_WS_CLOSED (a positive code, never a
- * count: see below) once closed as for keel_ws_recv; or keel_ws_recv's
- * errors. Do not mix with keel_ws_recv inside one message. */
+/* Receives the next piece of a message, up to len bytes, into buf: an
+ * uncompressed message of any length goes through in pieces as its frames
+ * arrive (max_message does not apply; text is still checked as UTF-8, and
+ * a piece may end inside a code point); a compressed one is inflated
+ * whole first (up to max_message: 1009 beyond), then handed out. Returns
+ * the count (>= 0: an empty message is one piece of 0 bytes, with first
+ * and last), with *part; KEEL_WS_CLOSED (never a count: see below) once
+ * closed as for keel_ws_recv; or keel_ws_recv's errors. Do not mix with
+ * keel_ws_recv inside one message. */
 ssize_t keel_ws_recv_part(keel_ws_t *ws, void *buf, size_t len, keel_ws_part_t *part);
 #define KEEL_WS_CLOSED ((ssize_t)-1 - 4095) /* below every errno */
 

@@ -85,7 +85,8 @@ typedef struct ws_utf8 {
   uint32_t state;
 } ws_utf8_t;
 
-#define WS_UTF8_INIT {0}
+#define WS_UTF8_INIT \
+  { 0 }
 
 /* Feeds n more bytes. Returns false at the first byte that no valid text
  * can have there (so a sequence that cannot be completed validly fails at

@@ -20,11 +20,30 @@
 #include "http-internal.h"
 #include "keel/sync.h"
 
-#define WS_MASK_CHUNK (16 * 1024)     /* a client masks its payload this much at a time */
-#define WS_KEEP_MSG_BUF (64 * 1024)   /* a bigger message buffer is freed after use */
+#define WS_MASK_CHUNK (16 * 1024)   /* a client masks its payload this much at a time */
+#define WS_KEEP_MSG_BUF (64 * 1024) /* a bigger message buffer is freed after use */
 #define WS_FINISH_SHIELD_NS (1000 * KEEL_NS_PER_MS)
-#define WS_CLIENT_EOF_NS (1000 * KEEL_NS_PER_MS) /* a client waits this long for the server's FIN */
+#define WS_CLIENT_EOF_NS                                                   \
+  (1000 * KEEL_NS_PER_MS) /* a client waits this long for the server's FIN \
+                           */
 
+/* A lock between the tasks of one worker (a WebSocket's tasks all are):
+ * 16 bytes, with the wait queue made on first contention. */
+typedef struct ws_lock {
+  keel_task_t *owner;
+  keel_notify_t *wq;
+} ws_lock_t;
+
+/* What only a connection with permessage-deflate needs. */
+typedef struct ws_z {
+  ws_pmd_t *pmd;
+  ws_pmd_params_t params;
+  size_t min_size; /* shorter messages go uncompressed */
+  ws_buf_t out;    /* compressed output */
+} ws_z_t;
+
+/* Every field counts: an idle WebSocket is this struct, its buffered
+ * stream and its TCP connection. */
 struct keel_ws {
   keel_bufstream_t *bs;
   keel_stream_t *s; /* the buffered stream's view: writes pass through */
@@ -34,44 +53,82 @@ struct keel_ws {
   void (*on_close)(keel_ws_t *ws, int code, void *ctx);
   void *ctx;
   size_t max_message;
-  int64_t close_timeout_ns, ping_interval_ns, pong_timeout_ns, idle_timeout_ns;
+  int32_t close_timeout_ms, ping_interval_ms, pong_timeout_ms, idle_timeout_ms;
   int64_t last_rx;  /* when bytes last arrived */
   int64_t pong_by;  /* a ping is unanswered: the pong is due by then (0: none) */
   int64_t close_by; /* a close was sent: the peer's is due by then (0: none) */
-  ws_pmd_t *pmd;
-  ws_pmd_params_t pmdp;
+  ws_z_t *z;        /* permessage-deflate, or NULL */
   char *subprotocol;
-  int worker;
-  bool server, deflate;
   keel_http_request_t *req; /* sequential style: the request upgraded, for its hooks */
-  int hook_busy;            /* the drain hook runs (in the connection's task) */
-  bool closing;             /* keel_ws_close is under way */
+  int worker;
+  int hook_busy; /* the drain hook runs (in the connection's task) */
+  bool server;
+  bool closing; /* keel_ws_close is under way */
   /* Reading (one task at a time). */
-  keel_task_t *reader;
-  size_t pending; /* bytes handed out in place, consumed at the next receive */
-  ws_buf_t msg;   /* the message being assembled */
-  size_t part_off; /* keel_ws_recv_part: bytes of msg handed out */
-  ws_frame_t f;   /* the frame being read */
-  uint64_t f_left;
-  unsigned f_phase;
-  uint8_t msg_op; /* the opcode of the message under way; 0: none */
-  bool msg_z;     /* it is compressed */
-  bool in_frame, msg_ready, part_first;
+  bool msg_z; /* the message under way is compressed */
+  bool in_frame, msg_ready;
+  bool part_first; /* keel_ws_recv_part: the next piece is its message's first */
+  uint8_t msg_op;  /* the opcode of the message under way; 0: none */
+  uint8_t part_op; /* keel_ws_recv_part: the opcode of the message assembled */
   ws_utf8_t utf8;
+  unsigned f_phase;
+  keel_task_t *reader;
+  size_t pending;  /* bytes handed out in place, consumed at the next receive */
+  ws_buf_t msg;    /* the message being assembled */
+  size_t part_off; /* keel_ws_recv_part: bytes of msg handed out */
+  ws_frame_t f;    /* the frame being read */
+  uint64_t f_left;
   int err; /* sticky: the connection failed */
   /* Closing. */
   bool close_sent, close_rcvd, closed;
   uint16_t close_code, sent_code;
   char *close_reason;
   /* Writing. */
-  keel_mutex_t msg_lock, frame_lock;
-  keel_task_t *frag_owner; /* the task with a fragmented message open */
   bool frag_z;
   int wr_err;
-  uint8_t *pong; /* a pong owed: [0] its length, then the payload */
+  ws_lock_t msg_lock, frame_lock;
+  keel_task_t *frag_owner; /* the task with a fragmented message open */
+  uint8_t *pong;           /* a pong owed: [0] its length, then the payload */
   uint8_t *mask_buf;
-  ws_buf_t zout; /* compressed output */
 };
+
+#define MS(x) ((int64_t)(x)*KEEL_NS_PER_MS)
+
+static int lock(ws_lock_t *l) {
+  keel_task_t *self = keel_task_current();
+  while (l->owner) {
+    if (!l->wq) {
+      if (!(l->wq = malloc(sizeof *l->wq)))
+        return -ENOMEM;
+      keel_notify_init(l->wq);
+    }
+    int rc = keel_notify_wait(l->wq);
+    if (rc < 0)
+      return rc;
+  }
+  l->owner = self;
+  return 0;
+}
+
+static int try_lock(ws_lock_t *l) {
+  if (l->owner)
+    return -EBUSY;
+  l->owner = keel_task_current();
+  return 0;
+}
+
+static void unlock(ws_lock_t *l) {
+  l->owner = NULL;
+  if (l->wq)
+    keel_notify_one(l->wq);
+}
+
+static void lock_free(ws_lock_t *l) {
+  if (l->wq) {
+    keel_notify_destroy(l->wq);
+    free(l->wq);
+  }
+}
 
 static ws_pmd_cache_t *pmd_cache(void);
 
@@ -198,18 +255,45 @@ static void pong_out(keel_ws_t *ws) {
 
 static int frame_send(keel_ws_t *ws, unsigned opcode, bool fin, unsigned rsv,
                       const struct iovec *iov, int iovcnt) {
-  int rc = keel_mutex_lock(&ws->frame_lock);
+  int rc = lock(&ws->frame_lock);
   if (rc < 0)
     return rc;
   rc = frame_out(ws, opcode, fin, rsv, iov, iovcnt);
   pong_out(ws);
-  keel_mutex_unlock(&ws->frame_lock);
+  unlock(&ws->frame_lock);
   return rc;
 }
 
+/* keel's own control frames (pong, ping, close) wait at most the close
+ * timeout for the peer to take them (or the task's own deadline, if
+ * nearer): a peer that reads nothing is not waited on for ever. */
+static int64_t bound_begin(const keel_ws_t *ws) {
+  int64_t limit = keel_now_ns() + MS(ws->close_timeout_ms);
+  int64_t prev = keel_task_set_deadline(limit);
+  if (prev > 0 && prev < limit)
+    keel_task_set_deadline(prev);
+  return prev;
+}
+
+static void bound_end(int64_t prev) { keel_task_set_deadline(prev); }
+
 /* The reader's pong: now if no frame is being written, else left to the
- * writer (only the latest one). */
+ * writer (only the latest one is kept). A peer that takes no pong within
+ * the close timeout reads nothing: the connection is dropped. */
 static void pong_owed(keel_ws_t *ws, const uint8_t *data, size_t len) {
+  if (try_lock(&ws->frame_lock) == 0) {
+    int64_t prev = bound_begin(ws);
+    struct iovec v = {(void *)data, len};
+    int rc = frame_out(ws, KEEL_WS_PONG, true, 0, &v, 1);
+    bound_end(prev);
+    unlock(&ws->frame_lock);
+    if (rc == -ETIMEDOUT && keel_cancelled() == KEEL_CANCEL_NONE) {
+      ws->err = -ETIMEDOUT;
+      ws->close_code = KEEL_WS_ABNORMAL;
+      keel_stream_shutdown(ws->s, SHUT_RDWR);
+    }
+    return;
+  }
   uint8_t *p = malloc(1 + len);
   if (!p)
     return;
@@ -217,10 +301,6 @@ static void pong_owed(keel_ws_t *ws, const uint8_t *data, size_t len) {
   memcpy(p + 1, data, len);
   free(ws->pong);
   ws->pong = p;
-  if (keel_mutex_try_lock(&ws->frame_lock) == 0) {
-    pong_out(ws);
-    keel_mutex_unlock(&ws->frame_lock);
-  }
 }
 
 static int close_out(keel_ws_t *ws, int code, const char *reason, size_t rlen) {
@@ -234,14 +314,15 @@ static int close_out(keel_ws_t *ws, int code, const char *reason, size_t rlen) {
   }
   ws->close_sent = true;
   ws->sent_code = code ? (uint16_t)code : KEEL_WS_NO_STATUS;
-  ws->close_by = keel_now_ns() + ws->close_timeout_ns;
+  ws->close_by = keel_now_ns() + MS(ws->close_timeout_ms);
   struct iovec v = {body, n};
-  return frame_send(ws, KEEL_WS_CLOSE, true, 0, &v, 1);
+  int64_t prev = bound_begin(ws);
+  int rc = frame_send(ws, KEEL_WS_CLOSE, true, 0, &v, 1);
+  bound_end(prev);
+  return rc;
 }
 
-static int check_worker(const keel_ws_t *ws) {
-  return keel_worker_id() == ws->worker ? 0 : -EXDEV;
-}
+static int check_worker(const keel_ws_t *ws) { return keel_worker_id() == ws->worker ? 0 : -EXDEV; }
 
 static int data_opcode_ok(int opcode) { return opcode == KEEL_WS_TEXT || opcode == KEEL_WS_BINARY; }
 
@@ -253,31 +334,29 @@ static int send_message(keel_ws_t *ws, int opcode, const struct iovec *iov, int 
   for (int i = 0; i < iovcnt; i++)
     len += iov[i].iov_len;
   unsigned rsv = 0;
-  bool z = ws->pmd && (first ? len >= 1 : ws->frag_z);
-  if (first && z) {
-    size_t min = 32;
-    z = len >= min || !fin;
-  }
+  bool z = ws->z && (first ? len >= 1 : ws->frag_z);
+  if (first && z)
+    z = len >= ws->z->min_size || !fin;
   if (!z)
     return frame_send(ws, first ? (unsigned)opcode : KEEL_WS_CONTINUATION, fin, 0, iov, iovcnt);
-  ws->zout.len = 0;
+  ws->z->out.len = 0;
   for (int i = 0; i < iovcnt; i++) {
     bool last = fin && i == iovcnt - 1;
-    int rc = ws_pmd_deflate(ws->pmd, iov[i].iov_base, iov[i].iov_len, last, &ws->zout);
+    int rc = ws_pmd_deflate(ws->z->pmd, iov[i].iov_base, iov[i].iov_len, last, &ws->z->out);
     if (rc < 0)
       return rc;
   }
   if (fin && iovcnt == 0) {
-    int rc = ws_pmd_deflate(ws->pmd, NULL, 0, true, &ws->zout);
+    int rc = ws_pmd_deflate(ws->z->pmd, NULL, 0, true, &ws->z->out);
     if (rc < 0)
       return rc;
   }
   if (first)
     rsv = 4; /* RSV1: this message is compressed */
-  struct iovec v = {ws->zout.p, ws->zout.len};
+  struct iovec v = {ws->z->out.p, ws->z->out.len};
   int rc = frame_send(ws, first ? (unsigned)opcode : KEEL_WS_CONTINUATION, fin, rsv, &v, 1);
-  if (ws->zout.cap > WS_KEEP_MSG_BUF)
-    ws_buf_free(&ws->zout);
+  if (ws->z->out.cap > WS_KEEP_MSG_BUF)
+    ws_buf_free(&ws->z->out);
   if (first)
     ws->frag_z = true;
   return rc;
@@ -291,11 +370,11 @@ int keel_ws_sendv(keel_ws_t *ws, int opcode, const struct iovec *iov, int iovcnt
     return rc;
   if (ws->frag_owner == keel_task_current())
     return -EINVAL; /* its own fragmented message is open */
-  if ((rc = keel_mutex_lock(&ws->msg_lock)) < 0)
+  if ((rc = lock(&ws->msg_lock)) < 0)
     return rc;
   rc = send_message(ws, opcode, iov, iovcnt, true, true);
   ws->frag_z = false;
-  keel_mutex_unlock(&ws->msg_lock);
+  unlock(&ws->msg_lock);
   return rc;
 }
 
@@ -315,7 +394,7 @@ int keel_ws_send_part(keel_ws_t *ws, int opcode, const void *data, size_t len, b
   if (first ? !data_opcode_ok(opcode) : opcode != KEEL_WS_CONTINUATION)
     return -EINVAL;
   if (first) {
-    if ((rc = keel_mutex_lock(&ws->msg_lock)) < 0)
+    if ((rc = lock(&ws->msg_lock)) < 0)
       return rc;
     ws->frag_owner = self;
     ws->frag_z = false;
@@ -327,7 +406,7 @@ int keel_ws_send_part(keel_ws_t *ws, int opcode, const void *data, size_t len, b
      * never end (the connection cannot send any more). */
     ws->frag_owner = NULL;
     ws->frag_z = false;
-    keel_mutex_unlock(&ws->msg_lock);
+    unlock(&ws->msg_lock);
   }
   return rc;
 }
@@ -364,10 +443,11 @@ static int64_t next_timer(const keel_ws_t *ws) {
     t = ws->close_by;
   if (ws->pong_by && ws->pong_by < t)
     t = ws->pong_by;
-  else if (!ws->pong_by && ws->ping_interval_ns > 0 && ws->last_rx + ws->ping_interval_ns < t)
-    t = ws->last_rx + ws->ping_interval_ns;
-  if (ws->idle_timeout_ns > 0 && !ws->close_sent && ws->last_rx + ws->idle_timeout_ns < t)
-    t = ws->last_rx + ws->idle_timeout_ns;
+  else if (!ws->pong_by && MS(ws->ping_interval_ms) > 0 &&
+           ws->last_rx + MS(ws->ping_interval_ms) < t)
+    t = ws->last_rx + MS(ws->ping_interval_ms);
+  if (MS(ws->idle_timeout_ms) > 0 && !ws->close_sent && ws->last_rx + MS(ws->idle_timeout_ms) < t)
+    t = ws->last_rx + MS(ws->idle_timeout_ms);
   return t;
 }
 
@@ -385,14 +465,18 @@ static int timer_due(keel_ws_t *ws, int64_t now) {
     keel_stream_shutdown(ws->s, SHUT_RDWR);
     return -ETIMEDOUT;
   }
-  if (ws->idle_timeout_ns > 0 && !ws->close_sent && now >= ws->last_rx + ws->idle_timeout_ns) {
+  if (MS(ws->idle_timeout_ms) > 0 && !ws->close_sent &&
+      now >= ws->last_rx + MS(ws->idle_timeout_ms)) {
     close_out(ws, KEEL_WS_GOING_AWAY, "idle", 4);
     return 1;
   }
-  if (!ws->pong_by && ws->ping_interval_ns > 0 && now >= ws->last_rx + ws->ping_interval_ns) {
-    ws->pong_by = now + ws->pong_timeout_ns;
+  if (!ws->pong_by && MS(ws->ping_interval_ms) > 0 &&
+      now >= ws->last_rx + MS(ws->ping_interval_ms)) {
+    ws->pong_by = now + MS(ws->pong_timeout_ms);
     struct iovec v = {NULL, 0};
+    int64_t prev = bound_begin(ws);
     frame_send(ws, KEEL_WS_PING, true, 0, &v, 1);
+    bound_end(prev);
     return 1;
   }
   return 0;
@@ -430,7 +514,7 @@ static ssize_t fill(keel_ws_t *ws) {
 }
 
 static int check_header(keel_ws_t *ws, const ws_frame_t *f) {
-  unsigned allowed = ws->deflate && (f->opcode == KEEL_WS_TEXT || f->opcode == KEEL_WS_BINARY) ? 4 : 0;
+  unsigned allowed = ws->z && (f->opcode == KEEL_WS_TEXT || f->opcode == KEEL_WS_BINARY) ? 4 : 0;
   if (f->rsv & ~allowed)
     return fail(ws, KEEL_WS_PROTOCOL_ERROR, -EPROTO);
   switch (f->opcode) {
@@ -496,7 +580,7 @@ static int control(keel_ws_t *ws, unsigned opcode, const uint8_t *p, size_t n) {
 
 /* Checks text as it comes: fails (1007) at the first bad byte. */
 static int text_check(keel_ws_t *ws, const uint8_t *p, size_t n) {
-  if (ws->msg_op == KEEL_WS_TEXT && !ws_utf8_feed(&ws->utf8, p, n))
+  if (n > 0 && ws->msg_op == KEEL_WS_TEXT && !ws_utf8_feed(&ws->utf8, p, n))
     return fail(ws, KEEL_WS_INVALID_DATA, -EILSEQ);
   return 0;
 }
@@ -508,13 +592,13 @@ static int payload_in(keel_ws_t *ws, uint8_t *p, size_t take) {
     if (ws->f.masked)
       ws->f_phase = ws_mask(p, p, take, ws->f.key, ws->f_phase);
     size_t before = ws->msg.len;
-    int rc = ws_pmd_inflate(ws->pmd, p, take, false, &ws->msg, ws->max_message);
+    int rc = ws_pmd_inflate(ws->z->pmd, p, take, false, &ws->msg, ws->max_message);
     if (rc == -EMSGSIZE)
       return fail(ws, KEEL_WS_TOO_BIG, -EMSGSIZE);
     if (rc < 0)
       return fail(ws, rc == -ENOMEM ? KEEL_WS_INTERNAL_ERROR : KEEL_WS_INVALID_DATA,
                   rc == -ENOMEM ? -ENOMEM : -EPROTO);
-    return text_check(ws, ws->msg.p + before, ws->msg.len - before);
+    return ws->msg.len > before ? text_check(ws, ws->msg.p + before, ws->msg.len - before) : 0;
   }
   int rc = ws_buf_reserve(&ws->msg, take, ws->max_message);
   if (rc < 0)
@@ -532,12 +616,12 @@ static int payload_in(keel_ws_t *ws, uint8_t *p, size_t take) {
 static int message_end(keel_ws_t *ws) {
   if (ws->msg_z) {
     size_t before = ws->msg.len;
-    int rc = ws_pmd_inflate(ws->pmd, NULL, 0, true, &ws->msg, ws->max_message);
+    int rc = ws_pmd_inflate(ws->z->pmd, NULL, 0, true, &ws->msg, ws->max_message);
     if (rc == -EMSGSIZE)
       return fail(ws, KEEL_WS_TOO_BIG, -EMSGSIZE);
     if (rc < 0)
       return fail(ws, KEEL_WS_INVALID_DATA, -EPROTO);
-    if ((rc = text_check(ws, ws->msg.p + before, ws->msg.len - before)) < 0)
+    if (ws->msg.len > before && (rc = text_check(ws, ws->msg.p + before, ws->msg.len - before)) < 0)
       return rc;
   }
   if (ws->msg_op == KEEL_WS_TEXT && !ws_utf8_complete(&ws->utf8))
@@ -560,79 +644,95 @@ static void release(keel_ws_t *ws) {
   }
 }
 
+enum { FS_FRAME = 1, FS_MESSAGE, FS_AGAIN };
+
+/* Reads the next frame's header. A control frame is handled whole
+ * (FS_AGAIN); so is a message of one frame already buffered when
+ * zero_copy (FS_MESSAGE: its opcode in *op, the payload unmasked in place,
+ * consumed at the next receive). A data frame otherwise: its header is
+ * consumed and its payload is next (FS_FRAME). whole: the message is to
+ * be assembled (max_message applies). 0 at the close, or an error. */
+static int frame_start(keel_ws_t *ws, bool zero_copy, bool whole, const void **data, size_t *len,
+                       int *op) {
+  size_t avail;
+  uint8_t *p = (uint8_t *)keel_bufstream_peek(ws->bs, &avail);
+  ws_frame_t f;
+  int hl = ws_frame_parse(p, avail, &f);
+  if (hl < 0)
+    return fail(ws, KEEL_WS_PROTOCOL_ERROR, -EPROTO);
+  if (hl > 0 && f.opcode & 8 && avail < hl + f.len)
+    hl = 0; /* a control frame is taken whole */
+  if (hl == 0) {
+    ssize_t n = fill(ws);
+    return n < 0 ? (int)n : FS_AGAIN;
+  }
+  int rc = check_header(ws, &f);
+  if (rc < 0)
+    return rc;
+  if (f.opcode & 8) {
+    uint8_t body[125];
+    if (f.masked)
+      ws_mask(body, p + hl, f.len, f.key, 0);
+    else
+      memcpy(body, p + hl, f.len);
+    keel_bufstream_consume(ws->bs, hl + f.len);
+    rc = control(ws, f.opcode, body, f.len);
+    return rc <= 0 ? rc : FS_AGAIN;
+  }
+  if (f.opcode != KEEL_WS_CONTINUATION) {
+    ws->msg_op = f.opcode;
+    ws->msg_z = f.rsv & 4;
+    ws->utf8 = (ws_utf8_t)WS_UTF8_INIT;
+    ws->msg.len = 0;
+    ws->part_first = true;
+  }
+  if (whole && !ws->msg_z && f.len > ws->max_message - ws->msg.len)
+    return fail(ws, KEEL_WS_TOO_BIG, -EMSGSIZE);
+  if (zero_copy && f.fin && f.opcode != KEEL_WS_CONTINUATION && !ws->msg_z && avail - hl >= f.len) {
+    uint8_t *pl = p + hl;
+    if (f.masked)
+      ws_mask(pl, pl, f.len, f.key, 0);
+    if ((rc = text_check(ws, pl, f.len)) < 0)
+      return rc;
+    if (f.opcode == KEEL_WS_TEXT && !ws_utf8_complete(&ws->utf8))
+      return fail(ws, KEEL_WS_INVALID_DATA, -EILSEQ);
+    *op = ws->msg_op;
+    ws->msg_op = 0;
+    ws->pending = hl + f.len;
+    if (ws->close_sent)
+      return FS_AGAIN; /* closing: data is dropped */
+    *data = pl;
+    *len = f.len;
+    return FS_MESSAGE;
+  }
+  keel_bufstream_consume(ws->bs, (size_t)hl);
+  ws->f = f;
+  ws->f_left = f.len;
+  ws->f_phase = 0;
+  ws->in_frame = true;
+  return FS_FRAME;
+}
+
 /* Reads frames until a whole message (returns its opcode, with *data and
  * *len), the close (0) or an error. zero_copy: a message of one buffered
  * frame may be handed out in place. */
-static int next_message(keel_ws_t *ws, const void **data, size_t *len, bool zero_copy) {
-  release(ws);
+static int read_message(keel_ws_t *ws, const void **data, size_t *len, bool zero_copy) {
   for (;;) {
     if (ws->closed)
       return 0;
     if (ws->err)
       return ws->err;
+    if (!ws->in_frame) {
+      int op = 0, r = frame_start(ws, zero_copy, true, data, len, &op);
+      if (r == FS_MESSAGE)
+        return op;
+      if (r == FS_AGAIN)
+        continue;
+      if (r <= 0)
+        return r;
+    }
     size_t avail;
     uint8_t *p = (uint8_t *)keel_bufstream_peek(ws->bs, &avail);
-    if (!ws->in_frame) {
-      ws_frame_t f;
-      int hl = ws_frame_parse(p, avail, &f);
-      if (hl < 0)
-        return fail(ws, KEEL_WS_PROTOCOL_ERROR, -EPROTO);
-      if (hl > 0 && f.opcode & 8 && avail < hl + f.len)
-        hl = 0; /* a control frame is taken whole */
-      if (hl == 0) {
-        ssize_t n = fill(ws);
-        if (n < 0)
-          return (int)n;
-        continue;
-      }
-      int rc = check_header(ws, &f);
-      if (rc < 0)
-        return rc;
-      if (f.opcode & 8) {
-        uint8_t body[125];
-        if (f.masked)
-          ws_mask(body, p + hl, f.len, f.key, 0);
-        else
-          memcpy(body, p + hl, f.len);
-        keel_bufstream_consume(ws->bs, hl + f.len);
-        rc = control(ws, f.opcode, body, f.len);
-        if (rc <= 0)
-          return rc;
-        continue;
-      }
-      if (f.opcode != KEEL_WS_CONTINUATION) {
-        ws->msg_op = f.opcode;
-        ws->msg_z = f.rsv & 4;
-        ws->utf8 = (ws_utf8_t)WS_UTF8_INIT;
-        ws->msg.len = 0;
-      }
-      if (!ws->msg_z && f.len > ws->max_message - ws->msg.len)
-        return fail(ws, KEEL_WS_TOO_BIG, -EMSGSIZE);
-      if (zero_copy && f.fin && f.opcode != KEEL_WS_CONTINUATION && !ws->msg_z &&
-          avail - hl >= f.len) {
-        uint8_t *pl = p + hl;
-        if (f.masked)
-          ws_mask(pl, pl, f.len, f.key, 0);
-        if ((rc = text_check(ws, pl, f.len)) < 0)
-          return rc;
-        if (f.opcode == KEEL_WS_TEXT && !ws_utf8_complete(&ws->utf8))
-          return fail(ws, KEEL_WS_INVALID_DATA, -EILSEQ);
-        int op = ws->msg_op;
-        ws->msg_op = 0;
-        ws->pending = hl + f.len;
-        if (ws->close_sent)
-          continue; /* closing: data is dropped */
-        *data = pl;
-        *len = f.len;
-        return op;
-      }
-      keel_bufstream_consume(ws->bs, (size_t)hl);
-      ws->f = f;
-      ws->f_left = f.len;
-      ws->f_phase = 0;
-      ws->in_frame = true;
-      p = (uint8_t *)keel_bufstream_peek(ws->bs, &avail);
-    }
     while (ws->f_left > 0) {
       if (avail == 0) {
         ssize_t n = fill(ws);
@@ -666,6 +766,11 @@ static int next_message(keel_ws_t *ws, const void **data, size_t *len, bool zero
   }
 }
 
+static int next_message(keel_ws_t *ws, const void **data, size_t *len, bool zero_copy) {
+  release(ws);
+  return read_message(ws, data, len, zero_copy);
+}
+
 int keel_ws_recv(keel_ws_t *ws, const void **data, size_t *len) {
   if (!ws || !data || !len)
     return -EINVAL;
@@ -680,10 +785,85 @@ int keel_ws_recv(keel_ws_t *ws, const void **data, size_t *len) {
   return rc;
 }
 
-/* Pieces: whole messages assembled as keel_ws_recv does (bounded by
- * max_message), handed out len bytes at a time; a frame of an
- * uncompressed message is passed on as it arrives instead, so a stream of
- * any length goes through in pieces. */
+/* The next piece of an assembled message (a compressed one). */
+static ssize_t assembled_piece(keel_ws_t *ws, void *buf, size_t len, keel_ws_part_t *part) {
+  size_t n = ws->msg.len - ws->part_off < len ? ws->msg.len - ws->part_off : len;
+  if (n)
+    memcpy(buf, ws->msg.p + ws->part_off, n);
+  part->opcode = ws->part_op;
+  part->first = ws->part_off == 0;
+  ws->part_off += n;
+  part->last = ws->part_off == ws->msg.len;
+  return (ssize_t)n;
+}
+
+/* Pieces: an uncompressed message is passed on as its frames arrive,
+ * however long; a compressed one is assembled (and inflated, up to
+ * max_message) first, then handed out len bytes at a time. */
+static ssize_t next_piece(keel_ws_t *ws, void *buf, size_t len, keel_ws_part_t *part) {
+  if (ws->msg_ready && ws->part_off < ws->msg.len)
+    return assembled_piece(ws, buf, len, part);
+  release(ws);
+  for (;;) {
+    if (ws->closed)
+      return KEEL_WS_CLOSED;
+    if (ws->err)
+      return ws->err;
+    if (!ws->in_frame) {
+      int op = 0, r = frame_start(ws, false, false, NULL, NULL, &op);
+      if (r == FS_AGAIN)
+        continue;
+      if (r <= 0)
+        return r == 0 ? KEEL_WS_CLOSED : r;
+      if (ws->msg_z) {
+        const void *d;
+        size_t n;
+        int mop = read_message(ws, &d, &n, false);
+        if (mop <= 0)
+          return mop == 0 ? KEEL_WS_CLOSED : mop;
+        ws->part_op = (uint8_t)mop;
+        ws->part_off = 0;
+        return assembled_piece(ws, buf, len, part);
+      }
+    }
+    size_t take = 0;
+    if (ws->f_left > 0) {
+      size_t avail;
+      uint8_t *p = (uint8_t *)keel_bufstream_peek(ws->bs, &avail);
+      if (avail == 0) {
+        ssize_t n = fill(ws);
+        if (n < 0)
+          return n;
+        continue;
+      }
+      take = avail < ws->f_left ? avail : (size_t)ws->f_left;
+      if (take > len)
+        take = len;
+      if (ws->f.masked)
+        ws->f_phase = ws_mask(buf, p, take, ws->f.key, ws->f_phase);
+      else
+        memcpy(buf, p, take);
+      keel_bufstream_consume(ws->bs, take);
+      ws->f_left -= take;
+      int rc = text_check(ws, buf, take);
+      if (rc < 0)
+        return rc;
+    }
+    if (ws->f_left == 0)
+      ws->in_frame = false;
+    bool last = !ws->in_frame && ws->f.fin;
+    if (last && ws->msg_op == KEEL_WS_TEXT && !ws_utf8_complete(&ws->utf8))
+      return fail(ws, KEEL_WS_INVALID_DATA, -EILSEQ);
+    part->opcode = ws->msg_op;
+    part->first = ws->part_first;
+    part->last = last;
+    ws->part_first = false;
+    if (last)
+      ws->msg_op = 0;
+    return (ssize_t)take;
+  }
+}
+
 ssize_t keel_ws_recv_part(keel_ws_t *ws, void *buf, size_t len, keel_ws_part_t *part) {
   if (!ws || !buf || !part || len == 0)
     return -EINVAL;
@@ -693,48 +873,9 @@ ssize_t keel_ws_recv_part(keel_ws_t *ws, void *buf, size_t len, keel_ws_part_t *
   if (ws->reader)
     return -EBUSY;
   ws->reader = keel_task_current();
-  ssize_t out;
-  if (ws->msg_ready && ws->part_off < ws->msg.len) {
-    /* The rest of an assembled message. */
-    size_t n = ws->msg.len - ws->part_off < len ? ws->msg.len - ws->part_off : len;
-    memcpy(buf, ws->msg.p + ws->part_off, n);
-    ws->part_off += n;
-    part->opcode = ws->msg_op ? ws->msg_op : part->opcode;
-    part->first = false;
-    part->last = ws->part_off == ws->msg.len;
-    ws->reader = NULL;
-    return (ssize_t)n;
-  }
-  const void *data;
-  size_t dlen;
-  int op = next_message(ws, &data, &dlen, true);
+  ssize_t n = next_piece(ws, buf, len, part);
   ws->reader = NULL;
-  if (op == 0)
-    return KEEL_WS_CLOSED;
-  if (op < 0)
-    return op;
-  size_t n = dlen < len ? dlen : len;
-  memcpy(buf, data, n);
-  part->opcode = op;
-  part->first = true;
-  part->last = n == dlen;
-  if (!part->last) {
-    /* Keep the rest: copy it out of the stream's buffer if it is there. */
-    if (ws->pending) {
-      ws->msg.len = 0;
-      if (ws_buf_reserve(&ws->msg, dlen, SIZE_MAX) < 0)
-        return fail(ws, KEEL_WS_INTERNAL_ERROR, -ENOMEM);
-      memcpy(ws->msg.p, data, dlen);
-      ws->msg.len = dlen;
-      keel_bufstream_consume(ws->bs, ws->pending);
-      ws->pending = 0;
-    }
-    ws->msg_ready = true;
-    ws->msg_op = 0;
-    ws->part_off = n;
-  }
-  out = (ssize_t)n;
-  return out;
+  return n;
 }
 
 /* ---- Closing -------------------------------------------------------------- */
@@ -766,7 +907,7 @@ int keel_ws_shutdown(keel_ws_t *ws, int code, const char *reason) {
 static void ws_free(keel_ws_t *ws) {
   if (ws->frag_owner == keel_task_current()) {
     ws->frag_owner = NULL;
-    keel_mutex_unlock(&ws->msg_lock);
+    unlock(&ws->msg_lock);
   }
   /* The drain hook may be parked in a write of its own: let it finish. */
   if (ws->hook_busy) {
@@ -776,15 +917,18 @@ static void ws_free(keel_ws_t *ws) {
     keel_shield_end();
   }
   keel_close(keel_bufstream_stream(ws->bs));
-  ws_pmd_close(ws->pmd);
+  if (ws->z) {
+    ws_pmd_close(ws->z->pmd);
+    ws_buf_free(&ws->z->out);
+    free(ws->z);
+  }
   ws_buf_free(&ws->msg);
-  ws_buf_free(&ws->zout);
   free(ws->pong);
   free(ws->mask_buf);
   free(ws->subprotocol);
   free(ws->close_reason);
-  keel_mutex_destroy(&ws->msg_lock);
-  keel_mutex_destroy(&ws->frame_lock);
+  lock_free(&ws->msg_lock);
+  lock_free(&ws->frame_lock);
   free(ws);
 }
 
@@ -840,9 +984,9 @@ const char *keel_ws_close_reason(const keel_ws_t *ws) {
 const char *keel_ws_subprotocol(const keel_ws_t *ws) { return ws->subprotocol; }
 
 bool keel_ws_deflate(const keel_ws_t *ws, keel_ws_deflate_params_t *params) {
-  if (ws->deflate && params)
-    *params = ws->pmdp;
-  return ws->deflate;
+  if (ws->z && params)
+    *params = ws->z->params;
+  return ws->z != NULL;
 }
 
 keel_stream_t *keel_ws_stream(keel_ws_t *ws) { return ws->s; }
@@ -850,6 +994,11 @@ keel_stream_t *keel_ws_stream(keel_ws_t *ws) { return ws->s; }
 void *keel_ws_ctx(const keel_ws_t *ws) { return ws->ctx; }
 
 /* ---- Opening -------------------------------------------------------------- */
+
+/* A time in ms from the options: def for 0 (or less), at most INT32_MAX. */
+static int32_t clamp_ms(int64_t ms, int32_t def) {
+  return ms <= 0 ? def : ms > INT32_MAX ? INT32_MAX : (int32_t)ms;
+}
 
 int keel__ws_new(keel_bufstream_t *bs, keel_tcp_t *tcp, keel_tls_t *tls, bool server,
                  const keel_ws_opts_t *opts, const ws_pmd_params_t *pmd, const char *subprotocol,
@@ -870,27 +1019,27 @@ int keel__ws_new(keel_bufstream_t *bs, keel_tcp_t *tcp, keel_tls_t *tls, bool se
   ws->on_close = opts->on_close;
   ws->ctx = opts->ctx;
   ws->max_message = opts->max_message ? opts->max_message : KEEL_WS_DEFAULT_MAX_MESSAGE;
-  ws->close_timeout_ns =
-      (opts->close_timeout_ms > 0 ? opts->close_timeout_ms : 5000) * KEEL_NS_PER_MS;
-  ws->ping_interval_ns = opts->ping_interval_ms > 0 ? opts->ping_interval_ms * KEEL_NS_PER_MS : 0;
-  ws->pong_timeout_ns =
-      (opts->pong_timeout_ms > 0 ? opts->pong_timeout_ms : 10000) * KEEL_NS_PER_MS;
-  ws->idle_timeout_ns = opts->idle_timeout_ms > 0 ? opts->idle_timeout_ms * KEEL_NS_PER_MS : 0;
+  ws->close_timeout_ms = clamp_ms(opts->close_timeout_ms, 5000);
+  ws->ping_interval_ms = clamp_ms(opts->ping_interval_ms, 0);
+  ws->pong_timeout_ms = clamp_ms(opts->pong_timeout_ms, 10000);
+  ws->idle_timeout_ms = clamp_ms(opts->idle_timeout_ms, 0);
   ws->last_rx = keel_now_ns();
-  keel_mutex_init(&ws->msg_lock);
-  keel_mutex_init(&ws->frame_lock);
   if (subprotocol && !(ws->subprotocol = strdup(subprotocol))) {
     ws->bs = NULL;
     free(ws);
     return -ENOMEM;
   }
   if (pmd) {
-    ws->deflate = true;
-    ws->pmdp = *pmd;
-    int rc = ws_pmd_open(pmd, server, opts->deflate.level ? opts->deflate.level : 6,
-                         opts->deflate.mem_level ? opts->deflate.mem_level : 8, pmd_cache(),
-                         &ws->pmd);
+    int rc = -ENOMEM;
+    if ((ws->z = calloc(1, sizeof *ws->z))) {
+      ws->z->params = *pmd;
+      ws->z->min_size = opts->deflate.min_size ? opts->deflate.min_size : 32;
+      rc = ws_pmd_open(pmd, server, opts->deflate.level ? opts->deflate.level : 6,
+                       opts->deflate.mem_level ? opts->deflate.mem_level : 8, pmd_cache(),
+                       &ws->z->pmd);
+    }
     if (rc < 0) {
+      free(ws->z);
       free(ws->subprotocol);
       free(ws);
       return rc;
@@ -960,7 +1109,7 @@ static int ws_loop(keel_ws_t *ws, bool may_park) {
   }
   if (ws->on_close)
     ws->on_close(ws, keel_ws_close_code(ws), ws->ctx);
-  keel_shield_begin(keel_now_ns() + ws->close_timeout_ns);
+  keel_shield_begin(keel_now_ns() + MS(ws->close_timeout_ms));
   keel_ws_close(ws, 0, NULL);
   keel_shield_end();
   return 0;
@@ -972,7 +1121,7 @@ void keel__ws_set_request(keel_ws_t *ws, keel_http_request_t *req) { ws->req = r
 int keel__ws_orphan(void *arg) {
   keel_ws_t *ws = arg;
   ws->req = NULL;
-  keel_shield_begin(keel_now_ns() + ws->close_timeout_ns);
+  keel_shield_begin(keel_now_ns() + MS(ws->close_timeout_ms));
   keel_ws_close(ws, KEEL_WS_NORMAL, NULL);
   keel_shield_end();
   return 0;
@@ -980,7 +1129,7 @@ int keel__ws_orphan(void *arg) {
 
 int keel__ws_drain(void *arg) {
   keel_ws_t *ws = arg;
-  int ms = (int)(ws->close_timeout_ns / KEEL_NS_PER_MS);
+  int ms = ws->close_timeout_ms;
   if (ws->closing || ws->close_sent || ws->err || ws->wr_err)
     return ms;
   ws->hook_busy++;
