@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
-# keel-load's ws mode end to end. Against the WebSocket benchmark peers
-# given (bench/peers: ws-echo-lws if built, ws-echo-node.js when node and
+# keel-load's ws mode end to end. Against keel's examples/ws-echo-server
+# (on io_uring and on epoll) and the WebSocket benchmark peers given
+# (bench/peers: ws-echo-lws if built, ws-echo-node.js when node and
 # Debian's ws module are installed) it must finish cleanly (messages > 0,
 # no errors, no mismatches, exit 0), at 128 B and at 16 KiB and with
-# messages in flight, and each peer must exit 0 on SIGTERM, so that
-# tools/bench --suite ws never compares keel with a broken peer. Against
+# messages in flight, and each server must exit 0 on SIGTERM, so that
+# tools/bench --suite ws never compares keel with a broken peer. keel's
+# server must also be idle once keel-load has gone (connections dropped
+# with frames in flight once made it spin on epoll). Against
 # a server that fragments its echoes and pings in between it must pass
 # too; against servers that each get one thing wrong (a wrong
 # Sec-WebSocket-Accept, an extension never offered, a masked echo, a text
 # echo of a binary message, a flipped byte, an echo a byte short, a close)
 # it must exit 1 and count mismatches. Bad usage exits 2.
 #
-#   load_ws.sh KEEL_LOAD NODE_PEER_SCRIPT [PEER...]
+#   load_ws.sh KEEL_LOAD WS_ECHO_SERVER NODE_PEER_SCRIPT [PEER...]
 set -u
 keel_load=$1
-node_peer=$2
-shift 2
+ws_echo_server=$2
+node_peer=$3
+shift 3
 peers=("$@")
 work=$(mktemp -d)
 server_pid=
@@ -82,7 +86,28 @@ run_clean() {
     || fail "keel-load ws $* against $name: its JSON"
 }
 
+uring_ok() {
+  python3 - <<'EOF'
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+params = ctypes.create_string_buffer(120)
+fd = libc.syscall(425, 4, params)  # io_uring_setup
+sys.exit(0 if fd >= 0 else 1)
+EOF
+}
+
+# CPU ticks (utime + stime) of process $1.
+cpu_ticks() {
+  awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+
 peer_cmds=()
+if uring_ok; then
+  peer_cmds+=("$ws_echo_server --workers 1 --backend uring")
+else
+  echo "# io_uring unavailable here: keel's server runs on epoll only"
+fi
+peer_cmds+=("$ws_echo_server --workers 1 --backend epoll")
 for peer in "${peers[@]}"; do
   peer_cmds+=("$peer")
 done
@@ -93,8 +118,10 @@ else
 fi
 
 for cmd in "${peer_cmds[@]}"; do
-  name=$(basename "${cmd##* }")
-  # shellcheck disable=SC2086 # the node peer's command is two words
+  name=$(basename "${cmd%% --*}")
+  case $cmd in *--backend*) name="$name (${cmd##* })" ;; esac
+  [[ $cmd == node* ]] && name=$(basename "$node_peer")
+  # shellcheck disable=SC2086 # commands of several words
   NODE_PATH=/usr/share/nodejs $cmd --port 0 >"$work/server.log" 2>&1 &
   server_pid=$!
   port=$(wait_port "$work/server.log") || fail "$name did not start"
@@ -104,6 +131,13 @@ for cmd in "${peer_cmds[@]}"; do
     'j["server_rss_kib"] > 0' || fail "keel-load's server figures for $name"
   run_clean "$name" "$port" --conns 4 --size 1000 --pipeline 8
   run_clean "$name" "$port" --conns 2 --size 200000 --pipeline 2
+  if [[ $cmd == "$ws_echo_server"* ]]; then
+    sleep 0.5 # the dropped connections' ends
+    before=$(cpu_ticks "$server_pid")
+    sleep 1
+    busy=$(($(cpu_ticks "$server_pid") - before))
+    [ "$busy" -le 10 ] || fail "$name used $busy clock ticks in 1 s with no client"
+  fi
   kill -TERM "$server_pid"
   wait "$server_pid"
   status=$?
