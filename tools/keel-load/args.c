@@ -36,7 +36,7 @@ static const struct option common_options[] = {
 };
 #define COMMON_OPTS (sizeof common_options / sizeof common_options[0])
 
-static const load_mode_t *const modes[] = {&load_echo_mode};
+static const load_mode_t *const modes[] = {&load_echo_mode, &load_ws_mode};
 #define NMODES (sizeof modes / sizeof modes[0])
 
 static void usage(FILE *out, const load_mode_t *only) {

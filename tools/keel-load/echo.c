@@ -62,14 +62,6 @@ static const struct option echo_options[] = {
     {NULL, 0, NULL, 0},
 };
 
-/* splitmix64's finaliser. */
-static uint64_t mix64(uint64_t x) {
-  x += UINT64_C(0x9e3779b97f4a7c15);
-  x = (x ^ (x >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
-  x = (x ^ (x >> 27)) * UINT64_C(0x94d049bb133111eb);
-  return x ^ (x >> 31);
-}
-
 static const uint8_t *message(const echo_conn_t *e, uint64_t seq) {
   uint32_t off = (e->first_offset + (uint32_t)seq * ECHO_STRIDE) & (ECHO_OFFSETS - 1);
   return e->cfg->pattern + off;
@@ -176,7 +168,7 @@ static int echo_read(echo_conn_t *e) {
 static int echo_run(load_conn_t *c) {
   const echo_cfg_t *cfg = c->worker->load->mode_cfg;
   echo_conn_t e = {.lc = c, .stream = keel_tcp_stream(c->tcp), .cfg = cfg};
-  e.first_offset = (uint32_t)mix64(c->id) & (ECHO_OFFSETS - 1);
+  e.first_offset = (uint32_t)load_mix64(c->id) & (ECHO_OFFSETS - 1);
   e.rx_cap = min_size((size_t)cfg->size * (size_t)cfg->pipeline, ECHO_INFLIGHT_MAX);
   e.sent_ns = malloc((size_t)cfg->pipeline * sizeof *e.sent_ns + e.rx_cap);
   if (e.sent_ns == NULL)
@@ -218,7 +210,7 @@ static int echo_prepare(load_t *l) {
     return -ENOMEM;
   }
   for (size_t i = 0; i < len; i += 8) {
-    uint64_t word = mix64(i);
+    uint64_t word = load_mix64(i);
     memcpy(cfg->pattern + i, &word, min_size(8, len - i));
   }
   if (cfg->size * cfg->pipeline > ECHO_INFLIGHT_MAX)

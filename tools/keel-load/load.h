@@ -1,6 +1,6 @@
 /* keel-load's shared types: run options, modes, workers, connections, results.
  *
- * A mode (echo today; HTTP and WebSocket later) only says how one connected
+ * A mode (echo, ws; HTTP later) only says how one connected
  * connection talks to the server; connecting, the timing windows, the
  * histogram and the report are shared and live in their own files. */
 #ifndef KEEL_LOAD_H
@@ -63,6 +63,16 @@ typedef struct load_mode {
 } load_mode_t;
 
 extern const load_mode_t load_echo_mode;
+extern const load_mode_t load_ws_mode;
+
+/* splitmix64's step and finaliser: modes derive patterns, offsets and
+ * (ws) masks from it. */
+static inline uint64_t load_mix64(uint64_t x) {
+  x += UINT64_C(0x9e3779b97f4a7c15);
+  x = (x ^ (x >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+  x = (x ^ (x >> 27)) * UINT64_C(0x94d049bb133111eb);
+  return x ^ (x >> 31);
+}
 
 /* A connection worker's counters and histogram. Only its own thread writes
  * them while the runtime runs, so they need no atomics; the main task reads
