@@ -201,7 +201,7 @@ static bool terms_read(const ext_elem_t *e, pmd_terms_t *t) {
 
 /* t as an extension element. Returns its length, or -1 if it does not fit. */
 static int terms_format(const pmd_terms_t *t, char *buf, size_t cap) {
-  char server_bits[32] = "", client_bits[32] = "";
+  char server_bits[48] = "", client_bits[48] = ""; /* "; ..._window_bits=" and an int */
   if (t->server_max_window_bits)
     snprintf(server_bits, sizeof server_bits, "; server_max_window_bits=%d",
              t->server_max_window_bits);
