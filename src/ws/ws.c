@@ -487,15 +487,21 @@ static int timer_due(keel_ws_t *ws, int64_t now) {
  * without a close is -EPIPE, and sticky). */
 static ssize_t fill(keel_ws_t *ws) {
   for (;;) {
-    int64_t wake = next_timer(ws);
-    int64_t prev = keel_task_set_deadline(wake);
-    if (prev > 0 && prev < wake)
-      keel_task_set_deadline(prev);
+    /* Without a timer of the connection's own (the default) a fill costs
+     * no clock read and no deadline change. */
+    int64_t wake = next_timer(ws), prev = 0;
+    bool timed = wake != KEEL_DEADLINE_NONE;
+    if (timed) {
+      prev = keel_task_set_deadline(wake);
+      if (prev > 0 && prev < wake)
+        keel_task_set_deadline(prev);
+    }
     ssize_t n = keel_bufstream_fill(ws->bs);
-    keel_task_set_deadline(prev);
-    int64_t now = keel_now_ns();
+    if (timed)
+      keel_task_set_deadline(prev);
     if (n > 0) {
-      ws->last_rx = now;
+      if (ws->ping_interval_ms || ws->idle_timeout_ms)
+        ws->last_rx = keel_now_ns();
       return n;
     }
     if (n == 0 || n == -ECONNRESET || n == -EPIPE) {
@@ -503,7 +509,8 @@ static ssize_t fill(keel_ws_t *ws) {
       ws->close_code = KEEL_WS_ABNORMAL;
       return ws->err;
     }
-    if (n != -ETIMEDOUT || (prev > 0 && now >= prev))
+    int64_t now = keel_now_ns();
+    if (n != -ETIMEDOUT || !timed || (prev > 0 && now >= prev))
       return n;
     int rc = timer_due(ws, now);
     if (rc < 0)
