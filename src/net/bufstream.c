@@ -5,8 +5,8 @@
  * the worker, one per capacity in use (the default one, the HTTP server's
  * header limit plus a margin, ...: at most BUF_CLASSES of them), so a
  * connection that reads one message at a time does not malloc per
- * message; a capacity beyond those classes is plain malloc/free. A buffered stream is used only from its worker,
- * which is what lets that list go without a lock.
+ * message; a capacity beyond those classes is plain malloc/free. A buffered stream is used only
+ * from its worker, which is what lets that list go without a lock.
  *
  * A reader parked in the inner stream comes back to b, which another task
  * may have closed meanwhile: b counts such tasks (`parked`) and the last
