@@ -594,6 +594,40 @@ static int deaf_peer_case(void *arg) {
   return kt_server_stop(&srv);
 }
 
+/* Upgraded connections still count against the server's max_conns until
+ * they end. */
+static int max_conns_case(void *arg) {
+  (void)arg;
+  for (int seq = 0; seq < 2; seq++) {
+    srv_cfg_t cfg = {.sequential = seq};
+    keel_http_server_opts_t o = {.handler = ws_handler, .ctx = &cfg, .max_conns = 2};
+    kt_server_t srv;
+    CHECK_RC(kt_server_start(&srv, &o));
+    char url[128];
+    url_of(&srv, url, sizeof url, "ws");
+    keel_ws_t *a, *b, *c;
+    CHECK_RC(keel_ws_connect(url, NULL, &a));
+    CHECK_RC(keel_ws_connect(url, NULL, &b));
+    const void *d;
+    size_t n;
+    CHECK_RC(keel_ws_send(b, KEEL_WS_TEXT, "b", 1));
+    CHECK_EQ(keel_ws_recv(b, &d, &n), KEEL_WS_TEXT);
+    CHECK(keel_ws_connect(url, NULL, &c) < 0); /* closed at once: the limit */
+    CHECK_RC(keel_ws_close(a, 0, NULL));
+    /* The server frees a's slot once its close is done. */
+    int rc = -1;
+    for (int i = 0; i < 100 && rc < 0; i++) {
+      keel_sleep_ms(10);
+      rc = keel_ws_connect(url, NULL, &c);
+    }
+    CHECK_RC(rc);
+    CHECK_RC(keel_ws_close(c, 0, NULL));
+    CHECK_RC(keel_ws_close(b, 0, NULL));
+    CHECK_RC(kt_server_stop(&srv));
+  }
+  return 0;
+}
+
 /* Subprotocols and the origin hook. */
 static bool origin_ok(const char *origin, void *ctx) {
   (void)ctx;
@@ -677,6 +711,7 @@ CASE(duplex)
 CASE(drain)
 CASE(liveness)
 CASE(options)
+CASE(max_conns)
 
 static void test_deaf_peer(void **state) {
   (void)state;
@@ -714,6 +749,7 @@ int main(void) {
       cmocka_unit_test(test_pieces),
       cmocka_unit_test(test_pieces_deflate),
       cmocka_unit_test(test_deaf_peer),
+      cmocka_unit_test(test_max_conns),
   };
   return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

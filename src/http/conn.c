@@ -345,7 +345,7 @@ int keel__http_conn_end(http_conn_t *c) {
   arena_put(c);
   if (c->bs)
     keel_close(keel_bufstream_stream(c->bs));
-  if (c->w)
+  if (c->w && !c->handed)
     c->w->live--;
   free(c);
   return 0;
@@ -469,6 +469,8 @@ int keel__http_upgrade(keel_http_request_t *req, const void *head, size_t head_l
   up->tcp = c->tcp;
   up->tls = c->tls;
   up->draining = c->w && keel_scope_cancel_reason(c->w->conns) != KEEL_CANCEL_NONE;
+  up->live = c->w ? &c->w->live : NULL;
+  c->handed = c->w != NULL;
   c->bs = NULL;
   return 0;
 }

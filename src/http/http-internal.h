@@ -118,6 +118,7 @@ struct http_conn {
   int64_t now;         /* the clock at the last fill: bytes buffered arrived by then */
   unsigned requests;
   bool broken; /* the transport failed: nothing more is written */
+  bool handed; /* upgraded: the new protocol counts itself in w->live */
   bool close;  /* close after the responses queued */
   bool linger; /* an error response: read a while before closing */
 };
@@ -198,6 +199,10 @@ typedef struct http_upgrade {
   keel_tcp_t *tcp;
   keel_tls_t *tls;
   bool draining; /* the server was already draining: say goodbye at once */
+  /* The worker's count of connections (max_conns), which the connection
+   * still counts in: the new protocol decrements it when it ends (NULL for
+   * keel_http_serve_stream). */
+  unsigned *live;
 } http_upgrade_t;
 int keel__http_upgrade(keel_http_request_t *req, const void *head, size_t head_len,
                        http_upgrade_t *up);

@@ -36,6 +36,9 @@ int keel__ws_drain(void *ws);
 /* Sequential style: the request whose hooks name ws (cleared when ws is
  * freed); keel__ws_orphan closes a WebSocket its handler left open. */
 void keel__ws_set_request(keel_ws_t *ws, keel_http_request_t *req);
+/* The HTTP server's count of connections this WebSocket still counts in
+ * (max_conns); decremented when it is freed. */
+void keel__ws_set_live(keel_ws_t *ws, unsigned *live);
 int keel__ws_orphan(void *ws);
 
 #endif

@@ -191,8 +191,11 @@ int keel_ws_accept(keel_http_request_t *req, keel_http_response_t *res, const ke
   rc = keel__ws_new(up.bs, up.tcp, up.tls, true, opts, deflate ? &pmd : NULL, proto, &ws);
   if (rc < 0) {
     keel_close(keel_bufstream_stream(up.bs));
+    if (up.live)
+      (*up.live)--;
     return rc;
   }
+  keel__ws_set_live(ws, up.live);
   if (up.draining)
     keel__ws_drain(ws);
   if (opts->on_message) {

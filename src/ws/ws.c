@@ -60,6 +60,7 @@ struct keel_ws {
   ws_z_t *z;        /* permessage-deflate, or NULL */
   char *subprotocol;
   keel_http_request_t *req; /* sequential style: the request upgraded, for its hooks */
+  unsigned *live;           /* the HTTP server's count of connections, or NULL */
   int worker;
   int hook_busy; /* the drain hook runs (in the connection's task) */
   bool server;
@@ -926,6 +927,8 @@ static void ws_free(keel_ws_t *ws) {
     keel_shield_end();
   }
   keel_close(keel_bufstream_stream(ws->bs));
+  if (ws->live)
+    (*ws->live)--;
   if (ws->z) {
     ws_pmd_close(ws->z->pmd);
     ws_buf_free(&ws->z->out);
@@ -1125,6 +1128,8 @@ static int ws_loop(keel_ws_t *ws, bool may_park) {
 }
 
 void keel__ws_set_request(keel_ws_t *ws, keel_http_request_t *req) { ws->req = req; }
+
+void keel__ws_set_live(keel_ws_t *ws, unsigned *live) { ws->live = live; }
 
 /* A handler that returned without closing its WebSocket: close it. */
 int keel__ws_orphan(void *arg) {
