@@ -310,7 +310,8 @@ static int close_out(keel_ws_t *ws, int code, const char *reason, size_t rlen) {
   if (code) {
     body[0] = (uint8_t)(code >> 8);
     body[1] = (uint8_t)code;
-    memcpy(body + 2, reason, rlen);
+    if (rlen)
+      memcpy(body + 2, reason, rlen);
     n = 2 + rlen;
   }
   ws->close_sent = true;
