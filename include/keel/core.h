@@ -293,6 +293,47 @@ keel_cancel_reason_t keel_cancel_origin(void);
 void keel_shield_begin(int64_t deadline_ns);
 void keel_shield_end(void);
 
+/* ---- Alerts: one task waiting on several sources -------------------------- *
+ *
+ * An alert belongs to the task that opened it. Any task, on any worker, or
+ * any thread may ring it. While the owner has it enabled, a ring cuts short
+ * the owner's wait for input -- a read or receive on a stream or socket, a
+ * readiness wait, a sleep -- which returns -EINTR, having lost nothing:
+ * bytes already received are returned, not dropped, and the stream stays
+ * usable. Writes, locks, joins and handshakes are never cut short. A ring
+ * stays pending until the owner takes it, so a ring that comes before the
+ * wait begins ends that wait at once.
+ *
+ * The pattern: producers put work somewhere the owner looks (a channel, a
+ * list under a lock) and ring; the owner loops: take the ring, serve every
+ * source in its own order, then wait for input with the alert enabled:
+ *
+ *   keel_alert_enable(a);
+ *   n = keel_read(s, buf, len);   // or keel_ws_recv, keel_sleep_until, ...
+ *   keel_alert_disable(a);
+ *   if (n == -EINTR) ...          // rung: serve the other sources
+ */
+typedef struct keel_alert keel_alert_t;
+
+/* Opens an alert for the calling task (0, -ENOMEM, -EINVAL outside a task). */
+int keel_alert_open(keel_alert_t **out);
+/* Owner only; no ring may follow (a ring posted from another worker and
+ * still in flight is taken care of). */
+void keel_alert_close(keel_alert_t *a);
+/* Any thread. Cheap when already pending. */
+void keel_alert_ring(keel_alert_t *a);
+/* Owner: clears a pending ring; true if there was one. */
+bool keel_alert_take(keel_alert_t *a);
+/* Owner: true if a ring is pending (not cleared). */
+bool keel_alert_pending(const keel_alert_t *a);
+/* Owner: while enabled, a ring cuts short the owner's input waits. One
+ * alert is enabled per task at a time; enabling another replaces it. */
+void keel_alert_enable(keel_alert_t *a);
+void keel_alert_disable(keel_alert_t *a);
+/* Owner: parks until a ring (takes it, returns 1) or until_ns (0;
+ * KEEL_DEADLINE_NONE: no end), or -ECANCELED / -ETIMEDOUT. */
+int keel_alert_wait(keel_alert_t *a, int64_t until_ns);
+
 /* ---- Errors and logging -------------------------------------------------- */
 
 /* Name of a (negative or positive) errno value. */

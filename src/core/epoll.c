@@ -112,6 +112,7 @@ static int ep_wait_ready(keel__io_t *io, bool write) {
     return rc;
   keel__wait_t w;
   keel__wait_init(&w, keel__wait_abort_dequeue);
+  w.alertable = !write;
   keel__queue_insert_tail(write ? &io->wr_waiters : &io->rd_waiters, &w.node);
   return (int)keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
 }
@@ -240,6 +241,7 @@ static int ep_accept(keel__io_t *io) { return (int)ep_io(io, &(ep_call_t){.kind 
  * parked connection woken by its next request pays no poll). */
 static void ep_arm_readable(keel__io_t *io, keel__wait_t *w) {
   keel__wait_init(w, keel__wait_abort_dequeue);
+  w->alertable = true;
   if (io->rd_ready && !io->rd_edge && !io->rd_hup) {
     struct pollfd p = {io->fd, POLLIN | POLLRDHUP, 0};
     if (poll(&p, 1, 0) == 0)

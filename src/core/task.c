@@ -497,6 +497,7 @@ int keel_sleep_until(int64_t when_ns) {
     return 0;
   keel__wait_t w;
   keel__wait_init(&w, NULL);
+  w.alertable = true;
   return (int)keel__wait_block(&w, when_ns, 0);
 }
 

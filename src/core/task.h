@@ -39,6 +39,7 @@ struct keel_task {
   int state;
   bool shedding;       /* giving its stack back: parked until restart_wait ends */
   keel__wait_t *wait;  /* when BLOCKED */
+  keel_alert_t *alert; /* enabled alert (keel_alert_enable), or NULL */
   int64_t deadline_ns; /* per task; inside a shield, set within the shield */
   int shield_depth;
   /* The shields' deadlines are kept in t->stack (keel__stack_t): a task

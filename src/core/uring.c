@@ -500,6 +500,7 @@ static ssize_t ur_recv(keel__io_t *io, void *buf, size_t len) {
   int rc = op_begin(io, &w, &sqe);
   if (rc)
     return rc;
+  w.alertable = true;
   io_uring_prep_recv(sqe, io->fd, buf, len, 0);
   use_slot(io, sqe);
   if (io->rd_drained)
@@ -517,6 +518,7 @@ static ssize_t ur_readv(keel__io_t *io, const struct iovec *iov, int iovcnt) {
   int rc = op_begin(io, &w, &sqe);
   if (rc)
     return rc;
+  w.alertable = true;
   struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
   io_uring_prep_recvmsg(sqe, io->fd, &msg, 0);
   use_slot(io, sqe);
@@ -566,6 +568,7 @@ static int ur_connect(keel__io_t *io, const struct sockaddr *sa, socklen_t len) 
  * before), or a poll where the kernel has no provided buffers. */
 static void ur_arm_readable(keel__io_t *io, keel__wait_t *w) {
   keel__wait_init(w, op_abort);
+  w->alertable = true;
   uring_backend_t *b = io->worker->backend;
   if (pend_any(io)) {
     w->abort = NULL;

@@ -41,6 +41,7 @@ void keel__wait_init(keel__wait_t *w, keel__wait_abort_fn abort) {
   w->cqe_flags = 0;
   w->done = false;
   w->shielded = false;
+  w->alertable = false;
 }
 
 ssize_t keel__wait_block(keel__wait_t *w, int64_t until_ns, int until_result) {
@@ -69,6 +70,8 @@ void keel__wait_arm(keel__wait_t *w, int64_t until_ns, int until_result) {
   if (!w->shielded && t->shield_depth == 0 &&
       atomic_load_explicit(&t->scope->cancel_reason, memory_order_relaxed))
     keel__wait_interrupt(w, keel__check_cancel());
+  if (KEEL__UNLIKELY(t->alert != NULL) && w->alertable && !w->done && keel__alert_rung(t->alert))
+    keel__wait_interrupt(w, -EINTR);
   if (!w->done)
     t->state = KEEL__TASK_BLOCKED;
 }

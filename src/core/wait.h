@@ -36,7 +36,8 @@ struct keel__wait {
   ssize_t result;
   unsigned cqe_flags; /* io_uring: the completion's flags */
   bool done;
-  bool shielded; /* set by keel__wait_nocancel: only completion ends it */
+  bool shielded;  /* set by keel__wait_nocancel: only completion ends it */
+  bool alertable; /* an input wait: a ring of the task's enabled alert ends it */
 };
 
 /* 0 if the current task may block, else -ECANCELED / -ETIMEDOUT. Call it
@@ -65,6 +66,9 @@ void keel__wait_abort_dequeue(keel__wait_t *w, int err);
 void keel__waiters_wake_all(keel__queue_t *list, ssize_t result);
 /* Completes the first wait on the list; false if the list is empty. */
 bool keel__waiters_wake_one(keel__queue_t *list, ssize_t result);
+
+/* True if a's ring is pending (src/core/alert.c). */
+bool keel__alert_rung(const keel_alert_t *a);
 
 /* ---- Waits another thread may end ------------------------------------------ */
 
