@@ -18,6 +18,7 @@
 #include "tls.h"
 #include "watch.h"
 #include "ws.h"
+#include "wsc.h"
 
 #define KEEL_VERSION_MAJOR 0
 #define KEEL_VERSION_MINOR 1

@@ -41,4 +41,8 @@ void keel__ws_set_request(keel_ws_t *ws, keel_http_request_t *req);
 void keel__ws_set_live(keel_ws_t *ws, unsigned *live);
 int keel__ws_orphan(void *ws);
 
+/* The connection's sticky error (0 if none): -ETIMEDOUT after a ping
+ * went unanswered for pong_timeout_ms. */
+int keel__ws_error(const keel_ws_t *ws);
+
 #endif

@@ -988,6 +988,8 @@ int keel_ws_close_code(const keel_ws_t *ws) {
   return ws->close_rcvd ? ws->close_code : KEEL_WS_ABNORMAL;
 }
 
+int keel__ws_error(const keel_ws_t *ws) { return ws->err; }
+
 int keel_ws_close_sent(const keel_ws_t *ws) { return ws->close_sent ? ws->sent_code : 0; }
 
 const char *keel_ws_close_reason(const keel_ws_t *ws) {
