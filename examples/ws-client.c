@@ -1,223 +1,452 @@
-/* ws-client: keel's WebSocket client from the command line.
+/* ws-client: keel's reconnecting WebSocket client (keel/wsc.h) on the
+ * JSON feed protocol of ws-feed-server.
  *
- *   ws-client URL [--send TEXT]... [--binary] [--echo] [--deflate] [--deflate-context]
- *             [--subprotocol P]... [--cacert F] [--insecure]
- *             [--backend auto|uring|epoll]
+ *   ws-client --url URL [--token T] [--subscribe a,b] [--requests N]
+ *             [--concurrency C] [--duration S] [--json]
+ *             [--max-attempts N] [--backoff-max-ms MS] [--backend auto|uring|epoll]
  *
- * Connects to a ws:// or wss:// URL (verified against OpenSSL's default CA
- * paths, or --cacert F; --insecure verifies nothing).
- *   - With --send, sends each TEXT as a message (binary with --binary),
- *     prints each reply as `< TEXT` (or `< [N bytes binary]`), then
- *     closes with 1000.
- *   - With --echo, sends every message it receives back with its opcode
- *     until the server closes.
- * Either way it ends by printing one line: `close CODE` (the close code
- * received, or the code keel sent when it failed the connection: 1002,
- * 1007, 1009) or `error NAME` (the handshake failed, or the connection was
- * lost; NAME as in <errno.h>: EPROTO, ECONNREFUSED...), and exits 0; 1 for bad flags or an error
- * before connecting. */
+ * Authenticates with --token, subscribes to the topics (again after every
+ * reconnect, from the last sequence number seen plus one, so the server
+ * replays what was missed), and keeps C `echo` requests in flight (ids
+ * unique for the whole run) for S seconds (default 5) or N requests.
+ *
+ * Without --json it prints the events as they happen (connected epoch N,
+ * disconnected and why, resubscribed topics) and one summary line at the
+ * end. With --json it writes JSON lines to stdout, one per resolved
+ * request ({"id":17,"epoch":3,"outcome":"ok"} or ...,"outcome":"failed",
+ * "reason":"disconnected"}) and one per event ({"event":NAME,"epoch":E,
+ * "t":UNIX_SECONDS,...} with NAME connect, disconnect, auth, send, sub,
+ * unsub, update), and the summary to stderr.
+ *
+ * Exit status 0, unless a request was never resolved (every request must
+ * end: answered, or failed with a reason) or the run could not start. */
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <getopt.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "keel/keel.h"
 
-#define MAX_SEND 64
-#define MAX_PROTOS 8
+#define MAX_TOPICS 16
+
+typedef struct topic_stat {
+  char name[65];
+  uint64_t updates, gaps, dups, last;
+  bool seen;
+} topic_stat_t;
 
 typedef struct app {
-  const char *url;
-  const char *send[MAX_SEND];
-  int nsend;
-  bool binary, echo, insecure;
-  const char *cacert;
-  const char *protos[MAX_PROTOS + 1];
-  int nprotos;
-  keel_ws_opts_t ws;
+  const char *url, *token;
+  char topics_arg[512];
+  int ntopics;
+  topic_stat_t topics[MAX_TOPICS];
+  long requests; /* 0: no limit */
+  int concurrency;
+  double duration;
+  bool json;
+  unsigned max_attempts;
+  int64_t backoff_max_ms;
   keel_backend_t backend;
+  keel_wsc_t *c;
+  /* the protocol's state (the owner task's) */
+  cJSON *msg;       /* the message classify parsed last */
+  long conn;        /* the server's connection number from the auth answer */
+  uint64_t next_id; /* shared by the request tasks (one worker) */
+  long issued, ok, failed_disc, failed_timeout, failed_other, failed_error, resolved;
+  long reconnects;
+  int64_t end_ns;
+  bool stop;
 } app_t;
 
-/* "EPROTO" for -EPROTO. */
-static const char *errno_name(int err) {
-  const char *n = strerrorname_np(-err);
-  return n ? n : "EUNKNOWN";
+static double unix_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static void report_end(keel_ws_t *ws, int rc) {
-  if (rc == 0)
-    printf("close %d\n", keel_ws_close_code(ws));
-  else if (keel_ws_close_sent(ws) && rc != -ETIMEDOUT && rc != -ECONNRESET && rc != -EPIPE)
-    printf("close %d\n", keel_ws_close_sent(ws)); /* the code keel failed it with */
-  else
-    printf("error %s\n", errno_name(rc));
-}
-
-static int main_task(void *arg) {
-  app_t *app = arg;
-  keel_tls_ctx_t *tls = NULL;
-  char why[256] = "";
-  if (app->cacert || app->insecure) {
-    keel_tls_ctx_opts_t o = {.ca_file = app->cacert, .insecure_no_verify = app->insecure};
-    int rc = keel_tls_ctx_open(&o, &tls, why, sizeof why);
-    if (rc < 0) {
-      fprintf(stderr, "ws-client: TLS: %s (%s)\n", why, keel_strerror(rc));
-      return 1;
-    }
+static void event_line(app_t *a, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void event_line(app_t *a, const char *name, const char *fmt, ...) {
+  if (!a->json)
+    return;
+  printf("{\"event\":\"%s\",\"epoch\":%llu,\"t\":%.6f", name,
+         (unsigned long long)(a->c ? keel_wsc_epoch(a->c) : 0), unix_now());
+  if (fmt) {
+    va_list ap;
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
   }
-  app->ws.tls = tls;
-  app->ws.why = why;
-  app->ws.why_len = sizeof why;
-  app->ws.subprotocols = app->nprotos ? app->protos : NULL;
-  keel_ws_t *ws;
-  int rc = keel_ws_connect(app->url, &app->ws, &ws);
-  if (rc < 0) {
-    if (why[0])
-      fprintf(stderr, "ws-client: %s\n", why);
-    printf("error %s\n", errno_name(rc));
-    fflush(stdout);
-    keel_tls_ctx_close(tls);
+  printf("}\n");
+}
+
+/* ---- The protocol ------------------------------------------------------------------ */
+
+static int p_auth(void *ctx, keel_wsc_out_t *o) {
+  app_t *a = ctx;
+  if (!a->token)
+    return 0;
+  cJSON *m = cJSON_CreateObject();
+  cJSON_AddStringToObject(m, "op", "auth");
+  cJSON_AddStringToObject(m, "token", a->token);
+  char *s = cJSON_PrintUnformatted(m);
+  cJSON_Delete(m);
+  int rc = s ? keel_wsc_out_append(o, s, strlen(s)) : -ENOMEM;
+  free(s);
+  return rc < 0 ? rc : 1;
+}
+
+static int p_sub(void *ctx, const char *topic, const uint64_t *from, keel_wsc_out_t *o) {
+  app_t *a = ctx;
+  cJSON *m = cJSON_CreateObject();
+  cJSON_AddStringToObject(m, "op", "sub");
+  cJSON_AddStringToObject(m, "topic", topic);
+  if (from)
+    cJSON_AddNumberToObject(m, "from", (double)*from);
+  char *s = cJSON_PrintUnformatted(m);
+  cJSON_Delete(m);
+  int rc = s ? keel_wsc_out_append(o, s, strlen(s)) : -ENOMEM;
+  free(s);
+  if (from)
+    event_line(a, "sub", ",\"topic\":\"%s\",\"from\":%llu", topic, (unsigned long long)*from);
+  else
+    event_line(a, "sub", ",\"topic\":\"%s\",\"from\":null", topic);
+  if (!a->json && from)
+    printf("subscribe %s from %llu\n", topic, (unsigned long long)*from);
+  else if (!a->json)
+    printf("subscribe %s\n", topic);
+  return rc < 0 ? rc : 1;
+}
+
+static int p_unsub(void *ctx, const char *topic, keel_wsc_out_t *o) {
+  app_t *a = ctx;
+  event_line(a, "unsub", ",\"topic\":\"%s\"", topic);
+  return keel_wsc_out_printf(o, "{\"op\":\"unsub\",\"topic\":\"%s\"}", topic) < 0 ? -ENOMEM : 1;
+}
+
+static int p_classify(void *ctx, int opcode, const void *data, size_t len, keel_wsc_msg_t *m) {
+  app_t *a = ctx;
+  (void)opcode;
+  cJSON_Delete(a->msg); /* topic strings of the last message were valid until now */
+  a->msg = cJSON_ParseWithLength(data, len);
+  if (!a->msg || !cJSON_IsObject(a->msg)) {
+    m->kind = KEEL_WSC_UNKNOWN;
     return 0;
   }
-  if (keel_ws_subprotocol(ws))
-    fprintf(stderr, "ws-client: subprotocol %s\n", keel_ws_subprotocol(ws));
-  keel_ws_deflate_params_t dp;
-  if (keel_ws_deflate(ws, &dp))
-    fprintf(stderr, "ws-client: permessage-deflate (server window %d%s, client window %d%s)\n",
-            dp.server_max_window_bits, dp.server_no_context_takeover ? ", no context" : "",
-            dp.client_max_window_bits, dp.client_no_context_takeover ? ", no context" : "");
-  const void *data;
-  size_t len;
-  if (app->echo) {
-    while ((rc = keel_ws_recv(ws, &data, &len)) > 0)
-      if ((rc = keel_ws_send(ws, rc, data, len)) < 0)
-        break;
+  const cJSON *op = cJSON_GetObjectItemCaseSensitive(a->msg, "op");
+  const cJSON *id = cJSON_GetObjectItemCaseSensitive(a->msg, "id");
+  const char *ops = cJSON_IsString(op) ? op->valuestring : "";
+  if (strcmp(ops, "auth") == 0) {
+    const cJSON *ok = cJSON_GetObjectItemCaseSensitive(a->msg, "ok");
+    const cJSON *conn = cJSON_GetObjectItemCaseSensitive(a->msg, "conn");
+    const cJSON *err = cJSON_GetObjectItemCaseSensitive(a->msg, "error");
+    a->conn = cJSON_IsNumber(conn) ? (long)conn->valuedouble : -1;
+    m->kind = cJSON_IsTrue(ok) ? KEEL_WSC_AUTH_OK : KEEL_WSC_AUTH_FAILED;
+    if (cJSON_IsString(err)) {
+      m->reason = err->valuestring;
+      m->reason_len = strlen(err->valuestring);
+    }
+    if (m->kind == KEEL_WSC_AUTH_OK)
+      event_line(a, "auth", ",\"conn\":%ld", a->conn);
+  } else if (cJSON_IsNumber(id)) {
+    m->kind = KEEL_WSC_RESPONSE;
+    m->id = (uint64_t)id->valuedouble;
+    m->error = cJSON_GetObjectItemCaseSensitive(a->msg, "error") != NULL;
+  } else if (strcmp(ops, "update") == 0) {
+    const cJSON *topic = cJSON_GetObjectItemCaseSensitive(a->msg, "topic");
+    const cJSON *seq = cJSON_GetObjectItemCaseSensitive(a->msg, "seq");
+    if (!cJSON_IsString(topic))
+      return -EPROTO;
+    m->kind = KEEL_WSC_UPDATE;
+    m->topic = topic->valuestring;
+    m->topic_len = strlen(topic->valuestring);
+    if (cJSON_IsNumber(seq)) {
+      m->seq = (uint64_t)seq->valuedouble;
+      m->has_seq = true;
+    }
+  } else if (strcmp(ops, "sub") == 0 || strcmp(ops, "unsub") == 0) {
+    m->kind = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a->msg, "ok")) ? KEEL_WSC_IGNORE
+                                                                           : KEEL_WSC_CONTROL;
   } else {
-    for (int i = 0; i < app->nsend; i++) {
-      int op = app->binary ? KEEL_WS_BINARY : KEEL_WS_TEXT;
-      if ((rc = keel_ws_send(ws, op, app->send[i], strlen(app->send[i]))) < 0)
-        break;
-      if ((rc = keel_ws_recv(ws, &data, &len)) <= 0)
-        break;
-      if (rc == KEEL_WS_TEXT)
-        printf("< %.*s\n", (int)len, (const char *)data);
-      else
-        printf("< [%zu bytes binary]\n", len);
-    }
-    if (rc > 0 || app->nsend == 0) {
-      keel_ws_shutdown(ws, KEEL_WS_NORMAL, "bye");
-      while ((rc = keel_ws_recv(ws, &data, &len)) > 0)
-        ;
-    }
+    m->kind = KEEL_WSC_SYSTEM;
   }
-  report_end(ws, rc);
-  fflush(stdout);
-  keel_ws_close(ws, 0, NULL);
-  keel_tls_ctx_close(tls);
   return 0;
 }
 
-static void usage(FILE *out) {
-  fprintf(out, "usage: ws-client URL [options]\n"
-               "  --send TEXT        send TEXT and print the reply (repeatable)\n"
-               "  --binary           send binary messages\n"
-               "  --echo             send back every message received until the close\n"
-               "  --deflate          offer permessage-deflate\n"
-               "  --deflate-context  offer it without asking the server to drop its context\n"
-               "  --subprotocol P    offer subprotocol P (repeatable)\n"
-               "  --max-message N    the largest message accepted (default 1 MiB)\n"
-               "  --cacert F         verify wss:// servers against F\n"
-               "  --insecure         do not verify wss:// servers\n"
-               "  --backend B        auto|uring|epoll (default auto)\n"
-               "  --help             this text\n");
+/* ---- Tasks --------------------------------------------------------------------------- */
+
+static const char *reason_of(int rc) {
+  switch (rc) {
+  case -ECONNRESET:
+    return "disconnected";
+  case -ETIMEDOUT:
+    return "timeout";
+  case -ESHUTDOWN:
+    return "shutdown";
+  case -EREMOTEIO:
+    return "error";
+  default:
+    return keel_strerror(rc);
+  }
+}
+
+static int requester(void *arg) {
+  app_t *a = arg;
+  char msg[128], resp[256];
+  while (!a->stop && keel_now_ns() < a->end_ns && (a->requests == 0 || a->issued < a->requests)) {
+    uint64_t id = ++a->next_id;
+    a->issued++;
+    int n = snprintf(msg, sizeof msg,
+                     "{\"id\":%llu,\"op\":\"req\",\"method\":\"echo\",\"params\":{\"n\":%llu}}",
+                     (unsigned long long)id, (unsigned long long)id);
+    event_line(a, "send", ",\"id\":%llu", (unsigned long long)id);
+    keel_wsc_req_t r = {
+        .id = id, .data = msg, .len = (size_t)n, .resp = resp, .resp_cap = sizeof resp};
+    int rc = keel_wsc_request(a->c, &r);
+    a->resolved++;
+    if (rc == 0)
+      a->ok++;
+    else if (rc == -ECONNRESET)
+      a->failed_disc++;
+    else if (rc == -ETIMEDOUT)
+      a->failed_timeout++;
+    else if (rc == -EREMOTEIO)
+      a->failed_error++;
+    else
+      a->failed_other++;
+    if (a->json) {
+      if (rc == 0)
+        printf("{\"id\":%llu,\"epoch\":%llu,\"outcome\":\"ok\"}\n", (unsigned long long)id,
+               (unsigned long long)r.epoch);
+      else
+        printf("{\"id\":%llu,\"epoch\":%llu,\"outcome\":\"failed\",\"reason\":\"%s\"}\n",
+               (unsigned long long)id, (unsigned long long)r.epoch, reason_of(rc));
+    }
+    if (rc == -ESHUTDOWN || rc == -ECANCELED)
+      break;
+  }
+  return 0;
+}
+
+typedef struct sub_task {
+  app_t *a;
+  topic_stat_t *t;
+  keel_wsc_sub_t *s;
+} sub_task_t;
+
+static int subscriber(void *arg) {
+  sub_task_t *st = arg;
+  app_t *a = st->a;
+  topic_stat_t *t = st->t;
+  char buf[4096];
+  keel_wsc_update_t u;
+  ssize_t n;
+  while ((n = keel_wsc_sub_recv(st->s, buf, sizeof buf, &u)) >= 0 || n == -EMSGSIZE) {
+    if (!u.has_seq)
+      continue;
+    if (t->seen && u.seq <= t->last) {
+      t->dups++;
+      continue;
+    }
+    if (t->seen && u.seq > t->last + 1)
+      t->gaps += u.seq - t->last - 1;
+    t->seen = true;
+    t->last = u.seq;
+    t->updates++;
+    event_line(a, "update", ",\"topic\":\"%s\",\"seq\":%llu", t->name, (unsigned long long)u.seq);
+  }
+  keel_wsc_sub_release(st->s);
+  return 0;
+}
+
+static const char *delay_text(int64_t ms) {
+  static char buf[64];
+  if (ms < 0)
+    return "no next attempt";
+  snprintf(buf, sizeof buf, "next attempt in %lld ms", (long long)ms);
+  return buf;
+}
+
+static int watcher(void *arg) {
+  app_t *a = arg;
+  keel_wsc_event_t ev;
+  while (keel_wsc_event(a->c, &ev) == 0) {
+    switch (ev.type) {
+    case KEEL_WSC_EV_CONNECTED:
+      if (ev.epoch > 1)
+        a->reconnects++;
+      if (a->json)
+        event_line(a, "connect", ",\"conn\":%ld", a->conn);
+      else
+        printf("connected epoch %llu (server connection %ld)\n", (unsigned long long)ev.epoch,
+               a->conn);
+      break;
+    case KEEL_WSC_EV_DISCONNECTED:
+    case KEEL_WSC_EV_CONNECT_FAILED:
+      if (a->json)
+        printf("{\"event\":\"disconnect\",\"epoch\":%llu,\"t\":%.6f,\"reason\":\"%s\",\"delay_ms\":"
+               "%lld}\n",
+               (unsigned long long)ev.epoch, unix_now(), ev.reason, (long long)ev.delay_ms);
+      else
+        printf("%s epoch %llu: %s (%s)\n",
+               ev.type == KEEL_WSC_EV_DISCONNECTED ? "disconnected" : "connect failed",
+               (unsigned long long)ev.epoch, ev.reason, delay_text(ev.delay_ms));
+      break;
+    case KEEL_WSC_EV_GAVE_UP:
+      fprintf(stderr, "ws-client: gave up: %s\n", ev.reason);
+      a->stop = true;
+      break;
+    case KEEL_WSC_EV_MESSAGE:
+      free(ev.data);
+      break;
+    default:
+      break;
+    }
+    if (ev.type == KEEL_WSC_EV_CLOSED)
+      break;
+  }
+  return 0;
+}
+
+static int run(void *arg) {
+  app_t *a = arg;
+  keel_wsc_opts_t o = {.url = a->url,
+                       .events = true,
+                       .max_attempts = a->max_attempts,
+                       .backoff_max_ms = a->backoff_max_ms,
+                       .backoff_initial_ms = 100,
+                       .request_timeout_ms = 5000,
+                       .sub_capacity = 4096};
+  keel_wsc_proto_t p = {
+      .ctx = a, .auth = p_auth, .subscribe = p_sub, .unsubscribe = p_unsub, .classify = p_classify};
+  keel_scope_t *all, *reqs;
+  if (keel_scope_open(NULL, &all) < 0)
+    return -ENOMEM;
+  int rc = keel_wsc_open(all, &o, &p, &a->c);
+  if (rc < 0) {
+    fprintf(stderr, "ws-client: %s: %s\n", a->url, keel_strerror(rc));
+    keel_scope_close(all);
+    return rc;
+  }
+  a->end_ns = keel_now_ns() + (int64_t)(a->duration * 1e9);
+  keel_spawn(all, watcher, a, &(keel_spawn_opts_t){.name = "events"});
+  sub_task_t subs[MAX_TOPICS];
+  for (int i = 0; i < a->ntopics; i++) {
+    subs[i] = (sub_task_t){a, &a->topics[i], NULL};
+    if (keel_wsc_subscribe(a->c, a->topics[i].name, &subs[i].s) == 0)
+      keel_spawn(all, subscriber, &subs[i], &(keel_spawn_opts_t){.name = "topic"});
+  }
+  if (keel_scope_open(NULL, &reqs) == 0) {
+    for (int i = 0; i < a->concurrency; i++)
+      keel_spawn(reqs, requester, a, &(keel_spawn_opts_t){.name = "requests"});
+    keel_scope_join(reqs);
+    keel_scope_close(reqs);
+  }
+  keel_wsc_close(a->c); /* the owner ends: the watcher and topic tasks see it */
+  keel_scope_join(all);
+  keel_wsc_release(a->c);
+  keel_scope_close(all);
+  cJSON_Delete(a->msg);
+  a->msg = NULL;
+  return 0;
+}
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: ws-client --url URL [--token T] [--subscribe a,b] [--requests N]\n"
+             "                 [--concurrency C] [--duration S] [--json] [--max-attempts N]\n"
+             "                 [--backoff-max-ms MS] [--backend auto|uring|epoll]\n");
 }
 
 int main(int argc, char **argv) {
-  static const struct option longopts[] = {
-      {"send", required_argument, NULL, 's'},
-      {"binary", no_argument, NULL, 'b'},
-      {"echo", no_argument, NULL, 'e'},
-      {"deflate", no_argument, NULL, 'd'},
-      {"subprotocol", required_argument, NULL, 'p'},
-      {"max-message", required_argument, NULL, 'm'},
-      {"cacert", required_argument, NULL, 'A'},
-      {"insecure", no_argument, NULL, 'k'},
-      {"deflate-context", no_argument, NULL, 'c'},
-      {"backend", required_argument, NULL, 'B'},
-      {"help", no_argument, NULL, 'H'},
-      {NULL, 0, NULL, 0},
-  };
-  app_t app = {.backend = KEEL_BACKEND_AUTO};
-  int c;
-  bool ok = true;
-  while (ok && (c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-    switch (c) {
+  static app_t a = {.concurrency = 4, .duration = 5, .backoff_max_ms = 2000};
+  static const struct option opts[] = {{"url", required_argument, NULL, 'u'},
+                                       {"token", required_argument, NULL, 't'},
+                                       {"subscribe", required_argument, NULL, 's'},
+                                       {"requests", required_argument, NULL, 'n'},
+                                       {"concurrency", required_argument, NULL, 'c'},
+                                       {"duration", required_argument, NULL, 'd'},
+                                       {"json", no_argument, NULL, 'j'},
+                                       {"max-attempts", required_argument, NULL, 'm'},
+                                       {"backoff-max-ms", required_argument, NULL, 'b'},
+                                       {"backend", required_argument, NULL, 'B'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {NULL, 0, NULL, 0}};
+  int ch;
+  while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    switch (ch) {
+    case 'u':
+      a.url = optarg;
+      break;
+    case 't':
+      a.token = optarg;
+      break;
     case 's':
-      ok = app.nsend < MAX_SEND;
-      if (ok)
-        app.send[app.nsend++] = optarg;
+      snprintf(a.topics_arg, sizeof a.topics_arg, "%s", optarg);
       break;
-    case 'b':
-      app.binary = true;
-      break;
-    case 'e':
-      app.echo = true;
-      break;
-    case 'd':
-      app.ws.deflate.enable = true;
+    case 'n':
+      a.requests = atol(optarg);
       break;
     case 'c':
-      app.ws.deflate.enable = true;
-      app.ws.deflate.server_context_takeover = true;
+      a.concurrency = atoi(optarg);
       break;
-    case 'p':
-      ok = app.nprotos < MAX_PROTOS;
-      if (ok)
-        app.protos[app.nprotos++] = optarg;
+    case 'd':
+      a.duration = atof(optarg);
       break;
-    case 'm': {
-      char *end;
-      long long v = strtoll(optarg, &end, 10);
-      ok = *end == 0 && v > 0;
-      app.ws.max_message = (size_t)v;
+    case 'j':
+      a.json = true;
       break;
-    }
-    case 'A':
-      app.cacert = optarg;
+    case 'm':
+      a.max_attempts = (unsigned)atoi(optarg);
       break;
-    case 'k':
-      app.insecure = true;
+    case 'b':
+      a.backoff_max_ms = atol(optarg);
       break;
     case 'B':
-      if (strcmp(optarg, "uring") == 0)
-        app.backend = KEEL_BACKEND_URING;
-      else if (strcmp(optarg, "epoll") == 0)
-        app.backend = KEEL_BACKEND_EPOLL;
-      else
-        ok = strcmp(optarg, "auto") == 0;
+      a.backend = strcmp(optarg, "uring") == 0   ? KEEL_BACKEND_URING
+                  : strcmp(optarg, "epoll") == 0 ? KEEL_BACKEND_EPOLL
+                                                 : KEEL_BACKEND_AUTO;
       break;
-    case 'H':
+    case 'h':
       usage(stdout);
       return 0;
     default:
-      ok = false;
+      usage(stderr);
+      return 1;
     }
   }
-  if (ok && optind == argc - 1)
-    app.url = argv[optind];
-  if (!ok || !app.url) {
+  if (!a.url || a.concurrency < 0 || a.duration <= 0) {
     usage(stderr);
     return 1;
   }
+  if (a.requests > 0 && a.duration == 5)
+    a.duration = 3600; /* N requests, however long they take */
+  for (char *save = NULL, *tok = strtok_r(a.topics_arg, ",", &save); tok && a.ntopics < MAX_TOPICS;
+       tok = strtok_r(NULL, ",", &save))
+    snprintf(a.topics[a.ntopics++].name, sizeof a.topics[0].name, "%s", tok);
   keel_config_t cfg;
   keel_config_init(&cfg);
   cfg.workers = 1;
-  cfg.backend = app.backend;
-  int rc = keel_run(&cfg, main_task, &app);
-  if (rc < 0) {
-    fprintf(stderr, "ws-client: cannot start the runtime: %s\n", keel_strerror(rc));
+  cfg.backend = a.backend;
+  int rc = keel_run(&cfg, run, &a);
+  fflush(stdout);
+  if (rc < 0 && a.issued == 0) {
+    fprintf(stderr, "ws-client: could not start: %s\n", keel_strerror(rc));
     return 1;
   }
-  return rc;
+  long never = a.issued - a.resolved;
+  FILE *sum = a.json ? stderr : stdout;
+  fprintf(sum,
+          "summary: requests sent %ld ok %ld failed disconnected %ld timeout %ld error %ld other "
+          "%ld never resolved %ld; reconnects %ld;",
+          a.issued, a.ok, a.failed_disc, a.failed_timeout, a.failed_error, a.failed_other, never,
+          a.reconnects);
+  for (int i = 0; i < a.ntopics; i++)
+    fprintf(sum, " topic %s updates %llu gaps %llu", a.topics[i].name,
+            (unsigned long long)a.topics[i].updates, (unsigned long long)a.topics[i].gaps);
+  fprintf(sum, "\n");
+  return never == 0 ? 0 : 2;
 }

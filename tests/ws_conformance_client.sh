@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the client conformance tables (tests/ws_conformance_client.py, a raw
-# server driving the client) against keel's client (examples/ws-client
+# server driving the client) against keel's client (examples/ws-cat
 # --echo) on one backend, three times: offering no extension, offering
 # permessage-deflate as keel does by default (asking the server to drop its
 # context), and offering it with the server's context kept (so that the
@@ -22,7 +22,7 @@ rc=0
 for offer in "" --deflate --deflate-context; do
   table=()
   [[ -n $offer ]] && table=(--deflate)
-  echo "# ws-client --echo ${offer:-(no extension)}"
+  echo "# ws-cat --echo ${offer:-(no extension)}"
   "$py" "$here/ws_conformance_client.py" "${table[@]}" "$client" --echo --backend "$backend" \
     $offer >"${TMPDIR:-/tmp}/wscc.$$" 2>&1 || rc=1
   grep -v '^PASS' "${TMPDIR:-/tmp}/wscc.$$" | grep -v '^SKIP'

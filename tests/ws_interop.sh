@@ -4,7 +4,7 @@
 #   - examples/ws-echo-server against python's websockets client
 #     (tests/ws_interop_client.py) and node's ws client
 #     (tests/ws_interop_client.js), over ws:// and wss://;
-#   - examples/ws-client against python websockets and node ws echo servers
+#   - examples/ws-cat against python websockets and node ws echo servers
 #     (tests/ws_peer_server.py, tests/ws_peer_server.js).
 # A peer that is missing (Debian's python3-websockets, node-ws: tools/setup
 # installs them) skips its legs with the reason; with every peer missing

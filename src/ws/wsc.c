@@ -1267,7 +1267,7 @@ static int owner_main(void *arg) {
       uint64_t epoch = keel_wsc_epoch(c);
       if (end != END_LOST) { /* callers get -ESHUTDOWN, then the close goes out */
         shutdown_all(c);
-        keel_wsc_event_t ev = {.type = KEEL_WSC_EV_DISCONNECTED, .epoch = epoch, .err = 0};
+        keel_wsc_event_t ev = {.type = KEEL_WSC_EV_DISCONNECTED, .epoch = epoch, .delay_ms = -1};
         snprintf(ev.reason, sizeof ev.reason, "%s", end == END_CLOSE ? "closed" : "cancelled");
         drop_ws(c, true);
         if (end == END_CLOSE)
