@@ -190,7 +190,7 @@ typedef struct keel_wsc_req {
   int opcode;         /* 0: text */
   bool idempotent;    /* sent again on the next epoch instead of failed */
   int64_t timeout_ms; /* 0: request_timeout_ms; < 0: only the task's deadline */
-  void *resp;         /* the response is copied here (may be NULL) */
+  void *resp;         /* the response is copied here (NULL: the outcome only) */
   size_t resp_cap;
   /* Out: */
   size_t resp_len; /* the response's length (more than resp_cap: -EMSGSIZE) */

@@ -676,10 +676,11 @@ void keel_wsc_sub_release(keel_wsc_sub_t *s) {
   sub_unlive(c, s);
   link_remove(&s->node);
   topic_t *t = s->t;
-  t->nguards--;
-  if (c->ended && t->nguards == 0) { /* no owner to do it */
+  if (--t->nguards == 0 && c->ended) { /* no owner to do it */
     topic_unlink(c, t);
     free(t);
+  } else if (t->nguards == 0) {
+    mark_dirty(c, t); /* the owner frees it (after the unsubscribe, if one is due) */
   }
   pthread_mutex_unlock(&c->mu);
   for (size_t i = 0; i < s->cap; i++)
@@ -904,7 +905,9 @@ static void complete(keel_wsc_t *c, const void *data, size_t len, const keel_wsc
   keel_wsc_req_t *r = it->req;
   r->resp_len = len;
   int rc = m->error ? -EREMOTEIO : 0;
-  if (len > r->resp_cap)
+  if (!r->resp)
+    ; /* the caller wants the outcome only */
+  else if (len > r->resp_cap)
     rc = -EMSGSIZE;
   else if (len)
     memcpy(r->resp, data, len);
