@@ -17,6 +17,7 @@
 #define KT_GUARD_MS 120000
 #include "http-test.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 
 #define CHECK_STR(a, b)                                                   \
@@ -45,16 +46,19 @@ typedef struct fsrv {
   int close_code[MAXC + 1];
   char log[LOGN][48]; /* "N: message" */
   int nlog;
+  pthread_mutex_t mu; /* the log and the counts: the server may run on another worker */
 } fsrv_t;
 
 static void logf_(fsrv_t *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void logf_(fsrv_t *s, const char *fmt, ...) {
-  if (s->nlog >= LOGN)
-    return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(s->log[s->nlog++], sizeof s->log[0], fmt, ap);
-  va_end(ap);
+  pthread_mutex_lock(&s->mu);
+  if (s->nlog < LOGN) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->log[s->nlog++], sizeof s->log[0], fmt, ap);
+    va_end(ap);
+  }
+  pthread_mutex_unlock(&s->mu);
 }
 
 static int fsend(keel_ws_t *ws, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -81,12 +85,16 @@ static int fsrv_handler(keel_http_request_t *req, keel_http_response_t *res, voi
   int rc = keel_ws_accept(req, res, &wo, &ws);
   if (rc < 0)
     return keel_http_responded(res) ? 0 : rc;
+  pthread_mutex_lock(&s->mu);
   int n = ++s->conns;
+  if (n <= MAXC) {
+    s->ws[n] = ws;
+    if (++s->live > s->max_live)
+      s->max_live = s->live;
+  }
+  pthread_mutex_unlock(&s->mu);
   if (n > MAXC)
     return keel_ws_close(ws, 1011, NULL), 0;
-  s->ws[n] = ws;
-  if (++s->live > s->max_live)
-    s->max_live = s->live;
   const void *data;
   size_t len;
   bool authed = false;
@@ -95,7 +103,11 @@ static int fsrv_handler(keel_http_request_t *req, keel_http_response_t *res, voi
     snprintf(msg, sizeof msg, "%.*s", (int)(len < 127 ? len : 127), (const char *)data);
     logf_(s, "%d: %s", n, msg);
     unsigned long long id = 0;
-    if (sscanf(msg, "auth %31s", a) == 1) {
+    int count = 0;
+    if (sscanf(msg, "x pub %31s %d", a, &count) == 2) { /* from this connection's worker */
+      for (int k = 1; k <= count && rc >= 0; k++)
+        rc = strchr(s->subs[n], a[0]) ? fsend(ws, "upd %c %d", a[0], k) : 0;
+    } else if (sscanf(msg, "auth %31s", a) == 1) {
       authed = strcmp(a, s->token) == 0;
       rc = authed ? fsend(ws, "auth ok %d", n) : fsend(ws, "auth no");
     } else if (!authed) {
@@ -127,16 +139,19 @@ static int fsrv_handler(keel_http_request_t *req, keel_http_response_t *res, voi
   }
   while (s->deaf && keel_sleep_ms(100) == 0 && s->ws[n])
     ;
+  pthread_mutex_lock(&s->mu);
   s->close_code[n] = keel_ws_close_code(ws);
   s->ws[n] = NULL;
   s->subs[n][0] = '\0';
   s->live--;
+  pthread_mutex_unlock(&s->mu);
   keel_ws_close(ws, 0, NULL);
   return 0;
 }
 
 static int fsrv_start(fsrv_t *s) {
   memset(s, 0, sizeof *s);
+  pthread_mutex_init(&s->mu, NULL);
   s->token = "t0k";
   keel_http_server_opts_t o = {.handler = fsrv_handler, .ctx = s};
   return kt_server_start(&s->http, &o);
@@ -155,17 +170,21 @@ static void fsrv_publish(fsrv_t *s, char topic, uint64_t seq) {
       fsend(s->ws[i], "upd %c %llu", topic, (unsigned long long)seq);
 }
 
-static bool logged(const fsrv_t *s, const char *line) {
-  for (int i = 0; i < s->nlog; i++)
-    if (strcmp(s->log[i], line) == 0)
-      return true;
-  return false;
+static bool logged(fsrv_t *s, const char *line) {
+  bool found = false;
+  pthread_mutex_lock(&s->mu);
+  for (int i = 0; i < s->nlog && !found; i++)
+    found = strcmp(s->log[i], line) == 0;
+  pthread_mutex_unlock(&s->mu);
+  return found;
 }
 
-static int count_logged(const fsrv_t *s, const char *prefix) {
+static int count_logged(fsrv_t *s, const char *prefix) {
   int k = 0;
+  pthread_mutex_lock(&s->mu);
   for (int i = 0; i < s->nlog; i++)
     k += strncmp(s->log[i], prefix, strlen(prefix)) == 0;
+  pthread_mutex_unlock(&s->mu);
   return k;
 }
 
@@ -263,8 +282,12 @@ static int fx_close(fixture_t *f) {
     keel_wsc_release(f->c);
   f->c = NULL;
   CHECK_RC(keel_sleep_ms(1100)); /* the owner ends within 1 s */
-  CHECK(f->srv.max_live <= 1);   /* never two connections at once */
+  pthread_mutex_lock(&f->srv.mu);
+  int max_live = f->srv.max_live;
+  pthread_mutex_unlock(&f->srv.mu);
+  CHECK(max_live <= 1); /* never two connections at once */
   kt_server_stop(&f->srv.http);
+  pthread_mutex_destroy(&f->srv.mu);
   return 0;
 }
 
@@ -766,6 +789,80 @@ static void test_event_backpressure(void **state) {
   kt_run_body(events_body, NULL, 1);
 }
 
+/* ---- Callers on another worker --------------------------------------------------------- */
+
+typedef struct xcaller {
+  keel_wsc_t *c;
+  int base, ok;
+} xcaller_t;
+
+static int xcall(void *arg) {
+  xcaller_t *x = arg;
+  char resp[64], want[64];
+  for (int i = 0; i < 200; i++) {
+    uint64_t id = (uint64_t)(x->base + i);
+    snprintf(want, sizeof want, "res %llu v%d", (unsigned long long)id, i);
+    char v[16];
+    snprintf(v, sizeof v, "v%d", i);
+    if (req(x->c, id, "echo", v, resp, sizeof resp, NULL) == 0 && strcmp(resp, want) == 0)
+      x->ok++;
+  }
+  return 0;
+}
+
+typedef struct xreader {
+  keel_wsc_sub_t *s;
+  int got;
+} xreader_t;
+
+static int xread(void *arg) {
+  xreader_t *x = arg;
+  char buf[64];
+  keel_wsc_update_t u;
+  ssize_t n = 0;
+  while (x->got < 50 && (n = keel_wsc_sub_recv(x->s, buf, sizeof buf, &u)) >= 0)
+    if (u.seq == (uint64_t)x->got + 1)
+      x->got++;
+  return n < 0 ? (int)n : 0;
+}
+
+static int cross_body(void *arg) {
+  (void)arg;
+  fixture_t f = {0};
+  CHECK_RC(fx_open(&f));
+  f.opts.events = false;
+  CHECK_RC(fx_start(&f));
+  keel_wsc_sub_t *s;
+  CHECK_RC(keel_wsc_subscribe(f.c, "a", &s));
+  keel_scope_t *sc;
+  CHECK_RC(keel_scope_open(NULL, &sc));
+  xcaller_t x[4];
+  keel_spawn_opts_t o = {.on_worker = KEEL_WORKER(1)};
+  for (int i = 0; i < 4; i++) {
+    x[i] = (xcaller_t){f.c, 1000 * (i + 1), 0};
+    CHECK_RC(keel_spawn(sc, xcall, &x[i], &o));
+  }
+  xreader_t xr = {s, 0};
+  CHECK_RC(keel_spawn(sc, xread, &xr, &o));
+  char resp[32];
+  CHECK_RC(req(f.c, 1, "echo", "sync", resp, sizeof resp, NULL)); /* after the subscribe */
+  /* The server may have the connection on either worker: it publishes
+   * from its own, asked by a message. */
+  CHECK_RC(keel_wsc_send(f.c, 0, "x pub a 50", 10));
+  CHECK_RC(keel_scope_join(sc));
+  for (int i = 0; i < 4; i++)
+    CHECK_EQ(x[i].ok, 200);
+  CHECK_EQ(xr.got, 50);
+  keel_wsc_sub_release(s);
+  keel_scope_close(sc);
+  CHECK_RC(fx_close(&f));
+  return 0;
+}
+static void test_callers_on_another_worker(void **state) {
+  (void)state;
+  kt_run_real_body(cross_body, NULL, 2);
+}
+
 int main(void) {
   kt_select_backends();
   const struct CMUnitTest tests[] = {
@@ -781,6 +878,7 @@ int main(void) {
       cmocka_unit_test(test_subscription_refcount),
       cmocka_unit_test(test_idempotent_resend),
       cmocka_unit_test(test_event_backpressure),
+      cmocka_unit_test(test_callers_on_another_worker),
   };
   return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }
