@@ -789,6 +789,36 @@ static void test_event_backpressure(void **state) {
   kt_run_body(events_body, NULL, 1);
 }
 
+/* A release while the connect hangs (the lab network swallows it): the
+ * alert cuts the connect short, the owner ends within 1 s. */
+static int hang_body(void *arg) {
+  (void)arg;
+  fixture_t f = {0};
+  CHECK_RC(fx_open(&f));
+  f.opts.connect_timeout_ms = 30000;
+  keel_lab_net_faults_t nf = {.hang_permille = 1000};
+  CHECK_RC(keel_lab_net_faults(&nf));
+  keel_scope_t *sc;
+  CHECK_RC(keel_scope_open(NULL, &sc));
+  CHECK_RC(keel_wsc_open(sc, &f.opts, &f.proto, &f.c));
+  CHECK_RC(keel_sleep_ms(100));
+  int64_t t0 = keel_now_ns();
+  keel_wsc_release(f.c);
+  f.c = NULL;
+  CHECK_RC(keel_scope_join(sc)); /* the owner has ended */
+  keel_scope_close(sc);
+  CHECK(keel_now_ns() - t0 <= 1000 * KEEL_NS_PER_MS);
+  keel_lab_net_faults_t none = {0};
+  CHECK_RC(keel_lab_net_faults(&none));
+  CHECK_EQ(f.srv.attempts, 0);
+  CHECK_RC(fx_close(&f));
+  return 0;
+}
+static void test_release_during_hanging_connect(void **state) {
+  (void)state;
+  kt_run_where(KT_ON_LAB, hang_body, NULL, 1, 1, 8);
+}
+
 /* ---- Callers on another worker --------------------------------------------------------- */
 
 typedef struct xcaller {
@@ -878,6 +908,7 @@ int main(void) {
       cmocka_unit_test(test_subscription_refcount),
       cmocka_unit_test(test_idempotent_resend),
       cmocka_unit_test(test_event_backpressure),
+      cmocka_unit_test(test_release_during_hanging_connect),
       cmocka_unit_test(test_callers_on_another_worker),
   };
   return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));

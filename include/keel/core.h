@@ -298,7 +298,8 @@ void keel_shield_end(void);
  * An alert belongs to the task that opened it. Any task, on any worker, or
  * any thread may ring it. While the owner has it enabled, a ring cuts short
  * the owner's wait for input -- a read or receive on a stream or socket, a
- * readiness wait, a sleep -- which returns -EINTR, having lost nothing:
+ * readiness wait, a sleep, a TCP connect -- which returns -EINTR, having
+ * lost nothing (a connect cut short leaves its socket to be closed):
  * bytes already received are returned, not dropped, and the stream stays
  * usable. Writes, locks, joins and handshakes are never cut short. A ring
  * stays pending until the owner takes it, so a ring that comes before the

@@ -106,13 +106,13 @@ static int ep_register(keel__io_t *io) {
 
 /* Parks until io is readable (or writable). Edge-triggered: callers only
  * come here after the call returned EAGAIN, so an edge is still to come. */
-static int ep_wait_ready(keel__io_t *io, bool write) {
+static int ep_wait_ready(keel__io_t *io, bool write, bool alertable) {
   int rc = ep_register(io);
   if (rc < 0)
     return rc;
   keel__wait_t w;
   keel__wait_init(&w, keel__wait_abort_dequeue);
-  w.alertable = !write;
+  w.alertable = alertable;
   keel__queue_insert_tail(write ? &io->wr_waiters : &io->rd_waiters, &w.node);
   return (int)keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
 }
@@ -212,7 +212,7 @@ static inline __attribute__((always_inline)) ssize_t ep_io(keel__io_t *io, const
         return -errno;
       *ready = false;
     }
-    if ((rc = ep_wait_ready(io, write)) < 0)
+    if ((rc = ep_wait_ready(io, write, !write)) < 0)
       return rc;
   }
 }
@@ -268,7 +268,7 @@ static int ep_connect(keel__io_t *io, const struct sockaddr *sa, socklen_t len) 
     return 0;
   if (errno != EINPROGRESS)
     return -errno;
-  if ((rc = ep_wait_ready(io, true)) < 0)
+  if ((rc = ep_wait_ready(io, true, true)) < 0) /* a connect may be cut short by an alert */
     return rc;
   int err = 0;
   socklen_t elen = sizeof err;

@@ -554,6 +554,7 @@ static int ur_connect(keel__io_t *io, const struct sockaddr *sa, socklen_t len) 
   int rc = op_begin(io, &w, &sqe);
   if (rc)
     return rc;
+  w.alertable = true; /* a connect cut short leaves a socket to close, nothing lost */
   io_uring_prep_connect(sqe, io->fd, sa, len);
   ssize_t n = op_wait(io, &w, sqe);
   /* Connected after all, but the caller was cancelled: it gets the reason

@@ -442,6 +442,7 @@ int keel__labnet_listener_close(keel_listener_t *listener) {
 static int hang(void) {
   keel__wait_t w;
   keel__wait_init(&w, NULL);
+  w.alertable = true;
   return (int)keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
 }
 
