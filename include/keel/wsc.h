@@ -250,6 +250,7 @@ typedef enum keel_wsc_event_type {
 typedef struct keel_wsc_event {
   keel_wsc_event_type_t type;
   uint64_t epoch;
+  int64_t at_ns; /* when it happened (keel_now_ns) */
   int err;
   char reason[96];
   unsigned attempt;

@@ -443,6 +443,7 @@ void keel_wsc_stats(keel_wsc_t *c, keel_wsc_stats_t *out) {
 static void emit(keel_wsc_t *c, keel_wsc_event_t *ev) {
   if (!c->events)
     return;
+  ev->at_ns = keel_now_ns();
   for (;;) {
     int rc = keel_chan_try_send(c->events, ev);
     if (rc != -EAGAIN)
@@ -474,6 +475,7 @@ static void emit_message(keel_wsc_t *c, keel_wsc_kind_t kind, int opcode, const 
   keel_wsc_event_t ev = {.type = KEEL_WSC_EV_MESSAGE, .epoch = keel_wsc_epoch(c), .kind = kind};
   ev.opcode = opcode;
   ev.len = len;
+  ev.at_ns = keel_now_ns();
   if (keel_chan_is_full(c->events) || !(ev.data = malloc(len + 1))) {
     pthread_mutex_lock(&c->mu);
     c->st.events_dropped++;
@@ -1316,6 +1318,7 @@ static int owner_main(void *arg) {
   shutdown_all(c);
   if (c->events) {
     keel_wsc_event_t ev = {.type = KEEL_WSC_EV_CLOSED, .epoch = keel_wsc_epoch(c)};
+    ev.at_ns = keel_now_ns();
     (void)keel_chan_try_send(c->events, &ev);
     keel_chan_shutdown(c->events);
   }
