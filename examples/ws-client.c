@@ -16,7 +16,10 @@
  * request ({"id":17,"epoch":3,"outcome":"ok"} or ...,"outcome":"failed",
  * "reason":"disconnected"}) and one per event ({"event":NAME,"epoch":E,
  * "t":UNIX_SECONDS,...} with NAME connect, disconnect, auth, send, sub,
- * unsub, update), and the summary to stderr.
+ * unsub, update; an update's or a connect's epoch is the connection it came
+ * on, however late its line is printed), and the summary to stderr. The
+ * summary counts per topic the updates taken, the ones missed (gaps) and the
+ * ones that came again (dups: no event line).
  *
  * Exit status 0, unless a request was never resolved (every request must
  * end: answered, or failed with a reason) or the run could not start. */
@@ -68,20 +71,36 @@ static double unix_now(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+static void event_vline(app_t *a, uint64_t epoch, const char *name, const char *fmt, va_list ap) {
+  if (!a->json)
+    return;
+  printf("{\"event\":\"%s\",\"epoch\":%llu,\"t\":%.6f", name, (unsigned long long)epoch,
+         unix_now());
+  if (fmt)
+    vprintf(fmt, ap);
+  printf("}\n");
+}
+
+/* An event of the connection the client is on now (the owner's callbacks,
+ * the requests). */
 static void event_line(app_t *a, const char *name, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void event_line(app_t *a, const char *name, const char *fmt, ...) {
-  if (!a->json)
-    return;
-  printf("{\"event\":\"%s\",\"epoch\":%llu,\"t\":%.6f", name,
-         (unsigned long long)(a->c ? keel_wsc_epoch(a->c) : 0), unix_now());
-  if (fmt) {
-    va_list ap;
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-  }
-  printf("}\n");
+  va_list ap;
+  va_start(ap, fmt);
+  event_vline(a, a->c ? keel_wsc_epoch(a->c) : 0, name, fmt, ap);
+  va_end(ap);
+}
+
+/* An event of a given connection: an update or a connect is printed by its
+ * own task, maybe after the client has moved on to the next connection. */
+static void event_line_of(app_t *a, uint64_t epoch, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void event_line_of(app_t *a, uint64_t epoch, const char *name, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  event_vline(a, epoch, name, fmt, ap);
+  va_end(ap);
 }
 
 /* ---- The protocol ------------------------------------------------------------------ */
@@ -257,7 +276,8 @@ static int subscriber(void *arg) {
     t->seen = true;
     t->last = u.seq;
     t->updates++;
-    event_line(a, "update", ",\"topic\":\"%s\",\"seq\":%llu", t->name, (unsigned long long)u.seq);
+    event_line_of(a, u.epoch, "update", ",\"topic\":\"%s\",\"seq\":%llu", t->name,
+                  (unsigned long long)u.seq);
   }
   keel_wsc_sub_release(st->s);
   return 0;
@@ -280,7 +300,7 @@ static int watcher(void *arg) {
       if (ev.epoch > 1)
         a->reconnects++;
       if (a->json)
-        event_line(a, "connect", ",\"conn\":%ld", a->conn);
+        event_line_of(a, ev.epoch, "connect", ",\"conn\":%ld", a->conn);
       else
         printf("connected epoch %llu (server connection %ld)\n", (unsigned long long)ev.epoch,
                a->conn);
@@ -445,8 +465,9 @@ int main(int argc, char **argv) {
           a.issued, a.ok, a.failed_disc, a.failed_timeout, a.failed_error, a.failed_other, never,
           a.reconnects);
   for (int i = 0; i < a.ntopics; i++)
-    fprintf(sum, " topic %s updates %llu gaps %llu", a.topics[i].name,
-            (unsigned long long)a.topics[i].updates, (unsigned long long)a.topics[i].gaps);
+    fprintf(sum, " topic %s updates %llu gaps %llu dups %llu", a.topics[i].name,
+            (unsigned long long)a.topics[i].updates, (unsigned long long)a.topics[i].gaps,
+            (unsigned long long)a.topics[i].dups);
   fprintf(sum, "\n");
   return never == 0 ? 0 : 2;
 }
