@@ -169,7 +169,7 @@ kill_loop() {
   : >"$tmp/instances"
   launch 0 || { fail "kill loop: server 0 did not start on port $kill_port"; sed 's/^/  | /' "$out"; return; }
   timeout -k 10 $((kill_seconds + 120)) "$client" --url "ws://127.0.0.1:$kill_port/" --token secret \
-    --backend "$backend" --json --subscribe a,b --concurrency 4 --duration "$kill_seconds" \
+    --backend "$backend" --json --subscribe a,b --concurrency 1 --duration "$kill_seconds" \
     --backoff-max-ms 500 >"$tmp/kill.json" 2>"$tmp/kill.err" &
   cpid=$!
   pids+=("$cpid")
