@@ -104,7 +104,9 @@ static int fsrv_handler(keel_http_request_t *req, keel_http_response_t *res, voi
     logf_(s, "%d: %s", n, msg);
     unsigned long long id = 0;
     int count = 0;
-    if (sscanf(msg, "x pub %31s %d", a, &count) == 2) { /* from this connection's worker */
+    if (strncmp(msg, "x say ", 6) == 0) { /* the server says what it is told */
+      rc = fsend(ws, "%s", msg + 6);
+    } else if (sscanf(msg, "x pub %31s %d", a, &count) == 2) { /* from this connection's worker */
       for (int k = 1; k <= count && rc >= 0; k++)
         rc = strchr(s->subs[n], a[0]) ? fsend(ws, "upd %c %d", a[0], k) : 0;
     } else if (sscanf(msg, "auth %31s", a) == 1) {
@@ -789,6 +791,43 @@ static void test_event_backpressure(void **state) {
   kt_run_body(events_body, NULL, 1);
 }
 
+/* Bad input: a message the protocol rejects drops the connection with a
+ * reason and the client connects again; bad arguments are -EINVAL. */
+static int bad_input_body(void *arg) {
+  (void)arg;
+  fixture_t f = {0};
+  CHECK_RC(fx_open(&f));
+  keel_wsc_t *c;
+  keel_wsc_opts_t bad = f.opts;
+  bad.url = "http://127.0.0.1:1/";
+  CHECK_EQ(keel_wsc_open(NULL, &bad, &f.proto, &c), -EINVAL);
+  keel_wsc_proto_t noclass = f.proto;
+  noclass.classify = NULL;
+  CHECK_EQ(keel_wsc_open(NULL, &f.opts, &noclass, &c), -EINVAL);
+  CHECK_RC(fx_start(&f));
+  keel_wsc_event_t ev;
+  CHECK_RC(next_of(f.c, KEEL_WSC_EV_CONNECTED, &ev));
+  keel_wsc_sub_t *s;
+  CHECK_EQ(keel_wsc_subscribe(f.c, "", &s), -EINVAL);
+  keel_wsc_req_t r = {.id = 1, .data = "x", .len = 1, .resp = NULL, .resp_cap = 8};
+  CHECK_EQ(keel_wsc_request(f.c, &r), -EINVAL);
+  CHECK_RC(keel_wsc_send(f.c, 0, "x say bad frame", 15));
+  CHECK_RC(next_of(f.c, KEEL_WSC_EV_DISCONNECTED, &ev));
+  CHECK_EQ(ev.epoch, 1u);
+  CHECK(strncmp(ev.reason, "protocol: ", 10) == 0);
+  CHECK_RC(next_of(f.c, KEEL_WSC_EV_CONNECTED, &ev));
+  CHECK_EQ(ev.epoch, 2u);
+  char resp[32];
+  CHECK_RC(req(f.c, 2, "echo", "after", resp, sizeof resp, NULL));
+  CHECK_STR(resp, "res 2 after");
+  CHECK_RC(fx_close(&f));
+  return 0;
+}
+static void test_bad_input(void **state) {
+  (void)state;
+  kt_run_body(bad_input_body, NULL, 1);
+}
+
 /* A release while the connect hangs (the lab network swallows it): the
  * alert cuts the connect short, the owner ends within 1 s. */
 static int hang_body(void *arg) {
@@ -908,6 +947,7 @@ int main(void) {
       cmocka_unit_test(test_subscription_refcount),
       cmocka_unit_test(test_idempotent_resend),
       cmocka_unit_test(test_event_backpressure),
+      cmocka_unit_test(test_bad_input),
       cmocka_unit_test(test_release_during_hanging_connect),
       cmocka_unit_test(test_callers_on_another_worker),
   };
