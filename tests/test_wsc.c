@@ -511,11 +511,6 @@ static void test_backoff_jitter(void **state) {
 }
 
 /* The count restarts after a connection that got through auth. */
-typedef struct flip {
-  fsrv_t *srv;
-  int after;
-} flip_t;
-
 static int reset_body(void *arg) {
   (void)arg;
   fixture_t f = {0};

@@ -1267,50 +1267,33 @@ static int owner_main(void *arg) {
   int end = 0;
   while (end != END_CLOSE && end != END_CANCELLED) {
     end = connect_seq(c);
-    if (end == 0) {
+    bool was_up = end == 0; /* through the connect sequence: a connection lost, not an attempt */
+    uint64_t epoch = keel_wsc_epoch(c);
+    if (was_up)
       end = serve(c);
-      uint64_t epoch = keel_wsc_epoch(c);
-      if (end != END_LOST) { /* callers get -ESHUTDOWN, then the close goes out */
-        shutdown_all(c);
-        keel_wsc_event_t ev = {.type = KEEL_WSC_EV_DISCONNECTED, .epoch = epoch, .delay_ms = -1};
-        snprintf(ev.reason, sizeof ev.reason, "%s", end == END_CLOSE ? "closed" : "cancelled");
-        drop_ws(c, true);
-        if (end == END_CLOSE)
-          emit(c, &ev);
-        break;
-      }
-      lost(c);
-      drop_ws(c, false);
-      c->failures = 1;
-      pthread_mutex_lock(&c->mu);
-      c->st.failures++;
-      pthread_mutex_unlock(&c->mu);
-      bool give_up = c->o.max_attempts && c->failures >= c->o.max_attempts;
-      int64_t delay = give_up ? -1 : backoff_ms(c);
-      emit_life(c, KEEL_WSC_EV_DISCONNECTED, -ECONNRESET, c->why, delay);
-      if (give_up) {
-        emit_life(c, KEEL_WSC_EV_GAVE_UP, -ECONNRESET, c->why, -1);
-        break;
-      }
-      end = backoff_wait(c, delay);
-      continue;
-    }
-    if (end != END_LOST) {
+    if (end != END_LOST) { /* callers get -ESHUTDOWN, then the close goes out */
       shutdown_all(c);
-      drop_ws(c, false);
+      drop_ws(c, was_up);
+      if (was_up && end == END_CLOSE) {
+        keel_wsc_event_t ev = {.type = KEEL_WSC_EV_DISCONNECTED, .epoch = epoch, .delay_ms = -1};
+        snprintf(ev.reason, sizeof ev.reason, "closed");
+        emit(c, &ev);
+      }
       break;
     }
     lost(c);
     drop_ws(c, false);
-    c->failures++;
+    c->failures = was_up ? 1 : c->failures + 1;
     pthread_mutex_lock(&c->mu);
     c->st.failures++;
     pthread_mutex_unlock(&c->mu);
+    int err = was_up ? -ECONNRESET : -ECONNREFUSED;
     bool give_up = c->o.max_attempts && c->failures >= c->o.max_attempts;
     int64_t delay = give_up ? -1 : backoff_ms(c);
-    emit_life(c, KEEL_WSC_EV_CONNECT_FAILED, -ECONNREFUSED, c->why, delay);
+    emit_life(c, was_up ? KEEL_WSC_EV_DISCONNECTED : KEEL_WSC_EV_CONNECT_FAILED, err, c->why,
+              delay);
     if (give_up) {
-      emit_life(c, KEEL_WSC_EV_GAVE_UP, -ECONNREFUSED, c->why, -1);
+      emit_life(c, KEEL_WSC_EV_GAVE_UP, err, c->why, -1);
       break;
     }
     end = backoff_wait(c, delay);
