@@ -337,6 +337,11 @@ int keel_alert_wait(keel_alert_t *a, int64_t until_ns);
 
 /* ---- Errors and logging -------------------------------------------------- */
 
+/* A destination for text keel writes out (metrics, task dumps, log lines):
+ * called with each piece in order. Returns 0, or a negative errno, which
+ * stops the writer; the writer then returns it. */
+typedef int (*keel_sink_fn)(void *arg, const char *data, size_t len);
+
 /* Name of a (negative or positive) errno value. */
 const char *keel_strerror(int err);
 
