@@ -14,6 +14,7 @@
  *   POST /echo                    200 with the request body
  *   GET  /sleep?ms=N              200 "slept N ms\n" after N ms (at most 60 s)
  *   GET  /stream?chunks=N&size=S  200, a chunked body of N chunks of S bytes
+ *   GET  /metrics                 the runtime's metrics (Prometheus text format)
  *
  * SIGINT/SIGTERM stop accepting, close idle connections, let the requests
  * in flight finish (their responses carry Connection: close) and exit 0.
@@ -164,6 +165,8 @@ static int add_routes(keel_http_router_t *r) {
     rc = keel_http_route(r, "GET", "/sleep", 0, sleep_route, NULL);
   if (rc == 0)
     rc = keel_http_route(r, "GET", "/stream", 0, stream_route, NULL);
+  if (rc == 0)
+    rc = keel_http_route(r, "GET", "/metrics", 0, keel_http_metrics_handler, NULL);
   return rc;
 }
 

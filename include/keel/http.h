@@ -229,6 +229,13 @@ int keel_http_route(keel_http_router_t *r, const char *method, const char *path,
 int keel_http_router_handler(keel_http_request_t *req, keel_http_response_t *res, void *router);
 int keel_http_router_close(keel_http_router_t *r);
 
+/* ---- Observability --------------------------------------------------------- */
+
+/* Serves the runtime's metrics in the Prometheus text format
+ * (keel_metrics_write): mount it at /metrics, e.g.
+ * keel_http_route(r, "GET", "/metrics", 0, keel_http_metrics_handler, NULL). */
+int keel_http_metrics_handler(keel_http_request_t *req, keel_http_response_t *res, void *ctx);
+
 /* ---- Client --------------------------------------------------------------- */
 
 /* keel_http_call_open sends one request and reads the head of its

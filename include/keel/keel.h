@@ -11,6 +11,7 @@
 #include "flow.h"
 #include "http.h"
 #include "lab.h"
+#include "metrics.h"
 #include "oneshot.h"
 #include "stream.h"
 #include "sync.h"

@@ -87,6 +87,8 @@ static void ep_poll(keel__worker_t *w, int64_t timeout_ns) {
   if (timeout_ns > (int64_t)INT32_MAX * KEEL_NS_PER_MS)
     timeout_ms = INT32_MAX;
   int n = epoll_wait(b->epfd, b->events, KEEL__IO_BUDGET, timeout_ms);
+  keel__stat_add(&w->stats.polls, 1);
+  keel__stat_add(&w->stats.poll_events, n > 0 ? (uint64_t)n : 0);
   for (int i = 0; i < n; i++)
     ep_dispatch(w, &b->events[i]);
 }

@@ -14,6 +14,7 @@
 #include <liburing.h>
 
 #include "internal.h"
+#include "metrics-internal.h"
 
 #define DEFAULT_STACK_SIZE (64 * 1024)
 #define DEFAULT_DRAIN_MS 5000
@@ -433,6 +434,8 @@ int keel_run(const keel_config_t *cfg, keel_task_fn main_fn, void *arg) {
     rc = -ENOMEM;
     goto fail_alloc;
   }
+  if ((rc = keel__metrics_open(rt)) < 0)
+    goto fail_alloc;
   sigset_t old_mask;
   pthread_sigmask(SIG_BLOCK, NULL, &old_mask);
   if (rt->cfg.handle_signals && (rc = signals_start(rt, &old_mask)) < 0)
@@ -470,6 +473,7 @@ int keel_run(const keel_config_t *cfg, keel_task_fn main_fn, void *arg) {
   pthread_mutex_destroy(&rt->start_lock);
   pthread_cond_destroy(&rt->start_cond);
 fail_alloc:
+  keel__metrics_close(rt);
   pthread_mutex_destroy(&rt->blocking_lock);
   if (rt->root)
     keel__scope_free(rt->root);

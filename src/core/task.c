@@ -86,6 +86,7 @@ static void switch_to_task(keel__worker_t *w, keel_task_t *t) {
     return;
   w->current = t;
   t->state = KEEL__TASK_RUNNING;
+  keel__stat_add(&w->stats.runs, 1);
 #if KEEL_ASAN
   __sanitizer_start_switch_fiber(&w->asan_fake_stack, t->stack->lo, t->stack->size);
 #endif
@@ -136,6 +137,7 @@ static bool park_direct(keel__worker_t *w, keel_task_t *t) {
   w->run_budget--;
   w->current = next;
   next->state = KEEL__TASK_RUNNING;
+  keel__stat_add(&w->stats.runs, 1);
   if (next != t)
     keel__ctx_switch(&t->ctx, &next->ctx);
   return true;
@@ -292,6 +294,7 @@ static void task_make_ctx(keel_task_t *t, void (*entry)(void *)) {
 static void task_start(keel__worker_t *w, keel_task_t *t) {
   task_make_ctx(t, task_entry);
   w->tasks++;
+  keel__stat_add(&w->stats.spawned, 1);
   t->state = KEEL__TASK_NEW;
   keel__task_ready(t);
 }
@@ -374,6 +377,7 @@ void keel__task_ready(keel_task_t *t) {
   bool cancelled = t->shield_depth == 0 &&
                    atomic_load_explicit(&t->scope->cancel_reason, memory_order_relaxed) != 0;
   keel__queue_insert_tail(cancelled ? &w->ready_cancel : &w->ready, &t->ready_node);
+  keel__stat_add(&w->stats.readied, 1);
   keel__ctx_prefetch(&t->ctx);
 }
 

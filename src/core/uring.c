@@ -371,6 +371,8 @@ static void ur_poll(keel__worker_t *w, int64_t timeout_ns) {
   struct io_uring_cqe *cqe;
   if (KEEL__UNLIKELY(!b->wake_armed || !keel__queue_empty(&b->cancels_owed)))
     timeout_ns = settle_owed(w, b, timeout_ns);
+  keel__stat_add(&w->stats.io_submitted, io_uring_sq_ready(&b->ring));
+  keel__stat_add(&w->stats.io_enters, 1);
   if (timeout_ns == 0) {
     io_uring_submit_and_get_events(&b->ring);
   } else if (timeout_ns < 0) {
@@ -387,6 +389,7 @@ static void ur_poll(keel__worker_t *w, int64_t timeout_ns) {
       break;
   }
   io_uring_cq_advance(&b->ring, seen);
+  keel__stat_add(&w->stats.io_completed, seen);
 }
 
 /* ---- Cancels ---------------------------------------------------------------------- */

@@ -47,6 +47,7 @@ int keel__worker_init(keel__worker_t *w, keel_runtime_t *rt, int id) {
   /* After init: lab mode's clock is virtual. */
   int64_t now = keel__worker_now(w);
   keel__wheel_init(&w->wheel, keel__tick_floor(w, now));
+  w->loop_mark_ns = now;
   keel__stack_guard_thread_init(w);
   return 0;
 }
@@ -95,11 +96,14 @@ void keel__worker_drain_inbox(keel__worker_t *w) {
     fifo = m;
     m = next;
   }
+  uint64_t n = 0;
   while (fifo) {
     keel__msg_t *next = fifo->next;
     fifo->fn(w, fifo);
     fifo = next;
+    n++;
   }
+  keel__stat_add(&w->stats.messages, n);
 }
 
 static int64_t poll_timeout_ns(keel__worker_t *w) {
@@ -147,6 +151,21 @@ static bool idle_spin(keel__worker_t *w, int64_t timeout_ns) {
  * (keel__stack_pool_trim): after a burst, not in the steady state. */
 #define IDLE_TRIM_NS (200 * KEEL_NS_PER_MS)
 
+/* One loop done: the time since the last one was busy up to slept_from
+ * (0: it did not sleep) and idle from there to now. */
+static void loop_account(keel__worker_t *w, int64_t slept_from, int64_t now) {
+  keel__worker_stats_t *st = &w->stats;
+  int64_t busy_end = slept_from ? slept_from : now;
+  if (busy_end > w->loop_mark_ns)
+    keel__stat_add(&st->busy_ns, (uint64_t)(busy_end - w->loop_mark_ns));
+  if (slept_from && now > slept_from)
+    keel__stat_add(&st->idle_ns, (uint64_t)(now - slept_from));
+  w->loop_mark_ns = now;
+  keel__stat_add(&st->loops, 1);
+  keel__stat_set(&st->tasks, w->tasks);
+  keel__stat_set(&st->timers, w->wheel.count);
+}
+
 void keel__worker_loop(keel__worker_t *w) {
   while (!w->stop) {
     keel__worker_run_ready(w, RUN_BUDGET);
@@ -164,10 +183,11 @@ void keel__worker_loop(keel__worker_t *w) {
       if (atomic_load(&w->inbox) != NULL)
         timeout = 0;
     }
-    int64_t slept_from = trim ? keel__now_ns() : 0;
+    int64_t slept_from = timeout != 0 ? keel__now_ns() : 0;
     w->ops->poll(w, timeout);
     atomic_store_explicit(&w->sleeping, false, memory_order_relaxed);
     int64_t now = keel__now_ns();
+    loop_account(w, slept_from, now);
     keel__wheel_advance(&w->wheel, keel__tick_floor(w, now));
     if (trim && timeout == IDLE_TRIM_NS && now - slept_from >= IDLE_TRIM_NS &&
         poll_timeout_ns(w) != 0)

@@ -49,6 +49,26 @@ typedef struct keel__objcache {
   bool closed; /* the worker is being destroyed: free, do not keep */
 } keel__objcache_t;
 
+/* What a worker counts for its metrics (src/core/metrics.c): written by
+ * the worker's own thread only (keel__stat_add: a plain load and store),
+ * read by whichever thread exports them. */
+typedef struct keel__worker_stats {
+  _Atomic uint64_t loops, busy_ns, idle_ns;
+  _Atomic uint64_t spawned, readied, runs, messages;
+  _Atomic uint64_t io_submitted, io_completed, io_enters; /* io_uring */
+  _Atomic uint64_t polls, poll_events;                    /* epoll */
+  _Atomic uint64_t tasks, timers;                         /* sampled once per loop */
+} keel__worker_stats_t;
+
+/* Adds n to a counter only this thread writes, kept atomic (relaxed) so
+ * that a reader on another thread sees a whole value: no lock prefix. */
+static inline void keel__stat_add(_Atomic uint64_t *c, uint64_t n) {
+  atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n, memory_order_relaxed);
+}
+static inline void keel__stat_set(_Atomic uint64_t *c, uint64_t v) {
+  atomic_store_explicit(c, v, memory_order_relaxed);
+}
+
 struct keel__worker {
   keel_runtime_t *rt;
   int id;
@@ -88,6 +108,8 @@ struct keel__worker {
   void *tsan_sched_fiber;
   int init_result;
   uint64_t rng[2]; /* keel_random: xoroshiro128+, seeded per worker */
+  keel__worker_stats_t stats;
+  int64_t loop_mark_ns; /* when the loop last came back from polling (busy time from there) */
   const void *sched_stack_lo;
   size_t sched_stack_size;
 };
@@ -115,6 +137,7 @@ struct keel_runtime {
   keel__msg_t drain_msg;
   keel__timer_t drain_timer;       /* on worker 0 */
   uint64_t lab_seed;               /* lab mode's seed */
+  struct keel__metrics *metrics;   /* the metrics registry (src/core/metrics.c) */
   atomic_int foreign_posts;        /* keel__xwait_deliver calls from outside the workers */
   pthread_mutex_t blocking_lock;   /* guards starting the blocking pool */
   struct keel__blocking *blocking; /* the blocking pool, started on first use */

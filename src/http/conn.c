@@ -109,7 +109,8 @@ static int error_status(http_conn_t *c, llhttp_errno_t err, const char *data, si
   return 400;
 }
 
-static int head_fail(http_conn_t *c, int status) {
+static int head_fail(http_conn_t *c, int status, int kind, const char *name) {
+  keel__http_count_error(kind, name);
   keel__http_error_response(c, status);
   c->linger = true;
   return -1;
@@ -133,7 +134,7 @@ static int head_done(http_conn_t *c, const char *data, size_t head_len, llhttp_e
   }
   req->body_done = !body;
   if (st != 0)
-    return head_fail(c, st);
+    return head_fail(c, st, KEEL__HTTP_ERR_INVALID_HEAD, "invalid_head");
   return 1;
 }
 
@@ -146,12 +147,16 @@ static int parse_head(http_conn_t *c, const char *data, size_t parsed, size_t av
     keel_task_set_deadline(KEEL_DEADLINE_NONE);
     size_t head_len = (size_t)(llhttp_get_error_pos(&c->b->parser) - data);
     if (head_len > c->lim->max_header_bytes)
-      return head_fail(c, 431);
+      return head_fail(c, 431, KEEL__HTTP_ERR_HEAD_TOO_LARGE, "head_too_large");
     return head_done(c, data, head_len, err);
   }
   if (err != HPE_OK)
-    return head_fail(c, error_status(c, err, data, avail));
-  return avail > c->lim->max_header_bytes ? head_fail(c, 431) : 0;
+    return head_fail(c, error_status(c, err, data, avail),
+                     err == HPE_USER ? KEEL__HTTP_ERR_FIELD : (int)err,
+                     err == HPE_USER ? "invalid_field" : llhttp_errno_name(err));
+  return avail > c->lim->max_header_bytes
+             ? head_fail(c, 431, KEEL__HTTP_ERR_HEAD_TOO_LARGE, "head_too_large")
+             : 0;
 }
 
 /* Waits for more of a head. A connection the server is draining still
@@ -202,9 +207,9 @@ static int read_head(http_conn_t *c) {
       continue;
     keel_task_set_deadline(KEEL_DEADLINE_NONE);
     if (n == -EMSGSIZE)
-      return head_fail(c, 431);
+      return head_fail(c, 431, KEEL__HTTP_ERR_HEAD_TOO_LARGE, "head_too_large");
     if (n == -ETIMEDOUT && parsed > 0)
-      return head_fail(c, 408);
+      return head_fail(c, 408, KEEL__HTTP_ERR_HEAD_TIMEOUT, "head_timeout");
     c->close = true;
     return 0;
   }
@@ -313,10 +318,11 @@ static void serve_request(http_conn_t *c) {
   req->scope = NULL;
   end_watch(req);
   if (req->upgraded) {
+    keel__http_count_request(c, req, 101);
     c->close = true;
     return;
   }
-  keel__http_response_end(req);
+  keel__http_count_request(c, req, keel__http_response_end(req));
   if (!req->body_done && !c->close)
     keel__http_drain_body(c, req);
 }

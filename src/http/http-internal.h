@@ -166,7 +166,22 @@ int keel__http_flush(http_conn_t *c);
 /* Queues a complete error response with Connection: close. */
 void keel__http_error_response(http_conn_t *c, int status);
 /* After the handler: completes whatever response it left unfinished. */
-void keel__http_response_end(keel_http_request_t *req);
+/* Returns the status answered (0: none, the client went away). */
+int keel__http_response_end(keel_http_request_t *req);
+
+/* Metrics (observe.c). Kinds of refused requests: llhttp's errors by
+ * number (HPE_*), then keel's own. */
+enum {
+  KEEL__HTTP_ERR_HEAD_TOO_LARGE = 40,
+  KEEL__HTTP_ERR_HEAD_TIMEOUT,
+  KEEL__HTTP_ERR_INVALID_HEAD, /* keel's checks of a head llhttp took */
+  KEEL__HTTP_ERR_FIELD,        /* keel's checks while llhttp parsed (HPE_USER) */
+  KEEL__HTTP_ERR_BODY_TOO_LARGE,
+  KEEL__HTTP_ERR_BODY_TIMEOUT,
+  KEEL__HTTP_ERR_INVALID_BODY,
+};
+void keel__http_count_request(http_conn_t *c, keel_http_request_t *req, int status);
+void keel__http_count_error(int kind, const char *name);
 void keel__http_response_init(keel_http_response_t *res, keel_http_request_t *req);
 
 /* conn.c: runs a new connection in the calling task (its own from now

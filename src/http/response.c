@@ -381,7 +381,26 @@ void keel__http_error_response(http_conn_t *c, int status) {
     keel__http_queue(c, "\n", 1);
 }
 
-void keel__http_response_end(keel_http_request_t *req) {
+/* The status of a response the handler did not start, and the kind of
+ * error it counts as (-1: none). */
+static int unanswered_status(const keel_http_request_t *req, int *kind) {
+  *kind = -1;
+  if (req->body_error == -EMSGSIZE) {
+    *kind = KEEL__HTTP_ERR_BODY_TOO_LARGE;
+    return 413;
+  }
+  if (req->body_error == -ETIMEDOUT) {
+    *kind = KEEL__HTTP_ERR_BODY_TIMEOUT;
+    return 408;
+  }
+  if (req->body_error == -EPROTO) {
+    *kind = KEEL__HTTP_ERR_INVALID_BODY;
+    return req->c->b->err_status ? req->c->b->err_status : 400;
+  }
+  return req->handler_rc == -ETIMEDOUT ? 503 : 500;
+}
+
+int keel__http_response_end(keel_http_request_t *req) {
   keel_http_response_t *res = &req->res;
   http_conn_t *c = req->c;
   if (req->client_gone) {
@@ -390,18 +409,15 @@ void keel__http_response_end(keel_http_request_t *req) {
     c->close = true;
     if (res->head_sent && !res->finished)
       c->broken = true;
-    return;
+    return 0;
   }
   if (!res->head_sent) {
-    int st = req->handler_rc == -ETIMEDOUT ? 503 : 500;
-    if (req->body_error == -EMSGSIZE)
-      st = 413;
-    else if (req->body_error == -ETIMEDOUT)
-      st = 408;
-    else if (req->body_error == -EPROTO)
-      st = c->b->err_status ? c->b->err_status : 400;
+    int kind, st = unanswered_status(req, &kind);
+    static const char *const names[] = {"body_too_large", "body_timeout", "invalid_body"};
+    if (kind >= 0)
+      keel__http_count_error(kind, names[kind - KEEL__HTTP_ERR_BODY_TOO_LARGE]);
     keel__http_error_response(c, st);
-    return;
+    return st;
   }
   if (!res->finished) {
     if (req->handler_rc < 0)
@@ -409,4 +425,5 @@ void keel__http_response_end(keel_http_request_t *req) {
     else
       keel_http_finish(res);
   }
+  return res->status;
 }

@@ -23,6 +23,8 @@ struct keel_tcp {
   };
   keel__restart_t park; /* keel_tcp_park: the wait outlives the stack */
   bool parked;          /* a task waits in park: close and a second park refuse */
+  bool counted;         /* counted as open in the metrics: count its close */
+  uint8_t end;          /* how the connection is ending (tcp.c's metrics): END_* */
 };
 
 /* Lab mode's side of a listener: an entry in the network's table. */

@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "metrics-internal.h"
 #include "worker.h"
 #include "keel/stream-impl.h"
 #include "keel/tcp.h"
@@ -20,6 +21,96 @@
 
 _Static_assert(sizeof(keel__pipe_end_t) <= sizeof(keel__io_t),
                "a lab connection must not make a real one larger");
+
+/* ---- Metrics ----------------------------------------------------------------------- */
+
+/* How a connection ended, by what its reads and writes saw last. */
+enum { END_LOCAL, END_PEER, END_RESET, END_TIMEOUT, END_ERROR, END_KINDS };
+static const char *const end_names[END_KINDS] = {"local", "peer", "reset", "timeout", "error"};
+
+typedef struct net_metrics {
+  keel_metric_t *accepted, *connected, *active, *bytes_in, *bytes_out;
+  keel_metric_t *closed[END_KINDS];
+  keel_metric_t *accept_out_of_fds;
+} net_metrics_t;
+
+static void *net_metrics_init(void) {
+  net_metrics_t *m = calloc(1, sizeof *m);
+  keel_metric_family_t *closed;
+  keel_metric_opts_t o = {.type = KEEL_METRIC_COUNTER,
+                          .name = "keel_tcp_connections_closed_total",
+                          .help = "TCP connections closed, by how they ended (what their last "
+                                  "read or write saw: peer = end of stream, reset, timeout = a "
+                                  "deadline, error, local = nothing).",
+                          .labels = {"reason"}};
+  int rc = m ? keel_metrics_register(&o, &closed) : -ENOMEM;
+  for (int i = 0; rc == 0 && i < END_KINDS; i++)
+    rc = keel_metrics_series(closed, (const char *[]){end_names[i]}, &m->closed[i]);
+  if (rc == 0)
+    rc = keel_metrics_counter("keel_tcp_connections_accepted_total", "TCP connections accepted.",
+                              &m->accepted);
+  if (rc == 0)
+    rc = keel_metrics_counter("keel_tcp_connections_connected_total",
+                              "TCP connections made (outgoing).", &m->connected);
+  if (rc == 0)
+    rc = keel_metrics_gauge("keel_tcp_connections_active", "TCP connections open.", &m->active);
+  if (rc == 0)
+    rc = keel_metrics_counter("keel_tcp_received_bytes_total", "Bytes read from TCP connections.",
+                              &m->bytes_in);
+  if (rc == 0)
+    rc = keel_metrics_counter("keel_tcp_sent_bytes_total", "Bytes written to TCP connections.",
+                              &m->bytes_out);
+  if (rc == 0)
+    rc = keel_metrics_counter("keel_tcp_accept_out_of_descriptors_total",
+                              "Accepts that found no descriptor (EMFILE, ENFILE, ENOBUFS, ENOMEM) "
+                              "and backed off.",
+                              &m->accept_out_of_fds);
+  if (rc < 0 && m) {
+    keel_log(KEEL_LOG_WARN, "TCP metrics: %s", keel_strerror(rc));
+    free(m);
+    m = NULL;
+  }
+  return m;
+}
+
+static inline net_metrics_t *net_metrics(keel__worker_t *w) {
+  return keel__metrics_layer(w, KEEL__METRICS_NET, net_metrics_init);
+}
+
+/* What a read or write returned says about how the connection may end. */
+static inline void note_result(keel_tcp_t *c, ssize_t n, bool in) {
+  keel__worker_t *w = c->io.worker;
+  net_metrics_t *m;
+  if (KEEL__LIKELY(n > 0)) {
+    if ((m = net_metrics(w)) != NULL)
+      keel__metric_add(w, in ? m->bytes_in : m->bytes_out, (uint64_t)n);
+  } else if (n == 0 && in) {
+    c->end = END_PEER;
+  } else if (n == -ECONNRESET || n == -EPIPE) {
+    c->end = END_RESET;
+  } else if (n == -ETIMEDOUT) {
+    c->end = END_TIMEOUT;
+  } else if (n < 0 && n != -EAGAIN && n != -ECANCELED && n != -EINTR && n != -EXDEV) {
+    c->end = END_ERROR;
+  }
+}
+
+static void count_open(keel__worker_t *w, bool accepted) {
+  net_metrics_t *m = net_metrics(w);
+  if (m) {
+    keel__metric_add(w, accepted ? m->accepted : m->connected, 1);
+    keel__metric_gauge_add(w, m->active, 1);
+  }
+}
+
+static void count_close(keel_tcp_t *c) {
+  keel__worker_t *w = c->io.worker;
+  net_metrics_t *m = net_metrics(w);
+  if (m) {
+    keel__metric_add(w, m->closed[c->end], 1);
+    keel__metric_gauge_add(w, m->active, -1);
+  }
+}
 
 /* ---- Stream ops --------------------------------------------------------------- */
 
@@ -32,9 +123,10 @@ static ssize_t tcp_readv(keel_stream_t *s, const struct iovec *iov, int iovcnt) 
   if (!OWNED_HERE(&c->io))
     return -EXDEV;
   const keel__backend_ops_t *ops = c->io.worker->ops;
-  if (iovcnt == 1)
-    return ops->recv(&c->io, iov[0].iov_base, iov[0].iov_len);
-  return ops->readv(&c->io, iov, iovcnt);
+  ssize_t n = iovcnt == 1 ? ops->recv(&c->io, iov[0].iov_base, iov[0].iov_len)
+                          : ops->readv(&c->io, iov, iovcnt);
+  note_result(c, n, true);
+  return n;
 }
 
 static ssize_t tcp_writev(keel_stream_t *s, const struct iovec *iov, int iovcnt) {
@@ -42,9 +134,10 @@ static ssize_t tcp_writev(keel_stream_t *s, const struct iovec *iov, int iovcnt)
   if (!OWNED_HERE(&c->io))
     return -EXDEV;
   const keel__backend_ops_t *ops = c->io.worker->ops;
-  if (iovcnt == 1)
-    return ops->send(&c->io, iov[0].iov_base, iov[0].iov_len);
-  return ops->writev(&c->io, iov, iovcnt);
+  ssize_t n = iovcnt == 1 ? ops->send(&c->io, iov[0].iov_base, iov[0].iov_len)
+                          : ops->writev(&c->io, iov, iovcnt);
+  note_result(c, n, false);
+  return n;
 }
 
 static int tcp_shutdown(keel_stream_t *s, int how) {
@@ -58,6 +151,8 @@ static int tcp_close(keel_stream_t *s) {
     return -EXDEV;
   if (KEEL__UNLIKELY(c->parked))
     return -EBUSY; /* its wait and the task's next call live in c */
+  if (c->counted)
+    count_close(c);
   c->io.worker->ops->io_close(&c->io);
   int rc = close(c->io.fd) == 0 ? 0 : -errno;
   free(c);
@@ -153,6 +248,8 @@ static keel_tcp_t *tcp_new(int fd) {
   keel_stream_init(&c->super, &tcp_stream_ops, NULL);
   keel__io_init(&c->io, fd);
   c->parked = false;
+  c->counted = false;
+  c->end = END_LOCAL;
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   return c;
@@ -310,10 +407,15 @@ int keel_tcp_accept(keel_listener_t *l, keel_tcp_t **out) {
         close(fd);
         return -ENOMEM;
       }
+      count_open(l->io.worker, true);
+      c->counted = true;
       *out = c;
       return 0;
     }
     if (fd == -EMFILE || fd == -ENFILE || fd == -ENOBUFS || fd == -ENOMEM) {
+      net_metrics_t *m = net_metrics(l->io.worker);
+      if (m)
+        keel__metric_add(l->io.worker, m->accept_out_of_fds, 1);
       int rc = accept_backoff(l, fd, &backoff_ms);
       if (rc < 0)
         return rc;
@@ -370,6 +472,8 @@ int keel_tcp_connect_addr(const keel_addr_t *addr, keel_tcp_t **out) {
     tcp_close(&c->super);
     return rc;
   }
+  count_open(c->io.worker, false);
+  c->counted = true;
   *out = c;
   return 0;
 }
