@@ -288,6 +288,7 @@ static int handshake_run(keel_tls_t *t) {
     handshake_done(t);
   else if (t->hs_state == HS_RUNNING)
     t->hs_state = HS_NONE;
+  keel__tls_count_handshake(t->ctx->server, rc, rc == 0 && SSL_session_reused(t->ssl));
   keel__waiters_wake_all(&t->waiters, 0);
   return rc;
 }

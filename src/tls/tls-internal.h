@@ -137,4 +137,7 @@ void keel__tls_set_reason(keel_tls_t *t, const char *fmt, ...)
 /* The ctx-level reason for keel_tls_ctx_open's failures. */
 int keel__tls_ctx_error(char *reason, size_t len, int err, const char *what);
 
+/* Counts a handshake's end in the metrics (observe.c): err 0 or why it failed. */
+void keel__tls_count_handshake(bool server, int err, bool resumed);
+
 #endif

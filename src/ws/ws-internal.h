@@ -172,4 +172,9 @@ int ws_pmd_deflate(ws_pmd_t *d, const uint8_t *in, size_t n, bool fin, ws_buf_t 
 /* The bytes of zlib state d holds now (for tests and the memory figures). */
 size_t ws_pmd_held(const ws_pmd_t *d);
 
+/* Metrics (observe.c). */
+void keel__ws_count_open(bool server, int delta);
+void keel__ws_count_data(bool in, size_t bytes, bool message_end);
+void keel__ws_count_close(bool received, int code);
+
 #endif

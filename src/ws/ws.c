@@ -316,6 +316,7 @@ static int close_out(keel_ws_t *ws, int code, const char *reason, size_t rlen) {
   }
   ws->close_sent = true;
   ws->sent_code = code ? (uint16_t)code : KEEL_WS_NO_STATUS;
+  keel__ws_count_close(false, ws->sent_code);
   ws->close_by = keel_now_ns() + MS(ws->close_timeout_ms);
   struct iovec v = {body, n};
   int64_t prev = bound_begin(ws);
@@ -339,8 +340,12 @@ static int send_message(keel_ws_t *ws, int opcode, const struct iovec *iov, int 
   bool z = ws->z && (first ? len >= 1 : ws->frag_z);
   if (first && z)
     z = len >= ws->z->min_size || !fin;
-  if (!z)
-    return frame_send(ws, first ? (unsigned)opcode : KEEL_WS_CONTINUATION, fin, 0, iov, iovcnt);
+  if (!z) {
+    int rc = frame_send(ws, first ? (unsigned)opcode : KEEL_WS_CONTINUATION, fin, 0, iov, iovcnt);
+    if (rc == 0)
+      keel__ws_count_data(false, len, fin);
+    return rc;
+  }
   ws->z->out.len = 0;
   for (int i = 0; i < iovcnt; i++) {
     bool last = fin && i == iovcnt - 1;
@@ -361,6 +366,8 @@ static int send_message(keel_ws_t *ws, int opcode, const struct iovec *iov, int 
     ws_buf_free(&ws->z->out);
   if (first)
     ws->frag_z = true;
+  if (rc == 0)
+    keel__ws_count_data(false, len, fin);
   return rc;
 }
 
@@ -574,6 +581,7 @@ static int control(keel_ws_t *ws, unsigned opcode, const uint8_t *p, size_t n) {
   }
   ws->close_rcvd = true;
   ws->close_code = (uint16_t)code;
+  keel__ws_count_close(true, code);
   free(ws->close_reason);
   ws->close_reason = NULL;
   if (n > 2 && (ws->close_reason = malloc(n - 1))) {
@@ -727,7 +735,7 @@ static int frame_start(keel_ws_t *ws, bool zero_copy, bool whole, const void **d
 /* Reads frames until a whole message (returns its opcode, with *data and
  * *len), the close (0) or an error. zero_copy: a message of one buffered
  * frame may be handed out in place. */
-static int read_message(keel_ws_t *ws, const void **data, size_t *len, bool zero_copy) {
+static int read_message_once(keel_ws_t *ws, const void **data, size_t *len, bool zero_copy) {
   for (;;) {
     if (ws->closed)
       return 0;
@@ -775,6 +783,13 @@ static int read_message(keel_ws_t *ws, const void **data, size_t *len, bool zero
     *len = ws->msg.len;
     return op;
   }
+}
+
+static int read_message(keel_ws_t *ws, const void **data, size_t *len, bool zero_copy) {
+  int op = read_message_once(ws, data, len, zero_copy);
+  if (op > 0)
+    keel__ws_count_data(true, *len, true);
+  return op;
 }
 
 static int next_message(keel_ws_t *ws, const void **data, size_t *len, bool zero_copy) {
@@ -868,6 +883,7 @@ static ssize_t next_piece(keel_ws_t *ws, void *buf, size_t len, keel_ws_part_t *
     part->opcode = ws->msg_op;
     part->first = ws->part_first;
     part->last = last;
+    keel__ws_count_data(true, take, last);
     ws->part_first = false;
     if (last)
       ws->msg_op = 0;
@@ -928,6 +944,7 @@ static void ws_free(keel_ws_t *ws) {
     keel_shield_end();
   }
   keel_close(keel_bufstream_stream(ws->bs));
+  keel__ws_count_open(ws->server, -1);
   if (ws->live)
     (*ws->live)--;
   if (ws->z) {
@@ -1060,6 +1077,7 @@ int keel__ws_new(keel_bufstream_t *bs, keel_tcp_t *tcp, keel_tls_t *tls, bool se
       return rc;
     }
   }
+  keel__ws_count_open(server, 1);
   *out = ws;
   return 0;
 }

@@ -21,6 +21,7 @@
 
 #include "keel/chan.h"
 #include "keel/sync.h"
+#include "keel/metrics.h"
 #include "keel/wsc.h"
 #include "handshake.h"
 
@@ -114,6 +115,24 @@ struct keel_wsc_out {
   int opcode;
 };
 
+/* Requests failed, by why: the error they failed with. */
+enum { FAIL_DISCONNECTED, FAIL_TIMEOUT, FAIL_CANCELLED, FAIL_CLOSED, FAIL_OTHER, FAIL_KINDS };
+static const char *const fail_names[FAIL_KINDS] = {"disconnected", "timeout", "cancelled", "closed",
+                                                   "error"};
+
+/* The client's series in the runtime's metrics (NULL ones count nothing). */
+typedef struct wsc_metrics {
+  keel_metric_t *connects, *reconnects, *failures, *epoch, *pending;
+  keel_metric_t *failed[FAIL_KINDS];
+  keel_metric_t *events_dropped, *updates_dropped, *responses_dropped;
+} wsc_metrics_t;
+
+/* Adds n to a counter or gauge of the client's (none: nothing). */
+static void count(keel_metric_t *m, int64_t n) {
+  if (m)
+    keel_metric_gauge_add(m, n);
+}
+
 struct keel_wsc {
   pthread_mutex_t mu;
   atomic_long refs;    /* handles, guards, and the owner */
@@ -136,6 +155,7 @@ struct keel_wsc {
   atomic_size_t ntombs; /* written under mu, read by the owner without */
   int64_t next_sweep;
   keel_wsc_stats_t st;
+  wsc_metrics_t m; /* the same in the runtime's metrics, by the client's name */
   atomic_uint_fast64_t epoch;
   keel_chan_t *events;
   /* The owner's: */
@@ -244,6 +264,7 @@ static void map_add(keel_wsc_t *c, item_t *it) {
   c->map[s] = it;
   it->state = ST_PENDING;
   c->pending++;
+  count(c->m.pending, 1);
 }
 
 static bool map_remove(keel_wsc_t *c, item_t *it) {
@@ -252,6 +273,7 @@ static bool map_remove(keel_wsc_t *c, item_t *it) {
       *pp = it->hnext;
       it->hnext = NULL;
       c->pending--;
+      count(c->m.pending, -1);
       return true;
     }
   return false;
@@ -424,6 +446,78 @@ bool keel_wsc_connected(const keel_wsc_t *c) {
   return up;
 }
 
+/* ---- Metrics ------------------------------------------------------------------------ */
+
+static int wsc_series(const char *client, keel_metric_type_t type, const char *name,
+                      const char *help, keel_metric_t **out) {
+  keel_metric_family_t *f;
+  keel_metric_opts_t o = {.type = type, .name = name, .help = help, .labels = {"client"}};
+  int rc = keel_metrics_register(&o, &f);
+  return rc < 0 ? rc : keel_metrics_series(f, (const char *[]){client}, out);
+}
+
+static int wsc_failed_series(const char *client, keel_metric_t **out) {
+  keel_metric_family_t *f;
+  keel_metric_opts_t o = {.type = KEEL_METRIC_COUNTER,
+                          .name = "keel_wsc_requests_failed_total",
+                          .help = "Reconnecting client: requests failed, by why.",
+                          .labels = {"client", "reason"}};
+  int rc = keel_metrics_register(&o, &f);
+  for (int i = 0; rc == 0 && i < FAIL_KINDS; i++)
+    rc = keel_metrics_series(f, (const char *[]){client, fail_names[i]}, &out[i]);
+  return rc;
+}
+
+/* Series labelled client="name" (clients of one name share them). A
+ * failure leaves the rest uncounted, never the client unusable. */
+static void metrics_open(keel_wsc_t *c) {
+  const char *client = c->o.name ? c->o.name : "wsc";
+  wsc_metrics_t *m = &c->m;
+  const keel_metric_type_t C = KEEL_METRIC_COUNTER, G = KEEL_METRIC_GAUGE;
+  int rc =
+      wsc_series(client, C, "keel_wsc_connects_total",
+                 "Reconnecting client: connections opened (TCP and upgrade done).", &m->connects);
+  if (rc == 0)
+    rc = wsc_series(client, C, "keel_wsc_reconnects_total",
+                    "Reconnecting client: connections through auth, after the first.",
+                    &m->reconnects);
+  if (rc == 0)
+    rc = wsc_series(client, C, "keel_wsc_failures_total",
+                    "Reconnecting client: connect attempts or connections that failed.",
+                    &m->failures);
+  if (rc == 0)
+    rc = wsc_series(client, G, "keel_wsc_epoch",
+                    "Reconnecting client: the connection epoch (0: never connected).", &m->epoch);
+  if (rc == 0)
+    rc = wsc_series(client, G, "keel_wsc_pending_requests",
+                    "Reconnecting client: requests sent and awaiting their response.", &m->pending);
+  if (rc == 0)
+    rc = wsc_failed_series(client, m->failed);
+  if (rc == 0)
+    rc = wsc_series(client, C, "keel_wsc_events_dropped_total",
+                    "Reconnecting client: message events dropped (event queue full).",
+                    &m->events_dropped);
+  if (rc == 0)
+    rc = wsc_series(client, C, "keel_wsc_updates_dropped_total",
+                    "Reconnecting client: updates dropped from full subscription queues.",
+                    &m->updates_dropped);
+  if (rc == 0)
+    rc = wsc_series(client, C, "keel_wsc_responses_dropped_total",
+                    "Reconnecting client: responses for no pending request (late, unknown id).",
+                    &m->responses_dropped);
+  if (rc < 0)
+    keel_log(KEEL_LOG_WARN, "wsc %s: metrics: %s", client, keel_strerror(rc));
+}
+
+static void count_failed(keel_wsc_t *c, int err) {
+  int kind = err == -ECONNRESET  ? FAIL_DISCONNECTED
+             : err == -ETIMEDOUT ? FAIL_TIMEOUT
+             : err == -ECANCELED ? FAIL_CANCELLED
+             : err == -ESHUTDOWN ? FAIL_CLOSED
+                                 : FAIL_OTHER;
+  count(c->m.failed[kind], 1);
+}
+
 void keel_wsc_stats(keel_wsc_t *c, keel_wsc_stats_t *out) {
   pthread_mutex_lock(&c->mu);
   *out = c->st;
@@ -479,6 +573,7 @@ static void emit_message(keel_wsc_t *c, keel_wsc_kind_t kind, int opcode, const 
   if (keel_chan_is_full(c->events) || !(ev.data = malloc(len + 1))) {
     pthread_mutex_lock(&c->mu);
     c->st.events_dropped++;
+    count(c->m.events_dropped, 1);
     pthread_mutex_unlock(&c->mu);
     return;
   }
@@ -488,6 +583,7 @@ static void emit_message(keel_wsc_t *c, keel_wsc_kind_t kind, int opcode, const 
     free(ev.data);
     pthread_mutex_lock(&c->mu);
     c->st.events_dropped++;
+    count(c->m.events_dropped, 1);
     pthread_mutex_unlock(&c->mu);
   }
 }
@@ -505,7 +601,9 @@ int keel_wsc_event(keel_wsc_t *c, keel_wsc_event_t *ev) {
 
 /* ---- Requests and sends ------------------------------------------------------------- */
 
-static void item_done(item_t *it, int result, const char *why) {
+static void item_done(keel_wsc_t *c, item_t *it, int result, const char *why) {
+  if (result < 0)
+    count_failed(c, result);
   it->state = ST_DONE;
   it->result = result;
   it->why = why;
@@ -555,6 +653,7 @@ static int item_run(keel_wsc_t *c, item_t *it, int64_t timeout_ms) {
       it->state = ST_DONE;
       rc = w;
       it->why = w == -ETIMEDOUT ? "timed out" : "cancelled";
+      count_failed(c, w);
     }
     pthread_mutex_unlock(&c->mu);
   }
@@ -735,6 +834,7 @@ static void sub_push(keel_wsc_t *c, keel_wsc_sub_t *s, int opcode, const void *d
   if (s->count == s->cap) {
     s->dropped++;
     c->st.updates_dropped++;
+    count(c->m.updates_dropped, 1);
     if (c->o.sub_overflow == KEEL_WSC_DROP_NEWEST)
       return;
     s->head = (s->head + 1) % s->cap;
@@ -746,6 +846,7 @@ static void sub_push(keel_wsc_t *c, keel_wsc_sub_t *s, int opcode, const void *d
     if (!p) {
       s->dropped++;
       c->st.updates_dropped++;
+      count(c->m.updates_dropped, 1);
       return;
     }
     sl->p = p;
@@ -838,15 +939,15 @@ static int serve_data(keel_wsc_t *c) {
     link_remove(&it->node);
     out_reset(&c->out);
     if (keel_wsc_out_append(&c->out, it->data, it->len) < 0) {
-      item_done(it, -ENOMEM, "no memory");
+      item_done(c, it, -ENOMEM, "no memory");
       pthread_mutex_unlock(&c->mu);
       continue;
     }
     c->out.opcode = it->opcode ? it->opcode : KEEL_WS_TEXT;
     if (it->kind == IT_SEND) {
-      item_done(it, 0, NULL);
+      item_done(c, it, 0, NULL);
     } else if (map_find(c, it->req->id) || tomb_find(c, it->req->id)) {
-      item_done(it, -EEXIST, "a request with that id is pending");
+      item_done(c, it, -EEXIST, "a request with that id is pending");
       pthread_mutex_unlock(&c->mu);
       continue;
     } else {
@@ -900,6 +1001,7 @@ static void complete(keel_wsc_t *c, const void *data, size_t len, const keel_wsc
       c->ntombs--;
     }
     c->st.responses_dropped++;
+    count(c->m.responses_dropped, 1);
     pthread_mutex_unlock(&c->mu);
     return;
   }
@@ -914,7 +1016,7 @@ static void complete(keel_wsc_t *c, const void *data, size_t len, const keel_wsc
   else if (len)
     memcpy(r->resp, data, len);
   c->st.responses++;
-  item_done(it, rc, rc == -EREMOTEIO ? "error answer" : rc ? "response too long" : NULL);
+  item_done(c, it, rc, rc == -EREMOTEIO ? "error answer" : rc ? "response too long" : NULL);
   pthread_mutex_unlock(&c->mu);
 }
 
@@ -1073,6 +1175,7 @@ static int connect_seq(keel_wsc_t *c) {
   }
   pthread_mutex_lock(&c->mu);
   c->st.connects++;
+  count(c->m.connects, 1);
   pthread_mutex_unlock(&c->mu);
   uint64_t epoch = keel_wsc_epoch(c) + 1;
   for (unsigned i = 0; c->p.on_connect; i++) {
@@ -1120,9 +1223,12 @@ static int connect_seq(keel_wsc_t *c) {
   }
   /* Through: a new epoch; every live topic subscribed again on it. */
   pthread_mutex_lock(&c->mu);
+  count(c->m.epoch, (int64_t)(epoch - keel_wsc_epoch(c)));
   atomic_store_explicit(&c->epoch, epoch, memory_order_release);
-  if (epoch > 1)
+  if (epoch > 1) {
     c->st.reconnects++;
+    count(c->m.reconnects, 1);
+  }
   c->up = true;
   for (size_t i = 0; i < c->topics_size; i++)
     for (topic_t *t = c->topics[i]; t; t = t->hnext) {
@@ -1154,11 +1260,12 @@ static void lost(keel_wsc_t *c) {
         link_tail(&again, &it->node);
       } else {
         c->st.requests_failed++;
-        item_done(it, -ECONNRESET, "disconnected");
+        item_done(c, it, -ECONNRESET, "disconnected");
       }
     }
     c->map[i] = NULL;
   }
+  count(c->m.pending, -(int64_t)c->pending);
   c->pending = 0;
   tombs_clear(c, true);
   while (!link_empty(&again)) {
@@ -1208,16 +1315,17 @@ static void shutdown_all(keel_wsc_t *c) {
   while (!link_empty(&c->queue)) {
     item_t *it = CONTAINER(c->queue.next, item_t, node);
     link_remove(&it->node);
-    item_done(it, -ESHUTDOWN, "the client has ended");
+    item_done(c, it, -ESHUTDOWN, "the client has ended");
   }
   for (size_t i = 0; i < c->map_size; i++) {
     for (item_t *it = c->map[i], *next; it; it = next) {
       next = it->hnext;
       it->hnext = NULL;
-      item_done(it, -ESHUTDOWN, "the client has ended");
+      item_done(c, it, -ESHUTDOWN, "the client has ended");
     }
     c->map[i] = NULL;
   }
+  count(c->m.pending, -(int64_t)c->pending);
   c->pending = 0;
   tombs_clear(c, true);
   for (size_t i = 0; i < c->topics_size; i++)
@@ -1286,6 +1394,7 @@ static int owner_main(void *arg) {
     c->failures = was_up ? 1 : c->failures + 1;
     pthread_mutex_lock(&c->mu);
     c->st.failures++;
+    count(c->m.failures, 1);
     pthread_mutex_unlock(&c->mu);
     int err = was_up ? -ECONNRESET : -ECONNREFUSED;
     bool give_up = c->o.max_attempts && c->failures >= c->o.max_attempts;
@@ -1368,6 +1477,8 @@ int keel_wsc_open(keel_scope_t *scope, const keel_wsc_opts_t *opts, const keel_w
   link_init(&c->dirty);
   out_reset(&c->out);
   int rc = c->url && c->map && c->topics ? 0 : -ENOMEM;
+  if (rc == 0)
+    metrics_open(c);
   if (rc == 0 && o->events) {
     keel_chan_opts_t co = {.elem_size = sizeof(keel_wsc_event_t),
                            .capacity = o->event_capacity,
