@@ -217,6 +217,10 @@ static int merge_body(void *arg) {
     snprintf(series, sizeof series, "keel_worker_task_runs_total{worker=\"%d\"}", i);
     CHECK(value_of(text, series) >= 1);
   }
+  /* The process's own. */
+  CHECK(value_of(text, "process_open_fds") >= 3);
+  CHECK(value_of(text, "process_resident_memory_bytes") > 1 << 20);
+  CHECK(value_of(text, "process_cpu_seconds_total") > 0);
   /* A sleep is a wait in the loop's poll: one more iteration, idle time. */
   double loops = value_of(text, "keel_worker_loops_total{worker=\"0\"}");
   double idle = value_of(text, "keel_worker_idle_seconds_total{worker=\"0\"}");

@@ -1,11 +1,15 @@
 /* The metrics registry: families and series, per-worker cells, the
  * Prometheus text export. */
+#include <dirent.h>
 #include <errno.h>
 #include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "metrics-internal.h"
 
@@ -51,6 +55,7 @@ struct keel__metrics {
   _Atomic(void *) layers[KEEL__METRICS_LAYERS];
   struct stat_ref *stat_refs; /* the kernel's metrics: which worker stat each reads */
   int nstat_refs;
+  int64_t started_ns; /* process_start_time_seconds: keel_run's start, wall clock */
 };
 
 static int register_kernel(keel__metrics_t *reg);
@@ -335,6 +340,99 @@ static int register_stats(keel__metrics_t *reg, const stat_def_t *defs, size_t n
   return 0;
 }
 
+/* ---- The process's own, under the names Prometheus's client libraries use ---------- */
+
+static int64_t process_cpu_ns(void *arg, int worker) {
+  (void)arg, (void)worker;
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (int64_t)ts.tv_sec * KEEL_NS_PER_SEC + ts.tv_nsec;
+}
+
+/* Field (0: size, 1: resident) of /proc/self/statm, in bytes. */
+static int64_t statm_bytes(int field) {
+  long pages[2] = {0, 0};
+  FILE *f = fopen("/proc/self/statm", "r");
+  if (f) {
+    if (fscanf(f, "%ld %ld", &pages[0], &pages[1]) != 2)
+      pages[0] = pages[1] = 0;
+    fclose(f);
+  }
+  return (int64_t)pages[field] * sysconf(_SC_PAGESIZE);
+}
+
+static int64_t process_rss(void *arg, int worker) {
+  (void)arg, (void)worker;
+  return statm_bytes(1);
+}
+
+static int64_t process_vsize(void *arg, int worker) {
+  (void)arg, (void)worker;
+  return statm_bytes(0);
+}
+
+static int64_t process_open_fds(void *arg, int worker) {
+  (void)arg, (void)worker;
+  DIR *d = opendir("/proc/self/fd");
+  if (!d)
+    return 0;
+  int64_t n = 0;
+  for (struct dirent *e; (e = readdir(d)) != NULL;)
+    n += e->d_name[0] != '.';
+  closedir(d);
+  return n - 1; /* the directory's own */
+}
+
+static int64_t process_max_fds(void *arg, int worker) {
+  (void)arg, (void)worker;
+  struct rlimit rl;
+  return getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY ? (int64_t)rl.rlim_cur
+                                                                            : 0;
+}
+
+static int64_t process_start(void *arg, int worker) {
+  (void)worker;
+  return *(const int64_t *)arg;
+}
+
+static int register_process(keel__metrics_t *reg) {
+  static const struct {
+    const char *name, *help;
+    keel_metric_type_t type;
+    keel_metric_read_fn read;
+    double scale;
+  } defs[] = {
+      {"process_cpu_seconds_total", "User and system CPU time of the process.", KEEL_METRIC_COUNTER,
+       process_cpu_ns, 1e-9},
+      {"process_resident_memory_bytes", "Resident memory of the process.", KEEL_METRIC_GAUGE,
+       process_rss, 0},
+      {"process_virtual_memory_bytes", "Virtual memory of the process.", KEEL_METRIC_GAUGE,
+       process_vsize, 0},
+      {"process_open_fds", "Open file descriptors of the process.", KEEL_METRIC_GAUGE,
+       process_open_fds, 0},
+      {"process_max_fds", "The process's limit of open file descriptors.", KEEL_METRIC_GAUGE,
+       process_max_fds, 0},
+      {"process_start_time_seconds",
+       "When the runtime started (keel_run), seconds since the epoch.", KEEL_METRIC_GAUGE,
+       process_start, 1e-9},
+  };
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  reg->started_ns = (int64_t)now.tv_sec * KEEL_NS_PER_SEC + now.tv_nsec;
+  int rc = 0;
+  for (size_t i = 0; rc == 0 && i < sizeof defs / sizeof *defs; i++) {
+    keel_metric_opts_t o = {.type = defs[i].type,
+                            .name = defs[i].name,
+                            .help = defs[i].help,
+                            .read = defs[i].read,
+                            .scale = defs[i].scale,
+                            .read_arg = &reg->started_ns};
+    keel_metric_family_t *f;
+    rc = family_register(reg, &o, &f);
+  }
+  return rc;
+}
+
 static int register_kernel(keel__metrics_t *reg) {
   keel_metric_opts_t ready = {.type = KEEL_METRIC_GAUGE,
                               .name = "keel_worker_ready_tasks",
@@ -351,7 +449,7 @@ static int register_kernel(keel__metrics_t *reg) {
     rc = register_stats(reg, uring_stats, sizeof uring_stats / sizeof *uring_stats);
   if (rc == 0 && !strcmp(backend, "epoll"))
     rc = register_stats(reg, epoll_stats, sizeof epoll_stats / sizeof *epoll_stats);
-  return rc;
+  return rc == 0 ? register_process(reg) : rc;
 }
 
 /* ---- Series ---------------------------------------------------------------------- */
