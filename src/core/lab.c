@@ -212,7 +212,7 @@ static int lab_connect(keel__io_t *io, const struct sockaddr *sa, socklen_t len)
 }
 static void lab_arm_readable(keel__io_t *io, keel__wait_t *w) {
   (void)io;
-  keel__wait_init(w, NULL);
+  keel__wait_init(w, NULL, KEEL__WAIT_READABLE, io);
   keel__wait_complete(w, -EOPNOTSUPP);
 }
 static int lab_readable_done(keel__io_t *io, keel__wait_t *w) {

@@ -307,7 +307,7 @@ static int join_result(keel_scope_t *s) {
  * Returns with s joined. */
 static void join_wait_children(keel_scope_t *s) {
   keel__wait_t w;
-  keel__wait_init(&w, join_abort);
+  keel__wait_init(&w, join_abort, KEEL__WAIT_JOIN, s);
   w.data = s;
   int err = keel__check_cancel();
   if (s->flags & KEEL_SCOPE_SHIELD) {
