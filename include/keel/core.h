@@ -91,9 +91,6 @@ const char *keel_backend_name(void);
 int keel_worker_count(void);
 int keel_worker_id(void);
 
-/* Logs every live task (name, worker, state) by scope, from the root. */
-void keel_dump_tasks(void);
-
 /* Cancels the root scope with reason shutdown (what SIGINT/SIGTERM do).
  * Callable from any task on any worker. */
 void keel_shutdown(void);
@@ -355,6 +352,55 @@ typedef enum keel_log_level {
 void keel_log(keel_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Minimum level printed (default INFO; KEEL_LOG=debug|info|warn|error). */
 void keel_log_set_level(keel_log_level_t level);
+
+/* ---- Task dump ---------------------------------------------------------- *
+ *
+ * Every live task, by scope from the root: its name, scope path, worker
+ * and state (new, ready, running, blocked, or parked: blocked having given
+ * its stack back), and for a blocked task what it waits on and for how
+ * long, and its effective deadline; for each scope its live count (tasks
+ * and nested scopes), deadline and cancellation reason. What a task waits
+ * on: recv, send, readable, accept, connect (with the descriptor and the
+ * peer's address for a socket), sleep (until when), chan send/recv, mutex,
+ * rwlock, semaphore, notify, barrier, once, oneshot, watch, broadcast,
+ * join (the scope's path), blocking call, resolve, batch, rate limit,
+ * alert, tls turn, close. A layer may add what the task is doing.
+ *
+ * The dump is a snapshot taken without stopping the workers: it works
+ * while a worker is stuck in a task that never yields, and a task may have
+ * moved on by the time it is read (a socket's address is looked up after
+ * the snapshot). Times are the runtime's clock (virtual in lab mode); how
+ * long a task has waited counts from the worker's loop round in which it
+ * began to wait (timer resolution: 1 ms, exact in lab mode).
+ *
+ *   2 tasks in 2 scopes on 2 workers
+ *   scope root: 2 live
+ *     task 'main' [worker 0] blocked 2.001s: join root/backend
+ *     scope root/backend: 1 live, deadline +2.999s
+ *       task 'reader' [worker 1] blocked 2.000s: recv fd=12 peer=127.0.0.1:54321, deadline +2.999s
+ */
+
+/* keel_tasks_write's flags: text (0) or JSON. The JSON document is
+ * {"workers":N,"now_ns":T,"tasks":[...],"scopes":[...]}; a task has name,
+ * scope (its path), worker, state, and when blocked age_ns and wait (kind,
+ * fd, peer or local address, scope for a join, until_in_ns for a sleep,
+ * object: the address of what it waits on), and deadline_in_ns when it has
+ * one; activity when a layer said; a scope has path, name, live,
+ * cancelled (the reason, when cancelled), deadline_in_ns, shield. Keys
+ * that do not apply are left out; times are nanoseconds, relative ones
+ * negative once passed. */
+enum { KEEL_TASKS_JSON = 1u << 0 };
+
+/* Writes the task dump to sink, in one piece: it is rendered into memory
+ * of its own first (no scope lock is held while the sink runs, so the sink
+ * may park: a stream write, an HTTP response). Callable from a task or any
+ * thread of the runtime's workers. Returns 0, the sink's negative errno,
+ * -ENOMEM, or -EINVAL outside the runtime (or for unknown flags). */
+int keel_tasks_write(unsigned flags, keel_sink_fn sink, void *arg);
+
+/* Logs the text form (INFO, one line per entry): what keel_run logs when
+ * a drain deadline passes. */
+void keel_dump_tasks(void);
 
 #ifdef __cplusplus
 }

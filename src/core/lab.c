@@ -166,7 +166,7 @@ static void lab_stall(keel__worker_t *w) {
              "lab (seed %llu): every task is blocked and no timer is armed; still waiting "
              "for another thread after %d ms. Blocked tasks:",
              (unsigned long long)lab->seed, LAB_STALL_REPORT_MS);
-    keel__scope_dump(w->rt->root, 1);
+    keel__tasks_log(w->rt, KEEL_LOG_INFO);
     return;
   }
   drain_wake_fd(w);

@@ -175,7 +175,7 @@ static void drain_expired(keel_runtime_t *rt) {
     return;
   keel_log(KEEL_LOG_ERROR, "drain deadline of %lld ms passed with tasks still running:",
            (long long)rt->cfg.drain_timeout_ms);
-  keel__scope_dump(rt->root, 1);
+  keel__tasks_log(rt, KEEL_LOG_INFO);
   if (rt->cfg.no_drain_exit) {
     keel_log(KEEL_LOG_ERROR, "still waiting for them (no_drain_exit)");
     return;

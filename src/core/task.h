@@ -71,6 +71,9 @@ struct keel_task {
   };
   int64_t wait_since_tick;  /* the worker's timer tick when the wait was armed */
   int64_t wait_deadline_ns; /* the wait's effective deadline */
+  /* What a layer above the kernel says the task is doing (a string
+   * literal: the dump may read it at any time), or NULL. */
+  const char *activity;
   char name[KEEL__NAME_MAX];
 };
 

@@ -167,6 +167,15 @@ static inline keel_task_t *keel__task_self(void) {
   return w ? w->current : NULL;
 }
 
+/* Says what the current task is doing, for the task dump (a layer's phase:
+ * "http: reading a request head"). label is a string literal, since the
+ * dump may read it from any thread at any time, or NULL. One store. */
+static inline void keel__task_doing(const char *label) {
+  keel_task_t *t = keel__task_self();
+  if (t)
+    t->activity = label;
+}
+
 int keel__worker_init(keel__worker_t *w, keel_runtime_t *rt, int id);
 void keel__worker_destroy(keel__worker_t *w);
 void keel__worker_loop(keel__worker_t *w);
