@@ -35,6 +35,7 @@ typedef struct keel_config {
   size_t stack_size;         /* default task stack, 0: 64 KiB */
   int64_t drain_timeout_ms;  /* shutdown drain deadline, 0: 5000 */
   bool handle_signals;       /* SIGINT/SIGTERM cancel the root scope (reason shutdown) */
+  bool dump_on_sigusr1;      /* SIGUSR1 logs the task dump (keel_dump_tasks) */
   unsigned uring_entries;    /* io_uring SQ size per worker, 0: 1024 */
   const char *main_name;     /* name of the main task, NULL: "main" */
   unsigned blocking_threads; /* blocking pool threads (keel/blocking.h), 0: default */
@@ -66,6 +67,12 @@ void keel_config_init(keel_config_t *cfg);
  * SIGINT/SIGTERM dispositions and the calling thread's signal mask are
  * those it found. Only one runtime at a time handles the signals; a child
  * forked without exec gets the default actions back.
+ * With cfg->dump_on_sigusr1 (with or without handle_signals), SIGUSR1 logs
+ * the task dump (keel_dump_tasks) and does nothing else, through the same
+ * mechanism: a handler that forwards it to keel's signal thread, which
+ * writes the dump even while every worker is stuck. SIGUSR1's disposition
+ * is restored when keel_run returns; without the flag keel leaves SIGUSR1
+ * alone.
  *
  * Process-wide effects while keel_run runs, each a config choice:
  * - SIGPIPE is ignored (restored when keel_run returns), so a write to a
@@ -80,8 +87,9 @@ void keel_config_init(keel_config_t *cfg);
  *   second SIGINT/SIGTERM ends it at once with _exit(128 + signal).
  * Returns main_fn's return value, or a negative errno if the runtime could
  * not start (-EINVAL bad config, -ENOSYS backend unavailable, -ENOMEM,
- * -EBUSY handle_signals while another runtime in the process handles
- * them, or pthread_create's error when a worker thread cannot start). */
+ * -EBUSY handle_signals or dump_on_sigusr1 while another runtime in the
+ * process handles signals, or pthread_create's error when a worker thread
+ * cannot start). */
 int keel_run(const keel_config_t *cfg, keel_task_fn main_fn, void *arg);
 
 /* Name of the backend the current worker uses: "io_uring", "epoll" or
@@ -398,8 +406,8 @@ enum { KEEL_TASKS_JSON = 1u << 0 };
  * -ENOMEM, or -EINVAL outside the runtime (or for unknown flags). */
 int keel_tasks_write(unsigned flags, keel_sink_fn sink, void *arg);
 
-/* Logs the text form (INFO, one line per entry): what keel_run logs when
- * a drain deadline passes. */
+/* Logs the text form (INFO, one line per entry): what SIGUSR1 does with
+ * dump_on_sigusr1, and what keel_run logs when a drain deadline passes. */
 void keel_dump_tasks(void);
 
 #ifdef __cplusplus

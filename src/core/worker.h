@@ -107,10 +107,10 @@ struct keel_runtime {
   int started_workers;
   pthread_t signal_thread;
   bool have_signal_thread;
-  int signal_fd;    /* handle_signals: the read end of the pipe the handler writes */
+  int signal_fd;    /* the read end of the pipe the signal handler writes */
   int signal_wr_fd; /* its write end */
   int signal_stop_fd;
-  struct sigaction signal_prev[2]; /* SIGINT's and SIGTERM's dispositions before keel_run */
+  struct sigaction signal_prev[3]; /* SIGINT's, SIGTERM's, SIGUSR1's before keel_run */
   atomic_bool drain_armed;         /* keel_shutdown started the drain deadline */
   keel__msg_t drain_msg;
   keel__timer_t drain_timer;       /* on worker 0 */
