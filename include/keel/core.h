@@ -372,7 +372,8 @@ void keel_log_set_level(keel_log_level_t level);
  * peer's address for a socket), sleep (until when), chan send/recv, mutex,
  * rwlock, semaphore, notify, barrier, once, oneshot, watch, broadcast,
  * join (the scope's path), blocking call, resolve, batch, rate limit,
- * alert, tls turn, close. A layer may add what the task is doing.
+ * alert, tls turn, close. A layer may add what the task is doing (the HTTP
+ * server: reading a request head, waiting for its handler).
  *
  * The dump is a snapshot taken without stopping the workers: it works
  * while a worker is stuck in a task that never yields, and a task may have
