@@ -15,6 +15,8 @@
  *   GET  /sleep?ms=N              200 "slept N ms\n" after N ms (at most 60 s)
  *   GET  /stream?chunks=N&size=S  200, a chunked body of N chunks of S bytes
  *   GET  /metrics                 the runtime's metrics (Prometheus text format)
+ *   GET  /debug/tasks             every live task and what it waits on
+ *                                 (?format=json for JSON)
  *
  * SIGINT/SIGTERM stop accepting, close idle connections, let the requests
  * in flight finish (their responses carry Connection: close) and exit 0.
@@ -167,6 +169,8 @@ static int add_routes(keel_http_router_t *r) {
     rc = keel_http_route(r, "GET", "/stream", 0, stream_route, NULL);
   if (rc == 0)
     rc = keel_http_route(r, "GET", "/metrics", 0, keel_http_metrics_handler, NULL);
+  if (rc == 0)
+    rc = keel_http_route(r, "GET", "/debug/tasks", 0, keel_http_tasks_handler, NULL);
   return rc;
 }
 

@@ -9,7 +9,8 @@
  * idle WebSocket holds no stack and no buffer. --sequential runs each one
  * in its handler's task instead (keel_ws_recv in a loop), the style that
  * reads as plain code. GET /metrics serves the runtime's metrics
- * (Prometheus text format). Any other path answers 404; a plain GET of
+ * (Prometheus text format), GET /debug/tasks every live task and what it
+ * waits on. Any other path answers 404; a plain GET of
  * "/" answers 426. With --tls-cert and --tls-key it serves wss://. */
 #include <errno.h>
 #include <getopt.h>
@@ -39,6 +40,8 @@ static int handler(keel_http_request_t *req, keel_http_response_t *res, void *ct
   app_t *app = ctx;
   if (strcmp(keel_http_path(req), "/metrics") == 0)
     return keel_http_metrics_handler(req, res, NULL);
+  if (strcmp(keel_http_path(req), "/debug/tasks") == 0)
+    return keel_http_tasks_handler(req, res, NULL);
   if (strcmp(keel_http_path(req), "/") != 0) {
     keel_http_set_status(res, 404);
     return keel_http_send(res, "not found\n", 10);

@@ -35,6 +35,7 @@ typedef struct keel_config {
   size_t stack_size;         /* default task stack, 0: 64 KiB */
   int64_t drain_timeout_ms;  /* shutdown drain deadline, 0: 5000 */
   bool handle_signals;       /* SIGINT/SIGTERM cancel the root scope (reason shutdown) */
+  bool dump_on_sigusr1;      /* SIGUSR1 logs the task dump (keel_dump_tasks) */
   unsigned uring_entries;    /* io_uring SQ size per worker, 0: 1024 */
   const char *main_name;     /* name of the main task, NULL: "main" */
   unsigned blocking_threads; /* blocking pool threads (keel/blocking.h), 0: default */
@@ -66,6 +67,12 @@ void keel_config_init(keel_config_t *cfg);
  * SIGINT/SIGTERM dispositions and the calling thread's signal mask are
  * those it found. Only one runtime at a time handles the signals; a child
  * forked without exec gets the default actions back.
+ * With cfg->dump_on_sigusr1 (with or without handle_signals), SIGUSR1 logs
+ * the task dump (keel_dump_tasks) and does nothing else, through the same
+ * mechanism: a handler that forwards it to keel's signal thread, which
+ * writes the dump even while every worker is stuck. SIGUSR1's disposition
+ * is restored when keel_run returns; without the flag keel leaves SIGUSR1
+ * alone.
  *
  * Process-wide effects while keel_run runs, each a config choice:
  * - SIGPIPE is ignored (restored when keel_run returns), so a write to a
@@ -80,8 +87,9 @@ void keel_config_init(keel_config_t *cfg);
  *   second SIGINT/SIGTERM ends it at once with _exit(128 + signal).
  * Returns main_fn's return value, or a negative errno if the runtime could
  * not start (-EINVAL bad config, -ENOSYS backend unavailable, -ENOMEM,
- * -EBUSY handle_signals while another runtime in the process handles
- * them, or pthread_create's error when a worker thread cannot start). */
+ * -EBUSY handle_signals or dump_on_sigusr1 while another runtime in the
+ * process handles signals, or pthread_create's error when a worker thread
+ * cannot start). */
 int keel_run(const keel_config_t *cfg, keel_task_fn main_fn, void *arg);
 
 /* Name of the backend the current worker uses: "io_uring", "epoll" or
@@ -90,9 +98,6 @@ const char *keel_backend_name(void);
 /* Number of workers; index of the current worker (0-based, -1 outside). */
 int keel_worker_count(void);
 int keel_worker_id(void);
-
-/* Logs every live task (name, worker, state) by scope, from the root. */
-void keel_dump_tasks(void);
 
 /* Cancels the root scope with reason shutdown (what SIGINT/SIGTERM do).
  * Callable from any task on any worker. */
@@ -355,6 +360,56 @@ typedef enum keel_log_level {
 void keel_log(keel_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Minimum level printed (default INFO; KEEL_LOG=debug|info|warn|error). */
 void keel_log_set_level(keel_log_level_t level);
+
+/* ---- Task dump ---------------------------------------------------------- *
+ *
+ * Every live task, by scope from the root: its name, scope path, worker
+ * and state (new, ready, running, blocked, or parked: blocked having given
+ * its stack back), and for a blocked task what it waits on and for how
+ * long, and its effective deadline; for each scope its live count (tasks
+ * and nested scopes), deadline and cancellation reason. What a task waits
+ * on: recv, send, readable, accept, connect (with the descriptor and the
+ * peer's address for a socket), sleep (until when), chan send/recv, mutex,
+ * rwlock, semaphore, notify, barrier, once, oneshot, watch, broadcast,
+ * join (the scope's path), blocking call, resolve, batch, rate limit,
+ * alert, tls turn, close. A layer may add what the task is doing (the HTTP
+ * server: reading a request head, waiting for its handler).
+ *
+ * The dump is a snapshot taken without stopping the workers: it works
+ * while a worker is stuck in a task that never yields, and a task may have
+ * moved on by the time it is read (a socket's address is looked up after
+ * the snapshot). Times are the runtime's clock (virtual in lab mode); how
+ * long a task has waited counts from the worker's loop round in which it
+ * began to wait (timer resolution: 1 ms, exact in lab mode).
+ *
+ *   2 tasks in 2 scopes on 2 workers
+ *   scope root: 2 live
+ *     task 'main' [worker 0] blocked 2.001s: join root/backend
+ *     scope root/backend: 1 live, deadline +2.999s
+ *       task 'reader' [worker 1] blocked 2.000s: recv fd=12 peer=127.0.0.1:54321, deadline +2.999s
+ */
+
+/* keel_tasks_write's flags: text (0) or JSON. The JSON document is
+ * {"workers":N,"now_ns":T,"tasks":[...],"scopes":[...]}; a task has name,
+ * scope (its path), worker, state, and when blocked age_ns and wait (kind,
+ * fd, peer or local address, scope for a join, until_in_ns for a sleep,
+ * object: the address of what it waits on), and deadline_in_ns when it has
+ * one; activity when a layer said; a scope has path, name, live,
+ * cancelled (the reason, when cancelled), deadline_in_ns, shield. Keys
+ * that do not apply are left out; times are nanoseconds, relative ones
+ * negative once passed. */
+enum { KEEL_TASKS_JSON = 1u << 0 };
+
+/* Writes the task dump to sink, in one piece: it is rendered into memory
+ * of its own first (no scope lock is held while the sink runs, so the sink
+ * may park: a stream write, an HTTP response). Callable from a task or any
+ * thread of the runtime's workers. Returns 0, the sink's negative errno,
+ * -ENOMEM, or -EINVAL outside the runtime (or for unknown flags). */
+int keel_tasks_write(unsigned flags, keel_sink_fn sink, void *arg);
+
+/* Logs the text form (INFO, one line per entry): what SIGUSR1 does with
+ * dump_on_sigusr1, and what keel_run logs when a drain deadline passes. */
+void keel_dump_tasks(void);
 
 #ifdef __cplusplus
 }

@@ -236,6 +236,14 @@ int keel_http_router_close(keel_http_router_t *r);
  * keel_http_route(r, "GET", "/metrics", 0, keel_http_metrics_handler, NULL). */
 int keel_http_metrics_handler(keel_http_request_t *req, keel_http_response_t *res, void *ctx);
 
+/* A handler that answers with the task dump (keel_tasks_write): text
+ * (text/plain; charset=utf-8) by default, JSON (application/json) with
+ * ?format=json or an Accept field naming application/json; ?format=text
+ * asks for text whatever Accept says. ctx is unused. It shows every task
+ * of the process, so mount it where only operators reach it:
+ *   keel_http_route(r, "GET", "/debug/tasks", 0, keel_http_tasks_handler, NULL); */
+int keel_http_tasks_handler(keel_http_request_t *req, keel_http_response_t *res, void *ctx);
+
 /* ---- Client --------------------------------------------------------------- */
 
 /* keel_http_call_open sends one request and reads the head of its

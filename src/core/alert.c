@@ -104,7 +104,7 @@ int keel_alert_wait(keel_alert_t *a, int64_t until_ns) {
     keel_alert_t *was = t->alert;
     t->alert = a;
     keel__wait_t w;
-    keel__wait_init(&w, NULL);
+    keel__wait_init(&w, NULL, KEEL__WAIT_ALERT, a);
     w.alertable = true;
     rc = (int)keel__wait_block(&w, until_ns, 0);
     t->alert = was;

@@ -108,12 +108,13 @@ static int ep_register(keel__io_t *io) {
 
 /* Parks until io is readable (or writable). Edge-triggered: callers only
  * come here after the call returned EAGAIN, so an edge is still to come. */
-static int ep_wait_ready(keel__io_t *io, bool write, bool alertable) {
+static int ep_wait_ready(keel__io_t *io, bool write, bool alertable, keel__wait_kind_t kind) {
   int rc = ep_register(io);
   if (rc < 0)
     return rc;
   keel__wait_t w;
-  keel__wait_init(&w, keel__wait_abort_dequeue);
+  keel__wait_init(&w, keel__wait_abort_dequeue, kind, io);
+  keel__wait_on_fd(&w, io->fd);
   w.alertable = alertable;
   keel__queue_insert_tail(write ? &io->wr_waiters : &io->rd_waiters, &w.node);
   return (int)keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
@@ -167,6 +168,13 @@ static inline ssize_t ep_call_once(keel__io_t *io, const ep_call_t *c) {
   return -1;
 }
 
+/* What a task parked in the call waits on, for the task dump. */
+static inline keel__wait_kind_t ep_call_wait_kind(const ep_call_t *c) {
+  return c->kind == EP_ACCEPT ? KEEL__WAIT_ACCEPT
+         : ep_call_writes(c)  ? KEEL__WAIT_SEND
+                              : KEEL__WAIT_RECV;
+}
+
 /* The bytes the call asked for; 0 for an accept, whose success says
  * nothing about what is left in the backlog. */
 static inline size_t ep_call_want(const ep_call_t *c) {
@@ -214,7 +222,7 @@ static inline __attribute__((always_inline)) ssize_t ep_io(keel__io_t *io, const
         return -errno;
       *ready = false;
     }
-    if ((rc = ep_wait_ready(io, write, !write)) < 0)
+    if ((rc = ep_wait_ready(io, write, !write, ep_call_wait_kind(c))) < 0)
       return rc;
   }
 }
@@ -242,7 +250,8 @@ static int ep_accept(keel__io_t *io) { return (int)ep_io(io, &(ep_call_t){.kind 
  * the last read (then bytes or the end of stream are there for sure: a
  * parked connection woken by its next request pays no poll). */
 static void ep_arm_readable(keel__io_t *io, keel__wait_t *w) {
-  keel__wait_init(w, keel__wait_abort_dequeue);
+  keel__wait_init(w, keel__wait_abort_dequeue, KEEL__WAIT_READABLE, io);
+  keel__wait_on_fd(w, io->fd);
   w->alertable = true;
   if (io->rd_ready && !io->rd_edge && !io->rd_hup) {
     struct pollfd p = {io->fd, POLLIN | POLLRDHUP, 0};
@@ -270,7 +279,8 @@ static int ep_connect(keel__io_t *io, const struct sockaddr *sa, socklen_t len) 
     return 0;
   if (errno != EINPROGRESS)
     return -errno;
-  if ((rc = ep_wait_ready(io, true, true)) < 0) /* a connect may be cut short by an alert */
+  /* A connect may be cut short by an alert. */
+  if ((rc = ep_wait_ready(io, true, true, KEEL__WAIT_CONNECT)) < 0)
     return rc;
   int err = 0;
   socklen_t elen = sizeof err;

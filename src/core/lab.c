@@ -166,7 +166,7 @@ static void lab_stall(keel__worker_t *w) {
              "lab (seed %llu): every task is blocked and no timer is armed; still waiting "
              "for another thread after %d ms. Blocked tasks:",
              (unsigned long long)lab->seed, LAB_STALL_REPORT_MS);
-    keel__scope_dump(w->rt->root, 1);
+    keel__tasks_log(w->rt, KEEL_LOG_INFO);
     return;
   }
   drain_wake_fd(w);
@@ -212,7 +212,7 @@ static int lab_connect(keel__io_t *io, const struct sockaddr *sa, socklen_t len)
 }
 static void lab_arm_readable(keel__io_t *io, keel__wait_t *w) {
   (void)io;
-  keel__wait_init(w, NULL);
+  keel__wait_init(w, NULL, KEEL__WAIT_READABLE, io);
   keel__wait_complete(w, -EOPNOTSUPP);
 }
 static int lab_readable_done(keel__io_t *io, keel__wait_t *w) {

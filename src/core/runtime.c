@@ -112,7 +112,10 @@ static int main_task(void *arg) {
 
 /* With handle_signals, the first SIGINT/SIGTERM cancels the root scope with
  * reason shutdown and starts the drain deadline; a second one (or the
- * deadline passing) ends the process. The signals stay blocked in the
+ * deadline passing) ends the process. With dump_on_sigusr1, SIGUSR1 logs
+ * the task dump, from the signal thread: it runs even with every worker
+ * stuck in a task that does not yield, when a dump is most wanted. The
+ * signals keel handles (either set, or both) stay blocked in the
  * runtime's own threads, so no handler runs on a task's stack and no loop
  * call is interrupted. Where they are not blocked, a handler runs: in the
  * runtime's signal thread, or in a thread the application created before
@@ -125,9 +128,9 @@ static int main_task(void *arg) {
  * in the runtime's structs, justified by that (as the guard-page handler's
  * in stack.c). It holds no loop state, only the pipe's write end, and says
  * that a runtime has the signals (one at a time: another keel_run with
- * handle_signals gets -EBUSY). writers counts handlers between reading fd
- * and their write: the pipe is closed only after them, so a handler never
- * writes to a descriptor number reused meanwhile. */
+ * handle_signals or dump_on_sigusr1 gets -EBUSY). writers counts handlers
+ * between reading fd and their write: the pipe is closed only after them,
+ * so a handler never writes to a descriptor number reused meanwhile. */
 enum { SIGNALS_FREE = -1, SIGNALS_CLAIMED = -2 };
 static struct {
   _Atomic int fd; /* the pipe's write end, or SIGNALS_FREE / SIGNALS_CLAIMED */
@@ -135,12 +138,19 @@ static struct {
   _Atomic pid_t pid; /* the process whose runtime it is (not a fork of it) */
 } signal_forward = {SIGNALS_FREE, 0, 0};
 
-static const int handled_signals[2] = {SIGINT, SIGTERM};
+#define HANDLED_SIGNALS 3
+static const int handled_signals[HANDLED_SIGNALS] = {SIGINT, SIGTERM, SIGUSR1};
 
-static void handled_set(sigset_t *set) {
+/* Whether rt handles handled_signals[i]. */
+static bool handles(const keel_runtime_t *rt, int i) {
+  return handled_signals[i] == SIGUSR1 ? rt->cfg.dump_on_sigusr1 : rt->cfg.handle_signals;
+}
+
+static void handled_set(const keel_runtime_t *rt, sigset_t *set) {
   sigemptyset(set);
-  for (int i = 0; i < 2; i++)
-    sigaddset(set, handled_signals[i]);
+  for (int i = 0; i < HANDLED_SIGNALS; i++)
+    if (handles(rt, i))
+      sigaddset(set, handled_signals[i]);
 }
 
 /* Async-signal-safe: lock-free atomics, getpid, sigaction, raise and
@@ -176,7 +186,7 @@ static void drain_expired(keel_runtime_t *rt) {
     return;
   keel_log(KEEL_LOG_ERROR, "drain deadline of %lld ms passed with tasks still running:",
            (long long)rt->cfg.drain_timeout_ms);
-  keel__scope_dump(rt->root, 1);
+  keel__tasks_log(rt, KEEL_LOG_INFO);
   if (rt->cfg.no_drain_exit) {
     keel_log(KEEL_LOG_ERROR, "still waiting for them (no_drain_exit)");
     return;
@@ -189,7 +199,7 @@ static void *signal_thread(void *arg) {
   /* The runtime's one thread with the signals unblocked: a signal sent to
    * the process always finds a thread to run the handler. */
   sigset_t set;
-  handled_set(&set);
+  handled_set(rt, &set);
   pthread_sigmask(SIG_UNBLOCK, &set, NULL);
   int64_t deadline = KEEL_DEADLINE_NONE;
   for (;;) {
@@ -210,6 +220,11 @@ static void *signal_thread(void *arg) {
     unsigned char signo;
     if (n <= 0 || read(rt->signal_fd, &signo, 1) != 1)
       continue;
+    if (signo == SIGUSR1) {
+      keel_log(KEEL_LOG_INFO, "SIGUSR1: task dump");
+      keel__tasks_log(rt, KEEL_LOG_INFO);
+      continue;
+    }
     if (deadline != KEEL_DEADLINE_NONE) {
       keel_log(KEEL_LOG_WARN, "second %s: exiting now", strsignal(signo));
       _exit(128 + signo);
@@ -230,17 +245,19 @@ static void handlers_install(keel_runtime_t *rt) {
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = forward_signal;
   sa.sa_flags = SA_RESTART; /* the application's threads' calls go on after it */
-  handled_set(&sa.sa_mask);
-  for (int i = 0; i < 2; i++)
-    sigaction(handled_signals[i], &sa, &rt->signal_prev[i]);
+  handled_set(rt, &sa.sa_mask);
+  for (int i = 0; i < HANDLED_SIGNALS; i++)
+    if (handles(rt, i))
+      sigaction(handled_signals[i], &sa, &rt->signal_prev[i]);
 }
 
 /* Puts the previous dispositions back (from now on a signal does what it
  * did before keel_run), then waits out handlers still writing, so the pipe
  * may be closed. */
 static void handlers_restore(keel_runtime_t *rt) {
-  for (int i = 0; i < 2; i++)
-    sigaction(handled_signals[i], &rt->signal_prev[i], NULL);
+  for (int i = 0; i < HANDLED_SIGNALS; i++)
+    if (handles(rt, i))
+      sigaction(handled_signals[i], &rt->signal_prev[i], NULL);
   atomic_store(&signal_forward.fd, SIGNALS_CLAIMED);
   while (atomic_load(&signal_forward.writers) > 0)
     sched_yield();
@@ -252,7 +269,7 @@ static int signals_start(keel_runtime_t *rt, sigset_t *old_mask) {
     return -EBUSY;
   atomic_store(&signal_forward.pid, getpid());
   sigset_t set;
-  handled_set(&set);
+  handled_set(rt, &set);
   pthread_sigmask(SIG_BLOCK, &set, old_mask);
   int rc = 0;
   int pipe_fds[2];
@@ -291,9 +308,9 @@ fail_pipe:
  * calling thread it would be delivered with the restored disposition as
  * soon as its mask is, and kill the process after a clean shutdown. It is
  * taken here, and said. */
-static void signals_take_pending(void) {
+static void signals_take_pending(const keel_runtime_t *rt) {
   sigset_t set;
-  handled_set(&set);
+  handled_set(rt, &set);
   struct timespec now = {0, 0};
   int sig;
   while ((sig = sigtimedwait(&set, NULL, &now)) > 0)
@@ -305,7 +322,7 @@ static void signals_take_pending(void) {
 
 static void signals_stop(keel_runtime_t *rt, const sigset_t *old_mask) {
   if (rt->have_signal_thread) {
-    signals_take_pending();
+    signals_take_pending(rt);
     handlers_restore(rt);
     uint64_t one = 1;
     ssize_t rc = write(rt->signal_stop_fd, &one, sizeof one);
@@ -438,7 +455,8 @@ int keel_run(const keel_config_t *cfg, keel_task_fn main_fn, void *arg) {
     goto fail_alloc;
   sigset_t old_mask;
   pthread_sigmask(SIG_BLOCK, NULL, &old_mask);
-  if (rt->cfg.handle_signals && (rc = signals_start(rt, &old_mask)) < 0)
+  bool signals = rt->cfg.handle_signals || rt->cfg.dump_on_sigusr1;
+  if (signals && (rc = signals_start(rt, &old_mask)) < 0)
     goto fail_alloc;
   /* A peer's reset is an error code, not death (keel's own sends say
    * MSG_NOSIGNAL; this covers writes the application makes). */

@@ -307,7 +307,7 @@ static int join_result(keel_scope_t *s) {
  * Returns with s joined. */
 static void join_wait_children(keel_scope_t *s) {
   keel__wait_t w;
-  keel__wait_init(&w, join_abort);
+  keel__wait_init(&w, join_abort, KEEL__WAIT_JOIN, s);
   w.data = s;
   int err = keel__check_cancel();
   if (s->flags & KEEL_SCOPE_SHIELD) {
@@ -375,61 +375,4 @@ void keel__scope_free(keel_scope_t *s) {
   }
   keel__worker_t *w = keel__tls_worker;
   keel__objcache_put(w ? &w->scope_cache : NULL, s);
-}
-
-/* ---- Dumps ------------------------------------------------------------------------ */
-
-static const char *task_state_name(int state) {
-  switch (state) {
-  case KEEL__TASK_NEW:
-    return "new";
-  case KEEL__TASK_READY:
-    return "ready";
-  case KEEL__TASK_RUNNING:
-    return "running";
-  case KEEL__TASK_BLOCKED:
-    return "blocked";
-  default:
-    return "done";
-  }
-}
-
-#if KEEL_TSAN
-void __tsan_ignore_thread_begin(void);
-void __tsan_ignore_thread_end(void);
-#define DUMP_RACY_BEGIN() __tsan_ignore_thread_begin()
-#define DUMP_RACY_END() __tsan_ignore_thread_end()
-#else
-#define DUMP_RACY_BEGIN() ((void)0)
-#define DUMP_RACY_END() ((void)0)
-#endif
-
-/* Logs the scope tree under s: every live task by name, worker and state.
- * The state belongs to the task's worker and is read here without
- * synchronisation, on purpose: a diagnostic snapshot (hidden from TSan). */
-void keel__scope_dump(keel_scope_t *s, int depth) {
-  keel__spin_lock(&s->lock);
-  keel_log(KEEL_LOG_INFO, "%*sscope '%s': %zu live%s%s", depth * 2, "", s->name, s->live,
-           atomic_load(&s->cancel_reason) ? ", cancelled: " : "",
-           atomic_load(&s->cancel_reason)
-               ? keel_cancel_reason_name((keel_cancel_reason_t)atomic_load(&s->cancel_reason))
-               : "");
-  for (keel__queue_t *q = s->tasks.next; q != &s->tasks; q = q->next) {
-    keel_task_t *t = keel__container_of(q, keel_task_t, scope_node);
-    DUMP_RACY_BEGIN();
-    int state = t->state;
-    bool stackless = t->shedding;
-    DUMP_RACY_END();
-    keel_log(KEEL_LOG_INFO, "%*s  task '%s' on worker %d: %s%s", depth * 2, "", t->name,
-             t->worker->id, task_state_name(state), stackless ? " (parked without a stack)" : "");
-  }
-  for (keel__queue_t *q = s->children.next; q != &s->children; q = q->next)
-    keel__scope_dump(keel__container_of(q, keel_scope_t, child_node), depth + 1);
-  keel__spin_unlock(&s->lock);
-}
-
-void keel_dump_tasks(void) {
-  keel__worker_t *w = keel__tls_worker;
-  if (w)
-    keel__scope_dump(w->rt->root, 0);
 }

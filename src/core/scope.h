@@ -57,6 +57,10 @@ keel_cancel_reason_t keel__scope_cancel_origin(const keel_scope_t *s);
 void keel__scope_task_done(keel_scope_t *s, keel_task_t *t);
 keel_scope_t *keel__scope_new_root(keel_runtime_t *rt);
 void keel__scope_free(keel_scope_t *s);
-void keel__scope_dump(keel_scope_t *s, int depth);
+/* The task dump of rt (src/core/dump.c), from any thread of rt's or one
+ * that outlives its workers (the signal thread): keel_tasks_write's
+ * contract; and its text form logged at level, one line per entry. */
+int keel__tasks_write(keel_runtime_t *rt, unsigned flags, keel_sink_fn sink, void *arg);
+void keel__tasks_log(keel_runtime_t *rt, keel_log_level_t level);
 
 #endif

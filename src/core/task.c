@@ -500,7 +500,7 @@ int keel_sleep_until(int64_t when_ns) {
   if (when_ns <= keel__now_ns())
     return 0;
   keel__wait_t w;
-  keel__wait_init(&w, NULL);
+  keel__wait_init(&w, NULL, KEEL__WAIT_SLEEP, NULL);
   w.alertable = true;
   return (int)keel__wait_block(&w, when_ns, 0);
 }

@@ -37,7 +37,13 @@ struct keel_task {
   void *arg;
   atomic_int refs; /* running + handle + pending interrupt message */
   int state;
-  bool shedding;       /* giving its stack back: parked until restart_wait ends */
+  bool shedding; /* giving its stack back: parked until restart_wait ends */
+  /* What the task waits on while BLOCKED, copied from its wait by
+   * keel__wait_arm (the rest is below, with the cold fields): the task
+   * dump reads the task, never the wait on its stack. */
+  unsigned char wait_kind; /* keel__wait_kind_t */
+  bool wait_until_set;     /* wait_until_ns, not wait_object */
+  int wait_fd;
   keel__wait_t *wait;  /* when BLOCKED */
   keel_alert_t *alert; /* enabled alert (keel_alert_enable), or NULL */
   int64_t deadline_ns; /* per task; inside a shield, set within the shield */
@@ -59,6 +65,15 @@ struct keel_task {
   bool has_handle;
   struct keel__restart *restart; /* keel__task_restart_after's, while it waits */
   uint64_t lab_id;               /* lab mode: spawn order, for the trace */
+  union {
+    const void *wait_object; /* identity only: never read through */
+    int64_t wait_until_ns;   /* the wait's own end (a sleep) */
+  };
+  int64_t wait_since_tick;  /* the worker's timer tick when the wait was armed */
+  int64_t wait_deadline_ns; /* the wait's effective deadline */
+  /* What a layer above the kernel says the task is doing (a string
+   * literal: the dump may read it at any time), or NULL. */
+  const char *activity;
   char name[KEEL__NAME_MAX];
 };
 

@@ -453,11 +453,13 @@ static void op_abort(keel__wait_t *w, int err) {
 /* The start every operation shares: a cancelled task starts nothing, and
  * w is set up so that an interruption cancels the SQE handed out. 0 with
  * *sqe to prepare, or the negative errno the operation returns at once. */
-static inline int op_begin(keel__io_t *io, keel__wait_t *w, struct io_uring_sqe **sqe) {
+static inline int op_begin(keel__io_t *io, keel__wait_t *w, keel__wait_kind_t kind,
+                           struct io_uring_sqe **sqe) {
   int rc = keel__check_cancel();
   if (rc)
     return rc;
-  keel__wait_init(w, op_abort);
+  keel__wait_init(w, op_abort, kind, io);
+  keel__wait_on_fd(w, io->fd);
   int err;
   *sqe = get_sqe(io->worker->backend, &err);
   return KEEL__LIKELY(*sqe != NULL) ? 0 : err;
@@ -500,7 +502,7 @@ static ssize_t ur_recv(keel__io_t *io, void *buf, size_t len) {
     return pend_read(io, &(struct iovec){buf, len}, 1);
   keel__wait_t w;
   struct io_uring_sqe *sqe;
-  int rc = op_begin(io, &w, &sqe);
+  int rc = op_begin(io, &w, KEEL__WAIT_RECV, &sqe);
   if (rc)
     return rc;
   w.alertable = true;
@@ -518,7 +520,7 @@ static ssize_t ur_readv(keel__io_t *io, const struct iovec *iov, int iovcnt) {
     return pend_read(io, iov, iovcnt);
   keel__wait_t w;
   struct io_uring_sqe *sqe;
-  int rc = op_begin(io, &w, &sqe);
+  int rc = op_begin(io, &w, KEEL__WAIT_RECV, &sqe);
   if (rc)
     return rc;
   w.alertable = true;
@@ -531,7 +533,7 @@ static ssize_t ur_readv(keel__io_t *io, const struct iovec *iov, int iovcnt) {
 static ssize_t ur_send(keel__io_t *io, const void *buf, size_t len) {
   keel__wait_t w;
   struct io_uring_sqe *sqe;
-  int rc = op_begin(io, &w, &sqe);
+  int rc = op_begin(io, &w, KEEL__WAIT_SEND, &sqe);
   if (rc)
     return rc;
   io_uring_prep_send(sqe, io->fd, buf, len, MSG_NOSIGNAL);
@@ -542,7 +544,7 @@ static ssize_t ur_send(keel__io_t *io, const void *buf, size_t len) {
 static ssize_t ur_writev(keel__io_t *io, const struct iovec *iov, int iovcnt) {
   keel__wait_t w;
   struct io_uring_sqe *sqe;
-  int rc = op_begin(io, &w, &sqe);
+  int rc = op_begin(io, &w, KEEL__WAIT_SEND, &sqe);
   if (rc)
     return rc;
   struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
@@ -554,7 +556,7 @@ static ssize_t ur_writev(keel__io_t *io, const struct iovec *iov, int iovcnt) {
 static int ur_connect(keel__io_t *io, const struct sockaddr *sa, socklen_t len) {
   keel__wait_t w;
   struct io_uring_sqe *sqe;
-  int rc = op_begin(io, &w, &sqe);
+  int rc = op_begin(io, &w, KEEL__WAIT_CONNECT, &sqe);
   if (rc)
     return rc;
   w.alertable = true; /* a connect cut short leaves a socket to close, nothing lost */
@@ -571,7 +573,8 @@ static int ur_connect(keel__io_t *io, const struct sockaddr *sa, socklen_t len) 
  * buffer, taken only when bytes arrive (it polls first, and takes none
  * before), or a poll where the kernel has no provided buffers. */
 static void ur_arm_readable(keel__io_t *io, keel__wait_t *w) {
-  keel__wait_init(w, op_abort);
+  keel__wait_init(w, op_abort, KEEL__WAIT_READABLE, io);
+  keel__wait_on_fd(w, io->fd);
   w->alertable = true;
   uring_backend_t *b = io->worker->backend;
   if (pend_any(io)) {
@@ -732,7 +735,8 @@ static int ur_accept(keel__io_t *io) {
   /* A cancelled waiter just leaves the list: the multishot stays armed
    * and what it accepts queues for the next accept. */
   keel__wait_t w;
-  keel__wait_init(&w, keel__wait_abort_dequeue);
+  keel__wait_init(&w, keel__wait_abort_dequeue, KEEL__WAIT_ACCEPT, io);
+  keel__wait_on_fd(&w, io->fd);
   keel__queue_insert_tail(&q->waiters, &w.node);
   return (int)keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
 }
@@ -743,7 +747,8 @@ static int ur_accept(keel__io_t *io) {
  * on io instead (owe_cancel). */
 static void park_until_retired(keel__io_t *io, keel__wait_t **slot, int owed_err) {
   keel__wait_t w;
-  keel__wait_init(&w, NULL);
+  keel__wait_init(&w, NULL, KEEL__WAIT_CLOSE, io);
+  keel__wait_on_fd(&w, io->fd);
   w.shielded = true;
   if (KEEL__UNLIKELY(owed_err < 0)) {
     w.data = io;

@@ -22,13 +22,18 @@ static void wait_timer_cb(keel__timer_t *tm) {
     return;
   }
   w->deadline_ns = d;
+  w->task->wait_deadline_ns = d;
   int64_t fire = d < w->until_ns ? d : w->until_ns;
   keel__worker_t *wk = w->task->worker;
   keel__timer_start(&wk->wheel, &w->timer, keel__tick_of(wk, fire));
 }
 
-void keel__wait_init(keel__wait_t *w, keel__wait_abort_fn abort) {
+void keel__wait_init(keel__wait_t *w, keel__wait_abort_fn abort, keel__wait_kind_t kind,
+                     const void *object) {
   w->task = keel__task_self();
+  w->object = object;
+  w->fd = -1;
+  w->kind = (unsigned char)kind;
   keel__queue_init(&w->node);
   keel__timer_init(&w->timer, wait_timer_cb);
   w->abort = abort;
@@ -42,6 +47,22 @@ void keel__wait_init(keel__wait_t *w, keel__wait_abort_fn abort) {
   w->done = false;
   w->shielded = false;
   w->alertable = false;
+}
+
+/* For the task dump, which may read the task (not w, on its stack) from
+ * any thread: a few stores. The time is the worker's current tick, set
+ * when the loop last polled, not a clock read: exact in lab mode, else at
+ * most the time the tasks before this one ran in the same round late. */
+static inline void wait_describe(keel_task_t *t, const keel__wait_t *w, const keel__worker_t *wk) {
+  t->wait_kind = w->kind;
+  t->wait_fd = w->fd;
+  t->wait_until_set = w->until_ns != KEEL_DEADLINE_NONE;
+  if (t->wait_until_set)
+    t->wait_until_ns = w->until_ns;
+  else
+    t->wait_object = w->object;
+  t->wait_since_tick = wk->wheel.now_ms;
+  t->wait_deadline_ns = w->deadline_ns;
 }
 
 ssize_t keel__wait_block(keel__wait_t *w, int64_t until_ns, int until_result) {
@@ -63,6 +84,7 @@ void keel__wait_arm(keel__wait_t *w, int64_t until_ns, int until_result) {
       keel__timer_start(&wk->wheel, &w->timer, keel__tick_of(wk, fire));
   }
   t->wait = w;
+  wait_describe(t, w, wk);
   /* Cancelled between the caller's check and here (another thread may
    * cancel at any time): interrupt now, not at the next event. The task is
    * still RUNNING, so an abort hook that completes the wait at once does
@@ -143,8 +165,9 @@ static void xwait_deliver_msg(keel__worker_t *wk, keel__msg_t *m) {
   keel__wait_complete(&xw->wait, xw->xresult);
 }
 
-void keel__xwait_init(keel__xwait_t *xw, keel__spinlock_t *lock) {
-  keel__wait_init(&xw->wait, xwait_abort);
+void keel__xwait_init(keel__xwait_t *xw, keel__spinlock_t *lock, keel__wait_kind_t kind,
+                      const void *object) {
+  keel__wait_init(&xw->wait, xwait_abort, kind, object);
   xw->msg.fn = xwait_deliver_msg;
   xw->msg.next = NULL;
   xw->worker = keel__worker_current();

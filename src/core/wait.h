@@ -16,6 +16,40 @@ typedef struct keel__worker keel__worker_t;
 
 /* ---- Waits: the one way a task blocks ----------------------------------- */
 
+/* What a wait waits on, for the task dump (src/core/dump.c). Each wait
+ * says it when it is set up; keel__wait_arm copies it into the task. */
+typedef enum keel__wait_kind {
+  KEEL__WAIT_NONE = 0,
+  KEEL__WAIT_RECV,           /* bytes from a connection (fd, or a lab pipe's end) */
+  KEEL__WAIT_SEND,           /* room to write to a connection */
+  KEEL__WAIT_READABLE,       /* readiness without a buffer (wait_readable, tcp_park) */
+  KEEL__WAIT_ACCEPT,         /* a connection on a listener */
+  KEEL__WAIT_ACCEPT_BACKOFF, /* out of descriptors: before accepting again */
+  KEEL__WAIT_CONNECT,
+  KEEL__WAIT_CLOSE,     /* a close waiting for its descriptor's operations to end */
+  KEEL__WAIT_TLS,       /* a TLS stream's turn: its handshake or a send under way */
+  KEEL__WAIT_SLEEP,     /* until_ns */
+  KEEL__WAIT_ALERT,     /* keel_alert_wait */
+  KEEL__WAIT_JOIN,      /* the tasks of a scope (object: the scope) */
+  KEEL__WAIT_CHAN_SEND, /* room in a channel */
+  KEEL__WAIT_CHAN_RECV, /* an item in a channel */
+  KEEL__WAIT_MUTEX,
+  KEEL__WAIT_RWLOCK_READ,
+  KEEL__WAIT_RWLOCK_WRITE,
+  KEEL__WAIT_SEM,
+  KEEL__WAIT_NOTIFY,
+  KEEL__WAIT_BARRIER,
+  KEEL__WAIT_ONCE,
+  KEEL__WAIT_ONESHOT,
+  KEEL__WAIT_WATCH,
+  KEEL__WAIT_BROADCAST,
+  KEEL__WAIT_BLOCKING,  /* a blocking-pool call (object: its function) */
+  KEEL__WAIT_RESOLVE,   /* a host name, on the blocking pool */
+  KEEL__WAIT_BATCH,     /* a batch queue: room, the batch's processing, or its shutdown */
+  KEEL__WAIT_RATELIMIT, /* a rate limiter's tokens */
+  KEEL__WAIT_KINDS
+} keel__wait_kind_t;
+
 typedef struct keel__wait keel__wait_t;
 /* Called once, on the owning worker, when cancellation or a deadline hits a
  * blocked task (err is -ECANCELED or -ETIMEDOUT). It must arrange for
@@ -35,6 +69,11 @@ struct keel__wait {
   void *data;                /* for the abort hook */
   ssize_t result;
   unsigned cqe_flags; /* io_uring: the completion's flags */
+  /* What it waits on (the task dump): the object's address, for its
+   * identity only (never read through), and the descriptor, or -1. */
+  const void *object;
+  int fd;
+  unsigned char kind; /* keel__wait_kind_t */
   bool done;
   bool shielded;  /* set by keel__wait_nocancel: only completion ends it */
   bool alertable; /* an input wait: a ring of the task's enabled alert ends it */
@@ -44,8 +83,12 @@ struct keel__wait {
  * before starting an operation, so a cancelled task starts nothing. */
 int keel__check_cancel(void);
 
-/* Initialises w for the current task. */
-void keel__wait_init(keel__wait_t *w, keel__wait_abort_fn abort);
+/* Initialises w for the current task, which waits on object for the
+ * reason kind (keel__wait_kind_t): the task dump shows them. */
+void keel__wait_init(keel__wait_t *w, keel__wait_abort_fn abort, keel__wait_kind_t kind,
+                     const void *object);
+/* The descriptor a socket wait is on (the dump names its peer). */
+static inline void keel__wait_on_fd(keel__wait_t *w, int fd) { w->fd = fd; }
 /* Parks the current task until w completes; arms a timer for the nearest of
  * the task's effective deadline and until_ns. Returns w->result. The caller
  * has checked keel__check_cancel first. */
@@ -96,8 +139,10 @@ typedef struct keel__xwait {
   ssize_t xresult;
 } keel__xwait_t;
 
-/* Initialises xw for the current task. lock may be NULL (no waiter list). */
-void keel__xwait_init(keel__xwait_t *xw, keel__spinlock_t *lock);
+/* Initialises xw for the current task (kind, object: keel__wait_init's).
+ * lock may be NULL (no waiter list). */
+void keel__xwait_init(keel__xwait_t *xw, keel__spinlock_t *lock, keel__wait_kind_t kind,
+                      const void *object);
 /* Parks until claimed and delivered, or interrupted by cancellation or a
  * deadline (use keel_task_set_deadline for a timed wait). The caller has
  * checked keel__check_cancel first. Returns the result. */

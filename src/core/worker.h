@@ -129,10 +129,10 @@ struct keel_runtime {
   int started_workers;
   pthread_t signal_thread;
   bool have_signal_thread;
-  int signal_fd;    /* handle_signals: the read end of the pipe the handler writes */
+  int signal_fd;    /* the read end of the pipe the signal handler writes */
   int signal_wr_fd; /* its write end */
   int signal_stop_fd;
-  struct sigaction signal_prev[2]; /* SIGINT's and SIGTERM's dispositions before keel_run */
+  struct sigaction signal_prev[3]; /* SIGINT's, SIGTERM's, SIGUSR1's before keel_run */
   atomic_bool drain_armed;         /* keel_shutdown started the drain deadline */
   keel__msg_t drain_msg;
   keel__timer_t drain_timer;       /* on worker 0 */
@@ -188,6 +188,15 @@ static inline void keel__objcache_close(keel__objcache_t *c) {
 static inline keel_task_t *keel__task_self(void) {
   keel__worker_t *w = keel__tls_worker;
   return w ? w->current : NULL;
+}
+
+/* Says what the current task is doing, for the task dump (a layer's phase:
+ * "http: reading a request head"). label is a string literal, since the
+ * dump may read it from any thread at any time, or NULL. One store. */
+static inline void keel__task_doing(const char *label) {
+  keel_task_t *t = keel__task_self();
+  if (t)
+    t->activity = label;
 }
 
 int keel__worker_init(keel__worker_t *w, keel_runtime_t *rt, int id);

@@ -217,7 +217,7 @@ int keel_ratelimit_acquire(keel_ratelimit_t *rl, uint64_t n) {
   }
   rl->queued += n;
   rl_waiter_t w = {.rl = rl};
-  rc = (int)keel__sync_park(&rl->line, &w.super, n, &w, waiter_abort);
+  rc = (int)keel__sync_park(&rl->line, &w.super, n, &w, waiter_abort, KEEL__WAIT_RATELIMIT);
   if (rc < 0)
     return rc; /* it has left the line */
   /* Handed the head role, then cancelled before running: pass it on. */

@@ -17,6 +17,7 @@
 
 #include "http-internal.h"
 #include "tcp-pool-internal.h"
+#include "worker.h"
 
 /* ---- Arenas ------------------------------------------------------------- */
 
@@ -179,6 +180,7 @@ static ssize_t fill_head(http_conn_t *c, size_t parsed) {
  * connection ended cleanly (end of stream, idle timeout, shutdown between
  * requests), or -1 after queueing an error response. */
 static int read_head(http_conn_t *c) {
+  keel__task_doing("http: reading a request head");
   if (new_request(c) < 0)
     return -1;
   size_t parsed = 0;
@@ -302,6 +304,7 @@ static void serve_request(http_conn_t *c) {
     return;
   }
   keel_spawn_opts_t sp = {.name = "http-handler"};
+  keel__task_doing("http: waiting for the handler");
   if (keel_spawn(req->scope, handler_task, req, &sp) < 0) {
     req->handler_rc = -ENOMEM;
   } else {
@@ -316,6 +319,7 @@ static void serve_request(http_conn_t *c) {
   }
   keel_scope_close(req->scope);
   req->scope = NULL;
+  keel__task_doing("http: sending the response");
   end_watch(req);
   if (req->upgraded) {
     keel__http_count_request(c, req, 101);
@@ -363,6 +367,7 @@ static int conn_resume(void *arg) { return keel__http_conn_run(arg); }
  * until the next bytes, the keep-alive deadline or shutdown. */
 static int conn_idle(http_conn_t *c) {
   arena_put(c);
+  keel__task_doing("http: idle between requests");
   keel_task_set_deadline(keel_now_ns() + c->lim->keepalive_timeout_ns);
   /* Over TLS, only once the TLS layer holds nothing either; else the
    * next read waits on the stack. */
@@ -375,6 +380,7 @@ int keel__http_conn_start(http_conn_t *c) {
   c->task = keel_task_current();
   c->now = keel_now_ns();
   keel_task_set_deadline(c->now + c->lim->header_timeout_ns);
+  keel__task_doing("http: waiting for the first request");
   if (c->tcp)
     keel_tcp_park(c->tcp, conn_resume, c); /* returns only if it cannot park */
   return keel__http_conn_run(c);

@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blocking-internal.h"
 #include "worker.h"
-#include "keel/blocking.h"
 #include "keel/tcp.h"
 #include "tcp-internal.h"
 
@@ -192,7 +192,7 @@ int keel_addr_resolve(const char *hostport, keel_addr_t *out, size_t max) {
     parse_port(job.port, &port);
     return keel__labnet_resolve(job.host, port, out);
   }
-  rc = keel_blocking_run(resolve_fn, &job, sizeof job, resolve_dispose);
+  rc = keel__blocking_run_as(KEEL__WAIT_RESOLVE, resolve_fn, &job, sizeof job, resolve_dispose);
   if (rc < 0)
     return rc;
   if (job.gai_rc != 0) {

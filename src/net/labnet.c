@@ -355,7 +355,8 @@ static int listener_park(keel__lablistener_t *l, keel__queue_t *list, int closed
   if (rc < 0)
     return rc;
   keel__wait_t w;
-  keel__wait_init(&w, keel__wait_abort_dequeue);
+  keel__wait_init(&w, keel__wait_abort_dequeue,
+                  list == &l->accepters ? KEEL__WAIT_ACCEPT : KEEL__WAIT_CONNECT, l);
   keel__queue_insert_tail(list, &w.node);
   l->parked++;
   rc = (int)keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
@@ -441,7 +442,7 @@ int keel__labnet_listener_close(keel_listener_t *listener) {
 /* A connect the network swallowed: nothing answers until the deadline. */
 static int hang(void) {
   keel__wait_t w;
-  keel__wait_init(&w, NULL);
+  keel__wait_init(&w, NULL, KEEL__WAIT_CONNECT, NULL);
   w.alertable = true;
   return (int)keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
 }

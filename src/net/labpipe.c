@@ -80,8 +80,9 @@ static int unpark(keel__pipe_end_t *e, int rc) {
 
 static int park_on(keel__pipe_end_t *e, keel__queue_t *list) {
   keel__wait_t w;
-  keel__wait_init(&w, keel__wait_abort_dequeue);
-  w.alertable = list == &e->pipe->dir[!e->side].readers;
+  bool reading = list == &e->pipe->dir[!e->side].readers;
+  keel__wait_init(&w, keel__wait_abort_dequeue, reading ? KEEL__WAIT_RECV : KEEL__WAIT_SEND, e);
+  w.alertable = reading;
   keel__queue_insert_tail(list, &w.node);
   e->parked++;
   return unpark(e, (int)keel__wait_block(&w, KEEL_DEADLINE_NONE, 0));
@@ -168,7 +169,7 @@ int keel__pipe_wait_readable(keel__pipe_end_t *e) {
 }
 
 void keel__pipe_arm_readable(keel__pipe_end_t *e, keel__wait_t *w) {
-  keel__wait_init(w, keel__wait_abort_dequeue);
+  keel__wait_init(w, keel__wait_abort_dequeue, KEEL__WAIT_READABLE, e);
   w->alertable = true;
   keel__pipe_dir_t *d = &e->pipe->dir[!e->side];
   if (e->closed || keel__worker_current() != e->pipe->worker) {

@@ -360,7 +360,8 @@ static int accept_backoff(keel_listener_t *l, int err, int64_t *backoff_ms) {
   if (rc)
     return rc;
   keel__wait_t w;
-  keel__wait_init(&w, keel__wait_abort_dequeue);
+  keel__wait_init(&w, keel__wait_abort_dequeue, KEEL__WAIT_ACCEPT_BACKOFF, l);
+  keel__wait_on_fd(&w, l->io.fd);
   keel__queue_insert_tail(&l->backoff_waiters, &w.node);
   rc = (int)keel__wait_block(&w, now + *backoff_ms * KEEL_NS_PER_MS, 0);
   keel__queue_remove(&w.node);

@@ -53,7 +53,7 @@ int keel_barrier_wait(keel_barrier_t *barrier) {
     return err;
   }
   keel__sync_waiter_t sw;
-  return (int)keel__sync_park(&b->waiters, &sw, 0, b, barrier_abort);
+  return (int)keel__sync_park(&b->waiters, &sw, 0, b, barrier_abort, KEEL__WAIT_BARRIER);
 }
 
 /* ---- Once ---------------------------------------------------------------------- */
@@ -111,7 +111,7 @@ static int once_wait_locked(keel__once_t *o) {
     return err;
   }
   keel__sync_waiter_t sw;
-  ssize_t rc = keel__sync_park(&o->waiters, &sw, 0, o, once_abort);
+  ssize_t rc = keel__sync_park(&o->waiters, &sw, 0, o, once_abort, KEEL__WAIT_ONCE);
   return rc < 0 ? (int)rc : rc == WOKEN_DONE;
 }
 

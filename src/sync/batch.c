@@ -137,7 +137,7 @@ static void processor_wake(keel_batch_t *q) {
 /* ---- Waits ------------------------------------------------------------------------ */
 
 static void waiter_init(keel_batch_t *q, batch_waiter_t *bw) {
-  keel__xwait_init(&bw->xw, &q->lock);
+  keel__xwait_init(&bw->xw, &q->lock, KEEL__WAIT_BATCH, q);
 }
 
 /* For a claimed waiter; bw is not touched once the delivery is posted. */

@@ -15,7 +15,7 @@
  * post counts in the runtime's foreign_posts, and the runtime joins the
  * pool threads and waits for that count to reach zero before it destroys
  * the workers and their wake descriptors. */
-#include "keel/blocking.h"
+#include "blocking-internal.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -192,8 +192,9 @@ static blocking_job_t *job_new(keel_blocking_fn fn, void *data, size_t size,
 
 /* Queues the job and parks. Returns 1 (delivered: fn ran) or the error
  * that interrupted the wait. */
-static int submit_and_wait(struct keel__blocking *pool, blocking_job_t *job) {
-  keel__xwait_init(&job->xw, NULL);
+static int submit_and_wait(struct keel__blocking *pool, blocking_job_t *job,
+                           keel__wait_kind_t kind) {
+  keel__xwait_init(&job->xw, NULL, kind, (const void *)(uintptr_t)job->fn);
   pthread_mutex_lock(&pool->lock);
   keel__queue_insert_tail(&pool->queue, &job->node);
   pthread_cond_signal(&pool->cond);
@@ -203,6 +204,11 @@ static int submit_and_wait(struct keel__blocking *pool, blocking_job_t *job) {
 
 int keel_blocking_run(keel_blocking_fn fn, void *data, size_t size,
                       keel_blocking_dispose_fn dispose) {
+  return keel__blocking_run_as(KEEL__WAIT_BLOCKING, fn, data, size, dispose);
+}
+
+int keel__blocking_run_as(keel__wait_kind_t kind, keel_blocking_fn fn, void *data, size_t size,
+                          keel_blocking_dispose_fn dispose) {
   int err = -EINVAL;
   keel__worker_t *w = keel__worker_current();
   if (!fn || !w || !w->current)
@@ -217,7 +223,7 @@ int keel_blocking_run(keel_blocking_fn fn, void *data, size_t size,
   err = -ENOMEM;
   if (!job)
     goto fail;
-  int rc = submit_and_wait(pool, job);
+  int rc = submit_and_wait(pool, job, kind);
   if (rc < 0) {
     job_unref(job); /* the pool thread disposes and frees */
     return rc;

@@ -175,7 +175,7 @@ static int recv_impl(keel_broadcast_rx_t *rx, void *item, uint64_t *missed, bool
     }
     assert(keel__task_self());
     keel__xwait_t xw;
-    keel__xwait_init(&xw, &b->lock);
+    keel__xwait_init(&xw, &b->lock, KEEL__WAIT_BROADCAST, b);
     keel__queue_insert_tail(&b->waiters, &xw.wait.node);
     keel__spin_unlock(&b->lock);
     /* 0: a message or close (look again); else interrupted, off the list */

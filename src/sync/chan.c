@@ -136,14 +136,16 @@ static int park(keel_chan_t *c, keel__queue_t *waiters, bool requeue, keel__queu
   if (err)
     return err;
   keel__queue_t *at = requeue ? waiters->next : waiters;
+  keel__wait_kind_t kind =
+      waiters == &c->recv_waiters ? KEEL__WAIT_CHAN_RECV : KEEL__WAIT_CHAN_SEND;
   if (!is_shared(c)) {
     keel__wait_t w;
-    keel__wait_init(&w, keel__wait_abort_dequeue);
+    keel__wait_init(&w, keel__wait_abort_dequeue, kind, c);
     keel__queue_insert_tail(at, &w.node);
     return (int)keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
   }
   keel__xwait_t xw;
-  keel__xwait_init(&xw, &c->lock);
+  keel__xwait_init(&xw, &c->lock, kind, c);
   keel__queue_insert_tail(at, &xw.wait.node);
   chan_leave(c, wakes);
   int rc = (int)keel__xwait_block(&xw);

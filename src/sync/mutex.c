@@ -92,7 +92,7 @@ static int mutex_lock_slow(keel__mutex_t *m) {
       break;
   }
   keel__sync_waiter_t sw;
-  ssize_t rc = keel__sync_park(&m->waiters, &sw, 0, m, mutex_abort);
+  ssize_t rc = keel__sync_park(&m->waiters, &sw, 0, m, mutex_abort, KEEL__WAIT_MUTEX);
   if (rc < 0)
     return (int)rc;
   /* Handed the lock, but cancelled before running: pass it on. */
@@ -219,7 +219,8 @@ static int rw_lock_slow(keel__rwlock_t *l, uint64_t need) {
       break;
   }
   keel__sync_waiter_t sw;
-  ssize_t rc = keel__sync_park(&l->waiters, &sw, need, l, rw_abort);
+  keel__wait_kind_t kind = need == NEED_WRITE ? KEEL__WAIT_RWLOCK_WRITE : KEEL__WAIT_RWLOCK_READ;
+  ssize_t rc = keel__sync_park(&l->waiters, &sw, need, l, rw_abort, kind);
   if (rc < 0)
     return (int)rc;
   int err = keel__check_cancel(); /* handed the lock, then cancelled: pass it on */

@@ -59,7 +59,7 @@ static int notify_wait_slow(keel__notify_t *n) {
       break;
   }
   keel__sync_waiter_t sw;
-  ssize_t rc = keel__sync_park(&n->waiters, &sw, 0, n, notify_abort);
+  ssize_t rc = keel__sync_park(&n->waiters, &sw, 0, n, notify_abort, KEEL__WAIT_NOTIFY);
   if (rc < 0)
     return (int)rc;
   int err = keel__check_cancel();

@@ -91,7 +91,7 @@ static int recv_impl(keel_oneshot_t *o, void *value, bool may_block) {
     }
     assert(keel__task_self() && keel__queue_empty(&o->waiters));
     keel__xwait_t xw;
-    keel__xwait_init(&xw, &o->lock);
+    keel__xwait_init(&xw, &o->lock, KEEL__WAIT_ONESHOT, o);
     keel__queue_insert_tail(&o->waiters, &xw.wait.node);
     keel__spin_unlock(&o->lock);
     /* 0: the sender finished (look again); else interrupted, off the list */

@@ -80,7 +80,7 @@ static int sem_acquire_slow(keel__sem_t *s, uint64_t n, bool nocancel) {
       break;
   }
   keel__sync_waiter_t sw;
-  ssize_t rc = keel__sync_park_ex(&s->waiters, &sw, n, s, sem_abort, nocancel);
+  ssize_t rc = keel__sync_park_ex(&s->waiters, &sw, n, s, sem_abort, nocancel, KEEL__WAIT_SEM);
   if (rc < 0 || nocancel)
     return (int)rc;
   int err = keel__check_cancel(); /* handed the permits, then cancelled: pass them on */

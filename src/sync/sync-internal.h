@@ -179,8 +179,9 @@ static inline int keel__sync_may_wait(void) {
  * the lock and parks. Returns the delivered result, or -ECANCELED /
  * -ETIMEDOUT once it has left the list. */
 static inline ssize_t keel__sync_park_ex(keel__waitq_t *q, keel__sync_waiter_t *sw, uint64_t need,
-                                         void *obj, keel__wait_abort_fn abort, bool nocancel) {
-  keel__xwait_init(&sw->xw, &q->lock);
+                                         void *obj, keel__wait_abort_fn abort, bool nocancel,
+                                         keel__wait_kind_t kind) {
+  keel__xwait_init(&sw->xw, &q->lock, kind, obj);
   sw->xw.wait.shielded = nocancel; /* only the hand-off ends it */
   sw->xw.wait.abort = abort;
   sw->xw.wait.data = obj;
@@ -191,8 +192,9 @@ static inline ssize_t keel__sync_park_ex(keel__waitq_t *q, keel__sync_waiter_t *
 }
 
 static inline ssize_t keel__sync_park(keel__waitq_t *q, keel__sync_waiter_t *sw, uint64_t need,
-                                      void *obj, keel__wait_abort_fn abort) {
-  return keel__sync_park_ex(q, sw, need, obj, abort, false);
+                                      void *obj, keel__wait_abort_fn abort,
+                                      keel__wait_kind_t kind) {
+  return keel__sync_park_ex(q, sw, need, obj, abort, false, kind);
 }
 
 /* keel_sem_acquire that neither cancellation nor any deadline (a shield's

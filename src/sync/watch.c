@@ -177,7 +177,7 @@ static int find_newer(keel_watch_rx_t *rx, void *value, bool may_block) {
     }
     assert(keel__task_self());
     keel__xwait_t xw;
-    keel__xwait_init(&xw, &w->lock);
+    keel__xwait_init(&xw, &w->lock, KEEL__WAIT_WATCH, w);
     keel__queue_insert_tail(&w->waiters, &xw.wait.node);
     keel__spin_unlock(&w->lock);
     /* 0: a send or close (look again); else interrupted, off the list */

@@ -69,7 +69,7 @@ static int wait_turn(keel_tls_t *t) {
   if (rc < 0)
     return rc;
   keel__wait_t w;
-  keel__wait_init(&w, keel__wait_abort_dequeue);
+  keel__wait_init(&w, keel__wait_abort_dequeue, KEEL__WAIT_TLS, t);
   keel__queue_insert_tail(&t->waiters, &w.node);
   rc = (int)keel__wait_block(&w, KEEL_DEADLINE_NONE, 0);
   return t->closed ? -EBADF : rc;
