@@ -342,13 +342,63 @@ int keel_alert_wait(keel_alert_t *a, int64_t until_ns);
 
 /* ---- Errors and logging -------------------------------------------------- */
 
-/* A destination for text keel writes out (metrics, task dumps, log lines):
- * called with each piece in order. Returns 0, or a negative errno, which
- * stops the writer; the writer then returns it. */
+/* A destination for text keel writes out (metrics, task dumps; log lines
+ * have their own, keel_log_sink_fn): called with each piece in order.
+ * Returns 0, or a negative errno, which stops the writer; the writer then
+ * returns it. */
 typedef int (*keel_sink_fn)(void *arg, const char *data, size_t len);
 
 /* Name of a (negative or positive) errno value. */
 const char *keel_strerror(int err);
+
+/* ---- Logging ---------------------------------------------------------------
+ * One line per event, written whole (one write(2), never split, never
+ * interleaved with another thread's line), to stderr or to the sink set
+ * with keel_log_set_sink. Each line has the wall-clock time (RFC 3339, UTC,
+ * ms), the level, the worker's id and the current task's name (only when
+ * logged from a worker / a task), the message, then key=value fields:
+ *
+ *   text: 2026-12-06T19:01:02.345Z info worker=0 task=conn msg="accepted" peer=127.0.0.1:5555
+ *   json: {"ts":"2026-12-06T19:01:02.345Z","level":"info","worker":0,"task":"conn",
+ *          "msg":"accepted","peer":"127.0.0.1:5555"}
+ *
+ * Text (logfmt) quotes msg always, and any other value that is empty or has
+ * a space, '"', '=', '\\', a control byte or a non-ASCII byte; inside quotes
+ * '"' '\\' \n \r \t are backslash-escaped, and other control bytes and bytes
+ * that are not valid UTF-8 are \xHH. In a key, each byte a value would be
+ * quoted for becomes '_'. JSON lines are always valid JSON: strings escaped
+ * per RFC 8259, control bytes as \u00XX, bytes that are not valid UTF-8 as
+ * \ufffd, a NaN or infinite double as null. Keys are not checked for
+ * duplicates (with ts, level, worker, task, msg or each other): pick
+ * distinct ones.
+ *
+ * A line is at most KEEL_LOG_LINE_MAX bytes with its newline; a longer one
+ * is cut at a character boundary (the string it was in is closed, the
+ * fields that do not fit are left out) and ends with truncated=true
+ * ("truncated":true), still one valid line. keel_log's formatted message is
+ * cut at KEEL_LOG_MSG_MAX bytes the same way.
+ *
+ * Rate limit: a line identical to an earlier one (same level, message and
+ * fields; the time, worker and task do not count) is written at most
+ * `burst` times per `window_ms` (default 10 per 5000 ms, for each distinct
+ * line); the rest are dropped and counted. The count is reported, once the
+ * window has passed, by a line of the same level:
+ *
+ *   ... warn msg="suppressed identical lines" line="accept failed" suppressed=1234
+ *
+ * (line: the dropped lines' message, its first 127 bytes; no worker or
+ * task, whichever thread writes it), written before the next line keel
+ * logs (of any kind) after the window, or by keel_log_flush. The table of
+ * recent lines is small and fixed (256 lines, 4 per hash bucket): when
+ * more distinct lines flood at once than it holds, some are limited less
+ * (never more) than the setting says.
+ *
+ * The level, format, rate limit and sink are process-wide settings (like
+ * the environment they default from), not any loop's state; every function
+ * here may be called from any thread, in or out of keel_run. */
+
+#define KEEL_LOG_LINE_MAX 1024 /* bytes in a line, its newline included */
+#define KEEL_LOG_MSG_MAX 512   /* bytes of keel_log's formatted message */
 
 typedef enum keel_log_level {
   KEEL_LOG_DEBUG,
@@ -357,9 +407,150 @@ typedef enum keel_log_level {
   KEEL_LOG_ERROR
 } keel_log_level_t;
 
+typedef enum keel_log_format {
+  KEEL_LOG_TEXT, /* logfmt, as above (the default) */
+  KEEL_LOG_JSON  /* a JSON object per line */
+} keel_log_format_t;
+
+typedef enum keel_log_field_type {
+  KEEL_LOG_FIELD_STR,    /* v.str: NUL-terminated; NULL prints as null (text: (null)) */
+  KEEL_LOG_FIELD_INT,    /* v.i */
+  KEEL_LOG_FIELD_UINT,   /* v.u */
+  KEEL_LOG_FIELD_DOUBLE, /* v.d */
+  KEEL_LOG_FIELD_BOOL    /* v.b: true / false */
+} keel_log_field_type_t;
+
+/* A key=value field. Build one with the constructors below, which work in
+ * C and C++ alike. The strings are read during the call only. */
+typedef struct keel_log_field {
+  const char *key;
+  keel_log_field_type_t type;
+  union {
+    const char *str;
+    int64_t i;
+    uint64_t u;
+    double d;
+    bool b;
+  } v;
+} keel_log_field_t;
+
+static inline keel_log_field_t keel_log_str(const char *key, const char *value) {
+  keel_log_field_t f;
+  f.key = key;
+  f.type = KEEL_LOG_FIELD_STR;
+  f.v.str = value;
+  return f;
+}
+static inline keel_log_field_t keel_log_int(const char *key, int64_t value) {
+  keel_log_field_t f;
+  f.key = key;
+  f.type = KEEL_LOG_FIELD_INT;
+  f.v.i = value;
+  return f;
+}
+static inline keel_log_field_t keel_log_uint(const char *key, uint64_t value) {
+  keel_log_field_t f;
+  f.key = key;
+  f.type = KEEL_LOG_FIELD_UINT;
+  f.v.u = value;
+  return f;
+}
+static inline keel_log_field_t keel_log_double(const char *key, double value) {
+  keel_log_field_t f;
+  f.key = key;
+  f.type = KEEL_LOG_FIELD_DOUBLE;
+  f.v.d = value;
+  return f;
+}
+static inline keel_log_field_t keel_log_bool(const char *key, bool value) {
+  keel_log_field_t f;
+  f.key = key;
+  f.type = KEEL_LOG_FIELD_BOOL;
+  f.v.b = value;
+  return f;
+}
+/* A (negative or positive) errno as its keel_strerror text. */
+static inline keel_log_field_t keel_log_errno(const char *key, int err) {
+  return keel_log_str(key, keel_strerror(err));
+}
+
+/* One line: msg (a plain string, not a format; NULL: "") and nfields
+ * fields (fields may be NULL when nfields is 0). Returns nothing: a line
+ * below the level, dropped by the rate limit or that the sink fails to
+ * write is gone, and the caller is not told. Never allocates, never parks
+ * the task, keeps errno: the line is one write(2) to stderr (a blocking
+ * one, if stderr blocks) or one call of the sink, after, at times, the
+ * line of a count of dropped lines. */
+void keel_log_fields(keel_log_level_t level, const char *msg, const keel_log_field_t *fields,
+                     size_t nfields);
+
+#ifndef __cplusplus
+/* C: keel_log_fields with the fields listed in the call (one or more), e.g.
+ *   KEEL_LOG_FIELDS(KEEL_LOG_INFO, "accepted", keel_log_str("peer", peer),
+ *                   keel_log_int("fd", fd));
+ * The field expressions are evaluated once. (From C++, pass an array.) */
+#define KEEL_LOG_FIELDS(level, msg, ...)                                   \
+  keel_log_fields((level), (msg), (const keel_log_field_t[]){__VA_ARGS__}, \
+                  sizeof((const keel_log_field_t[]){__VA_ARGS__}) / sizeof(keel_log_field_t))
+#endif
+
+/* One line whose msg is the printf-formatted text (cut at KEEL_LOG_MSG_MAX
+ * bytes), with no fields. As keel_log_fields otherwise. */
 void keel_log(keel_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Minimum level printed (default INFO; KEEL_LOG=debug|info|warn|error). */
+
+/* True when a line of this level would be written (it passes the level):
+ * lets a caller skip preparing fields that would be thrown away. */
+bool keel_log_enabled(keel_log_level_t level);
+
+/* Minimum level written (default INFO; env KEEL_LOG=debug|info|warn|error). */
 void keel_log_set_level(keel_log_level_t level);
+
+/* The line format (default KEEL_LOG_TEXT; env KEEL_LOG_FORMAT=text|json).
+ * Returns 0, or -EINVAL for a value that is not a keel_log_format_t. */
+int keel_log_set_format(keel_log_format_t format);
+
+/* The rate limit: at most burst identical lines per window_ms; a burst or a
+ * window of 0 turns it off (counts already taken are still reported). A
+ * change applies to the windows already open too. */
+void keel_log_set_rate_limit(unsigned burst, unsigned window_ms);
+
+/* Reports now, a line each, the counts of dropped lines that no line has
+ * reported yet, their windows passed or not: call it before the process
+ * exits so that no count is lost. Returns the number of lines written. */
+int keel_log_flush(void);
+
+/* "debug", "info", "warn" or "error" (a value out of range: "error"). */
+const char *keel_log_level_name(keel_log_level_t level);
+
+/* The parts of a line, for a sink; valid during the sink's call only. */
+typedef struct keel_log_record {
+  keel_log_level_t level;
+  int64_t time_ns;  /* wall clock: ns since the Unix epoch (CLOCK_REALTIME) */
+  int worker;       /* the worker's id; -1 outside the workers (and in a summary) */
+  const char *task; /* the current task's name; NULL outside a task (and in a summary) */
+  const char *msg;  /* never NULL */
+  const keel_log_field_t *fields;
+  size_t nfields;
+} keel_log_record_t;
+
+/* Receives each line written: rec, its parts, and line, the same formatted
+ * as the format setting says, len bytes ending in '\n' (a NUL follows). A
+ * sink is called from any thread that logs (every worker, blocking-pool
+ * threads, the application's), at once from several: it must be
+ * thread-safe and must not park (no keel blocking call). A keel_log from
+ * inside a sink goes straight to stderr. */
+typedef void (*keel_log_sink_fn)(void *arg, const keel_log_record_t *rec, const char *line,
+                                 size_t len);
+
+/* Sends every later line to fn(arg, ...) instead of stderr; fn NULL:
+ * stderr again. Lines that other threads are writing at the time go to the
+ * old sink or the new one, each whole. When this returns, every call of
+ * the previous sink has returned and no new one starts, so its arg may be
+ * freed (it waits for them: keep sinks quick). Returns 0, -ENOMEM, or
+ * -EDEADLK when called from inside a sink (never call it holding a lock
+ * the sink takes). Each call keeps a few bytes until the process ends (a
+ * thread may still hold an old sink's address). */
+int keel_log_set_sink(keel_log_sink_fn fn, void *arg);
 
 /* ---- Task dump ---------------------------------------------------------- *
  *

@@ -3,6 +3,7 @@
 #define KEEL_SPIN_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 
 /* ---- Spinlock (short critical sections only) ------------------------------ */
 
@@ -20,6 +21,10 @@ static inline void keel__cpu_relax(void) {
 static inline void keel__spin_lock(keel__spinlock_t *l) {
   while (atomic_flag_test_and_set_explicit(&l->flag, memory_order_acquire))
     keel__cpu_relax();
+}
+/* True if it took the lock; false, at once, if another holds it. */
+static inline bool keel__spin_trylock(keel__spinlock_t *l) {
+  return !atomic_flag_test_and_set_explicit(&l->flag, memory_order_acquire);
 }
 static inline void keel__spin_unlock(keel__spinlock_t *l) {
   atomic_flag_clear_explicit(&l->flag, memory_order_release);
