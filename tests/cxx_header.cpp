@@ -1,6 +1,8 @@
 // keel's public headers from C++ (tests/cxx_header.sh compiles this with
 // -fsyntax-only): the by-value sync types as members of a C++ struct, the
-// static once initialiser, and the macros a user calls.
+// static once initialiser, the macros a user calls, and the log's fields and sink.
+#include <cerrno>
+
 #include <keel/keel.h>
 
 struct service {
@@ -42,8 +44,27 @@ static int serve(void *arg) {
   return keel_sleep_ns(KEEL_NS_PER_MS);
 }
 
+// The log's field constructors and sink from C++ (KEEL_LOG_FIELDS is C
+// only: C++ passes an array).
+static void log_sink(void *arg, const keel_log_record_t *rec, const char *line, size_t len) {
+  static_cast<service *>(arg)->counter += static_cast<int>(rec->nfields + (line[len - 1] == '\n'));
+}
+
+static void log_structured(service *svc) {
+  const keel_log_field_t fields[] = {keel_log_str("peer", "127.0.0.1:5555"),
+                                     keel_log_int("fd", 7),
+                                     keel_log_uint("bytes", 10u),
+                                     keel_log_double("ratio", 0.5),
+                                     keel_log_bool("tls", true),
+                                     keel_log_errno("err", -EPIPE)};
+  keel_log_set_sink(log_sink, svc);
+  keel_log_fields(KEEL_LOG_INFO, "accepted", fields, sizeof fields / sizeof fields[0]);
+  keel_log_set_sink(nullptr, nullptr);
+}
+
 int main() {
   service svc{};
+  log_structured(&svc);
   keel_mutex_init(&svc.lock);
   keel_sem_init(&svc.slots, KEEL_SEM_MAX);
   keel_notify_init(&svc.changed);
