@@ -42,7 +42,8 @@ uint64_t keel__lab_seed_from(const keel_config_t *cfg) {
     unsigned long long v = strtoull(env, &end, 0);
     if (*end == '\0' && v != 0)
       return v;
-    keel_log(KEEL_LOG_WARN, "KEEL_SEED=%s is not a non-zero number; using seed 1", env);
+    KEEL_LOG_FIELDS(KEEL_LOG_WARN, "KEEL_SEED is not a non-zero number: seed 1",
+                    keel_log_str("KEEL_SEED", env));
   }
   return 1;
 }
@@ -128,7 +129,7 @@ static int lab_init(keel__worker_t *w) {
   lab->trace_hash = fnv_mix(FNV_OFFSET, lab->seed);
   keel__rng_seed(w->rng, lab->seed);
   w->backend = lab;
-  keel_log(KEEL_LOG_DEBUG, "lab mode: seed %llu", (unsigned long long)lab->seed);
+  KEEL_LOG_FIELDS(KEEL_LOG_DEBUG, "lab mode", keel_log_uint("seed", lab->seed));
   return 0;
 }
 
@@ -162,10 +163,11 @@ static void lab_stall(keel__worker_t *w) {
   int n = poll(&pfd, 1, timeout);
   if (n == 0 && !lab->deadlock_reported) {
     lab->deadlock_reported = true;
-    keel_log(KEEL_LOG_WARN,
-             "lab (seed %llu): every task is blocked and no timer is armed; still waiting "
-             "for another thread after %d ms. Blocked tasks:",
-             (unsigned long long)lab->seed, LAB_STALL_REPORT_MS);
+    KEEL_LOG_FIELDS(KEEL_LOG_WARN,
+                    "lab: every task is blocked and no timer is armed; still waiting for another "
+                    "thread. Blocked tasks:",
+                    keel_log_uint("seed", lab->seed),
+                    keel_log_int("waited_ms", LAB_STALL_REPORT_MS));
     keel__tasks_log(w->rt, KEEL_LOG_INFO);
     return;
   }

@@ -38,8 +38,10 @@ static __attribute__((noinline)) bool task_regain_stack(keel__worker_t *w, keel_
     int64_t now = keel__worker_now(w);
     if (now - w->stack_fail_log_ns >= KEEL_NS_PER_SEC) {
       w->stack_fail_log_ns = now;
-      keel_log(KEEL_LOG_ERROR, "no memory for a stack of %zu bytes: task '%s' waits for one",
-               t->stack_size, t->name);
+      /* Called on the way to t, so the line's own task (if any) is another. */
+      KEEL_LOG_FIELDS(KEEL_LOG_ERROR, "no memory for a task's stack: the task waits for one",
+                      keel_log_str("waiting_task", t->name),
+                      keel_log_uint("stack_size", t->stack_size));
     }
     t->state = KEEL__TASK_BLOCKED;
     keel__timer_t *tm = &t->restart->wait.timer;
@@ -329,7 +331,8 @@ int keel_spawn(keel_scope_t *scope, keel_task_fn fn, void *arg, const keel_spawn
    * succeeds always runs fn: nothing can fail after keel_spawn returns 0.
    * The stack goes back to the cache of the worker the task ends on. */
   if (keel__stack_alloc(w, stack_size, &t->stack) != 0) {
-    keel_log(KEEL_LOG_ERROR, "no memory for a stack of %zu bytes", stack_size);
+    KEEL_LOG_FIELDS(KEEL_LOG_ERROR, "no memory for a task's stack: spawn fails",
+                    keel_log_uint("stack_size", stack_size));
     keel__objcache_put(&w->task_cache, t);
     return -ENOMEM;
   }
