@@ -708,7 +708,14 @@ static int child_rate(void) {
   keel_log_set_rate_limit(0, 0);
   for (int i = 0; i < 30; i++)
     keel_log(KEEL_LOG_INFO, "unlimited"); /* 30 */
-  return 0;
+  /* A summary repeats a long message's start, cut between characters. */
+  char accents[201] = "";
+  for (int i = 0; i < 100; i++)
+    strcat(accents, "\xc3\xa9");
+  keel_log_set_rate_limit(1, 60000);
+  for (int i = 0; i < 3; i++)
+    keel_log(KEEL_LOG_INFO, "%s", accents); /* 1 */
+  return keel_log_flush() == 1 ? 0 : 22;
 }
 
 /* Checks line i is (level, msg) with no fields but those given by the
@@ -764,7 +771,13 @@ static void test_rate_limit(void **state) {
   expect_line(l, i++, p, "info", "unrelated");
   for (int k = 0; k < 30; k++)
     expect_line(l, i++, p, "info", "unlimited");
-  assert_int_equal(i, l->n);
+  parse_line(l, i++, true, p);
+  assert_int_equal(strlen(val(p, "msg")), 200);
+  expect_line(l, i, p, "info", "suppressed identical lines");
+  assert_string_equal(val(p, "suppressed"), "2");
+  assert_true(all_accents(val(p, "line")));
+  assert_int_equal(strlen(val(p, "line")), 126); /* 127 bytes would split one */
+  assert_int_equal(++i, l->n);
   free(p);
   free_lines(l);
 }

@@ -16,6 +16,21 @@
 size_t keel__log_format(char *buf, size_t size, keel_log_format_t format,
                         const keel_log_record_t *rec, bool truncated);
 
+/* Where to cut s, which goes on past len bytes, so that no UTF-8 sequence
+ * is left incomplete: len, or the start of the sequence the cut splits. */
+static inline size_t keel__utf8_cut(const char *s, size_t len) {
+  size_t i = len, continuations = 0;
+  while (i > 0 && continuations < 3 && ((unsigned char)s[i - 1] & 0xc0) == 0x80) {
+    i--;
+    continuations++;
+  }
+  if (i == 0)
+    return len;
+  unsigned char lead = (unsigned char)s[i - 1];
+  size_t need = lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : lead >= 0xc0 ? 2 : 1;
+  return need > continuations + 1 ? i - 1 : len;
+}
+
 /* ---- Rate limit (log-rate.c) ---------------------------------------------- */
 
 #define KEEL__LOG_RATE_MSG 128 /* bytes of a message a summary repeats */

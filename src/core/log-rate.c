@@ -121,6 +121,8 @@ static void start_window(rate_entry_t *e, uint64_t hash, keel_log_level_t level,
   e->window_start_ns = now_ns;
   e->count = 1;
   size_t n = strnlen(msg, sizeof e->msg - 1);
+  if (msg[n] != '\0')
+    n = keel__utf8_cut(msg, n);
   memcpy(e->msg, msg, n);
   e->msg[n] = '\0';
 }

@@ -239,23 +239,6 @@ void keel_log_fields(keel_log_level_t level, const char *msg, const keel_log_fie
   log_emit(level, msg ? msg : "", fields, fields ? nfields : 0, false);
 }
 
-/* Ends s (len bytes, cut by vsnprintf) before a UTF-8 sequence the cut
- * left incomplete, so that the message is cut at a character boundary as
- * a long string is when the line is formatted. */
-static void drop_cut_char(char *s, size_t len) {
-  size_t i = len, continuations = 0;
-  while (i > 0 && continuations < 3 && ((unsigned char)s[i - 1] & 0xc0) == 0x80) {
-    i--;
-    continuations++;
-  }
-  if (i == 0)
-    return;
-  unsigned char lead = (unsigned char)s[i - 1];
-  size_t need = lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : lead >= 0xc0 ? 2 : 1;
-  if (need > continuations + 1)
-    s[i - 1] = '\0';
-}
-
 void keel_log(keel_log_level_t level, const char *fmt, ...) {
   if ((int)level < log_threshold())
     return;
@@ -266,8 +249,8 @@ void keel_log(keel_log_level_t level, const char *fmt, ...) {
   va_end(ap);
   if (n < 0)
     msg[0] = '\0';
-  else if (n >= (int)sizeof msg)
-    drop_cut_char(msg, sizeof msg - 1);
+  else if (n >= (int)sizeof msg) /* cut as a long string is: between characters */
+    msg[keel__utf8_cut(msg, sizeof msg - 1)] = '\0';
   log_emit(level, msg, NULL, 0, n >= (int)sizeof msg);
 }
 
