@@ -790,9 +790,11 @@ static void test_dump_log(void **state) {
     char *err = kt_run_child(dump_log_child, CHILD_ALARM_S, &status, NULL);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
       fail_msg("[%s] the child exited with status %d", kt_backend_name(b), status);
-    if (!strstr(err, "info: 1 task in 1 scope on 1 worker\n") ||
-        !strstr(err, "info: scope root: 1 live\n") ||
-        !strstr(err, "info:   task 'logger' [worker 0] running\n"))
+    /* A log line each, logged from the task: "<time> info worker=0
+     * task=logger msg=\"<the dump's line>\"" (keel_log's text format). */
+    if (!strstr(err, " info worker=0 task=logger msg=\"1 task in 1 scope on 1 worker\"\n") ||
+        !strstr(err, " info worker=0 task=logger msg=\"scope root: 1 live\"\n") ||
+        !strstr(err, " info worker=0 task=logger msg=\"  task 'logger' [worker 0] running\"\n"))
       fail_msg("[%s] keel_dump_tasks logged: %s", kt_backend_name(b), err);
     free(err);
   }
