@@ -791,10 +791,13 @@ static void test_dump_log(void **state) {
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
       fail_msg("[%s] the child exited with status %d", kt_backend_name(b), status);
     /* A log line each, logged from the task: "<time> info worker=0
-     * task=logger msg=\"<the dump's line>\"" (keel_log's text format). */
-    if (!strstr(err, " info worker=0 task=logger msg=\"1 task in 1 scope on 1 worker\"\n") ||
-        !strstr(err, " info worker=0 task=logger msg=\"scope root: 1 live\"\n") ||
-        !strstr(err, " info worker=0 task=logger msg=\"  task 'logger' [worker 0] running\"\n"))
+     * task=logger msg=\"<the dump's line>\" dump_line=N" (the text format). */
+    if (!strstr(err,
+                " info worker=0 task=logger msg=\"1 task in 1 scope on 1 worker\" dump_line=0\n") ||
+        !strstr(err, " info worker=0 task=logger msg=\"scope root: 1 live\" dump_line=1\n") ||
+        !strstr(
+            err,
+            " info worker=0 task=logger msg=\"  task 'logger' [worker 0] running\" dump_line=2\n"))
       fail_msg("[%s] keel_dump_tasks logged: %s", kt_backend_name(b), err);
     free(err);
   }

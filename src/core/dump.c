@@ -207,10 +207,19 @@ void keel__tasks_log(keel_runtime_t *rt, keel_log_level_t level) {
   int rc = tasks_render(rt, 0, &out);
   if (rc < 0)
     keel_log(KEEL_LOG_ERROR, "task dump: %s", keel_strerror(rc));
-  for (const char *p = out.data; rc == 0 && p && *p;) {
+  /* Each line numbered: a dump's lines are never "identical lines" to the
+   * log's rate limit, however alike the tasks (a thousand idle
+   * connections). */
+  char line[KEEL_LOG_MSG_MAX];
+  int64_t index = 0;
+  for (const char *p = out.data; rc == 0 && p && *p; index++) {
     const char *nl = strchr(p, '\n');
-    int n = nl ? (int)(nl - p) : (int)strlen(p);
-    keel_log(level, "%.*s", n, p);
+    size_t n = nl ? (size_t)(nl - p) : strlen(p);
+    size_t take = n < sizeof line - 1 ? n : sizeof line - 1;
+    memcpy(line, p, take);
+    line[take] = '\0';
+    keel_log_field_t f = keel_log_int("dump_line", index);
+    keel_log_fields(level, line, &f, 1);
     p += n + (nl != NULL);
   }
   free(out.data);

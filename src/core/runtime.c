@@ -490,6 +490,7 @@ int keel_run(const keel_config_t *cfg, keel_task_fn main_fn, void *arg) {
              (unsigned long long)rt->lab_seed);
   pthread_mutex_destroy(&rt->start_lock);
   pthread_cond_destroy(&rt->start_cond);
+  keel_log_flush(); /* counts of identical lines dropped, not yet reported */
 fail_alloc:
   keel__metrics_close(rt);
   pthread_mutex_destroy(&rt->blocking_lock);
