@@ -515,8 +515,9 @@ int keel_log_set_format(keel_log_format_t format);
 void keel_log_set_rate_limit(unsigned burst, unsigned window_ms);
 
 /* Reports now, a line each, the counts of dropped lines that no line has
- * reported yet, their windows passed or not: call it before the process
- * exits so that no count is lost. Returns the number of lines written. */
+ * reported yet, their windows passed or not (keel_run does when it
+ * returns): call it before the process exits so that no count is lost.
+ * Returns the number of lines written. */
 int keel_log_flush(void);
 
 /* "debug", "info", "warn" or "error" (a value out of range: "error"). */
