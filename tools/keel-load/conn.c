@@ -33,6 +33,23 @@ static bool stopping(const load_t *l) {
          keel_cancelled() != KEEL_CANCEL_NONE;
 }
 
+void load_pace_start(load_pace_t *p, const load_conn_t *c) {
+  p->interval_ns = c->worker->load->opts.interval_ns;
+  p->next_ns = keel_now_ns();
+  if (p->interval_ns > 0)
+    p->next_ns += (int64_t)(load_mix64(~(uint64_t)c->id) % (uint64_t)p->interval_ns);
+}
+
+int load_pace_wait(load_pace_t *p, int64_t *due_ns) {
+  if (p->interval_ns == 0) {
+    *due_ns = keel_now_ns();
+    return 0;
+  }
+  *due_ns = p->next_ns;
+  p->next_ns += p->interval_ns;
+  return keel_sleep_until(*due_ns);
+}
+
 /* One connection's task: the mode talks until the run is stopped. An
  * error before the stop is counted (a server closing early is one). */
 static int conn_task(void *arg) {
@@ -56,11 +73,24 @@ static void connect_failed(load_worker_t *w, load_conn_t *c, int err) {
   load_complain(w->load, c->id, "connect: %s", keel_strerror(err));
 }
 
+/* A connect under its own deadline (see CONNECT_TIMEOUT_NS). */
+static int connect_timed(load_t *l, keel_tcp_t **out) {
+  int64_t prev = keel_task_set_deadline(keel_now_ns() + CONNECT_TIMEOUT_NS);
+  int rc = keel_tcp_connect_addr(&l->addr, out);
+  keel_task_set_deadline(prev);
+  return rc;
+}
+
+int load_reconnect(load_conn_t *c) {
+  keel_tcp_close(c->tcp);
+  c->tcp = NULL;
+  c->worker->reconnects++;
+  return connect_timed(c->worker->load, &c->tcp);
+}
+
 static void connect_one(load_worker_t *w, load_conn_t *c) {
   load_t *l = w->load;
-  int64_t prev = keel_task_set_deadline(keel_now_ns() + CONNECT_TIMEOUT_NS);
-  int rc = keel_tcp_connect_addr(&l->addr, &c->tcp);
-  keel_task_set_deadline(prev);
+  int rc = connect_timed(l, &c->tcp);
   if (rc == 0) {
     keel_spawn_opts_t so = {.name = "conn"};
     rc = keel_spawn(w->scope, conn_task, c, &so);

@@ -149,6 +149,9 @@ static void collect(const load_t *l, load_result_t *r) {
     r->mismatches += w->mismatches;
     r->messages += w->messages;
     r->bytes += w->bytes;
+    r->completed += w->completed;
+    r->unanswered += w->unanswered;
+    r->reconnects += w->reconnects;
     hist_merge(&r->hist, &w->hist);
   }
 }
