@@ -9,7 +9,11 @@
 # servers that each get one thing wrong (a wrong status, a flipped body
 # byte, a chunked body, no Content-Length, a response nobody asked for, a
 # close without Connection: close) it must exit 1 and count mismatches or
-# errors. Bad usage exits 2.
+# errors. The slow mode (slowloris) against http-hello with a short header
+# limit: every slow connection cut off with a 408 no earlier than the
+# limit, reopened until the window ends and waited for after it
+# (--linger), as many as /metrics' head_timeout count; expecting another
+# status, it must exit 1. Bad usage exits 2.
 #
 #   load_http.sh KEEL_LOAD HTTP_HELLO
 set -u
@@ -142,6 +146,28 @@ kill -TERM "$server_pid"
 wait "$server_pid"
 server_pid=
 
+# The slow mode: 20 connections, a 400 ms header limit, 1.5 s of reopening.
+"$http_hello" --port 0 --workers 2 --header-timeout-ms 400 >"$work/server.log" 2>&1 &
+server_pid=$!
+port=$(wait_port "$work/server.log") || fail "http-hello did not start"
+"$keel_load" slow --port "$port" --conns 20 --connect-rate 50 --warmup 0 --duration 1.5 \
+  --linger 3 --interval 0.1 --json >"$work/slow.json" 2>"$work/err.log" ||
+  fail "keel-load slow exited $?: $(cat "$work/err.log")"
+check_json "$work/slow.json" 'j["messages_total"] >= 40' 'j["unanswered"] == 0' \
+  'j["errors"] + j["mismatches"] == 0' '400000 <= j["latency_us"]["min"] <= j["latency_us"]["max"] < 1400000' \
+  || fail "keel-load slow: its JSON"
+cut=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["messages_total"])' "$work/slow.json")
+counted=$(curl -fsS "http://127.0.0.1:$port/metrics" | awk '/^keel_http_request_errors_total\{kind="head_timeout"\}/ { print $2 }')
+[ "$counted" = "$cut" ] || fail "/metrics counts $counted head timeouts, keel-load slow saw $cut"
+"$keel_load" slow --port "$port" --conns 2 --warmup 0 --duration 0.2 --linger 2 --status 400 \
+  --json >"$work/slow.json" 2>"$work/err.log"
+[ $? -eq 1 ] || fail "keel-load slow --status 400 against a 408 did not exit 1"
+check_json "$work/slow.json" 'j["mismatches"] == 2' || fail "keel-load slow --status 400: its JSON"
+kill -TERM "$server_pid"
+wait "$server_pid"
+server_pid=
+echo "ok: slow: $cut connections cut off, as many head timeouts in /metrics"
+
 # An HTTP server (threads, blocking sockets) with one fault from its
 # argument, starting at the 20th request of a connection.
 cat >"$work/faulty.py" <<'EOF'
@@ -219,4 +245,6 @@ bad_usage http --path nopath
 bad_usage http --pipeline 0
 bad_usage http --conn-rate 0
 bad_usage echo --conn-rate 10
+bad_usage slow --conn-rate 10
+bad_usage slow --interval 0
 echo "ok: bad usage"

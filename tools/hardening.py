@@ -382,13 +382,5 @@ def slope_per_minute(points):
     return sxy / sxx * 60.0
 
 
-def quantile(values, q):
-    """The value at quantile q of a sorted list (nearest rank)."""
-    if not values:
-        return None
-    k = max(0, min(len(values) - 1, int(q * len(values) + 0.999999) - 1))
-    return values[k]
-
-
 def stamp():
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

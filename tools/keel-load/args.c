@@ -19,6 +19,8 @@ enum {
   OPT_JSON,
   OPT_SERVER_PID,
   OPT_CONN_RATE,
+  OPT_CONNECT_RATE,
+  OPT_LINGER,
   OPT_HELP,
 };
 
@@ -34,11 +36,14 @@ static const struct option common_options[] = {
     {"json", no_argument, NULL, OPT_JSON},
     {"server-pid", required_argument, NULL, OPT_SERVER_PID},
     {"conn-rate", required_argument, NULL, OPT_CONN_RATE},
+    {"connect-rate", required_argument, NULL, OPT_CONNECT_RATE},
+    {"linger", required_argument, NULL, OPT_LINGER},
     {"help", no_argument, NULL, OPT_HELP},
 };
 #define COMMON_OPTS (sizeof common_options / sizeof common_options[0])
 
-static const load_mode_t *const modes[] = {&load_echo_mode, &load_ws_mode, &load_http_mode};
+static const load_mode_t *const modes[] = {&load_echo_mode, &load_ws_mode, &load_http_mode,
+                                           &load_slow_mode};
 #define NMODES (sizeof modes / sizeof modes[0])
 
 static void usage(FILE *out, const load_mode_t *only) {
@@ -59,6 +64,10 @@ static void usage(FILE *out, const load_mode_t *only) {
           "  --server-pid PID          report that process's CPU time and RSS over the window\n"
           "  --conn-rate R             messages per second on each connection, latency timed\n"
           "                            from when each was due (http, ws; default: unpaced)\n"
+          "  --connect-rate R          connects started per second, evenly (default: at once,\n"
+          "                            --connect-concurrency at a time)\n"
+          "  --linger S                after the window, wait up to S seconds for connections\n"
+          "                            to end by themselves (slow: their last cut-offs)\n"
           "  --help                    this text\n");
   for (size_t i = 0; i < NMODES; i++)
     if (only == NULL || only == modes[i])
@@ -86,8 +95,8 @@ static int parse_seconds(const char *s, bool allow_zero, int64_t *out_ns) {
   return *out_ns > 0 || allow_zero ? 0 : -EINVAL;
 }
 
-/* Messages per second on one connection, into the interval between them:
- * at least one a day, at most a million a second. */
+/* A rate per second (messages on one connection, connects), into the
+ * interval between two: at least one a day, at most a million a second. */
 static int parse_rate(const char *s, int64_t *interval_ns) {
   char *end;
   errno = 0;
@@ -144,6 +153,10 @@ static int apply_common(load_opts_t *o, int id, const char *val) {
     return rc;
   case OPT_CONN_RATE:
     return parse_rate(val, &o->interval_ns);
+  case OPT_CONNECT_RATE:
+    return parse_rate(val, &o->connect_gap_ns);
+  case OPT_LINGER:
+    return parse_seconds(val, true, &o->linger_ns);
   default:
     return -EINVAL;
   }

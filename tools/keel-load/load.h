@@ -1,6 +1,6 @@
 /* keel-load's shared types: run options, modes, workers, connections, results.
  *
- * A mode (echo, ws, http) only says how one connected connection talks
+ * A mode (echo, ws, http, slow) only says how one connected connection talks
  * to the server; connecting, pacing, the timing windows, the histogram
  * and the report are shared and live in their own files. */
 #ifndef KEEL_LOAD_H
@@ -34,8 +34,10 @@ typedef struct load_opts {
   keel_backend_t backend;
   long connect_concurrency; /* connects in flight, over all workers */
   bool json;
-  pid_t server_pid;    /* 0: none */
-  int64_t interval_ns; /* --conn-rate: between one connection's messages; 0: unpaced */
+  pid_t server_pid;       /* 0: none */
+  int64_t interval_ns;    /* --conn-rate: between one connection's messages; 0: unpaced */
+  int64_t connect_gap_ns; /* --connect-rate: between two connects' starts; 0: at once */
+  int64_t linger_ns;      /* after the window, for connections to end by themselves */
 } load_opts_t;
 
 /* One connection, owned by one worker. */
@@ -43,6 +45,7 @@ typedef struct load_conn {
   load_worker_t *worker;
   uint32_t id; /* 0 .. conns-1 over the whole run: modes derive content from it */
   keel_tcp_t *tcp;
+  int64_t connect_ns; /* when its (latest) connect started */
 } load_conn_t;
 
 /* A mode's hooks. run_conn talks over an established connection until it is
@@ -67,6 +70,7 @@ typedef struct load_mode {
 extern const load_mode_t load_echo_mode;
 extern const load_mode_t load_ws_mode;
 extern const load_mode_t load_http_mode;
+extern const load_mode_t load_slow_mode;
 
 /* splitmix64's step and finaliser: modes derive patterns, offsets and
  * (ws) masks from it. */
@@ -106,8 +110,11 @@ struct load {
   /* Written by the timekeeper, read by every connection worker. */
   atomic_llong window_start_ns; /* INT64_MAX until connections settle */
   atomic_llong window_end_ns;
-  atomic_long settled; /* connections established or failed */
+  atomic_long settled;   /* connections established or failed */
+  atomic_long live;      /* connection tasks running */
+  atomic_bool lingering; /* the window is over: --linger, modes start nothing new */
   atomic_bool stopping;
+  int64_t start_ns;    /* when the workers were started: --connect-rate's origin */
   atomic_int reported; /* error lines printed, to keep a failing run readable */
 };
 

@@ -74,7 +74,7 @@ static void json_string(FILE *out, const char *s) {
 }
 
 static void json_latency(const load_result_t *r) {
-  printf("\"latency_us\":{");
+  printf("\"latency_us\":{\"min\":%.3f,", (double)(r->hist.count ? r->hist.min_ns : 0) / 1e3);
   for (size_t i = 0; i < NQUANTILES; i++)
     printf("\"%s\":%.3f,", quantile_names[i], (double)hist_quantile(&r->hist, quantiles[i]) / 1e3);
   printf("\"max\":%.3f,\"mean\":%.3f},", (double)(r->hist.count ? r->hist.max_ns : 0) / 1e3,
