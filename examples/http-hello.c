@@ -1,7 +1,7 @@
 /* http-hello: keel's HTTP/1.1 server with a few routes.
  *
  *   http-hello [--host H] [--port P] [--workers N] [--backend auto|uring|epoll]
- *              [--max-conns N] [--max-requests N]
+ *              [--max-conns N] [--max-requests N] [--header-timeout-ms N]
  *              [--tls-cert F --tls-key F [--tls-sni-cert F --tls-sni-key F]
  *               [--tls-client-ca F]]
  *
@@ -17,6 +17,8 @@
  *   GET  /metrics                 the runtime's metrics (Prometheus text format)
  *   GET  /debug/tasks             every live task and what it waits on
  *                                 (?format=json for JSON)
+ *   GET  /ws                      WebSocket: every message back with its opcode
+ *                                 (per-message style: an idle one holds no stack)
  *
  * SIGINT/SIGTERM stop accepting, close idle connections, let the requests
  * in flight finish (their responses carry Connection: close) and exit 0.
@@ -34,11 +36,12 @@ typedef struct app {
   char hostport[300];
   int workers;
   keel_backend_t backend;
-  long max_conns, max_requests;
+  long max_conns, max_requests, header_timeout_ms;
   keel_http_router_t *router;
   keel_tls_cert_t cert, sni_cert;
   const char *client_ca;
   keel_tls_ctx_t *tls;
+  keel_ws_opts_t ws;
 } app_t;
 
 static int hello(keel_http_request_t *req, keel_http_response_t *res, void *ctx) {
@@ -103,6 +106,17 @@ static int stream_route(keel_http_request_t *req, keel_http_response_t *res, voi
   return keel_http_finish(res);
 }
 
+static int ws_echo(keel_ws_t *ws, int opcode, const void *data, size_t len, void *ctx) {
+  (void)ctx;
+  return keel_ws_send(ws, opcode, data, len);
+}
+
+/* The upgrade; a refused one (not a WebSocket request) has its 4xx sent. */
+static int ws_route(keel_http_request_t *req, keel_http_response_t *res, void *ctx) {
+  const keel_ws_opts_t *ws = ctx;
+  return keel_ws_accept(req, res, ws, NULL) < 0 && !keel_http_responded(res) ? -EPROTO : 0;
+}
+
 static void on_listen(const keel_addr_t *addr, void *ctx) {
   char text[KEEL_ADDRSTRLEN];
   const app_t *app = ctx;
@@ -148,6 +162,7 @@ static int main_task(void *arg) {
       .on_listen = on_listen,
       .max_conns = (unsigned)app->max_conns,
       .max_requests = (unsigned)app->max_requests,
+      .header_timeout_ms = app->header_timeout_ms,
       .tls = app->tls,
   };
   int rc = keel_http_serve(app->hostport, &opts);
@@ -159,7 +174,8 @@ static int main_task(void *arg) {
   return 0;
 }
 
-static int add_routes(keel_http_router_t *r) {
+static int add_routes(keel_http_router_t *r, app_t *app) {
+  app->ws.on_message = ws_echo;
   int rc = keel_http_route(r, "GET", "/", 0, hello, NULL);
   if (rc == 0)
     rc = keel_http_route(r, "POST", "/echo", 0, echo, NULL);
@@ -171,6 +187,8 @@ static int add_routes(keel_http_router_t *r) {
     rc = keel_http_route(r, "GET", "/metrics", 0, keel_http_metrics_handler, NULL);
   if (rc == 0)
     rc = keel_http_route(r, "GET", "/debug/tasks", 0, keel_http_tasks_handler, NULL);
+  if (rc == 0)
+    rc = keel_http_route(r, "GET", "/ws", 0, ws_route, &app->ws);
   return rc;
 }
 
@@ -183,6 +201,9 @@ static void usage(FILE *out) {
                "  --max-conns N     connections per worker; more are closed (default 10000)\n"
                "  --max-requests N  requests per connection, the last with Connection: close\n"
                "                    (default 10000)\n"
+               "  --header-timeout-ms N\n"
+               "                    a request head must arrive within N ms, else 408 and a\n"
+               "                    close; the first from the accept (default 10000)\n"
                "  --tls-cert F      serve HTTPS with this certificate chain (PEM) ...\n"
                "  --tls-key F       ... and its private key (PEM)\n"
                "  --tls-sni-cert F  a second certificate, chosen by SNI ...\n"
@@ -222,6 +243,7 @@ static int parse_args(int argc, char **argv, app_t *app) {
       {"backend", required_argument, NULL, 'b'},
       {"max-conns", required_argument, NULL, 'm'},
       {"max-requests", required_argument, NULL, 'r'},
+      {"header-timeout-ms", required_argument, NULL, 't'},
       {"tls-cert", required_argument, NULL, 'C'},
       {"tls-key", required_argument, NULL, 'K'},
       {"tls-sni-cert", required_argument, NULL, 'S'},
@@ -253,6 +275,9 @@ static int parse_args(int argc, char **argv, app_t *app) {
       break;
     case 'r':
       ok = parse_long(optarg, 1, UINT_MAX, &app->max_requests);
+      break;
+    case 't':
+      ok = parse_long(optarg, 1, 3600000, &app->header_timeout_ms);
       break;
     case 'C':
       app->cert.cert_file = optarg;
@@ -308,7 +333,7 @@ int main(int argc, char **argv) {
   int rc = parse_args(argc, argv, &app);
   if (rc != 0)
     return rc == 2 ? 0 : 1;
-  if (keel_http_router_open(&app.router) < 0 || add_routes(app.router) < 0) {
+  if (keel_http_router_open(&app.router) < 0 || add_routes(app.router, &app) < 0) {
     fprintf(stderr, "http-hello: out of memory\n");
     return 1;
   }

@@ -2,7 +2,8 @@
  * goes away: the client's end of stream, its reset, or its half-close
  * seen while the handler waits cancel the handler at once (io_uring,
  * epoll, the lab network over 16 seeds). A client that stays gets its
- * answer; a client that goes away once the handler is done costs nothing. */
+ * answer; a client that goes away once the handler is done costs nothing,
+ * and so does one that goes away just as it ends. */
 #define KT_GUARD_MS 60000
 #include "http-test.h"
 
@@ -114,9 +115,46 @@ static int stays_case(void *arg) {
   return kt_server_stop(&srv);
 }
 
+/* Clients that go away around the moment their handler ends: the
+ * watch's end-of-stream read can complete in the loop iteration where the
+ * handler ends and run after the connection's task has closed the
+ * handler's scope (the server crashed there on io_uring). */
+static int sleeper(keel_http_request_t *req, keel_http_response_t *res, void *ctx) {
+  (void)ctx; /* waiter's probe is one worker's: this runs on two */
+  int rc = keel_sleep_ms(strtol(keel_http_query(req) + 3, NULL, 10));
+  return rc < 0 ? rc : keel_http_send(res, "done", 4);
+}
+
+static int gone_as_done_case(void *arg) {
+  (void)arg;
+  kt_server_t srv;
+  keel_http_server_opts_t o = {.handler = sleeper};
+  CHECK_RC(kt_server_start(&srv, &o));
+  for (int i = 0; i < 2000; i++) {
+    kt_conn_t c;
+    CHECK_RC(kt_connect(&srv, &c));
+    CHECK_RC(kt_send(&c, "GET /w?ms=1 HTTP/1.1\r\nHost: t\r\n\r\n"));
+    int64_t delay_ns = KEEL_NS_PER_MS / 2 + (i % 20) * KEEL_NS_PER_MS / 20; /* 0.5 .. 1.45 ms */
+    CHECK_RC(keel_sleep_ns(delay_ns));
+    kt_disconnect(&c);
+  }
+  kt_conn_t c;
+  kt_resp_t r;
+  CHECK_RC(kt_connect(&srv, &c));
+  KT_EXCHANGE(&c, "GET /w?ms=0 HTTP/1.1\r\nHost: t\r\n\r\n", &r, 200);
+  kt_resp_free(&r);
+  kt_disconnect(&c);
+  return kt_server_stop(&srv);
+}
+
 static void test_client_gone(void **state) {
   (void)state;
   kt_run_body(gone_case, NULL, 1);
+}
+
+static void test_client_gone_as_done(void **state) {
+  (void)state;
+  kt_run_body(gone_as_done_case, NULL, 2);
 }
 
 static void test_client_stays(void **state) {
@@ -128,6 +166,7 @@ int main(void) {
   kt_select_backends();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_client_gone),
+      cmocka_unit_test(test_client_gone_as_done),
       cmocka_unit_test(test_client_stays),
   };
   return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));

@@ -232,11 +232,14 @@ static int handler_task(void *arg) {
 
 /* Waits for the end of stream or a reset while the handler runs: either
  * one cancels the handler's scope. Bytes of a next request end the watch
- * (they stay buffered). */
+ * (they stay buffered). The read may complete in the same loop iteration
+ * as the handler ends and run only after the connection's task has
+ * closed the handler's scope (end_watch's cancel does not take a result
+ * back): then there is no handler left to cancel. */
 static int watch_task(void *arg) {
   keel_http_request_t *req = arg;
   ssize_t n = keel_bufstream_fill(req->c->bs);
-  if (n == 0 || n == -ECONNRESET || n == -EPIPE) {
+  if ((n == 0 || n == -ECONNRESET || n == -EPIPE) && !req->handler_done) {
     req->client_gone = true;
     keel_scope_cancel(req->scope, KEEL_CANCEL_USER);
   }

@@ -18,6 +18,9 @@ enum {
   OPT_CONNECT_CONCURRENCY,
   OPT_JSON,
   OPT_SERVER_PID,
+  OPT_CONN_RATE,
+  OPT_CONNECT_RATE,
+  OPT_LINGER,
   OPT_HELP,
 };
 
@@ -32,11 +35,15 @@ static const struct option common_options[] = {
     {"connect-concurrency", required_argument, NULL, OPT_CONNECT_CONCURRENCY},
     {"json", no_argument, NULL, OPT_JSON},
     {"server-pid", required_argument, NULL, OPT_SERVER_PID},
+    {"conn-rate", required_argument, NULL, OPT_CONN_RATE},
+    {"connect-rate", required_argument, NULL, OPT_CONNECT_RATE},
+    {"linger", required_argument, NULL, OPT_LINGER},
     {"help", no_argument, NULL, OPT_HELP},
 };
 #define COMMON_OPTS (sizeof common_options / sizeof common_options[0])
 
-static const load_mode_t *const modes[] = {&load_echo_mode, &load_ws_mode};
+static const load_mode_t *const modes[] = {&load_echo_mode, &load_ws_mode, &load_http_mode,
+                                           &load_slow_mode};
 #define NMODES (sizeof modes / sizeof modes[0])
 
 static void usage(FILE *out, const load_mode_t *only) {
@@ -55,6 +62,12 @@ static void usage(FILE *out, const load_mode_t *only) {
           "  --connect-concurrency N   connects in flight at most (default 256)\n"
           "  --json                    print one JSON object instead of the text summary\n"
           "  --server-pid PID          report that process's CPU time and RSS over the window\n"
+          "  --conn-rate R             messages per second on each connection, latency timed\n"
+          "                            from when each was due (http, ws; default: unpaced)\n"
+          "  --connect-rate R          connects started per second, evenly (default: at once,\n"
+          "                            --connect-concurrency at a time)\n"
+          "  --linger S                after the window, wait up to S seconds for connections\n"
+          "                            to end by themselves (slow: their last cut-offs)\n"
           "  --help                    this text\n");
   for (size_t i = 0; i < NMODES; i++)
     if (only == NULL || only == modes[i])
@@ -80,6 +93,18 @@ static int parse_seconds(const char *s, bool allow_zero, int64_t *out_ns) {
     return -EINVAL;
   *out_ns = (int64_t)(v * 1e9);
   return *out_ns > 0 || allow_zero ? 0 : -EINVAL;
+}
+
+/* A rate per second (messages on one connection, connects), into the
+ * interval between two: at least one a day, at most a million a second. */
+static int parse_rate(const char *s, int64_t *interval_ns) {
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (errno != 0 || end == s || *end != '\0' || !(v >= 1.0 / 86400) || v > 1e6)
+    return -EINVAL;
+  *interval_ns = (int64_t)(1e9 / v);
+  return 0;
 }
 
 static int parse_backend(const char *s, keel_backend_t *out) {
@@ -126,6 +151,12 @@ static int apply_common(load_opts_t *o, int id, const char *val) {
     rc = load_parse_long(val, 1, 0x7fffffff, &v);
     o->server_pid = (pid_t)v;
     return rc;
+  case OPT_CONN_RATE:
+    return parse_rate(val, &o->interval_ns);
+  case OPT_CONNECT_RATE:
+    return parse_rate(val, &o->connect_gap_ns);
+  case OPT_LINGER:
+    return parse_seconds(val, true, &o->linger_ns);
   default:
     return -EINVAL;
   }
@@ -187,6 +218,10 @@ static int parse_options(load_t *l, int argc, char **argv) {
   }
   if (optind < argc) {
     fprintf(stderr, "keel-load: unexpected argument: %s\n", argv[optind]);
+    return 2;
+  }
+  if (l->opts.interval_ns > 0 && !l->mode->paced) {
+    fprintf(stderr, "keel-load: --conn-rate is not for mode %s\n", l->mode->name);
     return 2;
   }
   return 0;

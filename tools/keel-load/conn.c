@@ -33,6 +33,23 @@ static bool stopping(const load_t *l) {
          keel_cancelled() != KEEL_CANCEL_NONE;
 }
 
+void load_pace_start(load_pace_t *p, const load_conn_t *c) {
+  p->interval_ns = c->worker->load->opts.interval_ns;
+  p->next_ns = keel_now_ns();
+  if (p->interval_ns > 0)
+    p->next_ns += (int64_t)(load_mix64(~(uint64_t)c->id) % (uint64_t)p->interval_ns);
+}
+
+int load_pace_wait(load_pace_t *p, int64_t *due_ns) {
+  if (p->interval_ns == 0) {
+    *due_ns = keel_now_ns();
+    return 0;
+  }
+  *due_ns = p->next_ns;
+  p->next_ns += p->interval_ns;
+  return keel_sleep_until(*due_ns);
+}
+
 /* One connection's task: the mode talks until the run is stopped. An
  * error before the stop is counted (a server closing early is one). */
 static int conn_task(void *arg) {
@@ -45,6 +62,7 @@ static int conn_task(void *arg) {
   }
   keel_tcp_close(c->tcp);
   c->tcp = NULL;
+  atomic_fetch_sub_explicit(&w->load->live, 1, memory_order_relaxed);
   return 0; /* counted above: one connection's failure stops no other */
 }
 
@@ -56,14 +74,35 @@ static void connect_failed(load_worker_t *w, load_conn_t *c, int err) {
   load_complain(w->load, c->id, "connect: %s", keel_strerror(err));
 }
 
-static void connect_one(load_worker_t *w, load_conn_t *c) {
-  load_t *l = w->load;
-  int64_t prev = keel_task_set_deadline(keel_now_ns() + CONNECT_TIMEOUT_NS);
+/* c's connect under its own deadline (see CONNECT_TIMEOUT_NS). */
+static int connect_timed(load_conn_t *c) {
+  load_t *l = c->worker->load;
+  c->connect_ns = keel_now_ns();
+  int64_t prev = keel_task_set_deadline(c->connect_ns + CONNECT_TIMEOUT_NS);
   int rc = keel_tcp_connect_addr(&l->addr, &c->tcp);
   keel_task_set_deadline(prev);
+  return rc;
+}
+
+int load_reconnect(load_conn_t *c) {
+  keel_tcp_close(c->tcp);
+  c->tcp = NULL;
+  c->worker->reconnects++;
+  return connect_timed(c);
+}
+
+static void connect_one(load_worker_t *w, load_conn_t *c) {
+  load_t *l = w->load;
+  /* --connect-rate: connection id starts id gaps after the run did. */
+  int rc = keel_sleep_until(l->start_ns + (int64_t)c->id * l->opts.connect_gap_ns);
+  if (rc == 0)
+    rc = connect_timed(c);
   if (rc == 0) {
     keel_spawn_opts_t so = {.name = "conn"};
+    atomic_fetch_add_explicit(&l->live, 1, memory_order_relaxed);
     rc = keel_spawn(w->scope, conn_task, c, &so);
+    if (rc < 0)
+      atomic_fetch_sub_explicit(&l->live, 1, memory_order_relaxed);
     if (rc < 0) {
       keel_tcp_close(c->tcp);
       c->tcp = NULL;

@@ -177,6 +177,7 @@ static int echo_run(load_conn_t *c) {
   int rc = 0;
   while (rc == 0) /* ends by cancellation (the run is over), an error or a mismatch */
     rc = can_write(&e) ? echo_write(&e) : echo_read(&e);
+  c->worker->unanswered += e.wr_seq - e.rd_seq + (e.wr_off > 0);
   free(e.sent_ns);
   return rc > 0 ? 0 : rc;
 }

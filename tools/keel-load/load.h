@@ -1,8 +1,8 @@
 /* keel-load's shared types: run options, modes, workers, connections, results.
  *
- * A mode (echo, ws; HTTP later) only says how one connected
- * connection talks to the server; connecting, the timing windows, the
- * histogram and the report are shared and live in their own files. */
+ * A mode (echo, ws, http, slow) only says how one connected connection talks
+ * to the server; connecting, pacing, the timing windows, the histogram
+ * and the report are shared and live in their own files. */
 #ifndef KEEL_LOAD_H
 #define KEEL_LOAD_H
 
@@ -34,7 +34,10 @@ typedef struct load_opts {
   keel_backend_t backend;
   long connect_concurrency; /* connects in flight, over all workers */
   bool json;
-  pid_t server_pid; /* 0: none */
+  pid_t server_pid;       /* 0: none */
+  int64_t interval_ns;    /* --conn-rate: between one connection's messages; 0: unpaced */
+  int64_t connect_gap_ns; /* --connect-rate: between two connects' starts; 0: at once */
+  int64_t linger_ns;      /* after the window, for connections to end by themselves */
 } load_opts_t;
 
 /* One connection, owned by one worker. */
@@ -42,6 +45,7 @@ typedef struct load_conn {
   load_worker_t *worker;
   uint32_t id; /* 0 .. conns-1 over the whole run: modes derive content from it */
   keel_tcp_t *tcp;
+  int64_t connect_ns; /* when its (latest) connect started */
 } load_conn_t;
 
 /* A mode's hooks. run_conn talks over an established connection until it is
@@ -51,6 +55,7 @@ typedef struct load_mode {
   const char *name;
   const char *summary;          /* one line for the top-level usage */
   const char *usage;            /* the mode's option lines */
+  bool paced;                   /* honours --conn-rate (with one message in flight) */
   const struct option *options; /* ends with a zero entry; ids >= LOAD_MODE_OPT_BASE */
   int (*init)(load_t *l);       /* defaults into l->mode_cfg; 0 or -ENOMEM */
   int (*parse_option)(load_t *l, int id, const char *value); /* 0 or -EINVAL */
@@ -64,6 +69,8 @@ typedef struct load_mode {
 
 extern const load_mode_t load_echo_mode;
 extern const load_mode_t load_ws_mode;
+extern const load_mode_t load_http_mode;
+extern const load_mode_t load_slow_mode;
 
 /* splitmix64's step and finaliser: modes derive patterns, offsets and
  * (ws) masks from it. */
@@ -89,6 +96,9 @@ struct load_worker {
   uint64_t established, connect_errors, errors, mismatches;
   uint64_t messages, bytes; /* completed in the measured window */
   hist_t hist;              /* their latencies */
+  uint64_t completed;       /* every message completed, in the window or not */
+  uint64_t unanswered;      /* sent and not answered when their connection ended */
+  uint64_t reconnects;      /* connections a server closed as announced, opened again */
 };
 
 struct load {
@@ -100,15 +110,20 @@ struct load {
   /* Written by the timekeeper, read by every connection worker. */
   atomic_llong window_start_ns; /* INT64_MAX until connections settle */
   atomic_llong window_end_ns;
-  atomic_long settled; /* connections established or failed */
+  atomic_long settled;   /* connections established or failed */
+  atomic_long live;      /* connection tasks running */
+  atomic_bool lingering; /* the window is over: --linger, modes start nothing new */
   atomic_bool stopping;
+  int64_t start_ns;    /* when the workers were started: --connect-rate's origin */
   atomic_int reported; /* error lines printed, to keep a failing run readable */
 };
 
 /* Counts a completed response: in the measured window, its latency and
- * bytes; outside it, nothing. */
+ * bytes; outside it, only in `completed` (what a server's own counters
+ * are checked against). */
 static inline void load_record(load_conn_t *c, int64_t sent_ns, int64_t done_ns, size_t bytes) {
   load_t *l = c->worker->load;
+  c->worker->completed++;
   if (done_ns < atomic_load_explicit(&l->window_start_ns, memory_order_relaxed) ||
       done_ns >= atomic_load_explicit(&l->window_end_ns, memory_order_relaxed))
     return;
@@ -117,6 +132,23 @@ static inline void load_record(load_conn_t *c, int64_t sent_ns, int64_t done_ns,
   w->messages++;
   w->bytes += bytes;
 }
+
+/* --conn-rate: a paced connection's messages are due one interval apart
+ * from a start spread over the first interval by its id, so that
+ * connections do not send in step. */
+typedef struct load_pace {
+  int64_t interval_ns; /* 0: unpaced, every message due at once */
+  int64_t next_ns;
+} load_pace_t;
+
+/* conn.c: starts c's schedule now. */
+void load_pace_start(load_pace_t *p, const load_conn_t *c);
+/* Waits until the next message is due and gives in *due_ns when that was:
+ * its latency runs from then, not from when it could be sent, so that a
+ * server that holds a connection up cannot hide the requests it kept
+ * from being sent (coordinated omission). A connection that fell behind
+ * sends at once until it has caught up. 0, or -ECANCELED. */
+int load_pace_wait(load_pace_t *p, int64_t *due_ns);
 
 /* Prints a diagnostic for connection id on stderr, the first few only. */
 void load_complain(load_t *l, uint32_t id, const char *fmt, ...)
@@ -132,6 +164,10 @@ int load_parse_long(const char *s, long lo, long hi, long *out);
 /* conn.c: the task run on connection worker w: connects its share of the
  * connections, runs the mode on each, returns when all have finished. */
 int load_worker_task(void *arg);
+/* Closes c's connection and opens a new one to the server, for a mode
+ * whose server closed it as its protocol announced (counted in
+ * reconnects; a failure is the caller's error). 0 or a negative errno. */
+int load_reconnect(load_conn_t *c);
 /* Stops every connection (their reads and writes return -ECANCELED); the
  * worker tasks then finish, and scope, where they run, can be joined. */
 void load_stop(load_t *l, keel_scope_t *scope);
@@ -141,6 +177,7 @@ typedef struct load_result {
   uint64_t established, connect_errors, errors, mismatches;
   uint64_t messages, bytes;
   hist_t hist;
+  uint64_t completed, unanswered, reconnects;
   int64_t duration_ns; /* the measured window as it happened */
   const char *backend;
   bool interrupted; /* SIGINT/SIGTERM cut the run short */

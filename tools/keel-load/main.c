@@ -149,8 +149,22 @@ static void collect(const load_t *l, load_result_t *r) {
     r->mismatches += w->mismatches;
     r->messages += w->messages;
     r->bytes += w->bytes;
+    r->completed += w->completed;
+    r->unanswered += w->unanswered;
+    r->reconnects += w->reconnects;
     hist_merge(&r->hist, &w->hist);
   }
+}
+
+/* --linger: after the window, connections may end by themselves (modes
+ * start nothing new once `lingering` is set) for that long at most. */
+static int linger(load_t *l) {
+  atomic_store(&l->lingering, true);
+  int64_t end = keel_now_ns() + l->opts.linger_ns;
+  int rc = 0;
+  while (rc == 0 && atomic_load(&l->live) > 0 && keel_now_ns() < end)
+    rc = keel_sleep_ms(SETTLE_POLL_MS);
+  return rc;
 }
 
 /* The main task: runs the phases, stops every connection, sums up. */
@@ -163,11 +177,14 @@ static int control_task(void *arg) {
     run->failure = src;
     return 0;
   }
+  l->start_ns = keel_now_ns();
   int rc = spawn_workers(l, scope);
   if (rc == 0)
     rc = wait_settled(l);
   if (rc == 0)
     rc = measure(run);
+  if (rc == 0 && l->opts.linger_ns > 0)
+    rc = linger(l);
   load_stop(l, scope);
   keel_scope_join(scope);
   keel_scope_close(scope);
@@ -214,6 +231,8 @@ static void load_init(load_t *l) {
   atomic_init(&l->window_start_ns, INT64_MAX);
   atomic_init(&l->window_end_ns, INT64_MAX);
   atomic_init(&l->settled, 0);
+  atomic_init(&l->live, 0);
+  atomic_init(&l->lingering, false);
   atomic_init(&l->stopping, false);
   atomic_init(&l->reported, 0);
 }

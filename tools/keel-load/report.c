@@ -32,6 +32,8 @@ static void report_text(const load_t *l, const load_result_t *r) {
   const load_opts_t *o = &l->opts;
   char addr[KEEL_ADDRSTRLEN];
   printf("%s %s conns %ld", l->mode->name, keel_addr_format(&l->addr, addr, sizeof addr), o->conns);
+  if (o->interval_ns > 0)
+    printf(" conn-rate %g/s", 1e9 / (double)o->interval_ns);
   l->mode->describe(l, stdout, false);
   printf(": %llu msgs in %.2f s = %.0f msgs/s, %.1f MB/s; latency", (unsigned long long)r->messages,
          seconds(r->duration_ns), per_second(r->messages, r->duration_ns),
@@ -42,8 +44,11 @@ static void report_text(const load_t *l, const load_result_t *r) {
   }
   printf(" max ");
   print_latency(stdout, r->hist.count ? r->hist.max_ns : 0);
-  printf("; errors %llu mismatches %llu", (unsigned long long)r->errors,
-         (unsigned long long)r->mismatches);
+  printf("; errors %llu mismatches %llu; completed %llu in all, %llu unanswered at the end",
+         (unsigned long long)r->errors, (unsigned long long)r->mismatches,
+         (unsigned long long)r->completed, (unsigned long long)r->unanswered);
+  if (r->reconnects > 0)
+    printf("; %llu reconnects", (unsigned long long)r->reconnects);
   if (r->established < (uint64_t)o->conns)
     printf("; established %llu of %ld (connect errors %llu)", (unsigned long long)r->established,
            o->conns, (unsigned long long)r->connect_errors);
@@ -69,7 +74,7 @@ static void json_string(FILE *out, const char *s) {
 }
 
 static void json_latency(const load_result_t *r) {
-  printf("\"latency_us\":{");
+  printf("\"latency_us\":{\"min\":%.3f,", (double)(r->hist.count ? r->hist.min_ns : 0) / 1e3);
   for (size_t i = 0; i < NQUANTILES; i++)
     printf("\"%s\":%.3f,", quantile_names[i], (double)hist_quantile(&r->hist, quantiles[i]) / 1e3);
   printf("\"max\":%.3f,\"mean\":%.3f},", (double)(r->hist.count ? r->hist.max_ns : 0) / 1e3,
@@ -85,6 +90,7 @@ static void report_json(const load_t *l, const load_result_t *r) {
   printf(",\"port\":%ld,\"conns\":%ld,\"conns_established\":%llu,", o->port, o->conns,
          (unsigned long long)r->established);
   l->mode->describe(l, stdout, true);
+  printf("\"conn_rate\":%g,", o->interval_ns > 0 ? 1e9 / (double)o->interval_ns : 0.0);
   printf("\"workers\":%d,\"backend\":", o->workers);
   json_string(stdout, r->backend);
   printf(",\"warmup_s\":%.3f,\"duration_s\":%.3f,", seconds(o->warmup_ns), seconds(r->duration_ns));
@@ -92,9 +98,12 @@ static void report_json(const load_t *l, const load_result_t *r) {
          (unsigned long long)r->messages, per_second(r->messages, r->duration_ns),
          per_second(r->bytes, r->duration_ns));
   json_latency(r);
-  printf("\"errors\":%llu,\"connect_errors\":%llu,\"mismatches\":%llu",
+  printf("\"errors\":%llu,\"connect_errors\":%llu,\"mismatches\":%llu,",
          (unsigned long long)r->errors, (unsigned long long)r->connect_errors,
          (unsigned long long)r->mismatches);
+  printf("\"messages_total\":%llu,\"unanswered\":%llu,\"reconnects\":%llu",
+         (unsigned long long)r->completed, (unsigned long long)r->unanswered,
+         (unsigned long long)r->reconnects);
   if (r->server)
     printf(",\"server_cpu_s\":%.3f,\"server_cpu_us_per_msg\":%.3f,\"server_rss_kib\":%llu",
            r->server_cpu_s, server_us_per_msg(r), (unsigned long long)r->server_rss_kib);

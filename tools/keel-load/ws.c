@@ -4,7 +4,8 @@
  * Sec-WebSocket-Key; the response must be HTTP/1.1 101 with Upgrade,
  * Connection and the Sec-WebSocket-Accept the key calls for, and no
  * extension or subprotocol), then keeps `pipeline` binary messages
- * outstanding, each sent as one frame masked with a fresh key, and reads
+ * outstanding (with --conn-rate, sends one at a time when each is due),
+ * each sent as one frame masked with a fresh key, and reads
  * every echo back. An echo must come unmasked, without reserved bits, as
  * a binary frame (continuation frames allowed), with the length and the
  * bytes sent; anything else, a close from the server or a failed
@@ -55,6 +56,7 @@ typedef struct ws_conn {
   load_conn_t *lc;
   keel_stream_t *stream;
   const ws_cfg_t *cfg;
+  load_pace_t pace;
   uint64_t rng;
   uint32_t first_offset;
   uint64_t wr_seq, rd_seq;
@@ -192,13 +194,13 @@ static size_t put_frame(ws_conn_t *w, uint8_t *out, int64_t now) {
 
 /* A message larger than tx: its header and its payload masked piece by
  * piece into tx, each piece written before the next is masked. */
-static int write_large(ws_conn_t *w) {
+static int write_large(ws_conn_t *w, int64_t now) {
   size_t size = (size_t)w->cfg->size;
   const uint8_t *payload = message(w, w->wr_seq);
   uint8_t mask[4];
   ws_new_mask(w, mask);
   size_t used = wsf_put_header(w->tx, true, WSF_BINARY, size, mask);
-  w->sent_ns[w->wr_seq % (uint64_t)w->cfg->pipeline] = keel_now_ns();
+  w->sent_ns[w->wr_seq % (uint64_t)w->cfg->pipeline] = now;
   w->wr_seq++;
   w->inflight += size;
   for (size_t off = 0; off < size;) {
@@ -213,17 +215,21 @@ static int write_large(ws_conn_t *w) {
   return 0;
 }
 
-/* Frames as many messages as the window allows and tx holds, and writes
- * them in one go. A message's send time is stamped before that write. */
+/* Frames as many messages as the window allows and tx holds (paced: the
+ * one due, when it is due), and writes them in one go. A message's send
+ * time is stamped before that write (paced: when it was due). */
 static int ws_write(ws_conn_t *w) {
   size_t frame_max = (size_t)w->cfg->size + WSF_MAX_HEADER;
+  int64_t now;
+  int rc = load_pace_wait(&w->pace, &now);
+  if (rc < 0)
+    return rc;
   if (frame_max > w->tx_cap)
-    return write_large(w);
-  int64_t now = keel_now_ns();
+    return write_large(w, now);
   size_t used = 0;
   do
     used += put_frame(w, w->tx + used, now);
-  while (can_write(w) && used + frame_max <= w->tx_cap);
+  while (w->pace.interval_ns == 0 && can_write(w) && used + frame_max <= w->tx_cap);
   return keel_write_all(w->stream, w->tx, used, NULL);
 }
 
@@ -369,8 +375,10 @@ static int ws_run(load_conn_t *c) {
   w.tx = (uint8_t *)(w.sent_ns + cfg->pipeline);
   w.rx = w.tx + w.tx_cap;
   int rc = upgrade(&w);
+  load_pace_start(&w.pace, c);
   while (rc == 0) /* ends by cancellation (the run is over), an error or a failed check */
     rc = can_write(&w) ? ws_write(&w) : ws_read(&w);
+  c->worker->unanswered += w.wr_seq - w.rd_seq;
   free(w.sent_ns);
   return rc > 0 ? 0 : rc;
 }
@@ -416,6 +424,10 @@ static int ws_parse_option(load_t *l, int id, const char *value) {
  * seed of the keys and masks (fresh each run). */
 static int ws_prepare(load_t *l) {
   ws_cfg_t *cfg = l->mode_cfg;
+  if (l->opts.interval_ns > 0 && cfg->pipeline != 1) {
+    fprintf(stderr, "keel-load: --conn-rate sends one message at a time: --pipeline 1\n");
+    return -EINVAL;
+  }
   size_t len = (size_t)cfg->size + WS_OFFSETS;
   cfg->pattern = malloc(len);
   if (cfg->pattern == NULL) {
@@ -458,6 +470,7 @@ const load_mode_t load_ws_mode = {
              "  --pipeline K              messages outstanding per connection (default 1)\n"
              "  --path P                  request target of the upgrade (default /)\n"
              "  --deflate off             permessage-deflate is never offered (the only value)\n",
+    .paced = true,
     .options = ws_options,
     .init = ws_init,
     .parse_option = ws_parse_option,
