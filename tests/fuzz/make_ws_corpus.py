@@ -81,6 +81,7 @@ def frames_seeds():
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 ACCEPT = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+LAB_ACCEPT = b"YkUc2ynR0dEy9G2rLUseCUOLDGY="
 
 
 def req(extra=b"", version=b"13", key=KEY, method=b"GET"):
@@ -118,6 +119,11 @@ def handshake_seeds():
         "cli-ext-unoffered": (ctrl(CLIENT), resp(b"Sec-WebSocket-Extensions: permessage-deflate\r\n")),
         "cli-proto": (ctrl(CLIENT | 4), resp(b"Sec-WebSocket-Protocol: chat\r\n")),
         "cli-proto-bad": (ctrl(CLIENT | 4), resp(b"Sec-WebSocket-Protocol: other\r\n")),
+        # What fuzzing found, fixed since: regression inputs. LAB_ACCEPT answers
+        # the key keel sends with these control bytes (lab seed 1).
+        "regress-cli-reason-nul": (ctrl(CLIENT | 4), resp(b"Sec-WebSocket-Protocol: chat\r\n",
+                                                         accept=LAB_ACCEPT,
+                                                         status=b"101 Switching\0Protocols")),
     }
     return s
 

@@ -221,8 +221,14 @@ static void check(const fz_t *x) {
     memcpy(in, x->in, x->in_len);
     in[x->in_len] = 0;
     char key[64], accept[64], want[WS_ACCEPT_LEN + 1];
-    if (strncmp(in, "HTTP/1.1 101", 12) != 0)
+    /* "HTTP/1.1 101 ", then reason-phrase bytes (RFC 9112 §4) up to CRLF:
+     * no NUL, so that the head reads as a string below. */
+    const uint8_t *eol = memmem(x->in, x->in_len, "\r\n", 2);
+    if (!eol || x->in_len < 13 || memcmp(x->in, "HTTP/1.1 101 ", 13) != 0)
       fz_fail("connected on a response that is not 101");
+    for (const uint8_t *r = x->in + 13; r < eol; r++)
+      if ((*r < 0x20 && *r != '\t') || *r == 0x7f)
+        fz_fail("connected on a status line with a control byte in its reason phrase");
     if (!x->seen || !field(x->seen, "Sec-WebSocket-Key", key, sizeof key))
       fz_fail("connected without having sent a key");
     if (!field(in, "Sec-WebSocket-Accept", accept, sizeof accept))
