@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Writes the seed corpus of the HTTP request fuzz target
-(tests/fuzz/corpus/http_request/): valid requests of every kind, and one
-file per request smuggling shape. Each file is 4 control bytes (see
-tests/fuzz/http_request.c) and the bytes the client sends.
+"""Writes the seed corpora of the HTTP server fuzz targets:
+tests/fuzz/corpus/http_request/, valid requests of every kind and one file
+per request smuggling shape, each 4 control bytes (see
+tests/fuzz/http_server.c) and the bytes the client sends;
+tests/fuzz/corpus/http_chunked/, chunked bodies, each the 4 control bytes,
+a byte of the target's flags (see tests/fuzz/http_chunked.c) and the body.
 
 usage: tests/fuzz/make_corpus.py   (rewrites the seed files it names; the
 regression files found by fuzzing, named crash-*, are left alone)"""
@@ -93,12 +95,49 @@ SEEDS = {
 }
 
 
-def main():
-    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "http_request")
+EXPECT, FOLLOW = 1, 2
+CHUNKED = {
+    "two-chunks": (ctrl(), FOLLOW, b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+    "empty": (ctrl(style=1), FOLLOW, b"0\r\n\r\n"),
+    "pieces": (ctrl(flags=HALF_CLOSE | SHORT_IO, style=1, pieces=(1, 2), seed=3), FOLLOW,
+               b"3\r\nabc\r\nA\r\n0123456789\r\n0\r\n\r\n"),
+    "upper-hex": (ctrl(style=2), 0, b"1F\r\n" + b"x" * 31 + b"\r\n0\r\n\r\n"),
+    "leading-zeros": (ctrl(style=3), FOLLOW, b"0003\r\nabc\r\n000\r\n\r\n"),
+    "extensions": (ctrl(style=1), FOLLOW, b"5;a=b;c=\"d e\"\r\nhello\r\n0;last\r\n\r\n"),
+    "trailers": (ctrl(style=2), FOLLOW, b"3\r\nabc\r\n0\r\nX-Sum: 1\r\nX-More: two\r\n\r\n"),
+    "expect": (ctrl(style=0), EXPECT | FOLLOW, b"4\r\nwxyz\r\n0\r\n\r\n"),
+    "unread": (ctrl(style=4), FOLLOW, b"4\r\nwxyz\r\n0\r\n\r\n"),
+    "send-then-read": (ctrl(style=5), FOLLOW, b"2\r\nhi\r\n0\r\n\r\n"),
+    "over-limit": (ctrl(flags=HALF_CLOSE | SMALL, style=1), FOLLOW, b"41\r\n" + b"y" * 65 + b"\r\n0\r\n\r\n"),
+    "slow": (ctrl(flags=HALF_CLOSE | SLOW | FEW, style=1, pieces=(4, 4)), FOLLOW,
+             b"5\r\nhello\r\n0\r\n\r\n"),
+    "cut-short": (ctrl(flags=HALF_CLOSE, style=1), 0, b"a\r\nonly"),
+    "open-ended": (ctrl(flags=FEW, style=1), 0, b"5\r\nhello\r\n"),
+    "bad-lf": (ctrl(style=1), FOLLOW, b"5\nhello\n0\n\n"),
+    "bad-no-crlf": (ctrl(style=1), FOLLOW, b"5\r\nhelloX0\r\n\r\n"),
+    "bad-size-overflow": (ctrl(style=1), FOLLOW, b"1ffffffffffffffff\r\nx\r\n0\r\n\r\n"),
+    "bad-size-sign": (ctrl(style=1), FOLLOW, b"+5\r\nhello\r\n0\r\n\r\n"),
+    "bad-size-space": (ctrl(style=1), FOLLOW, b"5 \r\nhello\r\n0\r\n\r\n"),
+    "bad-ext-ctl": (ctrl(style=1), FOLLOW, b"1;a\x01b\r\nx\r\n0\r\n\r\n"),
+    "bad-ext-long": (ctrl(style=1), FOLLOW, b"1;" + b"e" * 1100 + b"\r\nx\r\n0\r\n\r\n"),
+    "bad-trailer-cl": (ctrl(style=1), FOLLOW, b"0\r\nContent-Length: 5\r\n\r\nhello"),
+    "bad-trailer-bare-lf": (ctrl(style=1), FOLLOW, b"0\r\nX: 1\n\r\n"),
+    "bad-trailer-fold": (ctrl(style=1), FOLLOW, b"0\r\nX: 1\r\n 2\r\n\r\n"),
+    "bad-trailer-many": (ctrl(style=1), FOLLOW, b"0\r\n" + b"".join(b"T%d: v\r\n" % i for i in range(40)) + b"\r\n"),
+}
+
+
+def write(name, seeds):
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", name)
     os.makedirs(out, exist_ok=True)
-    for name, (head, data) in SEEDS.items():
-        with open(os.path.join(out, name), "wb") as f:
-            f.write(head + data)
+    for seed, data in seeds.items():
+        with open(os.path.join(out, seed), "wb") as f:
+            f.write(b"".join(data))
+
+
+def main():
+    write("http_request", SEEDS)
+    write("http_chunked", {k: (c, bytes([flags]), body) for k, (c, flags, body) in CHUNKED.items()})
 
 
 if __name__ == "__main__":
