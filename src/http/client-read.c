@@ -277,7 +277,9 @@ static int body_step(keel_http_call_t *call) {
   }
   if (err == HPE_PAUSED) {
     const char *end = llhttp_get_error_pos(&call->parser);
-    if ((call->parser.flags & F_CHUNKED) && !crlf_before(call, data, end))
+    /* Chunked, as the head said: llhttp's flags change with trailer fields. */
+    bool chunked = call->content_length < 0 && !call->body_until_eof;
+    if (chunked && !crlf_before(call, data, end))
       return -EPROTO;
     consume(c, (size_t)(end - data));
     llhttp_resume(&call->parser);

@@ -195,6 +195,10 @@ RESPONSES = {
     # What fuzzing found, fixed since: regression inputs.
     "regress-trailer-bare-lf": (rctrl(calls=2), [resp(fields=TEC, length=False, body=b"1\r\nx\r\n0\r\n\n"),
                                                  resp()]),
+    # ... with a Transfer-Encoding trailer field, which clears llhttp's chunked flag.
+    "regress-trailer-te-bare-lf": (rctrl(calls=2, read=PIECES),
+                                   [resp(fields=TEC, length=False,
+                                         body=b"1\r\nx\r\n0\r\nTransfer-Encoding: gzip\r\n\n"), resp()]),
     "bad-reason-ctl": (rctrl(), [b"HTTP/1.1 200 O\x01K\r\nContent-Length: 0\r\n\r\n"]),
     "short": (rctrl(), [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"]),
 }
