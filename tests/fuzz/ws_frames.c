@@ -231,7 +231,9 @@ static int peer_writer(void *arg) {
 
 static int fz_main(void *arg) {
   fz_t *x = arg;
-  keel_lab_faults_t f = {.short_permille = x->ctrl[0] & 8 ? 300 : 0};
+  /* 16 KiB a direction: the pipe's buffers then come from ASan's size
+   * classes, not a mapping of their own made and unmade per input. */
+  keel_lab_faults_t f = {.capacity = 16 * 1024, .short_permille = x->ctrl[0] & 8 ? 300 : 0};
   if (keel_lab_pipe(&f, &x->peer, &x->mine) < 0)
     return -ENOMEM;
   keel_scope_opts_t so = {.deadline_ns = keel_now_ns() + 3600 * KEEL_NS_PER_SEC};
