@@ -32,6 +32,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "feed-proto.h"
 #include "keel/keel.h"
 
 #define MAX_TOPICS 16
@@ -55,10 +56,8 @@ typedef struct app {
   int64_t backoff_max_ms;
   keel_backend_t backend;
   keel_wsc_t *c;
-  /* the protocol's state (the owner task's) */
-  cJSON *msg;       /* the message classify parsed last */
-  long conn;        /* the server's connection number from the auth answer */
-  uint64_t next_id; /* shared by the request tasks (one worker) */
+  feed_reader_t feed; /* the protocol's state (the owner task's) */
+  uint64_t next_id;   /* shared by the request tasks (one worker) */
   long issued, ok, failed_disc, failed_timeout, failed_other, failed_error, resolved;
   long reconnects;
   int64_t end_ns;
@@ -105,31 +104,22 @@ static void event_line_of(app_t *a, uint64_t epoch, const char *name, const char
 
 /* ---- The protocol ------------------------------------------------------------------ */
 
+/* Appends text (which it frees) to the message being built: 1, or a
+ * negative errno. */
+static int out_text(keel_wsc_out_t *o, char *text) {
+  int rc = text ? keel_wsc_out_append(o, text, strlen(text)) : -ENOMEM;
+  cJSON_free(text);
+  return rc < 0 ? rc : 1;
+}
+
 static int p_auth(void *ctx, keel_wsc_out_t *o) {
   app_t *a = ctx;
-  if (!a->token)
-    return 0;
-  cJSON *m = cJSON_CreateObject();
-  cJSON_AddStringToObject(m, "op", "auth");
-  cJSON_AddStringToObject(m, "token", a->token);
-  char *s = cJSON_PrintUnformatted(m);
-  cJSON_Delete(m);
-  int rc = s ? keel_wsc_out_append(o, s, strlen(s)) : -ENOMEM;
-  free(s);
-  return rc < 0 ? rc : 1;
+  return a->token ? out_text(o, feed_auth(a->token)) : 0;
 }
 
 static int p_sub(void *ctx, const char *topic, const uint64_t *from, keel_wsc_out_t *o) {
   app_t *a = ctx;
-  cJSON *m = cJSON_CreateObject();
-  cJSON_AddStringToObject(m, "op", "sub");
-  cJSON_AddStringToObject(m, "topic", topic);
-  if (from)
-    cJSON_AddNumberToObject(m, "from", (double)*from);
-  char *s = cJSON_PrintUnformatted(m);
-  cJSON_Delete(m);
-  int rc = s ? keel_wsc_out_append(o, s, strlen(s)) : -ENOMEM;
-  free(s);
+  int rc = out_text(o, feed_sub(topic, from));
   if (from)
     event_line(a, "sub", ",\"topic\":\"%s\",\"from\":%llu", topic, (unsigned long long)*from);
   else
@@ -138,62 +128,22 @@ static int p_sub(void *ctx, const char *topic, const uint64_t *from, keel_wsc_ou
     printf("subscribe %s from %llu\n", topic, (unsigned long long)*from);
   else if (!a->json)
     printf("subscribe %s\n", topic);
-  return rc < 0 ? rc : 1;
+  return rc;
 }
 
 static int p_unsub(void *ctx, const char *topic, keel_wsc_out_t *o) {
   app_t *a = ctx;
   event_line(a, "unsub", ",\"topic\":\"%s\"", topic);
-  return keel_wsc_out_printf(o, "{\"op\":\"unsub\",\"topic\":\"%s\"}", topic) < 0 ? -ENOMEM : 1;
+  return out_text(o, feed_unsub(topic));
 }
 
 static int p_classify(void *ctx, int opcode, const void *data, size_t len, keel_wsc_msg_t *m) {
   app_t *a = ctx;
   (void)opcode;
-  cJSON_Delete(a->msg); /* topic strings of the last message were valid until now */
-  a->msg = cJSON_ParseWithLength(data, len);
-  if (!a->msg || !cJSON_IsObject(a->msg)) {
-    m->kind = KEEL_WSC_UNKNOWN;
-    return 0;
-  }
-  const cJSON *op = cJSON_GetObjectItemCaseSensitive(a->msg, "op");
-  const cJSON *id = cJSON_GetObjectItemCaseSensitive(a->msg, "id");
-  const char *ops = cJSON_IsString(op) ? op->valuestring : "";
-  if (strcmp(ops, "auth") == 0) {
-    const cJSON *ok = cJSON_GetObjectItemCaseSensitive(a->msg, "ok");
-    const cJSON *conn = cJSON_GetObjectItemCaseSensitive(a->msg, "conn");
-    const cJSON *err = cJSON_GetObjectItemCaseSensitive(a->msg, "error");
-    a->conn = cJSON_IsNumber(conn) ? (long)conn->valuedouble : -1;
-    m->kind = cJSON_IsTrue(ok) ? KEEL_WSC_AUTH_OK : KEEL_WSC_AUTH_FAILED;
-    if (cJSON_IsString(err)) {
-      m->reason = err->valuestring;
-      m->reason_len = strlen(err->valuestring);
-    }
-    if (m->kind == KEEL_WSC_AUTH_OK)
-      event_line(a, "auth", ",\"conn\":%ld", a->conn);
-  } else if (cJSON_IsNumber(id)) {
-    m->kind = KEEL_WSC_RESPONSE;
-    m->id = (uint64_t)id->valuedouble;
-    m->error = cJSON_GetObjectItemCaseSensitive(a->msg, "error") != NULL;
-  } else if (strcmp(ops, "update") == 0) {
-    const cJSON *topic = cJSON_GetObjectItemCaseSensitive(a->msg, "topic");
-    const cJSON *seq = cJSON_GetObjectItemCaseSensitive(a->msg, "seq");
-    if (!cJSON_IsString(topic))
-      return -EPROTO;
-    m->kind = KEEL_WSC_UPDATE;
-    m->topic = topic->valuestring;
-    m->topic_len = strlen(topic->valuestring);
-    if (cJSON_IsNumber(seq)) {
-      m->seq = (uint64_t)seq->valuedouble;
-      m->has_seq = true;
-    }
-  } else if (strcmp(ops, "sub") == 0 || strcmp(ops, "unsub") == 0) {
-    m->kind = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a->msg, "ok")) ? KEEL_WSC_IGNORE
-                                                                           : KEEL_WSC_CONTROL;
-  } else {
-    m->kind = KEEL_WSC_SYSTEM;
-  }
-  return 0;
+  int rc = feed_classify(&a->feed, data, len, m);
+  if (rc == 0 && m->kind == KEEL_WSC_AUTH_OK)
+    event_line(a, "auth", ",\"conn\":%ld", a->feed.conn);
+  return rc;
 }
 
 /* ---- Tasks --------------------------------------------------------------------------- */
@@ -300,10 +250,10 @@ static int watcher(void *arg) {
       if (ev.epoch > 1)
         a->reconnects++;
       if (a->json)
-        event_line_of(a, ev.epoch, "connect", ",\"conn\":%ld", a->conn);
+        event_line_of(a, ev.epoch, "connect", ",\"conn\":%ld", a->feed.conn);
       else
         printf("connected epoch %llu (server connection %ld)\n", (unsigned long long)ev.epoch,
-               a->conn);
+               a->feed.conn);
       break;
     case KEEL_WSC_EV_DISCONNECTED:
     case KEEL_WSC_EV_CONNECT_FAILED:
@@ -370,8 +320,7 @@ static int run(void *arg) {
   keel_scope_join(all);
   keel_wsc_release(a->c);
   keel_scope_close(all);
-  cJSON_Delete(a->msg);
-  a->msg = NULL;
+  feed_reader_free(&a->feed);
   return 0;
 }
 

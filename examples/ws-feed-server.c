@@ -51,13 +51,13 @@
 
 #include <cjson/cJSON.h>
 
+#include "feed-proto.h"
 #include "keel/keel.h"
 
 #define RING_SIZE 1000        /* updates kept per topic */
 #define TOPIC_NAME_MAX 64     /* bytes of a topic's name */
 #define MAX_TOPICS 64         /* --topics */
 #define UPDATE_JSON_MAX 256   /* an update's text, with its topic's name */
-#define MAX_DEPTH 32          /* nesting of a client's JSON (cJSON recurses per level) */
 #define MAX_SLEEPS 100        /* "sleep" requests pending per connection */
 #define MAX_SLEEP_MS 60000    /* params.ms of "sleep" */
 #define SEND_TIMEOUT_MS 10000 /* a client that takes no message for this long is too slow */
@@ -162,15 +162,7 @@ static uint64_t topic_oldest(const topic_t *t) {
 }
 
 static bool format_update(const topic_t *t, uint64_t seq, char *out) {
-  cJSON *msg = cJSON_CreateObject();
-  cJSON_AddStringToObject(msg, "op", "update");
-  cJSON_AddStringToObject(msg, "topic", t->name);
-  cJSON_AddNumberToObject(msg, "seq", (double)seq);
-  cJSON *data = cJSON_AddObjectToObject(msg, "data");
-  cJSON_AddNumberToObject(data, "value", (double)keel_random_below(1000));
-  bool ok = cJSON_PrintPreallocated(msg, out, UPDATE_JSON_MAX, false);
-  cJSON_Delete(msg);
-  return ok;
+  return feed_update(t->name, seq, (double)keel_random_below(1000), out, UPDATE_JSON_MAX);
 }
 
 /* Adds the next update and rings every subscriber. The ticker is the only
@@ -292,59 +284,22 @@ static int conn_send(conn_t *conn, const char *text, size_t len) {
   return rc;
 }
 
-static int send_json(conn_t *conn, const cJSON *msg) {
-  char *text = cJSON_PrintUnformatted(msg);
-  if (!text)
-    return -ENOMEM;
-  int rc = conn_send(conn, text, strlen(text));
+/* Sends text, which it frees (NULL: out of memory). */
+static int send_text(conn_t *conn, char *text) {
+  int rc = text ? conn_send(conn, text, strlen(text)) : -ENOMEM;
   cJSON_free(text);
   return rc;
-}
-
-/* {"op":op,"topic":topic,"ok":...}, with error if not NULL. */
-static int answer_op(conn_t *conn, const char *op, const char *topic, const char *error) {
-  cJSON *msg = cJSON_CreateObject();
-  cJSON_AddStringToObject(msg, "op", op);
-  cJSON_AddItemToObject(msg, "topic", topic ? cJSON_CreateString(topic) : cJSON_CreateNull());
-  cJSON_AddBoolToObject(msg, "ok", !error);
-  if (error)
-    cJSON_AddStringToObject(msg, "error", error);
-  int rc = send_json(conn, msg);
-  cJSON_Delete(msg);
-  return rc;
-}
-
-/* {"id":id,"result":result} or, with error, {"id":id,"error":error}. */
-static char *answer_text(const cJSON *id, const cJSON *result, const char *error) {
-  cJSON *msg = cJSON_CreateObject();
-  cJSON_AddItemToObject(msg, "id", id ? cJSON_Duplicate(id, true) : cJSON_CreateNull());
-  if (error)
-    cJSON_AddStringToObject(msg, "error", error);
-  else
-    cJSON_AddItemToObject(msg, "result",
-                          result ? cJSON_Duplicate(result, true) : cJSON_CreateNull());
-  char *text = cJSON_PrintUnformatted(msg);
-  cJSON_Delete(msg);
-  return text;
 }
 
 /* Sends an answer and logs the request once it is written. */
 static int answer_req(conn_t *conn, const cJSON *id, const char *method, const cJSON *result,
                       const char *error) {
-  char *text = answer_text(id, result, error), *line = request_line(conn, id, method);
+  char *text = feed_answer(id, result, error), *line = request_line(conn, id, method);
   int rc = text ? conn_send(conn, text, strlen(text)) : -ENOMEM;
   if (rc == 0)
     log_text(conn->app, line);
   cJSON_free(text);
   cJSON_free(line);
-  return rc;
-}
-
-/* An answer to a message that is not a request: not logged. */
-static int answer_unknown_op(conn_t *conn, const cJSON *msg) {
-  char *text = answer_text(cJSON_GetObjectItemCaseSensitive(msg, "id"), NULL, "unknown op");
-  int rc = text ? conn_send(conn, text, strlen(text)) : -ENOMEM;
-  cJSON_free(text);
   return rc;
 }
 
@@ -405,7 +360,7 @@ static int start_sleep(conn_t *conn, const cJSON *id, const cJSON *params) {
     return -ENOMEM;
   *s = (sleeper_t){.conn = conn,
                    .ms = (int64_t)ms->valuedouble,
-                   .answer = answer_text(id, params, NULL),
+                   .answer = feed_answer(id, params, NULL),
                    .line = request_line(conn, id, "sleep")};
   keel_spawn_opts_t opts = {.name = "sleep", .stack_size = 32 * 1024};
   int rc = s->answer ? keel_spawn(conn->scope, sleeper_task, s, &opts) : -ENOMEM;
@@ -419,31 +374,19 @@ static int start_sleep(conn_t *conn, const cJSON *id, const cJSON *params) {
   return 0;
 }
 
-static int on_req(conn_t *conn, const cJSON *msg) {
-  const cJSON *id = cJSON_GetObjectItemCaseSensitive(msg, "id");
-  const cJSON *params = cJSON_GetObjectItemCaseSensitive(msg, "params");
-  const char *method = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(msg, "method"));
+static int on_req(conn_t *conn, const feed_request_t *r) {
   if (!conn->authed)
-    return answer_req(conn, id, method, NULL, "not authenticated");
-  if (method && strcmp(method, "echo") == 0)
-    return answer_req(conn, id, method, params, NULL);
-  if (method && strcmp(method, "sleep") == 0)
-    return start_sleep(conn, id, params);
-  return answer_req(conn, id, method, NULL, "unknown method");
+    return answer_req(conn, r->id, r->method, NULL, "not authenticated");
+  if (r->method && strcmp(r->method, "echo") == 0)
+    return answer_req(conn, r->id, r->method, r->params, NULL);
+  if (r->method && strcmp(r->method, "sleep") == 0)
+    return start_sleep(conn, r->id, r->params);
+  return answer_req(conn, r->id, r->method, NULL, "unknown method");
 }
 
-static int on_auth(conn_t *conn, const cJSON *msg) {
-  const char *token = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(msg, "token"));
-  bool ok = token && strcmp(token, conn->app->token) == 0;
-  cJSON *answer = cJSON_CreateObject();
-  cJSON_AddStringToObject(answer, "op", "auth");
-  cJSON_AddBoolToObject(answer, "ok", ok);
-  if (ok)
-    cJSON_AddNumberToObject(answer, "conn", (double)conn->number);
-  else
-    cJSON_AddStringToObject(answer, "error", "bad token");
-  int rc = send_json(conn, answer);
-  cJSON_Delete(answer);
+static int on_auth(conn_t *conn, const feed_request_t *r) {
+  bool ok = r->token && strcmp(r->token, conn->app->token) == 0;
+  int rc = send_text(conn, feed_auth_answer(ok, conn->number));
   if (rc == 0 && ok && !conn->authed) {
     conn->authed = true;
     log_event(conn, "auth");
@@ -452,51 +395,22 @@ static int on_auth(conn_t *conn, const cJSON *msg) {
 }
 
 /* "sub" and "unsub". */
-static int on_topic_op(conn_t *conn, const char *op, const cJSON *msg) {
-  const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(msg, "topic"));
-  const cJSON *from = cJSON_GetObjectItemCaseSensitive(msg, "from");
-  int i = find_topic(conn->app, name);
+static int on_topic_op(conn_t *conn, const feed_request_t *r) {
+  const char *op = r->op == FEED_OP_SUB ? "sub" : "unsub";
+  int i = find_topic(conn->app, r->topic);
   if (!conn->authed)
-    return answer_op(conn, op, name, "not authenticated");
+    return send_text(conn, feed_topic_answer(op, r->topic, "not authenticated"));
   if (i < 0)
-    return answer_op(conn, op, name, "unknown topic");
+    return send_text(conn, feed_topic_answer(op, r->topic, "unknown topic"));
   topic_t *t = &conn->app->topics[i];
-  if (strcmp(op, "unsub") == 0) {
-    int rc = unsubscribe(t, &conn->subs[i]);
-    return rc < 0 ? rc : answer_op(conn, op, name, NULL);
-  }
-  if (from && !cJSON_IsNull(from) &&
-      !(cJSON_IsNumber(from) && from->valuedouble >= 0 && from->valuedouble < 1e18))
-    return answer_op(conn, op, name, "from: an update number");
-  uint64_t seq = cJSON_IsNumber(from) ? (uint64_t)from->valuedouble : 0;
-  int rc = subscribe(t, &conn->subs[i], seq);
-  return rc < 0 ? rc : answer_op(conn, op, name, NULL);
-}
-
-/* Whether arrays and objects nest at most max deep: cJSON recurses once
- * per level (up to 1000), more than a task's stack holds. Counting the
- * brackets outside strings is enough: the parser stops at the first one
- * that does not match. */
-static bool depth_ok(const char *p, size_t len, int max) {
-  int depth = 0;
-  bool in_string = false, escaped = false;
-  for (size_t i = 0; i < len; i++) {
-    if (in_string) {
-      if (escaped)
-        escaped = false;
-      else if (p[i] == '\\')
-        escaped = true;
-      else if (p[i] == '"')
-        in_string = false;
-    } else if (p[i] == '"') {
-      in_string = true;
-    } else if ((p[i] == '[' || p[i] == '{') && ++depth > max) {
-      return false;
-    } else if (p[i] == ']' || p[i] == '}') {
-      depth--;
-    }
-  }
-  return true;
+  int rc;
+  if (r->op == FEED_OP_UNSUB)
+    rc = unsubscribe(t, &conn->subs[i]);
+  else if (r->from_given && !r->from_ok)
+    return send_text(conn, feed_topic_answer(op, r->topic, "from: an update number"));
+  else
+    rc = subscribe(t, &conn->subs[i], r->from);
+  return rc < 0 ? rc : send_text(conn, feed_topic_answer(op, r->topic, NULL));
 }
 
 /* Handles one message; a negative return ends the connection (with
@@ -507,23 +421,30 @@ static int on_message(conn_t *conn, int opcode, const char *data, size_t len) {
     conn->close_reason = "text frames only";
     return -EPROTO;
   }
-  cJSON *msg = depth_ok(data, len, MAX_DEPTH) ? cJSON_ParseWithLength(data, len) : NULL;
-  if (!msg) {
+  feed_request_t r;
+  if (feed_request_parse(data, len, &r) < 0) {
     conn->close_code = KEEL_WS_INVALID_DATA;
     conn->close_reason = "not JSON (or nested too deep)";
     return -EPROTO;
   }
-  const char *op = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(msg, "op"));
   int rc;
-  if (op && strcmp(op, "auth") == 0)
-    rc = on_auth(conn, msg);
-  else if (op && (strcmp(op, "sub") == 0 || strcmp(op, "unsub") == 0))
-    rc = on_topic_op(conn, op, msg);
-  else if (op && strcmp(op, "req") == 0)
-    rc = on_req(conn, msg);
-  else
-    rc = answer_unknown_op(conn, msg);
-  cJSON_Delete(msg);
+  switch (r.op) {
+  case FEED_OP_AUTH:
+    rc = on_auth(conn, &r);
+    break;
+  case FEED_OP_SUB:
+  case FEED_OP_UNSUB:
+    rc = on_topic_op(conn, &r);
+    break;
+  case FEED_OP_REQ:
+    rc = on_req(conn, &r);
+    break;
+  default:
+    /* Not a request: not logged. */
+    rc = send_text(conn, feed_answer(r.id, NULL, "unknown op"));
+    break;
+  }
+  feed_request_free(&r);
   return rc;
 }
 

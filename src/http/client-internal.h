@@ -122,6 +122,7 @@ struct keel_http_call {
   size_t body_len;
   size_t trailer_bytes;
   uint16_t ext_len; /* chunk extension bytes of this chunk */
+  char tail[2];     /* the last two body bytes llhttp was given before this feed */
   int err;          /* sticky error of the response (negative errno) */
   bool head_method, idempotent, close_req, expect;
   bool no_keep; /* this attempt's connection must not be reused */

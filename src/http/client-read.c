@@ -239,6 +239,27 @@ static int body_read_more(keel_http_call_t *call) {
   return n < 0 ? (int)n : 0;
 }
 
+/* Keeps the last two of the n body bytes at data that llhttp took. */
+static void keep_tail(keel_http_call_t *call, const char *data, size_t n) {
+  if (n >= 2) {
+    call->tail[0] = data[n - 2];
+    call->tail[1] = data[n - 1];
+  } else if (n == 1) {
+    call->tail[0] = call->tail[1];
+    call->tail[1] = data[0];
+  }
+}
+
+/* llhttp 8.1.0 takes a bare LF for the empty line that ends a chunked
+ * body's trailer section: the two bytes before end (in this feed from
+ * data, or kept from the feeds before) must be CRLF. */
+static bool crlf_before(const keel_http_call_t *call, const char *data, const char *end) {
+  size_t fed = (size_t)(end - data);
+  char cr = fed >= 2 ? end[-2] : call->tail[fed];
+  char lf = fed >= 1 ? end[-1] : call->tail[1];
+  return cr == '\r' && lf == '\n';
+}
+
 /* Gives llhttp what the reader has room for. */
 static int body_step(keel_http_call_t *call) {
   hc_conn_t *c = call->conn;
@@ -250,11 +271,17 @@ static int body_step(keel_http_call_t *call) {
     feed = c->len;
   llhttp_errno_t err = llhttp_execute(&call->parser, data, feed);
   if (err == HPE_OK) {
+    keep_tail(call, data, feed);
     consume(c, feed);
     return 0;
   }
   if (err == HPE_PAUSED) {
-    consume(c, (size_t)(llhttp_get_error_pos(&call->parser) - data));
+    const char *end = llhttp_get_error_pos(&call->parser);
+    /* Chunked, as the head said: llhttp's flags change with trailer fields. */
+    bool chunked = call->content_length < 0 && !call->body_until_eof;
+    if (chunked && !crlf_before(call, data, end))
+      return -EPROTO;
+    consume(c, (size_t)(end - data));
     llhttp_resume(&call->parser);
     return 0;
   }

@@ -144,6 +144,9 @@ static int check_response(const keel_ws_opts_t *o, char *head, size_t head_len, 
   if (p[9] < '1' || p[9] > '5' || p[10] < '0' || p[10] > '9' || p[11] < '0' || p[11] > '9' ||
       p[12] != ' ')
     return why(o, -EPROTO, "a malformed status line");
+  for (const char *r = p + 13; r < eol - 1; r++) /* reason-phrase (RFC 9112 §4) */
+    if (!keel__http_value_char((unsigned char)*r))
+      return why(o, -EPROTO, "a malformed status line");
   int status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
   if (status != 101)
     return why(o, -EPROTO, "the server answered %d instead of 101", status);

@@ -33,6 +33,9 @@
 #include "keel/keel.h"
 
 #define FZ_CTRL 4
+/* 16 KiB a direction: a pipe's buffers then come from ASan's size classes,
+ * not a mapping of their own made and unmade per input. */
+#define FZ_PIPE_CAPACITY (16 * 1024)
 
 typedef struct fz {
   const uint8_t *ctrl, *in;
@@ -165,7 +168,8 @@ static int fz_main(void *arg) {
   if (keel_scope_open(&so, &s) < 0)
     return -ENOMEM;
   if (x->ctrl[0] & 1) {
-    keel_lab_net_faults_t f = {.conn = {.short_permille = x->ctrl[0] & 8 ? 300 : 0}};
+    keel_lab_net_faults_t f = {
+        .conn = {.capacity = FZ_PIPE_CAPACITY, .short_permille = x->ctrl[0] & 8 ? 300 : 0}};
     keel_lab_net_faults(&f);
     keel_spawn(s, lab_server, x, NULL);
     keel_spawn(s, client_side, x, NULL);
@@ -173,7 +177,7 @@ static int fz_main(void *arg) {
     keel_scope_close(s);
     return 0;
   }
-  keel_lab_faults_t f = {.short_permille = x->ctrl[0] & 8 ? 300 : 0};
+  keel_lab_faults_t f = {.capacity = FZ_PIPE_CAPACITY, .short_permille = x->ctrl[0] & 8 ? 300 : 0};
   if (keel_lab_pipe(&f, &x->peer, &x->mine) < 0)
     return -ENOMEM;
   keel_spawn(s, server_side, x, NULL);
@@ -221,8 +225,14 @@ static void check(const fz_t *x) {
     memcpy(in, x->in, x->in_len);
     in[x->in_len] = 0;
     char key[64], accept[64], want[WS_ACCEPT_LEN + 1];
-    if (strncmp(in, "HTTP/1.1 101", 12) != 0)
+    /* "HTTP/1.1 101 ", then reason-phrase bytes (RFC 9112 §4) up to CRLF:
+     * no NUL, so that the head reads as a string below. */
+    const uint8_t *eol = memmem(x->in, x->in_len, "\r\n", 2);
+    if (!eol || x->in_len < 13 || memcmp(x->in, "HTTP/1.1 101 ", 13) != 0)
       fz_fail("connected on a response that is not 101");
+    for (const uint8_t *r = x->in + 13; r < eol; r++)
+      if ((*r < 0x20 && *r != '\t') || *r == 0x7f)
+        fz_fail("connected on a status line with a control byte in its reason phrase");
     if (!x->seen || !field(x->seen, "Sec-WebSocket-Key", key, sizeof key))
       fz_fail("connected without having sent a key");
     if (!field(in, "Sec-WebSocket-Accept", accept, sizeof accept))
