@@ -78,6 +78,13 @@ def sanitizers(build_dir):
     return "none"
 
 
+def result_name(stem, backend, san):
+    """soak-uring, soak-uring-asan, soak-epoll-tsan, ..."""
+    short = {"address,undefined": "-asan", "address": "-asan", "undefined": "-ubsan",
+             "thread": "-tsan", "none": "", "": ""}.get(san, "-" + san.replace(",", "-"))
+    return f"{stem}-{backend}{short}"
+
+
 def sanitizer_env():
     """Sanitizer reports with stacks; the exit status tells (ASan and LSan
     exit 1 by default, TSan 66 at exit when it reported)."""
