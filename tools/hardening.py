@@ -78,6 +78,13 @@ def sanitizers(build_dir):
     return "none"
 
 
+def result_name(stem, backend, san):
+    """soak-uring, soak-uring-asan, soak-epoll-tsan, ..."""
+    short = {"address,undefined": "-asan", "address": "-asan", "undefined": "-ubsan",
+             "thread": "-tsan", "none": "", "": ""}.get(san, "-" + san.replace(",", "-"))
+    return f"{stem}-{backend}{short}"
+
+
 def sanitizer_env():
     """Sanitizer reports with stacks; the exit status tells (ASan and LSan
     exit 1 by default, TSan 66 at exit when it reported)."""
@@ -175,6 +182,33 @@ def fd_kinds(pid):
             else target
         kinds[kind] = kinds.get(kind, 0) + 1
     return kinds
+
+
+def cpu_busy():
+    """Seconds each CPU has spent busy (not idle nor waiting for I/O), by
+    CPU number, from /proc/stat."""
+    busy = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            v = [int(x) for x in fields[:8]]
+            busy[int(name[3:])] = (sum(v) - v[3] - v[4]) / tick
+    return busy
+
+
+def wait_rusage(proc, timeout):
+    """Waits for a Popen child like proc.wait(timeout), and returns its exit
+    status and the CPU seconds it used (None, None after the timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid == proc.pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage.ru_utime + usage.ru_stime
+        if time.monotonic() > deadline:
+            return None, None
+        time.sleep(0.05)
 
 
 def cpu_seconds(pid):

@@ -36,8 +36,9 @@ static bool stopping(const load_t *l) {
 void load_pace_start(load_pace_t *p, const load_conn_t *c) {
   p->interval_ns = c->worker->load->opts.interval_ns;
   p->next_ns = keel_now_ns();
+  p->phase_ns = 0;
   if (p->interval_ns > 0)
-    p->next_ns += (int64_t)(load_mix64(~(uint64_t)c->id) % (uint64_t)p->interval_ns);
+    p->phase_ns = (int64_t)(load_mix64(~(uint64_t)c->id) % (uint64_t)p->interval_ns);
 }
 
 int load_pace_wait(load_pace_t *p, int64_t *due_ns) {
@@ -46,7 +47,8 @@ int load_pace_wait(load_pace_t *p, int64_t *due_ns) {
     return 0;
   }
   *due_ns = p->next_ns;
-  p->next_ns += p->interval_ns;
+  p->next_ns += p->interval_ns + p->phase_ns; /* the phase once, after the first */
+  p->phase_ns = 0;
   return keel_sleep_until(*due_ns);
 }
 

@@ -133,12 +133,15 @@ static inline void load_record(load_conn_t *c, int64_t sent_ns, int64_t done_ns,
   w->bytes += bytes;
 }
 
-/* --conn-rate: a paced connection's messages are due one interval apart
- * from a start spread over the first interval by its id, so that
- * connections do not send in step. */
+/* --conn-rate: a paced connection's first message is due at once (a
+ * server may close a connection that sends nothing for a while), the
+ * second one interval plus a phase later, the phase drawn from [0,
+ * interval) by its id so that connections do not send in step, and each
+ * next one interval after the one before. */
 typedef struct load_pace {
   int64_t interval_ns; /* 0: unpaced, every message due at once */
   int64_t next_ns;
+  int64_t phase_ns; /* still to add, after the first message */
 } load_pace_t;
 
 /* conn.c: starts c's schedule now. */

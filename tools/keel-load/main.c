@@ -3,7 +3,9 @@
  *   keel-load MODE [options]      (keel-load --help lists modes and options)
  *
  * Phases: connect every connection (at most --connect-concurrency at a
- * time), warm up, measure for --duration, then cancel everything and report.
+ * time, and --connect-rate a second), warm up, measure for --duration,
+ * give connections --linger to end by themselves, then cancel everything
+ * and report.
  * Worker 0 only keeps time, so that the window's edges and the server's
  * /proc readings there are not held up by connection work; connections run
  * on workers 1 .. --workers. Exit status: 0 when every connection was
