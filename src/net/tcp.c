@@ -77,13 +77,16 @@ static inline net_metrics_t *net_metrics(keel__worker_t *w) {
   return keel__metrics_layer(w, KEEL__METRICS_NET, net_metrics_init);
 }
 
-/* What a read or write returned says about how the connection may end. */
-static inline void note_result(keel_tcp_t *c, ssize_t n, bool in) {
-  keel__worker_t *w = c->io.worker;
+/* What a read or write on c (of worker w) returned says about how the
+ * connection may end. -EBADF: c was closed under the call by another task
+ * (keel_close wakes it so) and is freed: only w may be touched then. */
+static inline void note_result(keel_tcp_t *c, keel__worker_t *w, ssize_t n, bool in) {
   net_metrics_t *m;
   if (KEEL__LIKELY(n > 0)) {
     if ((m = net_metrics(w)) != NULL)
       keel__metric_add(w, in ? m->bytes_in : m->bytes_out, (uint64_t)n);
+  } else if (n == -EBADF) {
+    return;
   } else if (n == 0 && in) {
     c->end = END_PEER;
   } else if (n == -ECONNRESET || n == -EPIPE) {
@@ -122,10 +125,11 @@ static ssize_t tcp_readv(keel_stream_t *s, const struct iovec *iov, int iovcnt) 
   keel_tcp_t *c = (keel_tcp_t *)s;
   if (!OWNED_HERE(&c->io))
     return -EXDEV;
-  const keel__backend_ops_t *ops = c->io.worker->ops;
+  keel__worker_t *w = c->io.worker;
+  const keel__backend_ops_t *ops = w->ops;
   ssize_t n = iovcnt == 1 ? ops->recv(&c->io, iov[0].iov_base, iov[0].iov_len)
                           : ops->readv(&c->io, iov, iovcnt);
-  note_result(c, n, true);
+  note_result(c, w, n, true);
   return n;
 }
 
@@ -133,10 +137,11 @@ static ssize_t tcp_writev(keel_stream_t *s, const struct iovec *iov, int iovcnt)
   keel_tcp_t *c = (keel_tcp_t *)s;
   if (!OWNED_HERE(&c->io))
     return -EXDEV;
-  const keel__backend_ops_t *ops = c->io.worker->ops;
+  keel__worker_t *w = c->io.worker;
+  const keel__backend_ops_t *ops = w->ops;
   ssize_t n = iovcnt == 1 ? ops->send(&c->io, iov[0].iov_base, iov[0].iov_len)
                           : ops->writev(&c->io, iov, iovcnt);
-  note_result(c, n, false);
+  note_result(c, w, n, false);
   return n;
 }
 
