@@ -110,7 +110,7 @@ backends+=(epoll)
 
 hello='Hello, World!'
 for backend in "${backends[@]}"; do
-  "$http_hello" --port 0 --workers 2 --backend "$backend" --max-requests 50 >"$work/server.log" 2>&1 &
+  "$http_hello" --port 0 --workers 2 --backend "$backend" --max-requests 5 >"$work/server.log" 2>&1 &
   server_pid=$!
   port=$(wait_port "$work/server.log") || fail "http-hello ($backend) did not start"
   run_clean "http-hello ($backend)" "$port" --conns 10 --expect-body "$hello"

@@ -463,7 +463,7 @@ typedef struct buf {
 static void buf_grow(buf_t *b, size_t more) {
   if (b->err || b->len + more + 1 <= b->cap)
     return;
-  size_t cap = b->cap ? b->cap : 4096;
+  size_t cap = b->cap ? b->cap : 64;
   while (cap < b->len + more + 1)
     cap *= 2;
   char *p = realloc(b->data, cap);
@@ -522,7 +522,8 @@ static int render_labels(const keel_metric_family_t *f, const char *const *value
     free(b.data);
     return b.err;
   }
-  *out = b.data;
+  char *fit = realloc(b.data, b.len + 1); /* kept as long as the series: no slack */
+  *out = fit ? fit : b.data;
   return 0;
 }
 
