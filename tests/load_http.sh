@@ -110,18 +110,29 @@ backends+=(epoll)
 
 hello='Hello, World!'
 for backend in "${backends[@]}"; do
+  # A server that closes after 5 requests (a rate any build reaches in the window).
   "$http_hello" --port 0 --workers 2 --backend "$backend" --max-requests 5 >"$work/server.log" 2>&1 &
   server_pid=$!
   port=$(wait_port "$work/server.log") || fail "http-hello ($backend) did not start"
   run_clean "http-hello ($backend)" "$port" --conns 10 --expect-body "$hello"
   check_json "$work/out.json" 'j["reconnects"] > 0' 'j["expect_body_len"] == 13' \
     || fail "no reconnect after Connection: close ($backend)"
+  kill -TERM "$server_pid"
+  wait "$server_pid"
+  status=$?
+  server_pid=
+  [ "$status" -eq 0 ] || fail "http-hello --max-requests 5 ($backend) exited $status on SIGTERM"
+
+  "$http_hello" --port 0 --workers 2 --backend "$backend" --max-requests 50 >"$work/server.log" 2>&1 &
+  server_pid=$!
+  port=$(wait_port "$work/server.log") || fail "http-hello ($backend) did not start"
   run_clean "http-hello ($backend)" "$port" --conns 4 --pipeline 16 --expect-body "$hello"
   run_clean "http-hello ($backend)" "$port" --conns 3 --path '/sleep?ms=1' --expect-body 'slept 1 ms
 '
-  # Paced: 20 connections at 40/s for 0.7 s in all, about 560 requests.
+  # Paced: 20 connections at 40/s for 0.7 s in all, about 560 requests: never
+  # more; fewer only as far as a slow build (TSan, a loaded machine) lags.
   run_clean "http-hello ($backend)" "$port" --conns 20 --conn-rate 40 --expect-body "$hello"
-  check_json "$work/out.json" 'j["conn_rate"] == 40' '380 <= j["messages_total"] <= 700' \
+  check_json "$work/out.json" 'j["conn_rate"] == 40' '140 <= j["messages_total"] <= 700' \
     'j["messages"] <= 20 * 40 * 0.5 + 20' || fail "paced requests ($backend): not at the rate"
   echo "ok: http-hello ($backend)"
   kill -TERM "$server_pid"
