@@ -186,12 +186,12 @@ def fd_kinds(pid):
 
 def cpu_busy():
     """Seconds each CPU has spent busy (not idle nor waiting for I/O), by
-    CPU number: the time since boot less /proc/stat's idle and iowait. The
-    idle times are kept exactly (a tickless kernel adds up each idle
-    stretch), while user, system and the rest are sampled at the tick, and
-    a server that wakes briefly between ticks is mostly missed by the
-    samples: their sum fell to a tenth of the server's own CPU time at a
-    few thousand requests per second. io_uring's waits count as iowait."""
+    CPU number: the time since boot less /proc/stat's idle and iowait.
+    The sum of /proc/stat's user, system and the rest (sampled at the
+    tick) came to about a twentieth of a slowloris server's own CPU time
+    here (it wakes briefly, many times between ticks); the time less idle
+    agreed with the processes' own figures. io_uring's waits count as
+    iowait."""
     busy = {}
     tick = os.sysconf("SC_CLK_TCK")
     now = time.clock_gettime(time.CLOCK_BOOTTIME)
