@@ -353,8 +353,12 @@ static int runtime_config(keel_runtime_t *rt, const keel_config_t *cfg) {
     rt->cfg.stack_size = KEEL__STACK_MIN;
   if (rt->cfg.drain_timeout_ms <= 0)
     rt->cfg.drain_timeout_ms = DEFAULT_DRAIN_MS;
-  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-  rt->nworkers = rt->cfg.workers ? rt->cfg.workers : (cpus > 0 ? (int)cpus : 1);
+  if (rt->cfg.workers) {
+    rt->nworkers = rt->cfg.workers;
+  } else {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN); /* reads /sys: only when asked */
+    rt->nworkers = cpus > 0 ? (int)cpus : 1;
+  }
   int rc = choose_backend(rt);
   if (rc == 0 && rt->ops == &keel__lab_ops) {
     /* One thread, so that one seed gives one run. */

@@ -8,9 +8,17 @@
  * the task ended on. When tasks are spawned onto another worker, one cache
  * empties while the other fills: the full one moves half of its stacks to
  * the depot, the empty one takes a batch from it, one lock per batch, and
- * no stack is mapped or unmapped in the steady state. */
+ * no stack is mapped or unmapped in the steady state.
+ *
+ * When a runtime ends, a few of its stacks are kept for the process's next
+ * keel_run (tests, tools and fuzzers run many, and mapping, faulting in
+ * and unmapping fresh stacks was most of a short run's cost): SPARE_MAX at
+ * most, process-wide, a memory cache like malloc's, holding no loop
+ * state. */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -34,6 +42,7 @@ void __asan_unpoison_memory_region(void const volatile *addr, size_t size);
 #define STACK_POOL_MAX 1024   /* per worker; then half goes to the depot */
 #define DEPOT_BATCH 64        /* taken from the depot at once */
 #define DEPOT_PER_WORKER 1024 /* the depot holds up to this times the workers */
+#define SPARE_MAX 16          /* stacks kept between runtimes, process-wide */
 #define ALTSTACK_SIZE (64 * 1024)
 /* A frame larger than this below the guard page is still reported as an
  * overflow (a big local array can jump past the guard). */
@@ -45,6 +54,11 @@ static size_t page_size(void) {
     page = (size_t)sysconf(_SC_PAGESIZE);
   return page;
 }
+
+/* The stacks kept between runtimes (any size a runtime used). */
+static pthread_mutex_t spare_lock = PTHREAD_MUTEX_INITIALIZER;
+static keel__stack_t *spare;
+static _Atomic size_t spare_len; /* read without the lock: whether to take it */
 
 static size_t default_map_size(const keel__worker_t *w) {
   return ((w->rt->cfg.stack_size + page_size() - 1) & ~(page_size() - 1)) + page_size();
@@ -86,6 +100,24 @@ static void depot_give(keel__worker_t *w) {
   keel__spin_unlock(&rt->depot_lock);
 }
 
+/* A kept stack of map_size bytes, or NULL. */
+static keel__stack_t *spare_take(size_t map_size) {
+  if (!atomic_load_explicit(&spare_len, memory_order_relaxed))
+    return NULL;
+  pthread_mutex_lock(&spare_lock);
+  keel__stack_t **p = &spare;
+  while (*p && (*p)->map_size != map_size)
+    p = &(*p)->next;
+  keel__stack_t *s = *p;
+  if (s) {
+    *p = s->next;
+    s->next = NULL;
+    atomic_fetch_sub_explicit(&spare_len, 1, memory_order_relaxed);
+  }
+  pthread_mutex_unlock(&spare_lock);
+  return s;
+}
+
 int keel__stack_alloc(keel__worker_t *w, size_t size, keel__stack_t **out) {
   size_t page = page_size();
   size_t usable = (size + page - 1) & ~(page - 1);
@@ -103,6 +135,12 @@ int keel__stack_alloc(keel__worker_t *w, size_t size, keel__stack_t **out) {
     return 0;
   }
   size_t map_size = usable + page;
+  keel__stack_t *kept = spare_take(map_size);
+  if (kept) {
+    UNPOISON(kept->lo, kept->size);
+    *out = kept;
+    return 0;
+  }
   char *map = mmap(NULL, map_size, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
   if (map == MAP_FAILED)
@@ -142,6 +180,27 @@ static void stack_unmap(keel__stack_t *s) {
     __tsan_destroy_fiber(s->tsan_fiber);
 #endif
   munmap(s->map, s->map_size);
+}
+
+/* A stack of a runtime that is ending: kept for the next if there is room,
+ * else unmapped. */
+static void stack_retire(keel__stack_t *s) {
+#if KEEL_TSAN
+  /* The next runtime's threads start it with a fresh fiber. */
+  if (s->tsan_fiber)
+    __tsan_destroy_fiber(s->tsan_fiber);
+  s->tsan_fiber = NULL;
+#endif
+  pthread_mutex_lock(&spare_lock);
+  bool keep = atomic_load_explicit(&spare_len, memory_order_relaxed) < SPARE_MAX;
+  if (keep) {
+    s->next = spare;
+    spare = s;
+    atomic_fetch_add_explicit(&spare_len, 1, memory_order_relaxed);
+  }
+  pthread_mutex_unlock(&spare_lock);
+  if (!keep)
+    stack_unmap(s);
 }
 
 void keel__stack_release(keel__worker_t *w, keel__stack_t *s) {
@@ -193,7 +252,7 @@ void keel__stack_pool_destroy(keel__worker_t *w) {
   while (w->stack_pool) {
     keel__stack_t *s = w->stack_pool;
     w->stack_pool = s->next;
-    stack_unmap(s);
+    stack_retire(s);
   }
   w->stack_pool_len = 0;
 }
@@ -202,7 +261,7 @@ void keel__stack_depot_destroy(keel_runtime_t *rt) {
   while (rt->depot) {
     keel__stack_t *s = rt->depot;
     rt->depot = s->next;
-    stack_unmap(s);
+    stack_retire(s);
   }
   atomic_store(&rt->depot_len, 0);
 }

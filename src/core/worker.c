@@ -48,7 +48,8 @@ int keel__worker_init(keel__worker_t *w, keel_runtime_t *rt, int id) {
   int64_t now = keel__worker_now(w);
   keel__wheel_init(&w->wheel, keel__tick_floor(w, now));
   w->loop_mark_ns = now;
-  keel__stack_guard_thread_init(w);
+  if (!rt->cfg.no_stack_guard_handler) /* the alternate stack is for keel's handler */
+    keel__stack_guard_thread_init(w);
   return 0;
 }
 

@@ -18,24 +18,23 @@ static const char *const classes[NCLASSES] = {"1xx", "2xx", "3xx", "4xx", "5xx",
 #define NKINDS 64
 
 typedef struct http_metrics {
-  keel_metric_t *requests[NMETHODS][NCLASSES];
+  keel_metric_family_t *requests;
+  _Atomic(keel_metric_t *) request_series[NMETHODS][NCLASSES];
   keel_metric_t *latency;
   keel_metric_family_t *errors;
   _Atomic(keel_metric_t *) error_kinds[NKINDS];
 } http_metrics_t;
 
+/* A series is made on first use, as the error kinds' are: the 60 methods
+ * and classes would otherwise cost each runtime 60 series at its first
+ * request, and fill /metrics with zeros. */
 static int register_requests(http_metrics_t *m) {
-  keel_metric_family_t *f;
   keel_metric_opts_t o = {.type = KEEL_METRIC_COUNTER,
                           .name = "keel_http_requests_total",
                           .help = "HTTP requests served, by method and status class (none: the "
                                   "client went away before the answer).",
                           .labels = {"method", "status"}};
-  int rc = keel_metrics_register(&o, &f);
-  for (size_t i = 0; rc == 0 && i < NMETHODS; i++)
-    for (int j = 0; rc == 0 && j < NCLASSES; j++)
-      rc = keel_metrics_series(f, (const char *[]){methods[i], classes[j]}, &m->requests[i][j]);
-  return rc;
+  return keel_metrics_register(&o, &m->requests);
 }
 
 static void *http_metrics_init(void) {
@@ -81,7 +80,15 @@ void keel__http_count_request(http_conn_t *c, keel_http_request_t *req, int stat
     return;
   keel__worker_t *w = keel__tls_worker;
   int cls = status >= 100 && status < 600 ? status / 100 - 1 : NCLASSES - 1;
-  keel__metric_add(w, m->requests[method_index(req)][cls], 1);
+  size_t mi = method_index(req);
+  keel_metric_t *s = atomic_load_explicit(&m->request_series[mi][cls], memory_order_acquire);
+  if (!KEEL__LIKELY(s != NULL)) {
+    /* The lookup finds the same series on every worker. */
+    if (keel_metrics_series(m->requests, (const char *[]){methods[mi], classes[cls]}, &s) < 0)
+      return;
+    atomic_store_explicit(&m->request_series[mi][cls], s, memory_order_release);
+  }
+  keel__metric_add(w, s, 1);
   int64_t took = keel_now_ns() - c->now;
   keel_metric_observe(m->latency, took);
 }
