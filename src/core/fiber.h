@@ -6,6 +6,7 @@
 
 #include "keel-config.h"
 #include "keel/core.h"
+#include "queue.h"
 
 #if !KEEL_CTX_ASM
 #include <ucontext.h>
@@ -62,6 +63,9 @@ typedef struct keel__stack {
    * each one's deadline and the task's deadline from before it. */
   int64_t shield_deadline[KEEL__SHIELD_MAX];
   int64_t shield_saved_deadline[KEEL__SHIELD_MAX];
+  /* The scopes the task running on this stack opened and has not closed
+   * (a task parks without its stack only with none). */
+  keel__queue_t open_scopes;
 } keel__stack_t;
 
 #define KEEL__STACK_MIN (16 * 1024)

@@ -227,7 +227,7 @@ static int64_t lab_clock(keel__worker_t *w) { return ((keel__lab_t *)w->backend)
 
 static void lab_on_spawn(keel__worker_t *w, keel_task_t *t) {
   keel__lab_t *lab = w->backend;
-  t->lab_id = ++lab->next_task_id;
+  t->lab_id = (uint32_t)++lab->next_task_id; /* wraps after 2^32 spawns */
   keel__lab_trace(lab, KEEL__LAB_EV_SPAWN, t->lab_id, 0);
 }
 

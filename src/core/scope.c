@@ -62,7 +62,7 @@ int keel_scope_open(const keel_scope_opts_t *opts, keel_scope_t **out) {
   if (reason && !(s->flags & KEEL_SCOPE_SHIELD))
     atomic_store(&s->cancel_reason, KEEL_CANCEL_PARENT);
   keel__spin_unlock(&parent->lock);
-  keel__queue_insert_tail(&t->open_scopes, &s->opener_node);
+  keel__queue_insert_tail(&t->stack->open_scopes, &s->opener_node);
   *out = s;
   return 0;
 }

@@ -118,7 +118,7 @@ static keel__stack_t *spare_take(size_t map_size) {
   return s;
 }
 
-int keel__stack_alloc(keel__worker_t *w, size_t size, keel__stack_t **out) {
+static int stack_get(keel__worker_t *w, size_t size, keel__stack_t **out) {
   size_t page = page_size();
   size_t usable = (size + page - 1) & ~(page - 1);
   if (!w->stack_pool && usable + page == default_map_size(w) &&
@@ -166,6 +166,13 @@ int keel__stack_alloc(keel__worker_t *w, size_t size, keel__stack_t **out) {
 #endif
   *out = s;
   return 0;
+}
+
+int keel__stack_alloc(keel__worker_t *w, size_t size, keel__stack_t **out) {
+  int rc = stack_get(w, size, out);
+  if (rc == 0)
+    keel__queue_init(&(*out)->open_scopes);
+  return rc;
 }
 
 static void stack_unmap(keel__stack_t *s) {

@@ -275,8 +275,8 @@ static keel_outcome_t outcome_of(keel_task_t *t, int rc) {
 
 static void task_finish(keel_task_t *t, int rc) {
   /* A task never leaves a scope it opened running behind it. */
-  while (!keel__queue_empty(&t->open_scopes)) {
-    keel_scope_t *s = keel__container_of(t->open_scopes.next, keel_scope_t, opener_node);
+  while (!keel__queue_empty(&t->stack->open_scopes)) {
+    keel_scope_t *s = keel__container_of(t->stack->open_scopes.next, keel_scope_t, opener_node);
     keel_scope_close(s);
   }
   t->outcome = outcome_of(t, rc);
@@ -339,11 +339,10 @@ int keel_spawn(keel_scope_t *scope, keel_task_fn fn, void *arg, const keel_spawn
   t->worker = target;
   t->fn = fn;
   t->arg = arg;
-  t->stack_size = stack_size;
+  t->stack_size = (uint32_t)stack_size;
   t->deadline_ns = KEEL_DEADLINE_NONE;
   t->has_handle = opts->handle != NULL;
   atomic_init(&t->refs, t->has_handle ? 2 : 1);
-  keel__queue_init(&t->open_scopes);
   keel__queue_init(&t->ready_node);
   keel__set_name(t->name, opts->name, "task");
   int rc = keel__scope_add_task(scope, t);

@@ -32,39 +32,39 @@ struct keel_task {
   keel__queue_t scope_node; /* scope->tasks, under the scope lock */
   keel__queue_t ready_node; /* worker ready queues */
   keel__stack_t *stack;
-  size_t stack_size;
   keel_task_fn fn;
   void *arg;
-  atomic_int refs; /* running + handle + pending interrupt message */
-  int state;
-  bool shedding; /* giving its stack back: parked until restart_wait ends */
+  atomic_int refs;     /* running + handle + pending interrupt message */
+  uint32_t stack_size; /* at most KEEL__STACK_MAX */
+  unsigned char state; /* enum keel__task_state */
+  bool shedding;       /* giving its stack back: parked until restart_wait ends */
   /* What the task waits on while BLOCKED, copied from its wait by
    * keel__wait_arm (the rest is below, with the cold fields): the task
    * dump reads the task, never the wait on its stack. */
   unsigned char wait_kind; /* keel__wait_kind_t */
   bool wait_until_set;     /* wait_until_ns, not wait_object */
   int wait_fd;
+  int shield_depth;
+  atomic_bool interrupt_pending;
+  bool has_handle;
   keel__wait_t *wait;  /* when BLOCKED */
   keel_alert_t *alert; /* enabled alert (keel_alert_enable), or NULL */
   int64_t deadline_ns; /* per task; inside a shield, set within the shield */
-  int shield_depth;
-  /* The shields' deadlines are kept in t->stack (keel__stack_t): a task
-   * inside a shield always holds its stack, and an idle task without one
-   * then costs 128 bytes less. */
+  /* The shields' deadlines and the scopes the task opened are kept in
+   * t->stack (keel__stack_t): a task inside a shield or a scope of its own
+   * always holds its stack, and an idle task without one then costs that
+   * much less. */
   keel_outcome_t outcome;
-  keel__queue_t open_scopes; /* scopes this task opened and has not closed */
+  uint32_t lab_id;           /* lab mode: spawn order, for the trace */
   keel__msg_t start_msg;     /* spawn onto another worker */
   keel__msg_t interrupt_msg; /* cross-worker cancellation */
-  atomic_bool interrupt_pending;
 #if KEEL_ASAN
   void *asan_fake_stack;
 #endif
 #if KEEL_TSAN
   void *tsan_fiber;
 #endif
-  bool has_handle;
   struct keel__restart *restart; /* keel__task_restart_after's, while it waits */
-  uint64_t lab_id;               /* lab mode: spawn order, for the trace */
   union {
     const void *wait_object; /* identity only: never read through */
     int64_t wait_until_ns;   /* the wait's own end (a sleep) */

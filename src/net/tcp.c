@@ -199,7 +199,7 @@ int keel_tcp_park(keel_tcp_t *c, keel_task_fn fn, void *arg) {
   keel__worker_t *owner = is_lab(c) ? c->lab.pipe->worker : c->io.worker;
   if (owner != keel__tls_worker)
     return -EXDEV;
-  if (t->shield_depth > 0 || !keel__queue_empty(&t->open_scopes) || c->parked)
+  if (t->shield_depth > 0 || !keel__queue_empty(&t->stack->open_scopes) || c->parked)
     return -EBUSY; /* they live on the stack it would give up; one park at a time */
   c->parked = true;
   if (is_lab(c))
