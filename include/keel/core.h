@@ -80,11 +80,14 @@ void keel_config_init(keel_config_t *cfg);
  * - a SIGSEGV handler (on a per-thread alternate signal stack) names the
  *   task whose stack overflowed its guard page, and hands other faults to
  *   the handler that was there before, or the default action; it stays
- *   installed after keel_run returns (no_stack_guard_handler: none);
+ *   installed after keel_run returns (no_stack_guard_handler: none, and no
+ *   alternate stack);
  * - with handle_signals, when the drain deadline passes with tasks still
  *   running, the live tasks are logged and the process ends with
  *   _exit(EXIT_FAILURE) (no_drain_exit: log them and keep waiting); a
  *   second SIGINT/SIGTERM ends it at once with _exit(128 + signal).
+ * When keel_run returns, up to 16 task stacks stay mapped, process-wide,
+ * for the next keel_run (the pages its tasks touched: a few KiB each).
  * Returns main_fn's return value, or a negative errno if the runtime could
  * not start (-EINVAL bad config, -ENOSYS backend unavailable, -ENOMEM,
  * -EBUSY handle_signals or dump_on_sigusr1 while another runtime in the
