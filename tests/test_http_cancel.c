@@ -3,7 +3,8 @@
  * seen while the handler waits cancel the handler at once (io_uring,
  * epoll, the lab network over 16 seeds). A client that stays gets its
  * answer; a client that goes away once the handler is done costs nothing,
- * and so does one that goes away just as it ends. */
+ * and so does one that goes away just as it ends. A cancelled handler's
+ * write never takes the answers queued before it down with it. */
 #define KT_GUARD_MS 60000
 #include "http-test.h"
 
@@ -147,6 +148,57 @@ static int gone_as_done_case(void *arg) {
   return kt_server_stop(&srv);
 }
 
+/* A handler cancelled (its client gone, or its deadline) that writes
+ * anyway, while the answer to the pipelined request before it is still
+ * queued: that answer goes out whole (the cancelled write dropped it with
+ * the queue, found by the http_chunked fuzz target). What follows is the
+ * connection's end, or the late answer if its write went through first. */
+static int late_writer(keel_http_request_t *req, keel_http_response_t *res, void *ctx) {
+  (void)ctx;
+  if (!strcmp(keel_http_path(req), "/quick"))
+    return keel_http_send(res, "first", 5);
+  int rc = keel_sleep_ms(20000);
+  ssize_t n = keel_http_write(res, "late", 4);
+  probe.sleep_rc = rc;
+  probe.finished++;
+  return n < 0 ? (int)n : 0;
+}
+
+static int queued_ahead(kt_server_t *srv, bool shut_wr) {
+  kt_conn_t c;
+  kt_resp_t r;
+  probe = (probe_t){0};
+  CHECK_RC(kt_connect(srv, &c));
+  CHECK_RC(kt_send(&c, "GET /quick HTTP/1.1\r\nHost: t\r\n\r\n"
+                       "GET /slow HTTP/1.1\r\nHost: t\r\n\r\n"));
+  if (shut_wr)
+    CHECK_RC(keel_stream_shutdown(c.s, SHUT_WR));
+  CHECK_RC(kt_response(&c, &r, false));
+  CHECK_EQ(r.status, 200);
+  CHECK(strcmp(r.body, "first") == 0);
+  kt_resp_free(&r);
+  int rc = kt_response(&c, &r, false);
+  if (rc == 0) { /* the late write went out before its task saw the cancellation */
+    CHECK_EQ(r.status, 200);
+    CHECK(strcmp(r.body, "late") == 0);
+  }
+  kt_resp_free(&r);
+  CHECK_EQ(probe.finished, 1);
+  CHECK_EQ(probe.sleep_rc, shut_wr ? -ECANCELED : -ETIMEDOUT);
+  kt_disconnect(&c);
+  return 0;
+}
+
+static int queued_ahead_case(void *arg) {
+  (void)arg;
+  kt_server_t srv;
+  keel_http_server_opts_t o = {.handler = late_writer, .request_timeout_ms = 100};
+  CHECK_RC(kt_server_start(&srv, &o));
+  CHECK_RC(queued_ahead(&srv, true));
+  CHECK_RC(queued_ahead(&srv, false));
+  return kt_server_stop(&srv);
+}
+
 static void test_client_gone(void **state) {
   (void)state;
   kt_run_body(gone_case, NULL, 1);
@@ -155,6 +207,11 @@ static void test_client_gone(void **state) {
 static void test_client_gone_as_done(void **state) {
   (void)state;
   kt_run_body(gone_as_done_case, NULL, 2);
+}
+
+static void test_queued_ahead(void **state) {
+  (void)state;
+  kt_run_body(queued_ahead_case, NULL, 1);
 }
 
 static void test_client_stays(void **state) {
@@ -168,6 +225,7 @@ int main(void) {
       cmocka_unit_test(test_client_gone),
       cmocka_unit_test(test_client_gone_as_done),
       cmocka_unit_test(test_client_stays),
+      cmocka_unit_test(test_queued_ahead),
   };
   return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -53,9 +53,12 @@ struct keel_http_response {
   size_t hdrs_len, hdrs_cap;
   char *trailers;
   size_t trailers_len, trailers_cap;
-  int64_t declared; /* a Content-Length field the user added, or -1 */
-  uint64_t sent;    /* body bytes written */
+  int64_t declared;   /* a Content-Length field the user added, or -1 */
+  uint64_t sent;      /* body bytes written */
+  size_t queued_at;   /* where its head starts in the queue, */
+  uint32_t writes_at; /* if the queue has not been written since */
   bool head_sent, finished, chunked, until_close, no_body, close, user_date;
+  bool cut; /* a write was cancelled before the answers queued ahead of it went out */
 };
 
 struct keel_http_request {
@@ -96,6 +99,7 @@ typedef struct http_batch {
   uint16_t nfields;    /* trailer fields seen */
   uint16_t ext_len;    /* chunk extension bytes of this chunk */
   uint16_t err_status; /* the status a callback's error answers */
+  uint32_t writes;     /* writes of the queue: whether it went out since a response began */
   bool in_trailers;
   uint8_t field_len;
   char field[24]; /* the start of a trailer field's name */

@@ -45,18 +45,47 @@ int keel__http_queue(http_conn_t *c, const void *p, size_t n) {
 /* Writes iov (the queue first, when there is one). A connection being
  * drained (its task cancelled) still gets its responses out, within the
  * runtime's drain deadline. */
-static int write_out(http_conn_t *c, struct iovec *iov, int n) {
+static int write_out(http_conn_t *c, struct iovec *iov, int n, size_t *written) {
   if (c->broken)
     return -EPIPE;
   bool shield = keel_task_current() == c->task && keel_cancelled() != KEEL_CANCEL_NONE;
   if (shield)
     keel_shield_begin(0);
-  int rc = keel_writev_all(c->s, iov, n, NULL);
+  size_t done = 0, queued = c->b->out_len; /* iov[0] when there is a queue */
+  int rc = keel_writev_all(c->s, iov, n, &done);
   if (shield)
     keel_shield_end();
+  c->b->writes++;
+  if (written)
+    *written = done;
+  if (rc < 0 && (rc == -ECANCELED || rc == -ETIMEDOUT) && done < queued) {
+    /* Cancelled (a handler's deadline, the client gone) before the queue
+     * went out: the transport is as it was, and the rest of the queue
+     * (whole answers, or the start of the one under way) stays for the
+     * connection's task. */
+    memmove(c->b->out, c->b->out + done, queued - done);
+    c->b->out_len = queued - done;
+    return rc;
+  }
   c->b->out_len = 0;
   if (rc < 0)
     c->broken = true;
+  return rc;
+}
+
+/* A write of the response under way, by its handler. Cancelled before the
+ * answers queued ahead of this response went out, it leaves those for the
+ * connection's task and this one ends there: unsent, or cut short if part
+ * of its head went out. */
+static int write_res(keel_http_response_t *res, struct iovec *iov, int n) {
+  http_conn_t *c = res->req->c;
+  size_t earlier = c->b->writes == res->writes_at ? res->queued_at : 0, done = 0;
+  int rc = write_out(c, iov, n, &done);
+  if (rc < 0 && !c->broken) {
+    c->b->out_len = earlier > done ? earlier - done : 0;
+    c->close = true;
+    res->cut = res->finished = true; /* nothing more of it is queued */
+  }
   return rc;
 }
 
@@ -64,7 +93,16 @@ int keel__http_flush(http_conn_t *c) {
   if (!c->b || c->b->out_len == 0)
     return 0;
   struct iovec iov = {c->b->out, c->b->out_len};
-  return write_out(c, &iov, 1);
+  return write_out(c, &iov, 1, NULL);
+}
+
+/* The response under way cannot be completed: what is queued goes out
+ * (the answers to the pipelined requests before it whole, this one cut
+ * short), then nothing more is written. */
+static void cut_short(http_conn_t *c) {
+  if (!c->broken)
+    keel__http_flush(c);
+  c->broken = true;
 }
 
 /* ---- Heads ---------------------------------------------------------------- */
@@ -126,6 +164,8 @@ static int emit_head(keel_http_response_t *res, int64_t body_len) {
   int rc = out_reserve(c, 200 + rlen + c->lim->server_name_len + res->hdrs_len);
   if (rc < 0)
     return rc;
+  res->queued_at = c->b->out_len;
+  res->writes_at = c->b->writes;
   char *p = c->b->out + c->b->out_len;
   p = keel__http_put(p, "HTTP/1.1 ", 9);
   p = keel__http_put_u64(p, (uint64_t)res->status);
@@ -291,7 +331,7 @@ int keel_http_send(keel_http_response_t *res, const void *body, size_t len) {
   if (len <= HTTP_OUT_INLINE)
     return keel__http_queue(c, body, len);
   struct iovec iov[2] = {{c->b->out, c->b->out_len}, {(void *)body, len}};
-  return write_out(c, iov, 2);
+  return write_res(res, iov, 2);
 }
 
 ssize_t keel_http_write(keel_http_response_t *res, const void *buf, size_t len) {
@@ -318,7 +358,7 @@ ssize_t keel_http_write(keel_http_response_t *res, const void *buf, size_t len) 
   iov[n++] = (struct iovec){(void *)buf, len};
   if (res->chunked)
     iov[n++] = (struct iovec){(void *)"\r\n", 2};
-  int rc = write_out(c, iov, n);
+  int rc = write_res(res, iov, n);
   if (rc < 0)
     return rc;
   res->sent += len;
@@ -340,7 +380,7 @@ int keel_http_finish(keel_http_response_t *res) {
   if (res->no_body)
     return 0;
   if (res->declared >= 0 && res->sent != (uint64_t)res->declared) {
-    c->broken = true; /* the client must see the body cut short */
+    cut_short(c); /* the client must see the body cut short */
     return -EPROTO;
   }
   if (res->until_close)
@@ -403,12 +443,12 @@ static int unanswered_status(const keel_http_request_t *req, int *kind) {
 int keel__http_response_end(keel_http_request_t *req) {
   keel_http_response_t *res = &req->res;
   http_conn_t *c = req->c;
-  if (req->client_gone) {
-    /* No answer for it; the answers queued before it still go out, unless
-     * this one was cut in the middle. */
+  if (req->client_gone || res->cut) {
+    /* No answer for it; the answers queued before it still go out, and
+     * this one whatever of it was queued, cut short. */
     c->close = true;
     if (res->head_sent && !res->finished)
-      c->broken = true;
+      cut_short(c);
     return 0;
   }
   if (!res->head_sent) {
@@ -421,7 +461,7 @@ int keel__http_response_end(keel_http_request_t *req) {
   }
   if (!res->finished) {
     if (req->handler_rc < 0)
-      c->broken = true;
+      cut_short(c);
     else
       keel_http_finish(res);
   }
