@@ -100,8 +100,12 @@ int keel__http_flush(http_conn_t *c) {
  * (the answers to the pipelined requests before it whole, this one cut
  * short), then nothing more is written. */
 static void cut_short(http_conn_t *c) {
-  if (!c->broken)
-    keel__http_flush(c);
+  if (!c->broken && keel__http_flush(c) < 0 && !c->broken) {
+    /* The flush was cancelled (a handler's own cancellation) and kept the
+     * queue: the connection's task sends it, then closes. */
+    c->close = true;
+    return;
+  }
   c->broken = true;
 }
 
