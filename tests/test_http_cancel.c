@@ -4,7 +4,8 @@
  * epoll, the lab network over 16 seeds). A client that stays gets its
  * answer; a client that goes away once the handler is done costs nothing,
  * and so does one that goes away just as it ends. A cancelled handler's
- * write never takes the answers queued before it down with it. */
+ * write, or its short end of a declared length, never takes the answers
+ * queued before it down with it. */
 #define KT_GUARD_MS 60000
 #include "http-test.h"
 
@@ -164,7 +165,22 @@ static int late_writer(keel_http_request_t *req, keel_http_response_t *res, void
   return n < 0 ? (int)n : 0;
 }
 
-static int queued_ahead(kt_server_t *srv, bool shut_wr) {
+/* The same, for a handler that declares a length, is cancelled and ends
+ * its body short (keel_http_finish): the head it queued is cut short, the
+ * answer before it goes out whole, then the connection closes. */
+static int short_ender(keel_http_request_t *req, keel_http_response_t *res, void *ctx) {
+  (void)ctx;
+  if (!strcmp(keel_http_path(req), "/quick"))
+    return keel_http_send(res, "first", 5);
+  int rc = keel_sleep_ms(20000);
+  int arc = keel_http_add_header(res, "Content-Length", "10");
+  int frc = keel_http_finish(res);
+  probe.sleep_rc = rc;
+  probe.finished++;
+  return arc < 0 ? arc : frc == -EPROTO ? 0 : (frc < 0 ? frc : -EBADMSG);
+}
+
+static int queued_ahead(kt_server_t *srv, bool shut_wr, bool short_end) {
   kt_conn_t c;
   kt_resp_t r;
   probe = (probe_t){0};
@@ -178,7 +194,9 @@ static int queued_ahead(kt_server_t *srv, bool shut_wr) {
   CHECK(strcmp(r.body, "first") == 0);
   kt_resp_free(&r);
   int rc = kt_response(&c, &r, false);
-  if (rc == 0) { /* the late write went out before its task saw the cancellation */
+  if (short_end) {
+    CHECK(rc < 0);      /* a body of 10 declared, none sent: cut short */
+  } else if (rc == 0) { /* the late write went out before its task saw the cancellation */
     CHECK_EQ(r.status, 200);
     CHECK(strcmp(r.body, "late") == 0);
   }
@@ -194,8 +212,18 @@ static int queued_ahead_case(void *arg) {
   kt_server_t srv;
   keel_http_server_opts_t o = {.handler = late_writer, .request_timeout_ms = 100};
   CHECK_RC(kt_server_start(&srv, &o));
-  CHECK_RC(queued_ahead(&srv, true));
-  CHECK_RC(queued_ahead(&srv, false));
+  CHECK_RC(queued_ahead(&srv, true, false));
+  CHECK_RC(queued_ahead(&srv, false, false));
+  return kt_server_stop(&srv);
+}
+
+static int short_end_case(void *arg) {
+  (void)arg;
+  kt_server_t srv;
+  keel_http_server_opts_t o = {.handler = short_ender, .request_timeout_ms = 100};
+  CHECK_RC(kt_server_start(&srv, &o));
+  CHECK_RC(queued_ahead(&srv, true, true));
+  CHECK_RC(queued_ahead(&srv, false, true));
   return kt_server_stop(&srv);
 }
 
@@ -214,6 +242,11 @@ static void test_queued_ahead(void **state) {
   kt_run_body(queued_ahead_case, NULL, 1);
 }
 
+static void test_short_end(void **state) {
+  (void)state;
+  kt_run_body(short_end_case, NULL, 1);
+}
+
 static void test_client_stays(void **state) {
   (void)state;
   kt_run_body(stays_case, NULL, 1);
@@ -222,10 +255,9 @@ static void test_client_stays(void **state) {
 int main(void) {
   kt_select_backends();
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_client_gone),
-      cmocka_unit_test(test_client_gone_as_done),
-      cmocka_unit_test(test_client_stays),
-      cmocka_unit_test(test_queued_ahead),
+      cmocka_unit_test(test_client_gone),  cmocka_unit_test(test_client_gone_as_done),
+      cmocka_unit_test(test_client_stays), cmocka_unit_test(test_queued_ahead),
+      cmocka_unit_test(test_short_end),
   };
   return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }
