@@ -231,6 +231,11 @@ def read_log(path, killed):
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, 1):
             log.lines += 1
+            if killed and not line.endswith("\n"):
+                # The last line of a server killed while it wrote it (a
+                # write to a file stops short at a fatal signal): its
+                # answer counts as missing, which a killed server may be.
+                continue
             try:
                 obj = json.loads(line)
             except ValueError:
