@@ -40,6 +40,12 @@ import sys
 import time
 
 
+# Seconds idle before the RSS reading: the state a server sits in with idle
+# connections (keel on io_uring gives back the pages of its provided
+# buffers after a second with nothing to do).
+IDLE_SETTLE = 2.0
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -622,7 +628,7 @@ def main():
             conns = open_idle_https(port, a.conns)
         else:
             conns = open_idle_http(port, a.conns) if a.http else open_idle(port, a.conns)
-        time.sleep(0.5)
+        time.sleep(IDLE_SETTLE)
         after = rss_kib(server.pid)
         per = (after - before) / a.conns
         closed = 0

@@ -174,6 +174,56 @@ static void test_park_big_messages(void **state) {
   kt_run_body(big_body, NULL, 1);
 }
 
+/* io_uring: once the worker has had nothing to do for a second, the pages
+ * of its free provided buffers go back to the system (an idle server does
+ * not keep the 1 MiB that traffic touched in them), and bytes that land in
+ * them afterwards are whole. Elsewhere the echo alone. */
+static int echo_rounds(pair_t *p, int rounds, unsigned seed) {
+  for (int r = 0; r < rounds; r++) {
+    char msg[400], back[400];
+    for (size_t i = 0; i < sizeof msg; i++)
+      msg[i] = (char)((i + (size_t)r * 13 + seed) % 251);
+    CHECK_RC(keel_write_all(keel_tcp_stream(p->client), msg, sizeof msg, NULL));
+    CHECK_RC(keel_read_exact(keel_tcp_stream(p->client), back, sizeof back, NULL));
+    CHECK(memcmp(msg, back, sizeof msg) == 0);
+  }
+  return 0;
+}
+
+#define TRIM_ROUNDS (300 / KT_SCALE)
+
+static int trim_body(void *arg) {
+  (void)arg;
+  pair_t p;
+  keel_scope_t *sc;
+  CHECK_RC(serve_parked(&p, &sc));
+  keel__worker_t *w = keel__worker_current();
+  CHECK_RC(echo_rounds(&p, TRIM_ROUNDS, 1));
+  int trims = keel__uring_pbuf_trims(w);
+  if (trims >= 0) {
+    int before = keel__uring_pbuf_resident(w);
+    CHECK(before > 0);
+    for (int i = 0; i < 20 && keel__uring_pbuf_trims(w) == trims; i++)
+      CHECK_RC(keel_sleep_ms(1200)); /* the worker sleeps: after 1 s, it trims */
+    CHECK(keel__uring_pbuf_trims(w) > trims);
+    CHECK_EQ(keel__uring_pbuf_resident(w), 0); /* the connection holds none */
+  } else if (strcmp(keel_backend_name(), "io_uring") != 0) {
+    CHECK_EQ(keel__uring_pbuf_resident(w), -1);
+  }
+  CHECK_RC(echo_rounds(&p, TRIM_ROUNDS, 7));
+  CHECK_RC(keel_stream_shutdown(keel_tcp_stream(p.client), SHUT_WR));
+  CHECK_RC(keel_scope_join(sc));
+  CHECK_EQ(p.conn.rounds, 2 * TRIM_ROUNDS);
+  CHECK_RC(keel_scope_close(sc));
+  pair_close(&p);
+  return 0;
+}
+
+static void test_park_idle_trim(void **state) {
+  (void)state;
+  kt_run_real_body(trim_body, NULL, 1);
+}
+
 /* Bytes that arrived while parked are delivered even to a cancelled task,
  * and a connection closed with bytes unread gives its buffer back (the
  * rounds after it would otherwise run out). */
@@ -375,6 +425,7 @@ int main(void) {
       cmocka_unit_test(test_park_cancel),       cmocka_unit_test(test_park_refused),
       cmocka_unit_test(test_park_other_worker), cmocka_unit_test(test_park_reset),
       cmocka_unit_test(test_park_big_messages), cmocka_unit_test(test_park_cancel_with_bytes),
+      cmocka_unit_test(test_park_idle_trim),
   };
   return kt_exit_status(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -32,23 +32,23 @@ typedef struct keel__acceptq {
 /* Per-descriptor state shared by TCP and the backends. */
 typedef struct keel__io {
   int fd;
+  int slot; /* io_uring: registered file index, or -1 */
   keel__worker_t *worker;
-  bool registered;          /* epoll: added to the interest list */
-  bool rd_ready, wr_ready;  /* epoll: may read/write without waiting for an edge */
-  bool rd_hup, wr_hup;      /* epoll: hang-up or error seen: calls never wait again */
-  bool rd_edge;             /* epoll: a readable edge came after the last read */
   keel__queue_t rd_waiters; /* epoll: tasks waiting for readability */
   keel__queue_t wr_waiters; /* epoll: tasks waiting for writability */
-  bool rd_drained;          /* io_uring: the last recv left nothing queued */
+  keel__wait_t *close_wait; /* io_uring: the closer waiting for them */
+  keel__acceptq_t *acceptq;
+  int pend_err;      /* io_uring: an error such a wait took from the socket, for the next read */
+  unsigned inflight; /* io_uring: operations submitted, not yet retired */
   /* io_uring: bytes a readiness wait received into one of the worker's
    * provided buffers (pbuf), delivered by the next reads */
   unsigned short pend_bid, pend_off, pend_len;
-  int pend_err;        /* io_uring: an error such a wait took from the socket, for the next read */
-  unsigned short uses; /* io_uring: operations so far, until registered */
-  int slot;            /* io_uring: registered file index, or -1 */
-  unsigned inflight;   /* io_uring: operations submitted, not yet retired */
-  keel__wait_t *close_wait; /* io_uring: the closer waiting for them */
-  keel__acceptq_t *acceptq;
+  unsigned short uses;     /* io_uring: operations so far, until registered */
+  bool registered;         /* epoll: added to the interest list */
+  bool rd_ready, wr_ready; /* epoll: may read/write without waiting for an edge */
+  bool rd_hup, wr_hup;     /* epoll: hang-up or error seen: calls never wait again */
+  bool rd_edge;            /* epoll: a readable edge came after the last read */
+  bool rd_drained;         /* io_uring: the last recv left nothing queued */
 } keel__io_t;
 
 typedef struct keel__backend_ops {
@@ -105,6 +105,12 @@ struct io_uring *keel__uring_ring(keel__worker_t *w);
 /* Provided buffers of w's ring that connections hold (bytes received and
  * not yet read), or -1 if w has none (another backend, an older kernel). */
 int keel__uring_pbufs_out(keel__worker_t *w);
+/* How often w gave the pages of its free provided buffers back after
+ * having nothing to do for a second, or -1 if it does not (no provided
+ * buffers, or a kernel without deferred task work). */
+int keel__uring_pbuf_trims(keel__worker_t *w);
+/* The pages of w's provided buffers that are resident (mincore), or -1. */
+int keel__uring_pbuf_resident(keel__worker_t *w);
 
 /* Sets up io for fd, owned by the calling worker (src/core/worker.c). */
 void keel__io_init(keel__io_t *io, int fd);

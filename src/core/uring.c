@@ -37,10 +37,14 @@
  * did, often enough to cost 15% of CPU per message); a burst beyond it
  * falls back to an ordinary recv (-ENOBUFS). 16 KiB each (4 MiB of address
  * space per worker, resident only where bytes have landed): with 4 KiB, a
- * 16 KiB message cost a copy and a second system call, 27% more CPU. */
+ * 16 KiB message cost a copy and a second system call, 27% more CPU.
+ * The kernel takes them in ring order, so traffic touches every one (at
+ * least a page each: 1 MiB). A worker that has had nothing to do for
+ * PBUF_TRIM_IDLE_NS gives the pages of the free ones back (pbuf_trim). */
 #define PBUF_COUNT 256
 #define PBUF_SIZE 16384
 #define PBUF_GROUP 0
+#define PBUF_TRIM_IDLE_NS KEEL_NS_PER_SEC
 _Static_assert(PBUF_SIZE <= 65535, "pend_off and pend_len are unsigned short");
 
 typedef struct uring_backend {
@@ -58,7 +62,11 @@ typedef struct uring_backend {
   struct io_uring_buf_ring *pbuf_ring; /* NULL: readiness waits poll */
   char *pbufs;
   size_t pbuf_map_size;
-  unsigned pbufs_out; /* taken by a completion, not yet given back */
+  unsigned pbufs_out;                   /* taken by a completion, not yet given back */
+  uint64_t pbuf_taken[PBUF_COUNT / 64]; /* which: a bit per buffer id */
+  bool pbufs_dirty;                     /* some were filled since the last trim */
+  bool local_work;     /* deferred task work: the kernel fills buffers only in our enter */
+  unsigned pbuf_trims; /* idle trims done */
 } uring_backend_t;
 
 /* How often a full SQ's submit is tried while the kernel reports a passing
@@ -150,6 +158,9 @@ static int ring_init(uring_backend_t *b, unsigned entries) {
   if (rc < 0)
     return rc;
   b->ext_arg = p.features & IORING_FEAT_EXT_ARG;
+#ifdef IORING_SETUP_DEFER_TASKRUN
+  b->local_work = p.flags & IORING_SETUP_DEFER_TASKRUN;
+#endif
   io_uring_register_ring_fd(&b->ring); /* saves an fd lookup per enter */
   return 0;
 }
@@ -229,8 +240,15 @@ static void pbuf_init(uring_backend_t *b) {
   io_uring_buf_ring_advance(b->pbuf_ring, PBUF_COUNT);
 }
 
+static void pbuf_taken(uring_backend_t *b, unsigned short bid) {
+  b->pbufs_out++;
+  b->pbuf_taken[bid / 64] |= (uint64_t)1 << (bid % 64);
+  b->pbufs_dirty = true;
+}
+
 static void pbuf_return(uring_backend_t *b, unsigned short bid) {
   b->pbufs_out--;
+  b->pbuf_taken[bid / 64] &= ~((uint64_t)1 << (bid % 64));
   io_uring_buf_ring_add(b->pbuf_ring, b->pbufs + (size_t)bid * PBUF_SIZE, PBUF_SIZE, bid,
                         io_uring_buf_ring_mask(PBUF_COUNT), 0);
   io_uring_buf_ring_advance(b->pbuf_ring, 1);
@@ -366,11 +384,37 @@ static int64_t settle_owed(keel__worker_t *w, uring_backend_t *b, int64_t timeou
   return timeout_ns < 0 || timeout_ns > OWED_RETRY_NS ? OWED_RETRY_NS : timeout_ns;
 }
 
+/* The worker had nothing to do for PBUF_TRIM_IDLE_NS: the pages of the
+ * provided buffers in the ring go back to the system (they read as zeros
+ * when next filled), in runs of free buffers. Only with deferred task
+ * work, where the kernel fills a buffer only inside this thread's
+ * io_uring_enter: never while madvise runs. */
+static void pbuf_trim(uring_backend_t *b) {
+  b->pbufs_dirty = false;
+  b->pbuf_trims++;
+  for (unsigned i = 0; i < PBUF_COUNT;) {
+    if (b->pbuf_taken[i / 64] & ((uint64_t)1 << (i % 64))) {
+      i++;
+      continue;
+    }
+    unsigned j = i + 1;
+    while (j < PBUF_COUNT && !(b->pbuf_taken[j / 64] & ((uint64_t)1 << (j % 64))))
+      j++;
+    madvise(b->pbufs + (size_t)i * PBUF_SIZE, (size_t)(j - i) * PBUF_SIZE, MADV_DONTNEED);
+    i = j;
+  }
+}
+
 static void ur_poll(keel__worker_t *w, int64_t timeout_ns) {
   uring_backend_t *b = w->backend;
   struct io_uring_cqe *cqe;
   if (KEEL__UNLIKELY(!b->wake_armed || !keel__queue_empty(&b->cancels_owed)))
     timeout_ns = settle_owed(w, b, timeout_ns);
+  /* Going to sleep for long with buffers filled since the last trim: wake
+   * after PBUF_TRIM_IDLE_NS to trim them if nothing came meanwhile. */
+  bool trim = b->pbufs_dirty && b->local_work && (timeout_ns < 0 || timeout_ns > PBUF_TRIM_IDLE_NS);
+  if (trim)
+    timeout_ns = PBUF_TRIM_IDLE_NS;
   keel__stat_add(&w->stats.io_submitted, io_uring_sq_ready(&b->ring));
   keel__stat_add(&w->stats.io_enters, 1);
   if (timeout_ns == 0) {
@@ -390,6 +434,8 @@ static void ur_poll(keel__worker_t *w, int64_t timeout_ns) {
   }
   io_uring_cq_advance(&b->ring, seen);
   keel__stat_add(&w->stats.io_completed, seen);
+  if (trim && seen == 0)
+    pbuf_trim(b);
 }
 
 /* ---- Cancels ---------------------------------------------------------------------- */
@@ -613,7 +659,7 @@ static int ur_readable_done(keel__io_t *io, keel__wait_t *w) {
     keel__queue_remove(&w->node); /* off the owed cancels, if it was on */
   if (w->cqe_flags & IORING_CQE_F_BUFFER) {
     unsigned short bid = (unsigned short)(w->cqe_flags >> IORING_CQE_BUFFER_SHIFT);
-    ((uring_backend_t *)io->worker->backend)->pbufs_out++;
+    pbuf_taken(io->worker->backend, bid);
     if (rc > 0) { /* even if interrupted: the bytes are delivered, not lost */
       io->pend_bid = bid;
       io->pend_off = 0;
@@ -801,6 +847,27 @@ int keel__uring_pbufs_out(keel__worker_t *w) {
   if (w->ops != &keel__uring_ops || !((uring_backend_t *)w->backend)->pbuf_ring)
     return -1;
   return (int)((uring_backend_t *)w->backend)->pbufs_out;
+}
+
+int keel__uring_pbuf_trims(keel__worker_t *w) {
+  if (w->ops != &keel__uring_ops)
+    return -1;
+  uring_backend_t *b = w->backend;
+  return b->pbuf_ring && b->local_work ? (int)b->pbuf_trims : -1;
+}
+
+int keel__uring_pbuf_resident(keel__worker_t *w) {
+  if (w->ops != &keel__uring_ops || !((uring_backend_t *)w->backend)->pbuf_ring)
+    return -1;
+  uring_backend_t *b = w->backend;
+  size_t len = (size_t)PBUF_COUNT * PBUF_SIZE, page = (size_t)sysconf(_SC_PAGESIZE);
+  unsigned char vec[PBUF_COUNT * PBUF_SIZE / 4096];
+  if (len / page > sizeof vec || mincore(b->pbufs, len, vec) != 0)
+    return -1;
+  int n = 0;
+  for (size_t i = 0; i < len / page; i++)
+    n += vec[i] & 1;
+  return n;
 }
 
 struct io_uring *keel__uring_ring(keel__worker_t *w) {
