@@ -63,16 +63,16 @@ struct keel__wait {
   keel__timer_t timer;
   keel__wait_abort_fn abort; /* NULL: complete with err at once */
   int64_t until_ns;          /* the operation's own end (sleep), or NONE */
-  int until_result;          /* result when until_ns is reached first */
   int64_t deadline_ns;       /* effective deadline when the wait began */
-  int interrupted;           /* err passed to abort, 0 if none */
   void *data;                /* for the abort hook */
   ssize_t result;
-  unsigned cqe_flags; /* io_uring: the completion's flags */
   /* What it waits on (the task dump): the object's address, for its
    * identity only (never read through), and the descriptor, or -1. */
   const void *object;
   int fd;
+  int until_result;   /* result when until_ns is reached first */
+  int interrupted;    /* err passed to abort, 0 if none */
+  unsigned cqe_flags; /* io_uring: the completion's flags */
   unsigned char kind; /* keel__wait_kind_t */
   bool done;
   bool shielded;  /* set by keel__wait_nocancel: only completion ends it */

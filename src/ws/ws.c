@@ -45,9 +45,8 @@ typedef struct ws_z {
 /* Every field counts: an idle WebSocket is this struct, its buffered
  * stream and its TCP connection. */
 struct keel_ws {
-  keel_bufstream_t *bs;
-  keel_stream_t *s; /* the buffered stream's view: writes pass through */
-  keel_tcp_t *tcp;  /* for parking idle, or NULL */
+  keel_bufstream_t *bs; /* its stream (ws_stream) takes the writes, which pass through */
+  keel_tcp_t *tcp;      /* for parking idle, or NULL */
   keel_tls_t *tls;
   keel_ws_message_fn on_message;
   void (*on_close)(keel_ws_t *ws, int code, void *ctx);
@@ -82,18 +81,23 @@ struct keel_ws {
   int err; /* sticky: the connection failed */
   /* Closing. */
   bool close_sent, close_rcvd, closed;
+  bool frag_z; /* writing: the fragmented message under way is compressed */
   uint16_t close_code, sent_code;
+  int wr_err; /* writing: sticky */
   char *close_reason;
   /* Writing. */
-  bool frag_z;
-  int wr_err;
   ws_lock_t msg_lock, frame_lock;
   keel_task_t *frag_owner; /* the task with a fragmented message open */
   uint8_t *pong;           /* a pong owed: [0] its length, then the payload */
   uint8_t *mask_buf;
 };
 
+_Static_assert(sizeof(struct keel_ws) <= 312,
+               "an idle WebSocket's struct is a 320-byte malloc chunk");
+
 #define MS(x) ((int64_t)(x)*KEEL_NS_PER_MS)
+
+static inline keel_stream_t *ws_stream(keel_ws_t *ws) { return keel_bufstream_stream(ws->bs); }
 
 static int lock(ws_lock_t *l) {
   keel_task_t *self = keel_task_current();
@@ -140,7 +144,7 @@ static ws_pmd_cache_t *pmd_cache(void);
  * since half a frame would corrupt the stream for everyone. */
 static int write_frame_bytes(keel_ws_t *ws, struct iovec *iov, int n, bool *started) {
   size_t done = 0;
-  int rc = keel_writev_all(ws->s, iov, n, &done);
+  int rc = keel_writev_all(ws_stream(ws), iov, n, &done);
   if (rc == 0) {
     *started = true;
     return 0;
@@ -162,11 +166,11 @@ static int write_frame_bytes(keel_ws_t *ws, struct iovec *iov, int n, bool *star
     iov->iov_len -= done;
   }
   keel_shield_begin(keel_now_ns() + WS_FINISH_SHIELD_NS);
-  int rc2 = keel_writev_all(ws->s, iov, n, NULL);
+  int rc2 = keel_writev_all(ws_stream(ws), iov, n, NULL);
   keel_shield_end();
   if (rc2 < 0) {
     ws->wr_err = -ENOTRECOVERABLE;
-    keel_stream_shutdown(ws->s, SHUT_RDWR);
+    keel_stream_shutdown(ws_stream(ws), SHUT_RDWR);
     return -ENOTRECOVERABLE;
   }
   return rc;
@@ -291,7 +295,7 @@ static void pong_owed(keel_ws_t *ws, const uint8_t *data, size_t len) {
     if (rc == -ETIMEDOUT && keel_cancelled() == KEEL_CANCEL_NONE) {
       ws->err = -ETIMEDOUT;
       ws->close_code = KEEL_WS_ABNORMAL;
-      keel_stream_shutdown(ws->s, SHUT_RDWR);
+      keel_stream_shutdown(ws_stream(ws), SHUT_RDWR);
     }
     return;
   }
@@ -441,7 +445,7 @@ static int fail(keel_ws_t *ws, int code, int err) {
     close_out(ws, code, "", 0);
   ws->err = err;
   ws->close_code = KEEL_WS_ABNORMAL;
-  keel_stream_shutdown(ws->s, SHUT_WR);
+  keel_stream_shutdown(ws_stream(ws), SHUT_WR);
   return err;
 }
 
@@ -471,7 +475,7 @@ static int timer_due(keel_ws_t *ws, int64_t now) {
   if (ws->pong_by && now >= ws->pong_by) {
     ws->err = -ETIMEDOUT;
     ws->close_code = KEEL_WS_ABNORMAL;
-    keel_stream_shutdown(ws->s, SHUT_RDWR);
+    keel_stream_shutdown(ws_stream(ws), SHUT_RDWR);
     return -ETIMEDOUT;
   }
   if (MS(ws->idle_timeout_ms) > 0 && !ws->close_sent &&
@@ -1021,7 +1025,7 @@ bool keel_ws_deflate(const keel_ws_t *ws, keel_ws_deflate_params_t *params) {
   return ws->z != NULL;
 }
 
-keel_stream_t *keel_ws_stream(keel_ws_t *ws) { return ws->s; }
+keel_stream_t *keel_ws_stream(keel_ws_t *ws) { return ws_stream(ws); }
 
 void *keel_ws_ctx(const keel_ws_t *ws) { return ws->ctx; }
 
@@ -1042,7 +1046,6 @@ int keel__ws_new(keel_bufstream_t *bs, keel_tcp_t *tcp, keel_tls_t *tls, bool se
   if (!ws)
     return -ENOMEM;
   ws->bs = bs;
-  ws->s = keel_bufstream_stream(bs);
   ws->tcp = tcp;
   ws->tls = tls;
   ws->server = server;
