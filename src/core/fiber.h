@@ -76,10 +76,15 @@ void keel__stack_release(keel__worker_t *w, keel__stack_t *s);
 void keel__stack_pool_destroy(keel__worker_t *w);
 /* Stacks a worker keeps pooled through an idle spell. */
 #define KEEL__STACK_POOL_KEEP 64
-/* Whether w pools more than that, or the depot holds any. */
+/* Whether w pools more than that, or stacks used since its last trim, or
+ * the depot holds any. */
 bool keel__stack_pool_excess(const keel__worker_t *w);
-/* Unmaps w's pooled stacks beyond KEEL__STACK_POOL_KEEP and the depot's. */
+/* Unmaps w's pooled stacks beyond KEEL__STACK_POOL_KEEP and the depot's,
+ * and gives back the pages the kept ones' tasks touched. */
 void keel__stack_pool_trim(keel__worker_t *w);
+/* For tests: the resident pages of w's pooled stacks below their top
+ * page (mincore), or -1. */
+long keel__stack_pool_resident(keel__worker_t *w);
 /* Unmaps the stacks in the runtime's shared depot (after the workers). */
 void keel__stack_depot_destroy(keel_runtime_t *rt);
 /* Per-thread SIGSEGV alternate stack, and the process-wide handler that

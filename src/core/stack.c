@@ -75,6 +75,7 @@ static void depot_take(keel__worker_t *w, size_t n) {
     s->next = w->stack_pool;
     w->stack_pool = s;
     w->stack_pool_len++;
+    w->stack_pool_dirty++;
   }
   atomic_store_explicit(&rt->depot_len, len, memory_order_relaxed);
   keel__spin_unlock(&rt->depot_lock);
@@ -224,17 +225,20 @@ void keel__stack_release(keel__worker_t *w, keel__stack_t *s) {
   s->next = w->stack_pool;
   w->stack_pool = s;
   w->stack_pool_len++;
+  w->stack_pool_dirty++;
 }
 
 bool keel__stack_pool_excess(const keel__worker_t *w) {
-  return w->stack_pool_len > KEEL__STACK_POOL_KEEP ||
+  return w->stack_pool_dirty > 0 || w->stack_pool_len > KEEL__STACK_POOL_KEEP ||
          atomic_load_explicit(&w->rt->depot_len, memory_order_relaxed) > 0;
 }
 
 /* The pages a burst of tasks touched stay resident in their pooled
  * stacks; an idle worker unmaps all but KEEL__STACK_POOL_KEEP of its own
  * and empties the depot, so that the memory of a burst goes back to the
- * system once it is over. */
+ * system once it is over. The stacks it keeps give back all but their top
+ * page (the descriptor and a task's first frames): only those put on the
+ * pool since the last trim, which are on top. */
 void keel__stack_pool_trim(keel__worker_t *w) {
   while (w->stack_pool_len > KEEL__STACK_POOL_KEEP) {
     keel__stack_t *s = w->stack_pool;
@@ -242,6 +246,13 @@ void keel__stack_pool_trim(keel__worker_t *w) {
     w->stack_pool_len--;
     stack_unmap(s);
   }
+  size_t page = page_size(), n = w->stack_pool_dirty;
+  for (keel__stack_t *s = w->stack_pool; s && n > 0; s = s->next, n--) {
+    char *top = (char *)((uintptr_t)s & ~(uintptr_t)(page - 1));
+    if (top > s->lo)
+      madvise(s->lo, (size_t)(top - s->lo), MADV_DONTNEED);
+  }
+  w->stack_pool_dirty = 0;
   keel_runtime_t *rt = w->rt;
   keel__spin_lock(&rt->depot_lock);
   keel__stack_t *depot = rt->depot;
@@ -255,6 +266,26 @@ void keel__stack_pool_trim(keel__worker_t *w) {
   }
 }
 
+long keel__stack_pool_resident(keel__worker_t *w) {
+  size_t page = page_size();
+  long n = 0;
+  for (keel__stack_t *s = w->stack_pool; s; s = s->next) {
+    char *top = (char *)((uintptr_t)s & ~(uintptr_t)(page - 1));
+    unsigned char vec[256];
+    for (char *p = s->lo; p < top;) {
+      size_t pages = (size_t)(top - p) / page;
+      if (pages > sizeof vec)
+        pages = sizeof vec;
+      if (mincore(p, pages * page, vec) != 0)
+        return -1;
+      for (size_t i = 0; i < pages; i++)
+        n += vec[i] & 1;
+      p += pages * page;
+    }
+  }
+  return n;
+}
+
 void keel__stack_pool_destroy(keel__worker_t *w) {
   while (w->stack_pool) {
     keel__stack_t *s = w->stack_pool;
@@ -262,6 +293,7 @@ void keel__stack_pool_destroy(keel__worker_t *w) {
     stack_retire(s);
   }
   w->stack_pool_len = 0;
+  w->stack_pool_dirty = 0;
 }
 
 void keel__stack_depot_destroy(keel_runtime_t *rt) {

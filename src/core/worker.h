@@ -95,6 +95,9 @@ struct keel__worker {
   keel__msg_t stop_msg;
   keel__stack_t *stack_pool;
   size_t stack_pool_len;
+  /* Stacks put on the pool since its last trim: the top ones of the pool
+   * (it is a stack) are the only ones that may hold touched pages. */
+  size_t stack_pool_dirty;
   keel__slot_t slots[KEEL__SLOTS]; /* the layers' per-worker state */
   keel__objcache_t task_cache, scope_cache;
   size_t tasks;              /* live tasks on this worker */
