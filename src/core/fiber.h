@@ -85,6 +85,9 @@ void keel__stack_pool_trim(keel__worker_t *w);
 /* For tests: the resident pages of w's pooled stacks below their top
  * page (mincore), or -1. */
 long keel__stack_pool_resident(keel__worker_t *w);
+/* For tests: the resident pages of [addr, addr + len), addr page-aligned
+ * (mincore), or -1. */
+long keel__resident_pages(void *addr, size_t len);
 /* Unmaps the stacks in the runtime's shared depot (after the workers). */
 void keel__stack_depot_destroy(keel_runtime_t *rt);
 /* Per-thread SIGSEGV alternate stack, and the process-wide handler that

@@ -266,22 +266,33 @@ void keel__stack_pool_trim(keel__worker_t *w) {
   }
 }
 
+long keel__resident_pages(void *addr, size_t len) {
+  size_t page = page_size();
+  char *p = addr, *end = p + len;
+  unsigned char vec[256];
+  long n = 0;
+  while (p < end) {
+    size_t pages = (size_t)(end - p + page - 1) / page;
+    if (pages > sizeof vec)
+      pages = sizeof vec;
+    if (mincore(p, pages * page, vec) != 0)
+      return -1;
+    for (size_t i = 0; i < pages; i++)
+      n += vec[i] & 1;
+    p += pages * page;
+  }
+  return n;
+}
+
 long keel__stack_pool_resident(keel__worker_t *w) {
   size_t page = page_size();
   long n = 0;
   for (keel__stack_t *s = w->stack_pool; s; s = s->next) {
     char *top = (char *)((uintptr_t)s & ~(uintptr_t)(page - 1));
-    unsigned char vec[256];
-    for (char *p = s->lo; p < top;) {
-      size_t pages = (size_t)(top - p) / page;
-      if (pages > sizeof vec)
-        pages = sizeof vec;
-      if (mincore(p, pages * page, vec) != 0)
-        return -1;
-      for (size_t i = 0; i < pages; i++)
-        n += vec[i] & 1;
-      p += pages * page;
-    }
+    long r = top > s->lo ? keel__resident_pages(s->lo, (size_t)(top - s->lo)) : 0;
+    if (r < 0)
+      return -1;
+    n += r;
   }
   return n;
 }

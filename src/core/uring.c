@@ -240,6 +240,10 @@ static void pbuf_init(uring_backend_t *b) {
   io_uring_buf_ring_advance(b->pbuf_ring, PBUF_COUNT);
 }
 
+static bool pbuf_is_taken(const uring_backend_t *b, unsigned bid) {
+  return b->pbuf_taken[bid / 64] & ((uint64_t)1 << (bid % 64));
+}
+
 static void pbuf_taken(uring_backend_t *b, unsigned short bid) {
   b->pbufs_out++;
   b->pbuf_taken[bid / 64] |= (uint64_t)1 << (bid % 64);
@@ -393,12 +397,12 @@ static void pbuf_trim(uring_backend_t *b) {
   b->pbufs_dirty = false;
   b->pbuf_trims++;
   for (unsigned i = 0; i < PBUF_COUNT;) {
-    if (b->pbuf_taken[i / 64] & ((uint64_t)1 << (i % 64))) {
+    if (pbuf_is_taken(b, i)) {
       i++;
       continue;
     }
     unsigned j = i + 1;
-    while (j < PBUF_COUNT && !(b->pbuf_taken[j / 64] & ((uint64_t)1 << (j % 64))))
+    while (j < PBUF_COUNT && !pbuf_is_taken(b, j))
       j++;
     madvise(b->pbufs + (size_t)i * PBUF_SIZE, (size_t)(j - i) * PBUF_SIZE, MADV_DONTNEED);
     i = j;
@@ -859,15 +863,8 @@ int keel__uring_pbuf_trims(keel__worker_t *w) {
 int keel__uring_pbuf_resident(keel__worker_t *w) {
   if (w->ops != &keel__uring_ops || !((uring_backend_t *)w->backend)->pbuf_ring)
     return -1;
-  uring_backend_t *b = w->backend;
-  size_t len = (size_t)PBUF_COUNT * PBUF_SIZE, page = (size_t)sysconf(_SC_PAGESIZE);
-  unsigned char vec[PBUF_COUNT * PBUF_SIZE / 4096];
-  if (len / page > sizeof vec || mincore(b->pbufs, len, vec) != 0)
-    return -1;
-  int n = 0;
-  for (size_t i = 0; i < len / page; i++)
-    n += vec[i] & 1;
-  return n;
+  return (int)keel__resident_pages(((uring_backend_t *)w->backend)->pbufs,
+                                   (size_t)PBUF_COUNT * PBUF_SIZE);
 }
 
 struct io_uring *keel__uring_ring(keel__worker_t *w) {
